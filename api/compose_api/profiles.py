@@ -1,0 +1,126 @@
+"""Model profiles: which image, GPU placement and model weights a CompositionJob runs with.
+
+Profiles are configuration, not code: the Helm chart ships them in a ConfigMap the operator reads
+(``profiles.yaml``: a list of profiles), and the inference image's local mode reads the same YAML
+from a file or uses its built-in ``smoke`` profile. The operator uses the image, resources and
+placement; it copies the whole profile into the job document so the pod needs no API access to
+learn where its weights are.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import alias_generators
+
+from compose_api import models
+
+# hf://org/repo, s3://bucket/key (a model.tar.gz or a prefix ending in /), or a local path.
+SOURCE_PATTERN = r"^(hf://[A-Za-z0-9][\w.\-]*/[\w.\-]+|s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/.*|/.*|builtin:[a-z0-9\-]+)$"
+
+
+class _Model(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(
+        alias_generator=alias_generators.to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=True,
+    )
+
+
+class ModelSource(_Model):
+    """Where one component's weights come from."""
+
+    uri: str = pydantic.Field(
+        pattern=SOURCE_PATTERN,
+        description="hf://org/repo, s3://bucket/model.tar.gz, s3://bucket/prefix/, or /local/path.",
+    )
+    revision: str | None = pydantic.Field(
+        default=None, description="Hugging Face revision (a commit hash pins it)."
+    )
+    subfolder: str | None = None
+    filename: str | None = pydantic.Field(
+        default=None, description="A single file inside the source, when the component is one file."
+    )
+    sha256: str | None = pydantic.Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="Checksum of the downloaded file (tarball or single file).",
+    )
+
+
+class Licence(_Model):
+    name: str
+    commercial_use: bool = False
+    note: str = ""
+
+
+class Resources(_Model):
+    gpu: int = pydantic.Field(default=1, ge=0, le=8)
+    cpu: str = "3"
+    memory: str = "14Gi"
+    ephemeral_storage: str | None = "30Gi"
+
+
+class Placement(_Model):
+    """Where the pods may run."""
+
+    instance_types: list[str] = pydantic.Field(
+        default_factory=lambda: ["g5.xlarge", "g5.2xlarge", "g5.4xlarge", "g5.8xlarge"]
+    )
+    node_selector: dict[str, str] = pydantic.Field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = pydantic.Field(
+        default_factory=lambda: [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
+    )
+    capacity_type: models.CapacityType | None = pydantic.Field(
+        default=None, description="Default when the job says 'any'; empty: spot or on-demand."
+    )
+
+
+class ModelProfile(_Model):
+    name: str = pydantic.Field(pattern=models.DNS_LABEL_PATTERN, max_length=63)
+    description: str = ""
+    image: str | None = pydantic.Field(
+        default=None, description="Inference image; empty: the operator's default image."
+    )
+    resources: Resources = pydantic.Field(default_factory=Resources)
+    placement: Placement = pydantic.Field(default_factory=Placement)
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
+    models: dict[str, ModelSource] = pydantic.Field(
+        default_factory=dict, description="Component name -> weights source."
+    )
+    options: dict[str, Any] = pydantic.Field(
+        default_factory=dict,
+        description="Pipeline options (torch compile, channels-last, few-step LoRA, ...).",
+    )
+    min_identity_similarity: float = pydantic.Field(default=0.0, ge=0.0, le=1.0)
+    identity_retries: int = pydantic.Field(default=0, ge=0, le=5)
+    licence: Licence
+
+
+def load_profiles(text: str) -> dict[str, ModelProfile]:
+    """Parse ``profiles.yaml`` (a list of profiles, or a mapping with ``profiles:``).
+
+    Raises ValueError naming the profile and field at fault.
+    """
+    data = yaml.safe_load(text) or []
+    if isinstance(data, dict):
+        data = data.get("profiles", [])
+    if not isinstance(data, list):
+        raise ValueError("profiles: expected a list of profiles")
+    result: dict[str, ModelProfile] = {}
+    for index, item in enumerate(data):
+        label = item.get("name", f"#{index}") if isinstance(item, dict) else f"#{index}"
+        try:
+            profile = ModelProfile.model_validate(item)
+        except pydantic.ValidationError as error:
+            detail = models.describe_validation_error(error, root=f"profiles[{label}]")
+            raise ValueError(detail) from None
+        if profile.name in result:
+            raise ValueError(f"profiles[{profile.name}]: duplicate profile name")
+        result[profile.name] = profile
+    return result
