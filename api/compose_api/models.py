@@ -165,8 +165,12 @@ class Output(_Model):
         },
     )
 
-    bucket: str = pydantic.Field(
-        pattern=BUCKET_PATTERN, min_length=3, max_length=63, description="S3 bucket name."
+    bucket: str | None = pydantic.Field(
+        default=None,
+        pattern=BUCKET_PATTERN,
+        min_length=3,
+        max_length=63,
+        description="S3 bucket name. Empty: the operator's configured results bucket.",
     )
     prefix: str = pydantic.Field(
         default="",
@@ -285,7 +289,7 @@ class CompositionJobSpec(_Model):
     """What to compose, where to store it, and how to run it."""
 
     inputs: Inputs
-    output: Output
+    output: Output = pydantic.Field(default_factory=Output)
     params: Params = pydantic.Field(default_factory=Params)
     profile: str = pydantic.Field(
         default="instantid-sdxl",
