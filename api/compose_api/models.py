@@ -32,7 +32,12 @@ CATEGORIES = ("compose",)
 
 # An image reference: an S3 object or an HTTPS URL. Plain http, file paths and other schemes are
 # refused by the API server; local paths are allowed only by the inference image's local mode.
-IMAGE_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/[^\s]+|https://[^\s/$.?#][^\s]*)$"
+# No spaces or control characters: spelled as ASCII ranges, not \s, because \s means different
+# things to the API server's RE2 (ASCII), pydantic's Rust regex and Python's re (Unicode).
+IMAGE_URI_PATTERN = (
+    r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]/[^\x00-\x20\x7f]+"
+    r"|https://[^\x00-\x20\x7f/$.?#][^\x00-\x20\x7f]*)$"
+)
 BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$"
 PREFIX_PATTERN = r"^([A-Za-z0-9!_.*'()\-]+/)*[A-Za-z0-9!_.*'()\-]*$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -453,7 +458,11 @@ class CompositionJobStatus(_StatusModel):
     observed_generation: int | None = None
     phase: Phase | None = None
     message: str | None = None
-    conditions: list[Condition] = pydantic.Field(default_factory=list)
+    conditions: list[Condition] = pydantic.Field(
+        default_factory=list,
+        # One condition per type: server-side apply merges conditions by type.
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
     attempt: int | None = pydantic.Field(default=None, description="Index of the latest attempt.")
     attempts: list[Attempt] = pydantic.Field(default_factory=list)
     seed: int | None = pydantic.Field(default=None, description="The seed the job runs with.")

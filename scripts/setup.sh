@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Creates .venv (Python 3.11) with every component and the test and lint tools installed.
+# The CPU build of torch is pinned here; the GPU build is installed by inference_image/Dockerfile.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3.11}
+if ! command -v "$python" >/dev/null 2>&1; then
+  python=python3
+fi
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install --quiet --upgrade "pip>=25.1"
+python -m pip install --quiet "torch==2.13.0"
+python -m pip install --quiet -e '.[operator,inference,gateway]' --group test --group lint
+echo "installed into $(pwd)/.venv"
