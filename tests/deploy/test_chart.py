@@ -1,0 +1,372 @@
+"""The Helm chart: lint, render with several value sets, Kubernetes schema validity, hardening,
+the behaviour each value set asks for, and refusal of wrong values with a clear message."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import subprocess
+from collections.abc import Callable
+
+import pytest
+import yaml
+
+from compose_api import profiles as profiles_module
+from tests.deploy import helpers
+from tests.deploy.helpers import Obj
+
+Render = Callable[[str | None], list[Obj]]
+
+
+@pytest.mark.parametrize("values", helpers.VALUE_SETS)
+def test_helm_lint_passes(tools: helpers.Tools, values: str | None) -> None:
+    command = [tools.helm, "lint", "--strict", str(helpers.CHART), "--namespace", "lint"]
+    if values:
+        command += ["--values", str(helpers.VALUES / f"{values}.yaml")]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 chart(s) failed" in done.stdout
+
+
+@pytest.mark.parametrize("values", helpers.VALUE_SETS)
+def test_rendered_objects_are_valid_kubernetes(render: Render, values: str | None) -> None:
+    objects = render(values)
+    checked = [obj for obj in objects if helpers.group_of(obj) not in helpers.CRD_GROUPS]
+    errors = [error for obj in checked for error in helpers.kubernetes_errors(obj)]
+    assert errors == []
+    assert len(checked) >= 6
+    for obj in objects:
+        assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "nextunicorn-compose"
+        if obj["kind"] not in {"ClusterRole", "ClusterRoleBinding", "ClusterKopfPeering"}:
+            assert obj["metadata"].get("namespace"), f"{obj['kind']} has no namespace"
+
+
+@pytest.mark.parametrize("values", helpers.VALUE_SETS)
+def test_pods_are_hardened(render: Render, values: str | None) -> None:
+    workloads = list(helpers.pod_templates(render(values)))
+    assert workloads
+    for owner, template in workloads:
+        name = owner["metadata"]["name"]
+        pod = template["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        for container in pod["containers"]:
+            security = container["securityContext"]
+            assert security["allowPrivilegeEscalation"] is False, name
+            assert security["readOnlyRootFilesystem"] is True, name
+            assert security["capabilities"]["drop"] == ["ALL"], name
+            assert security["seccompProfile"] == {"type": "RuntimeDefault"}, name
+            assert container["resources"]["requests"]["cpu"], name
+            assert container["resources"]["limits"]["memory"], name
+            assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", name
+            assert container["readinessProbe"]["httpGet"]["path"], name
+            tmp = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+            assert len(tmp) == 1 and "emptyDir" in volumes[tmp[0]["name"]], name
+
+
+def test_defaults_run_cluster_wide_active_standby(render: Render) -> None:
+    objects = render(None)
+    deployment = helpers.one(objects, "Deployment", "-operator")
+    assert deployment["spec"]["replicas"] == 2
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = helpers.env_of(container)
+    assert env["COMPOSE_NAMESPACES"] == ""
+    assert env["COMPOSE_STANDALONE"] == "false"
+    assert env["COMPOSE_PEERING_NAME"] == "nextunicorn-compose"
+    # Replicas get distinct priorities: a random offset is added before compose-operator starts.
+    assert container["command"][:2] == ["/bin/sh", "-c"]
+    assert re.search(r"% 1000 \)\); exec compose-operator$", container["command"][2])
+    peering = helpers.one(objects, "ClusterKopfPeering")
+    assert peering["metadata"]["name"] == env["COMPOSE_PEERING_NAME"]
+    assert helpers.of_kind(objects, "KopfPeering") == []
+    assert helpers.one(objects, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    assert helpers.of_kind(objects, "Role") == []
+    assert helpers.one(objects, "ClusterRoleBinding")["subjects"] == [
+        {
+            "kind": "ServiceAccount",
+            "name": deployment["spec"]["template"]["spec"]["serviceAccountName"],
+            "namespace": helpers.NAMESPACE,
+        }
+    ]
+    inference = helpers.one(objects, "ServiceAccount", "-inference")
+    assert inference["metadata"]["name"] == env["COMPOSE_INFERENCE_SERVICE_ACCOUNT"]
+    assert inference["metadata"]["namespace"] == helpers.NAMESPACE
+    assert inference["automountServiceAccountToken"] is False
+    service = helpers.one(objects, "Service", "-metrics")
+    assert service["spec"]["ports"][0]["port"] == int(env["COMPOSE_METRICS_PORT"]) == 8080
+    assert helpers.of_kind(objects, "NetworkPolicy") == []
+    assert helpers.of_kind(objects, "ServiceMonitor") == []
+
+
+def test_namespaced_mode_grants_only_the_watched_namespaces(render: Render) -> None:
+    objects = render("namespaced")
+    env = helpers.env_of(
+        helpers.one(objects, "Deployment", "-operator")["spec"]["template"]["spec"]["containers"][0]
+    )
+    assert env["COMPOSE_NAMESPACES"] == "team-a,team-b"
+    for kind in ("Role", "RoleBinding", "KopfPeering"):
+        assert sorted(o["metadata"]["namespace"] for o in helpers.of_kind(objects, kind)) == [
+            "team-a",
+            "team-b",
+        ], kind
+    assert helpers.of_kind(objects, "ClusterKopfPeering") == []
+    inference = [
+        o
+        for o in helpers.of_kind(objects, "ServiceAccount")
+        if o["metadata"]["name"] == env["COMPOSE_INFERENCE_SERVICE_ACCOUNT"]
+    ]
+    assert sorted(o["metadata"]["namespace"] for o in inference) == ["team-a", "team-b"]
+    for account in inference:
+        assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"] == (
+            "arn:aws:iam::123456789012:role/compose-inference"
+        )
+    operator_account = helpers.one(objects, "ServiceAccount", "-operator")
+    assert operator_account["metadata"]["annotations"] == {
+        "eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/compose-operator",
+        "owner": "platform-team",
+    }
+    # commonLabels and commonAnnotations reach every object and the pods.
+    for obj in objects:
+        assert obj["metadata"]["labels"]["cost-centre"] == "imaging", obj["kind"]
+        assert obj["metadata"]["annotations"]["owner"] == "platform-team", obj["kind"]
+    for _, template in helpers.pod_templates(objects):
+        assert template["metadata"]["labels"]["cost-centre"] == "imaging"
+    assert helpers.one(objects, "Deployment", "-operator")["spec"]["replicas"] == 3
+
+
+def test_metrics_off_and_standalone(render: Render) -> None:
+    objects = render("metrics-off")
+    assert [o for o in helpers.of_kind(objects, "Service")] == []
+    assert helpers.of_kind(objects, "PodDisruptionBudget") == []
+    assert helpers.of_kind(objects, "ClusterKopfPeering") == []
+    container = helpers.one(objects, "Deployment", "-operator")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert container["command"] == ["compose-operator"]
+    assert helpers.env_of(container)["COMPOSE_STANDALONE"] == "true"
+
+
+def test_network_policies_and_service_monitor(render: Render) -> None:
+    objects = render("networkpolicy")
+    policies = {o["metadata"]["name"]: o for o in helpers.of_kind(objects, "NetworkPolicy")}
+    assert set(policies) == {"nextunicorn-compose-operator", "nextunicorn-compose-inference"}
+    operator = policies["nextunicorn-compose-operator"]["spec"]
+    assert operator["ingress"] == [
+        {
+            "ports": [{"port": "metrics", "protocol": "TCP"}],
+            "from": [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}
+                    }
+                }
+            ],
+        }
+    ]
+    api = [rule for rule in operator["egress"] if "to" in rule]
+    assert api == [
+        {
+            "to": [{"ipBlock": {"cidr": "10.0.0.0/16"}}],
+            "ports": [{"port": 443, "protocol": "TCP"}, {"port": 6443, "protocol": "TCP"}],
+        }
+    ]
+    inference = policies["nextunicorn-compose-inference"]["spec"]
+    assert "ingress" not in inference and "Ingress" in inference["policyTypes"]
+    monitor = helpers.one(objects, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["endpoints"] == [
+        {"port": "metrics", "path": "/metrics", "interval": "30s"}
+    ]
+
+
+def _rendered_profiles(objects: list[Obj]) -> dict[str, profiles_module.ModelProfile]:
+    config_map = helpers.one(objects, "ConfigMap", "-profiles")
+    return profiles_module.load_profiles(config_map["data"]["profiles.yaml"])
+
+
+def test_spot_only_overrides_every_profile_placement(render: Render) -> None:
+    default = _rendered_profiles(render(None))
+    spot = _rendered_profiles(render("spot-only"))
+    assert spot.keys() == default.keys() and spot
+    for name, profile in spot.items():
+        assert profile.placement.capacity_type == "spot"
+        assert profile.placement.instance_types == ["g5.xlarge", "g5.2xlarge"]
+        assert profile.placement.node_selector == {
+            **default[name].placement.node_selector,
+            "karpenter.sh/nodepool": "gpu-g5",
+        }
+        assert profile.placement.tolerations == default[name].placement.tolerations
+        assert profile.model_dump(exclude={"placement"}) == default[name].model_dump(
+            exclude={"placement"}
+        )
+
+
+def test_default_profiles_are_the_inference_image_defaults(render: Render) -> None:
+    source = helpers.ROOT / "inference_image" / "compose_inference" / "profiles" / "default.yaml"
+    if not source.exists():
+        pytest.skip("the inference image has no profiles/default.yaml yet")
+    assert _rendered_profiles(render(None)) == profiles_module.load_profiles(source.read_text())
+    # Verbatim, licence comments included, when no placement override applies.
+    config_map = helpers.one(render(None), "ConfigMap", "-profiles")
+    assert config_map["data"]["profiles.yaml"].rstrip().endswith(source.read_text().rstrip())
+
+
+def test_gateway(render: Render, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings_module = pytest.importorskip("compose_gateway.settings")
+    objects = render("gateway")
+    deployment = helpers.one(objects, "Deployment", "-gateway")
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = helpers.env_of(container)
+    fields = settings_module.Settings.model_fields
+    for name in env:
+        if name.startswith("COMPOSE_GATEWAY_"):
+            assert name.removeprefix("COMPOSE_GATEWAY_").lower() in fields, name
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = settings_module.Settings()
+    assert settings.namespace == helpers.NAMESPACE
+    assert settings.port == container["ports"][0]["containerPort"]
+    assert settings.cors_origins == ["https://app.example.com"]
+    assert settings.rate_limit_burst == 5
+    assert settings.cdn_base_url == "https://images.example.com"
+    # The API keys and the callback key are files from the referenced Secrets.
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert str(settings.api_keys_file).startswith(mounts["api-keys"] + "/")
+    assert volumes["api-keys"]["secret"]["secretName"] == "compose-gateway-api-keys"
+    assert volumes["api-keys"]["secret"]["items"][0]["path"] == settings.api_keys_file.name
+    assert settings.callback_secret_file is not None
+    assert volumes["callback"]["secret"]["secretName"] == "compose-gateway-callback"
+    assert "replicas" not in deployment["spec"]  # the HorizontalPodAutoscaler owns it
+    hpa = helpers.one(objects, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    ingress = helpers.one(objects, "Ingress")
+    assert ingress["spec"]["ingressClassName"] == "alb"
+    assert ingress["spec"]["rules"][0]["host"] == "compose.example.com"
+    account = helpers.one(objects, "ServiceAccount", "-gateway")
+    assert account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith(
+        "role/compose-gateway"
+    )
+    binding = helpers.one(objects, "RoleBinding", "-gateway")
+    assert binding["metadata"]["namespace"] == settings.namespace
+    assert binding["subjects"][0]["name"] == account["metadata"]["name"]
+    monitor = helpers.one(objects, "ServiceMonitor", "-gateway")
+    assert monitor["spec"]["endpoints"][0]["port"] == "http"
+    assert (
+        monitor["spec"]["selector"]["matchLabels"]
+        == (helpers.one(objects, "Service", "-gateway")["spec"]["selector"])
+    )
+    policy = helpers.one(objects, "NetworkPolicy", "-gateway")
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
+
+
+def test_gateway_is_off_by_default(render: Render) -> None:
+    assert [o for o in render(None) if "gateway" in o["metadata"]["name"]] == []
+
+
+@pytest.mark.parametrize("values", helpers.VALUE_SETS)
+def test_operator_settings_accept_the_rendered_environment(
+    render: Render, values: str | None, tmp_path: pathlib.Path
+) -> None:
+    settings_module = pytest.importorskip("compose_operator.settings")
+    objects = render(values)
+    container = helpers.one(objects, "Deployment", "-operator")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    env = helpers.env_of(container)
+    fields = settings_module.OperatorSettings.model_fields
+    for name in env:
+        if name.startswith("COMPOSE_"):
+            assert name.removeprefix("COMPOSE_").lower() in fields, name
+    config_map = helpers.one(objects, "ConfigMap", "-profiles")
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "profiles")
+    assert env["COMPOSE_PROFILES_PATH"] == mount["mountPath"] + "/profiles.yaml"
+    profiles_file = tmp_path / "profiles.yaml"
+    profiles_file.write_text(config_map["data"]["profiles.yaml"])
+    settings = settings_module.from_environment(
+        {**env, "COMPOSE_PROFILES_PATH": str(profiles_file)}
+    )
+    assert settings.profiles
+    assert settings.inference_service_account == env["COMPOSE_INFERENCE_SERVICE_ACCOUNT"]
+    assert settings.output_bucket == "nextunicorn-compose-results"
+
+
+@pytest.mark.parametrize(
+    "values_file",
+    sorted((helpers.VALUES / "invalid").glob("*.yaml")),
+    ids=lambda path: path.stem,
+)
+def test_wrong_values_fail_with_a_clear_message(
+    tools: helpers.Tools, values_file: pathlib.Path
+) -> None:
+    expected = helpers.expected_errors(values_file)
+    assert expected, f"{values_file.name} names no expected error"
+    done = helpers.helm_template(tools, [values_file])
+    assert done.returncode != 0, f"{values_file.name} was accepted"
+    for message in expected:
+        assert message in done.stderr, done.stderr
+
+
+def _documented_keys(text: str) -> tuple[set[str], set[str]]:
+    """(every key path in values.yaml, the key paths some comment starts with)."""
+    keys: set[str] = set()
+    documented: set[str] = set()
+    stack: list[tuple[int, str]] = []
+    for line in text.splitlines():
+        comment = re.match(r"^\s*# ([A-Za-z][\w.]*) -- ", line)
+        if comment:
+            documented.add(comment.group(1))
+            continue
+        match = re.match(r"^(\s*)([A-Za-z][\w]*):", line)
+        if not match:
+            continue
+        indent = len(match.group(1))
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = ".".join([*(name for _, name in stack), match.group(2)])
+        keys.add(path)
+        stack.append((indent, match.group(2)))
+    return keys, documented
+
+
+def test_every_value_is_documented_by_a_comment_starting_with_its_key() -> None:
+    text = (helpers.CHART / "values.yaml").read_text()
+    keys, documented = _documented_keys(text)
+    values = yaml.safe_load(text)
+
+    def is_group(path: str) -> bool:
+        node = values
+        for part in path.split("."):
+            node = node[part]
+        return isinstance(node, dict) and bool(node)
+
+    undocumented = [
+        key
+        for key in sorted(keys)
+        if key not in documented
+        # A map of settings is documented by its own keys' comments, a documented value covers
+        # everything inside it (resources, security contexts).
+        and not is_group(key)
+        and not any(key.startswith(doc + ".") for doc in documented)
+    ]
+    assert undocumented == []
+    assert documented <= keys, documented - keys
+
+
+def test_inference_network_policy_selects_the_operators_pods(render: Render) -> None:
+    names = pytest.importorskip("compose_operator.names")
+    policy = helpers.one(render("networkpolicy"), "NetworkPolicy", "-inference")
+    expressions = policy["spec"]["podSelector"]["matchExpressions"]
+    assert expressions == [{"key": names.JOB_LABEL, "operator": "Exists"}]
+    assert names.JOB_LABEL in names.labels("cj", "uid", 0, "instantid-sdxl")
+
+
+def test_custom_profiles_replace_the_built_in_ones(render: Render) -> None:
+    profiles = _rendered_profiles(render("custom-profiles"))
+    assert list(profiles) == ["sdxl-small"]
+    placement = profiles["sdxl-small"].placement
+    assert placement.instance_types == ["g5.xlarge"]
+    assert placement.capacity_type == "on-demand"
+    assert profiles["sdxl-small"].licence.commercial_use is True
