@@ -1,0 +1,70 @@
+"""compose-gateway: serve the HTTP API, or mint API keys for the key Secret.
+
+    compose-gateway                    # serve (settings from COMPOSE_GATEWAY_* variables)
+    compose-gateway new-key --id app   # print a new key, and the line for the key file
+    compose-gateway hash-key --id app  # read a key on stdin, print its key-file line
+
+Wiring only: settings from the environment, the app from ``app.create_app``, uvicorn to run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import pydantic
+import uvicorn
+
+from compose_gateway import app as app_module
+from compose_gateway import auth, naming
+from compose_gateway import settings as settings_module
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="compose-gateway", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="serve the HTTP API (the default)")
+    for name, text in (("new-key", "mint a new API key"), ("hash-key", "hash a key from stdin")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--id", required=True, help="key id: the owner label of its jobs")
+        sub.add_argument("--scheme", choices=("sha256", "scrypt"), default="sha256")
+    args = parser.parse_args(argv)
+
+    if args.command in ("new-key", "hash-key"):
+        if not naming.KEY_ID_PATTERN.match(args.id):
+            parser.error("--id: 1-63 letters, digits, '.', '_' or '-', alphanumeric at both ends")
+        key = auth.new_key() if args.command == "new-key" else sys.stdin.readline().strip()
+        if not key:
+            parser.error("no key on stdin")
+        if args.command == "new-key":
+            print(f"key (give it to the client, store it nowhere else): {key}")
+        print(f"{args.id}: {auth.hash_key(key, scheme=args.scheme)}")
+        return 0
+
+    try:
+        settings = settings_module.Settings()
+    except pydantic.ValidationError as error:
+        print(f"compose-gateway: invalid settings:\n{error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    try:
+        application = app_module.create_app(settings)
+    except (ValueError, RuntimeError) as error:
+        print(f"compose-gateway: {error}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+        proxy_headers=True,
+        server_header=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

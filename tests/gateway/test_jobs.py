@@ -1,0 +1,156 @@
+"""GET /jobs/{id}, GET /jobs (history, paginated, newest first), DELETE /jobs/{id}; and that one
+key never sees or cancels another key's jobs."""
+
+from __future__ import annotations
+
+from compose_gateway import naming
+from tests.gateway import operator_play
+from tests.gateway.conftest import BOB_KEY, NAMESPACE, Gateway, original_request
+from tests.support import kube_client, s3
+from tests.support.kube_emulator import COMPOSITION_JOBS
+
+
+async def test_job_status_follows_the_job(
+    gateway: Gateway, cluster: kube_client.KubeClient, s3_env: s3.S3Server, buckets: dict[str, str]
+) -> None:
+    created = (await gateway.post(original_request())).json()
+    name = created["jobId"]
+
+    pending = (await gateway.get(created["statusUrl"])).json()
+    assert (pending["jobId"], pending["status"], pending["phase"]) == (name, "pending", "Pending")
+    assert "result" not in pending
+
+    await operator_play.run(cluster, name, NAMESPACE)
+    running = (await gateway.get(created["statusUrl"])).json()
+    assert (running["status"], running["reason"]) == ("running", "Running")
+    assert running["message"] == "pod gw-0 is running on ip-10-0-0-1"
+    assert [c["type"] for c in running["conditions"]] == ["Accepted", "Started"]
+
+    s3_env.client().put_object(Bucket=buckets["results"], Key="r/result.png", Body=b"image")
+    await operator_play.succeed(
+        cluster, name, NAMESPACE, s3_uri=f"s3://{buckets['results']}/r/result.png", data=b"image"
+    )
+    done = (await gateway.get(created["statusUrl"])).json()
+    assert (done["status"], done["phase"], done["reason"]) == ("success", "Succeeded", "Completed")
+    assert done["timings"] == {"fetch": 0.4, "inference": 11.5, "upload": 0.2, "total": 14.0}
+    assert done["completedAt"].startswith("2026-01-01T00:11:00")
+    assert done["attempts"] == 1
+    result = done["result"]
+    assert result["s3Uri"] == f"s3://{buckets['results']}/r/result.png"
+    assert (result["width"], result["height"], result["seed"], result["bytes"]) == (
+        1024,
+        1024,
+        42,
+        5,
+    )
+    assert "X-Amz-Signature=" in result["imageUrl"]
+
+
+async def test_a_failed_job_reports_its_reason(
+    gateway: Gateway, cluster: kube_client.KubeClient
+) -> None:
+    created = (await gateway.post(original_request())).json()
+    await operator_play.fail(
+        cluster, created["jobId"], NAMESPACE, reason="NoFaceFound", message="no face in person"
+    )
+
+    view = (await gateway.get(created["statusUrl"])).json()
+    assert (view["status"], view["phase"]) == ("error", "Failed")
+    assert (view["reason"], view["message"]) == ("NoFaceFound", "no face in person")
+
+
+async def test_history_is_paginated_newest_first(gateway: Gateway) -> None:
+    names = [(await gateway.post(original_request())).json()["jobId"] for _ in range(5)]
+    await gateway.post(original_request(), key=BOB_KEY)
+
+    pages: list[list[str]] = []
+    token = None
+    while True:
+        params = {"limit": 2} | ({"continue": token} if token else {})
+        body = (await gateway.get("/jobs", params=params)).json()
+        pages.append([item["jobId"] for item in body["items"]])
+        token = body.get("continue")
+        if not token:
+            break
+
+    assert pages == [names[4:2:-1], names[2:0:-1], names[0:1]]
+
+
+async def test_a_bad_continue_token_names_the_field(gateway: Gateway) -> None:
+    response = await gateway.get("/jobs", params={"continue": "not-a-token"})
+
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "continue"
+
+
+async def test_cancel_deletes_the_job(gateway: Gateway, cluster: kube_client.KubeClient) -> None:
+    created = (await gateway.post(original_request())).json()
+
+    response = await gateway.client.delete(
+        created["statusUrl"], headers={"Authorization": "Bearer " + BOB_KEY}
+    )
+    assert response.status_code == 404
+    assert await cluster.get_or_none(COMPOSITION_JOBS, created["jobId"], namespace=NAMESPACE)
+
+    response = await gateway.client.delete(
+        created["statusUrl"],
+        headers={"X-API-Key": "cgw_alice-0123456789abcdefghijklmnopqrstuvwxyz"},
+    )
+    assert response.status_code == 200
+    assert response.json() == {"jobId": created["jobId"], "status": "cancelled"}
+    assert (
+        await cluster.get_or_none(COMPOSITION_JOBS, created["jobId"], namespace=NAMESPACE) is None
+    )
+    assert (await gateway.get(created["statusUrl"])).status_code == 404
+
+
+async def test_another_key_cannot_see_a_job(
+    gateway: Gateway, cluster: kube_client.KubeClient
+) -> None:
+    created = (await gateway.post(original_request())).json()
+
+    assert (await gateway.get(created["statusUrl"], key=BOB_KEY)).status_code == 404
+    assert (await gateway.get("/jobs", key=BOB_KEY)).json()["items"] == []
+    job = await cluster.get(COMPOSITION_JOBS, created["jobId"], namespace=NAMESPACE)
+    assert job["metadata"]["labels"][naming.OWNER_LABEL] == "alice"
+
+
+async def test_jobs_not_made_by_the_gateway_are_not_found(
+    gateway: Gateway, cluster: kube_client.KubeClient
+) -> None:
+    body = {
+        "apiVersion": "compose.nextunicorn.dev/v1alpha1",
+        "kind": "CompositionJob",
+        "metadata": {"name": "hand-made", "namespace": NAMESPACE},
+        "spec": {
+            "inputs": {
+                "person": {"uri": "https://example.com/p.jpg"},
+                "clothing": [{"uri": "https://example.com/c.jpg"}],
+                "place": {"uri": "https://example.com/b.jpg"},
+            }
+        },
+    }
+    await cluster.create(COMPOSITION_JOBS, body, namespace=NAMESPACE)
+
+    assert (await gateway.get("/jobs/hand-made")).status_code == 404
+    response = await gateway.client.delete("/jobs/hand-made", headers={"X-API-Key": BOB_KEY})
+    assert response.status_code == 404
+    assert await cluster.get_or_none(COMPOSITION_JOBS, "hand-made", namespace=NAMESPACE)
+
+
+async def test_an_unreadable_job_is_a_502_not_a_crash(
+    gateway: Gateway, cluster: kube_client.KubeClient
+) -> None:
+    created = (await gateway.post(original_request())).json()
+    # A status no operator of this project writes: a condition without its required fields.
+    await cluster.patch_status(
+        COMPOSITION_JOBS,
+        created["jobId"],
+        {"phase": "Running", "conditions": [{"type": "Started", "status": "True"}]},
+        namespace=NAMESPACE,
+    )
+
+    response = await gateway.get(created["statusUrl"])
+    assert response.status_code == 502
+    assert response.json()["reason"] == "UnreadableJob"
+    assert (await gateway.get(created["statusUrl"], key=BOB_KEY)).status_code == 404

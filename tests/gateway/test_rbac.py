@@ -1,0 +1,66 @@
+"""Every request the gateway makes is covered by permissions.REQUIRED_PERMISSIONS, and every
+verb granted there is used: the Role the chart renders from it is exact."""
+
+from __future__ import annotations
+
+from compose_gateway import permissions
+from tests.gateway import operator_play
+from tests.gateway.conftest import NAMESPACE, MakeGateway, Receiver, original_request
+from tests.support import kube_client
+from tests.support.kube_client import poll
+from tests.support.kube_emulator import TEST_CLIENT_USER_AGENT
+
+
+async def test_the_gateway_uses_exactly_its_permissions(
+    make_gateway: MakeGateway, cluster: kube_client.KubeClient, receiver: Receiver
+) -> None:
+    gateway = await make_gateway(callback_allow_cidrs="127.0.0.0/8", callback_allow_http=True)
+    assert (await gateway.client.get("/readyz")).status_code == 200
+    created = (await gateway.post(original_request(callbackUrl=receiver.url))).json()
+    await gateway.post(original_request(), headers={"Idempotency-Key": "k"})
+    await gateway.post(original_request(), headers={"Idempotency-Key": "k"})
+    await gateway.get(created["statusUrl"])
+    await gateway.get("/jobs")
+    await operator_play.fail(cluster, created["jobId"], NAMESPACE, reason="JobLost", message="")
+
+    async def delivered() -> bool:
+        return len(receiver.received) == 1
+
+    await poll(delivered, timeout=10)
+    assert (await gateway.client.delete(created["statusUrl"], headers={"X-API-Key": (
+        "cgw_alice-0123456789abcdefghijklmnopqrstuvwxyz")})).status_code == 200  # fmt: skip
+
+    log = [
+        record
+        for record in await cluster.request_log()
+        if record.is_resource_request and record.user_agent != TEST_CLIENT_USER_AGENT
+    ]
+    assert log, "the gateway made no request"
+    for record in log:
+        assert record.namespace == NAMESPACE, record
+        assert permissions.allows(
+            verb=record.verb,
+            api_group=record.group or "",
+            resource=record.resource or "",
+            subresource=record.subresource,
+        ), record
+    used = {record.verb for record in log}
+    granted = {verb for rule in permissions.REQUIRED_PERMISSIONS for verb in rule.verbs}
+    assert used == granted
+
+
+def test_the_role_rules_are_namespaced_and_minimal() -> None:
+    assert permissions.rbac_rules() == [
+        {
+            "apiGroups": ["compose.nextunicorn.dev"],
+            "resources": ["compositionjobs"],
+            "verbs": ["create", "get", "list", "patch", "delete"],
+        }
+    ]
+    assert not any(p.cluster_scoped for p in permissions.REQUIRED_PERMISSIONS)
+    assert not permissions.allows(verb="watch", api_group="compose.nextunicorn.dev",
+                                  resource="compositionjobs")  # fmt: skip
+    assert not permissions.allows(
+        verb="patch", api_group="compose.nextunicorn.dev", resource="compositionjobs",
+        subresource="status",
+    )  # fmt: skip

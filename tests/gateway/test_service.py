@@ -1,0 +1,122 @@
+"""Health, readiness, metrics, CORS and the OpenAPI document; the in-cluster API credentials."""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+
+from aiohttp import web
+
+from compose_gateway import kube
+from tests.gateway.conftest import Gateway, MakeGateway, ManualClock, original_request
+
+
+async def test_health_and_readiness(gateway: Gateway) -> None:
+    assert (await gateway.client.get("/healthz")).json() == {"status": "ok"}
+    assert (await gateway.client.get("/readyz")).json() == {"status": "ok"}
+
+
+async def test_not_ready_without_the_cluster(make_gateway: MakeGateway) -> None:
+    gateway = await make_gateway(kube_url="http://127.0.0.1:9", kube_timeout_seconds=2)
+
+    response = await gateway.client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["reason"] == "NotReady"
+    assert (await gateway.client.get("/healthz")).status_code == 200
+    # A request that needs the cluster says so, as a 503 rather than a crash.
+    created = await gateway.post(original_request())
+    assert created.status_code == 503
+    assert created.json()["reason"] == "KubernetesUnavailable"
+
+
+async def test_not_ready_with_a_broken_key_file(gateway: Gateway, key_file: pathlib.Path) -> None:
+    await asyncio.to_thread(key_file.write_text, "alice: md5:0123\n")
+
+    response = await gateway.client.get("/readyz")
+    assert response.status_code == 503
+    assert "expected 'sha256:<hex>'" in response.json()["message"]
+
+
+async def test_metrics_count_requests_by_route(gateway: Gateway) -> None:
+    await gateway.post(original_request())
+    await gateway.get("/jobs/gw-00000000000000000000")
+
+    text = (await gateway.client.get("/metrics")).text
+    assert 'compose_gateway_requests_total{code="202",method="POST",route="/generate"} 1.0' in text
+    assert 'compose_gateway_requests_total{code="404",method="GET",route="/jobs/{job_id}"} 1.0' in (
+        text
+    )
+    assert 'compose_gateway_jobs_created_total{input="json"} 1.0' in text
+
+
+async def test_metrics_can_be_turned_off(make_gateway: MakeGateway) -> None:
+    gateway = await make_gateway(metrics_enabled=False)
+    assert (await gateway.client.get("/metrics")).status_code == 404
+
+
+async def test_cors_allows_only_the_configured_origins(make_gateway: MakeGateway) -> None:
+    gateway = await make_gateway(cors_origins="https://app.example.com")
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type,idempotency-key",
+    }
+
+    allowed = await gateway.client.options(
+        "/generate", headers={"Origin": "https://app.example.com", **preflight}
+    )
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example.com"
+    refused = await gateway.client.options(
+        "/generate", headers={"Origin": "https://evil.example.com", **preflight}
+    )
+    assert "access-control-allow-origin" not in refused.headers
+
+
+async def test_the_openapi_document_describes_the_original_contract(gateway: Gateway) -> None:
+    document = (await gateway.client.get("/openapi.json")).json()
+    generate = document["paths"]["/generate"]["post"]
+    body = generate["requestBody"]["content"]
+    assert set(body) == {"application/json", "multipart/form-data"}
+    assert body["application/json"]["schema"]["required"] == [
+        "personImage",
+        "clothingImages",
+        "placeImage",
+    ]
+    assert {"200", "202", "401", "413", "422", "429"} <= set(generate["responses"])
+    schemes = document["components"]["securitySchemes"]
+    assert {s["type"] for s in schemes.values()} == {"http", "apiKey"}
+
+
+async def test_in_cluster_credentials_are_sent_and_re_read(tmp_path: pathlib.Path) -> None:
+    seen: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        return web.json_response({"kind": "CompositionJobList", "items": []})
+
+    application = web.Application()
+    application.router.add_get("/{tail:.*}", handle)
+    runner = web.AppRunner(application)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    token = tmp_path / "token"
+    await asyncio.to_thread(token.write_text, "first-token\n")
+    clock = ManualClock()
+    client = kube.KubeClient(
+        base_url=f"http://127.0.0.1:{runner.addresses[0][1]}",
+        namespace="ns",
+        token_path=token,
+        monotonic=clock,
+    )
+    try:
+        await client.ping()
+        await asyncio.to_thread(token.write_text, "rotated-token\n")
+        await client.ping()
+        clock.advance(kube.TOKEN_REFRESH_SECONDS + 1)
+        await client.ping()
+    finally:
+        await client.close()
+        await runner.cleanup()
+
+    assert seen == ["Bearer first-token", "Bearer first-token", "Bearer rotated-token"]

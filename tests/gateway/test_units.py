@@ -1,0 +1,97 @@
+"""Pure parts: settings from the environment, signatures, the Prefer header, backoff, cursors."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import pathlib
+
+import pydantic
+import pytest
+
+from compose_gateway import app, callbacks, jobs, settings, signing
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COMPOSE_KUBE_URL", "http://127.0.0.1:8001/")
+    monkeypatch.setenv("COMPOSE_GATEWAY_NAMESPACE", "images")
+    monkeypatch.setenv("COMPOSE_GATEWAY_CORS_ORIGINS", "https://app.example.com, https://x.io")
+    monkeypatch.setenv("COMPOSE_GATEWAY_CALLBACK_ALLOW_CIDRS", '["10.1.0.0/16"]')
+    monkeypatch.setenv("COMPOSE_S3_ENDPOINT_URL", "http://minio:9000")
+    monkeypatch.setenv("COMPOSE_GATEWAY_INPUTS_PREFIX", "in")
+    monkeypatch.setenv("COMPOSE_GATEWAY_PRESIGN_EXPIRES_SECONDS", "600")
+
+    found = settings.Settings()
+
+    assert found.kube_url == "http://127.0.0.1:8001"
+    assert found.namespace == "images"
+    assert found.cors_origins == ["https://app.example.com", "https://x.io"]
+    assert found.callback_allow_cidrs == ["10.1.0.0/16"]
+    assert found.s3_endpoint_url == "http://minio:9000"
+    assert found.inputs_prefix == "in/"
+    assert found.presign_expires_seconds == 600
+
+
+def test_bad_settings_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COMPOSE_GATEWAY_CALLBACK_ALLOW_CIDRS", "10.0.0.0/8,not-a-cidr")
+    with pytest.raises(pydantic.ValidationError, match="callback_allow_cidrs"):
+        settings.Settings()
+
+
+def test_settings_that_make_every_job_invalid_are_refused() -> None:
+    bad = settings.Settings(output_bucket="Not_A_Bucket", kube_url="http://127.0.0.1:1")
+    with pytest.raises(ValueError, match=r"spec\.output\.bucket"):
+        app.create_app(bad)
+
+
+def test_a_signature_covers_the_time_and_the_body() -> None:
+    secret, body = b"s3cret", b'{"jobId":"gw-1"}'
+    value = signing.header(secret, body, 1_700_000_000)
+    expected = hmac.new(secret, b"1700000000." + body, hashlib.sha256).hexdigest()
+
+    assert value == f"t=1700000000,v1={expected}"
+    assert signing.verify(secret, body, value, now=1_700_000_100)
+    assert not signing.verify(secret, body + b" ", value, now=1_700_000_100)
+    assert not signing.verify(b"other", body, value, now=1_700_000_100)
+    assert not signing.verify(secret, body, value, now=1_700_000_301)
+    assert not signing.verify(secret, body, "t=x,v1=y", now=1_700_000_000)
+
+
+@pytest.mark.parametrize(
+    ("query", "prefer", "expected"),
+    [
+        (None, None, (0.0, False)),
+        (5.0, "wait=50", (5.0, False)),
+        (None, "wait=7", (7.0, True)),
+        (None, "respond-async, wait=12", (12.0, True)),
+        (None, "handling=lenient; wait=500", (60.0, True)),
+        (None, "return=minimal", (0.0, False)),
+        (1000.0, None, (60.0, False)),
+    ],
+)
+def test_the_wait_comes_from_the_query_or_prefer(
+    query: float | None, prefer: str | None, expected: tuple[float, bool]
+) -> None:
+    assert app.wait_seconds(query, prefer, 60.0) == expected
+
+
+def test_backoff_doubles_up_to_the_cap() -> None:
+    delays = [callbacks.backoff(n, first=2.0, cap=30.0) for n in range(1, 7)]
+    assert delays == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+
+
+def test_cursors_round_trip_and_refuse_garbage() -> None:
+    order = ("2026-01-01T00:00:05+00:00", "gw-0123456789abcdef0123")
+    assert jobs.decode_cursor(jobs.encode_cursor(order)) == order
+    for garbage in ("", "!!!", "bm90IGpzb24", "WzEsMl0"):
+        with pytest.raises(jobs.BadCursor):
+            jobs.decode_cursor(garbage)
+
+
+def test_the_readme_documents_every_setting() -> None:
+    readme = (pathlib.Path(__file__).parents[2] / "gateway" / "README.md").read_text()
+    for name, field in settings.Settings.model_fields.items():
+        env = f"{settings.ENV_PREFIX}{name.upper()}"
+        if field.validation_alias is not None:
+            env = str(field.validation_alias.choices[0])  # type: ignore[union-attr]
+        assert f"`{env}`" in readme, env
