@@ -1,0 +1,560 @@
+"""Operator benchmark: N CompositionJobs through their whole life, the operator's costs per job.
+
+    python -m benchmarks.operator_bench --jobs 100
+    python -m benchmarks.operator_bench --jobs 1000 --operators naive,compose --json out.json
+
+For each operator (the naive one-handler kopf operator in benchmarks/naive_operator.py as the
+baseline, then ``compose-operator``), in the same run and on the same machine:
+
+1. start a fresh API emulator in its own process (tests/support/kube_emulator.py), so the
+   operator's CPU and memory figures are its own;
+2. start the operator as a subprocess with COMPOSE_KUBE_URL, COMPOSE_STANDALONE=true and a
+   profiles file, and wait until it watches CompositionJobs;
+3. create N CompositionJobs and play the Job controller and the kubelet for every Job the
+   operator creates (pod scheduled on a g5 node, running, terminated with a successful
+   termination message, Job Complete), until every CompositionJob is done (the naive operator:
+   its status written once; compose-operator: phase Succeeded or Failed);
+4. print, for the operator process alone: API requests per job (from the emulator's request log,
+   the benchmark's own requests excluded by User-Agent), CPU milliseconds per job (user+system,
+   psutil), peak RSS, and create-to-Job latency p50/p99 -- with ratios to the baseline.
+
+The emulator is a correctness substrate, not a performance one: it is single-threaded Python,
+and it serves the benchmark's own requests too (about ten per job), so latencies include its
+overhead and grow with N; compare operators within one run, never with a real API server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import pathlib
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import aiohttp
+import psutil
+
+from compose_api import contract, models
+from tests.support import kube_cluster, kube_emulator
+from tests.support.kube_client import KubeApiError, KubeClient
+from tests.support.kube_emulator import COMPOSITION_JOBS, JOBS
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NAMESPACE = "bench"
+PROFILES_YAML = """\
+- name: instantid-sdxl
+  description: InstantID on SDXL, one A10G
+  resources: {gpu: 1, cpu: "3", memory: 14Gi}
+  placement:
+    instanceTypes: [g5.xlarge, g5.2xlarge]
+  models:
+    base: {uri: "hf://stabilityai/stable-diffusion-xl-base-1.0"}
+  licence: {name: openrail++, commercialUse: true}
+"""
+Obj = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorKind:
+    key: str
+    title: str
+    command: tuple[str, ...]
+    done: Callable[[Mapping[str, Any]], bool]
+
+
+def _naive_done(cj: Mapping[str, Any]) -> bool:
+    return "create_job" in (cj.get("status") or {})
+
+
+def _compose_done(cj: Mapping[str, Any]) -> bool:
+    return (cj.get("status") or {}).get("phase") in (models.Phase.SUCCEEDED, models.Phase.FAILED)
+
+
+OPERATORS = {
+    "naive": OperatorKind(
+        "naive",
+        "naive kopf",
+        (sys.executable, "-m", "benchmarks.naive_operator"),
+        _naive_done,
+    ),
+    "compose": OperatorKind(
+        "compose",
+        "compose-operator",
+        (sys.executable, "-m", "compose_operator"),
+        _compose_done,
+    ),
+}
+
+
+@dataclasses.dataclass
+class Result:
+    operator: str
+    jobs: int
+    done: int
+    succeeded: int
+    requests: int
+    writes: int
+    requests_by_verb: dict[str, int]
+    cpu_ms: float
+    peak_rss_mib: float
+    create_to_job_ms: list[float]
+    create_to_done_ms: list[float]
+    wall_s: float
+    emulator_cpu_s: float  # the emulator's CPU in the window, serving everyone
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "requests_per_job": self.requests / self.jobs,
+            "writes_per_job": self.writes / self.jobs,
+            "cpu_ms_per_job": self.cpu_ms / self.jobs,
+            "peak_rss_mib": self.peak_rss_mib,
+            "create_to_job_p50_ms": _percentile(self.create_to_job_ms, 50),
+            "create_to_job_p99_ms": _percentile(self.create_to_job_ms, 99),
+            "create_to_done_p50_ms": _percentile(self.create_to_done_ms, 50),
+            "wall_s": self.wall_s,
+            "jobs_per_s": self.done / self.wall_s if self.wall_s else 0.0,
+            "emulator_busy": self.emulator_cpu_s / self.wall_s if self.wall_s else 0.0,
+        }
+
+
+_WRITES = {"create", "patch", "update", "delete", "deletecollection"}
+
+
+def _percentile(values: Sequence[float], pct: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(pct) - 1]
+
+
+# -- processes --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Emulator:
+    url: str
+    pid: int
+
+
+@contextlib.contextmanager
+def emulator_process() -> Iterator[Emulator]:
+    """Run the emulator in its own process; yields its URL and process id."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.kube_emulator", "--port", "0"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        if process.stdout is None:
+            raise RuntimeError("the emulator's stdout is not piped")
+        line = process.stdout.readline().strip()
+        if not line.startswith("KUBE_EMULATOR_URL="):
+            raise RuntimeError(f"the emulator did not start: {line!r}")
+        yield Emulator(url=line.split("=", 1)[1], pid=process.pid)
+    finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def operator_process(
+    kind: OperatorKind, url: str, workdir: pathlib.Path
+) -> Iterator[subprocess.Popen[bytes]]:
+    profiles = workdir / "profiles.yaml"
+    profiles.write_text(PROFILES_YAML)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+    env.update(
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")])),
+        COMPOSE_KUBE_URL=url,
+        COMPOSE_STANDALONE="true",
+        COMPOSE_PROFILES_PATH=str(profiles),
+        COMPOSE_OUTPUT_BUCKET="results-bucket",
+        COMPOSE_METRICS_PORT="0",
+        COMPOSE_HEALTH_PORT="0",
+    )
+    log_path = workdir / f"{kind.key}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            list(kind.command), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        yield process
+    finally:
+        _stop(process)
+
+
+def _log_tail(workdir: pathlib.Path, kind: OperatorKind) -> str:
+    path = workdir / f"{kind.key}.log"
+    return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+
+# -- the benchmark's side: users, Job controller and kubelet ---------------------------------
+
+
+def composition_job(name: str) -> Obj:
+    return {
+        "apiVersion": "compose.nextunicorn.dev/v1alpha1",
+        "kind": "CompositionJob",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "inputs": {
+                "person": {"uri": "s3://inputs-bucket/person.jpg"},
+                "clothing": [{"uri": "s3://inputs-bucket/shirt.jpg", "category": "upper"}],
+                "place": {"uri": "s3://inputs-bucket/beach.png"},
+            },
+            "params": {"seed": 42},
+            "profile": "instantid-sdxl",
+        },
+    }
+
+
+def success_message(name: str) -> str:
+    return contract.TerminationMessage(
+        exit_code=0,
+        reason=models.Reason.COMPLETED,
+        result=models.Result(
+            s3_uri=f"s3://results-bucket/{NAMESPACE}/{name}/result.png",
+            sha256="0" * 64,
+            width=1024,
+            height=1024,
+            seed=42,
+        ),
+        timings=models.Timings(model_load=1.0, inference=2.0, upload=0.1, total=3.5),
+    ).to_json()
+
+
+class Driver:
+    """Creates the CompositionJobs and plays the controllers; records the times it sees."""
+
+    def __init__(self, kube: KubeClient, kind: OperatorKind, jobs: int) -> None:
+        self.kube = kube
+        self.kind = kind
+        self.names = [f"cj-{index:05d}" for index in range(jobs)]
+        self.created_at: dict[str, float] = {}
+        self.job_seen_at: dict[str, float] = {}
+        self.done_at: dict[str, float] = {}
+        self.succeeded: set[str] = set()
+        self.all_done = asyncio.Event()
+        self.errors: list[str] = []
+        self._played: set[str] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def create_all(self, concurrency: int) -> None:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def create(name: str) -> None:
+            async with gate:
+                self.created_at[name] = time.monotonic()
+                await self.kube.create(COMPOSITION_JOBS, composition_job(name))
+
+        await asyncio.gather(*(create(name) for name in self.names))
+
+    async def follow_jobs(self) -> None:
+        async for event in _watch_forever(self.kube, JOBS):
+            job = event["object"]
+            if event["type"] != "ADDED" or job["metadata"]["uid"] in self._played:
+                continue
+            owner = _owner_name(job)
+            if owner is None:
+                continue
+            self.job_seen_at.setdefault(owner, time.monotonic())
+            self._played.add(job["metadata"]["uid"])
+            task = asyncio.create_task(self._play(job, owner))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def follow_compositions(self) -> None:
+        async for event in _watch_forever(self.kube, COMPOSITION_JOBS):
+            cj = event["object"]
+            name = cj["metadata"]["name"]
+            if name in self.done_at or not self.kind.done(cj):
+                continue
+            self.done_at[name] = time.monotonic()
+            if (cj.get("status") or {}).get("phase") != models.Phase.FAILED:
+                self.succeeded.add(name)
+            if len(self.done_at) == len(self.names):
+                self.all_done.set()
+
+    async def _play(self, job: Obj, owner: str) -> None:
+        """The Job controller and kubelet for one Job: a pod that succeeds, then Complete."""
+        try:
+            if job.get("spec", {}).get("suspend"):
+                return  # left to Kueue, which this benchmark does not play
+            index = len(self._played)
+            pod = await kube_cluster.create_pod_for_job(
+                self.kube, job, node=f"ip-10-0-{index % 16}-1", capacity_type="on-demand"
+            )
+            pod = await kube_cluster.mark_running(self.kube, pod)
+            await kube_cluster.mark_terminated(
+                self.kube, pod, exit_code=0, message=success_message(owner)
+            )
+            await kube_cluster.sync_job(self.kube, job)
+        except KubeApiError as exc:
+            if exc.status != 404:  # a Job deleted under us is the operator's business
+                self.errors.append(f"{owner}: {exc}")
+        except aiohttp.ClientError as exc:
+            self.errors.append(f"{owner}: {exc!r}")
+
+
+def _owner_name(obj: Mapping[str, Any]) -> str | None:
+    for ref in obj["metadata"].get("ownerReferences") or []:
+        if ref.get("kind") == "CompositionJob":
+            name: str = ref["name"]
+            return name
+    return None
+
+
+async def _watch_forever(kube: KubeClient, spec: kube_emulator.ResourceSpec) -> AsyncIterator[Obj]:
+    """Watch with resumption, the way a controller does (re-list on 410)."""
+    since: str | None = None
+    while True:
+        async for event in kube.watch(
+            spec, namespace=NAMESPACE, resource_version=since, timeout_seconds=300
+        ):
+            if event["type"] == "ERROR":
+                since = None
+                break
+            since = event["object"]["metadata"].get("resourceVersion", since)
+            yield event
+
+
+async def _wait_ready(
+    url: str, process: subprocess.Popen[bytes], deadline_s: float, kind: OperatorKind
+) -> None:
+    """Until the operator watches CompositionJobs (seen in the emulator's request log)."""
+    deadline = time.monotonic() + deadline_s
+    seen = 0
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{kind.title} exited with {process.returncode}")
+        records = await asyncio.to_thread(kube_emulator.fetch_request_log, url, seen)
+        seen += len(records)
+        if any(
+            r.verb == "watch"
+            and r.resource == COMPOSITION_JOBS.plural
+            and r.user_agent != kube_emulator.TEST_CLIENT_USER_AGENT
+            for r in records
+        ):
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"{kind.title} did not start watching within {deadline_s} s")
+
+
+async def _sample_rss(process: psutil.Process, peak: list[float], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(psutil.Error):
+            peak[0] = max(peak[0], process.memory_info().rss / 2**20)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(0.1):
+                await stop.wait()
+
+
+def _peak_rss_mib(process: psutil.Process, sampled: float) -> float:
+    """VmHWM (the kernel's own high-water mark) where available, else the sampled peak."""
+    with contextlib.suppress(OSError, psutil.Error):
+        for line in pathlib.Path(f"/proc/{process.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return max(sampled, int(line.split()[1]) / 1024)
+    return sampled
+
+
+async def run_one(kind: OperatorKind, jobs: int, concurrency: int, timeout_s: float) -> Result:
+    with tempfile.TemporaryDirectory(prefix=f"bench-{kind.key}-") as tmp:
+        workdir = pathlib.Path(tmp)
+        with (
+            emulator_process() as emulator,
+            operator_process(kind, emulator.url, workdir) as process,
+        ):
+            try:
+                return await _measure(kind, emulator, process, jobs, concurrency, timeout_s)
+            except Exception:
+                sys.stderr.write(f"--- {kind.title} log ---\n{_log_tail(workdir, kind)}\n")
+                raise
+
+
+async def _measure(
+    kind: OperatorKind,
+    emulator: Emulator,
+    process: subprocess.Popen[bytes],
+    jobs: int,
+    concurrency: int,
+    timeout_s: float,
+) -> Result:
+    url = emulator.url
+    await _wait_ready(url, process, 60, kind)
+    observed = psutil.Process(process.pid)
+    emulator_process_ = psutil.Process(emulator.pid)
+    async with KubeClient(url, namespace=NAMESPACE) as kube:
+        driver = Driver(kube, kind, jobs)
+        followers = [
+            asyncio.create_task(driver.follow_jobs()),
+            asyncio.create_task(driver.follow_compositions()),
+        ]
+        peak = [0.0]
+        stop_sampling = asyncio.Event()
+        sampler = asyncio.create_task(_sample_rss(observed, peak, stop_sampling))
+        log_start = len(await asyncio.to_thread(kube_emulator.fetch_request_log, url))
+        cpu_start = observed.cpu_times()
+        emulator_cpu_start = emulator_process_.cpu_times()
+        started = time.monotonic()
+        try:
+            await driver.create_all(concurrency)
+            async with asyncio.timeout(timeout_s):
+                await driver.all_done.wait()
+        except TimeoutError:
+            sys.stderr.write(
+                f"{kind.title}: {len(driver.done_at)}/{jobs} done within {timeout_s} s\n"
+            )
+        finally:
+            wall = time.monotonic() - started
+            cpu_end = observed.cpu_times()
+            emulator_cpu_end = emulator_process_.cpu_times()
+            stop_sampling.set()
+            await sampler
+            # Let the Job controller finish what it started (outside the measured window).
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(60):
+                    await asyncio.gather(*list(driver.tasks), return_exceptions=True)
+            for task in followers:
+                task.cancel()
+            await asyncio.gather(*followers, return_exceptions=True)
+        records = await asyncio.to_thread(kube_emulator.fetch_request_log, url, log_start)
+    if driver.errors:
+        sys.stderr.write("benchmark driver errors:\n  " + "\n  ".join(driver.errors[:10]) + "\n")
+    mine = [r for r in records if r.user_agent != kube_emulator.TEST_CLIENT_USER_AGENT]
+    return Result(
+        operator=kind.title,
+        jobs=jobs,
+        done=len(driver.done_at),
+        succeeded=len(driver.succeeded),
+        requests=len(mine),
+        writes=sum(1 for r in mine if r.verb in _WRITES),
+        requests_by_verb=dict(Counter(f"{r.verb} {r.resource}{_sub(r)}" for r in mine)),
+        cpu_ms=1000 * (cpu_end.user + cpu_end.system - cpu_start.user - cpu_start.system),
+        peak_rss_mib=_peak_rss_mib(observed, peak[0]),
+        create_to_job_ms=[
+            1000 * (driver.job_seen_at[n] - driver.created_at[n])
+            for n in driver.names
+            if n in driver.job_seen_at and n in driver.created_at
+        ],
+        create_to_done_ms=[
+            1000 * (driver.done_at[n] - driver.created_at[n])
+            for n in driver.names
+            if n in driver.done_at and n in driver.created_at
+        ],
+        wall_s=wall,
+        emulator_cpu_s=emulator_cpu_end.user
+        + emulator_cpu_end.system
+        - emulator_cpu_start.user
+        - emulator_cpu_start.system,
+    )
+
+
+def _sub(record: kube_emulator.RequestRecord) -> str:
+    return f"/{record.subresource}" if record.subresource else ""
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+_ROWS = (
+    ("requests_per_job", "API requests per job", "{:.2f}"),
+    ("writes_per_job", "  of which writes", "{:.2f}"),
+    ("cpu_ms_per_job", "CPU ms per job (user+sys)", "{:.1f}"),
+    ("peak_rss_mib", "peak RSS (MiB)", "{:.1f}"),
+    ("create_to_job_p50_ms", "create->Job p50 (ms)", "{:.0f}"),
+    ("create_to_job_p99_ms", "create->Job p99 (ms)", "{:.0f}"),
+    ("create_to_done_p50_ms", "create->done p50 (ms)", "{:.0f}"),
+    ("wall_s", "wall time (s)", "{:.1f}"),
+    ("jobs_per_s", "jobs done per second", "{:.1f}"),
+    ("emulator_busy", "emulator CPU share of wall", "{:.2f}"),
+)
+
+
+def report(results: Sequence[Result], jobs: int) -> str:
+    lines = [
+        f"operator benchmark: {jobs} CompositionJobs,"
+        f" {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M}Z, {os.cpu_count()} CPUs;"
+        " emulator in its own process",
+        "note: the emulator is single-threaded Python serving the benchmark's own requests too;"
+        " latencies are relative, not real API-server figures",
+        "",
+    ]
+    baseline = results[0].summary() if results else {}
+    header = f"{'metric':<28}" + "".join(f"{r.operator:>20}" for r in results)
+    if len(results) > 1:
+        header += "".join(f"{'ratio to ' + results[0].operator:>22}" for _ in results[1:])
+    lines.append(header)
+    for key, title, fmt in _ROWS:
+        row = f"{title:<28}"
+        summaries = [r.summary() for r in results]
+        row += "".join(f"{fmt.format(s[key]):>20}" for s in summaries)
+        for summary in summaries[1:]:
+            base = baseline.get(key, 0.0)
+            row += f"{(summary[key] / base if base else float('nan')):>21.2f}x"
+        lines.append(row)
+    lines.append(
+        f"{'jobs done / succeeded':<28}"
+        + "".join(f"{f'{r.done}/{r.succeeded} of {r.jobs}':>20}" for r in results)
+    )
+    for result in results:
+        top = sorted(result.requests_by_verb.items(), key=lambda kv: -kv[1])
+        lines.append("")
+        lines.append(f"{result.operator} requests by verb and resource (per job):")
+        lines.extend(f"  {name:<40} {count / result.jobs:8.2f}" for name, count in top)
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="CompositionJob operator benchmark")
+    parser.add_argument("--jobs", type=int, default=100, help="CompositionJobs to run (<= 1000)")
+    parser.add_argument(
+        "--operators",
+        default="naive,compose",
+        help="comma-separated, the first is the baseline (naive, compose)",
+    )
+    parser.add_argument("--concurrency", type=int, default=10, help="creates in flight")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per operator")
+    parser.add_argument("--json", type=pathlib.Path, default=None, help="also write results here")
+    args = parser.parse_args(argv)
+    if not 1 <= args.jobs <= 1000:
+        parser.error("--jobs: must be between 1 and 1000")
+    unknown = [k for k in args.operators.split(",") if k not in OPERATORS]
+    if unknown:
+        parser.error(f"--operators: unknown {unknown}; choose from {sorted(OPERATORS)}")
+    timeout_s = args.timeout or 60 + args.jobs * 1.5
+
+    results = [
+        asyncio.run(run_one(OPERATORS[key], args.jobs, args.concurrency, timeout_s))
+        for key in args.operators.split(",")
+    ]
+    print(report(results, args.jobs), flush=True)
+    if args.json is not None:
+        payload = [dict(dataclasses.asdict(r), summary=r.summary()) for r in results]
+        args.json.write_text(json.dumps(payload, indent=2))
+
+
+if __name__ == "__main__":
+    main()
