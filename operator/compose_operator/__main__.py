@@ -1,0 +1,118 @@
+"""``compose-operator``: the console script that runs the CompositionJob operator.
+
+Reads the settings from ``COMPOSE_*`` environment variables (exit status 2 with one line per bad
+variable), starts the Prometheus endpoint, and runs kopf with the handlers of
+:mod:`compose_operator.handlers`: cluster-wide or in the listed namespaces, with a liveness
+endpoint and active/standby peering unless ``COMPOSE_STANDALONE`` is true.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import kopf
+
+from compose_operator import handlers, kube, metrics, reconciler, settings
+
+ENVIRONMENT_HELP = """\
+environment (all optional unless marked):
+  COMPOSE_PROFILES_PATH            profiles.yaml (required; the chart mounts it from a ConfigMap)
+  COMPOSE_NAMESPACES               comma-separated namespaces to watch; empty: cluster-wide
+  COMPOSE_INFERENCE_IMAGE          default inference image (a profile may name its own)
+  COMPOSE_INFERENCE_SERVICE_ACCOUNT  service account of the inference pods (S3 access)
+  COMPOSE_OUTPUT_BUCKET            bucket when spec.output.bucket is empty
+  COMPOSE_OUTPUT_PREFIX            key prefix when spec.output.prefix is empty
+  COMPOSE_RESULT_URL_BASE          https base of status.result.url (default: the S3 URL)
+  COMPOSE_AWS_REGION               region of the bucket (default us-east-1)
+  COMPOSE_S3_ENDPOINT_URL          S3 endpoint passed to the pods (MinIO)
+  COMPOSE_MAX_RUNNING_PER_NAMESPACE  running jobs per namespace; 0: no cap
+  COMPOSE_JOB_TTL_SECONDS          ttlSecondsAfterFinished of the child Jobs
+  COMPOSE_METRICS_PORT             Prometheus /metrics port (default 8080; 0: off)
+  COMPOSE_HEALTH_PORT              liveness /healthz port (default 8081; 0: off)
+  COMPOSE_PEERING_NAME             kopf peering object (active/standby)
+  COMPOSE_PEERING_PRIORITY         this instance's peering priority
+  COMPOSE_STANDALONE               true: no peering
+  COMPOSE_MODEL_CACHE              model cache: an absolute node path or a PVC name
+  COMPOSE_KUBE_URL                 plain http URL of the API (tests, benchmarks)
+  COMPOSE_RECONCILE_INTERVAL_SECONDS  safety-net sweep interval (default 10)
+  COMPOSE_LOG_LEVEL                DEBUG, INFO, WARNING or ERROR
+  COMPOSE_SETTINGS_FILE            KEY=VALUE file (a mounted ConfigMap); the environment wins
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(
+        prog="compose-operator",
+        description="Run the CompositionJob operator (compose.nextunicorn.dev/v1alpha1): "
+        "one GPU batch/v1 Job per CompositionJob, status from its pods.",
+        epilog=ENVIRONMENT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _identity() -> str:
+    """This instance in kopf's peering object: the pod name when the chart sets POD_ID."""
+    pod = os.environ.get("POD_ID") or socket.gethostname()
+    return f"{pod}/{os.getpid()}/{secrets.token_hex(3)}"
+
+
+def _emit(body: Mapping[str, Any], *, type: str, reason: str, message: str) -> None:
+    kopf.event(dict(body), type=type, reason=reason, message=message[:1024])  # type: ignore[arg-type]
+
+
+async def run(config: settings.OperatorSettings) -> None:
+    """Run the operator until it is stopped (SIGINT/SIGTERM)."""
+    log = logging.getLogger("compose_operator")
+
+    async def login() -> kopf.ConnectionInfo:
+        return await handlers.connection(config, log)
+
+    client = kube.KubeClient(login)
+    runtime = handlers.Runtime(
+        settings=config,
+        reconciler=reconciler.Reconciler(config, client, emit=_emit, metrics_=metrics.Metrics()),
+        identity=_identity(),
+    )
+    runtime.reconciler.metrics.serve(config.metrics_port)
+    liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
+    await kopf.operator(
+        clusterwide=config.clusterwide,
+        namespaces=list(config.namespaces),
+        standalone=config.standalone,
+        priority=config.peering_priority,
+        # Naming the peering makes it mandatory: without the kopf.dev peering CRDs the operator
+        # waits rather than risking two active instances. Standalone needs no peering at all.
+        peering_name=None if config.standalone else config.peering_name,
+        liveness_endpoint=liveness,
+        identity=runtime.identity,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str
+        memo=kopf.Memo(runtime=runtime),
+    )
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    _parser().parse_args(argv)
+    try:
+        config = settings.from_environment(os.environ if environ is None else environ)
+    except settings.SettingsError as error:
+        print(f"compose-operator: invalid settings:\n{error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(run(config))
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

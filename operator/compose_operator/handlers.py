@@ -1,0 +1,163 @@
+"""The kopf handlers: thin adapters from watch events to :class:`~compose_operator.reconciler.
+Reconciler`.
+
+Importing this module registers the handlers in kopf's default registry; ``__main__`` imports it
+and passes a :class:`Runtime` in kopf's memo. The CompositionJob and its children are observed
+with ``kopf.on.event`` (level-based: every event re-derives the status) rather than
+``on.create``/``on.update``, so kopf writes no progress annotations and needs no finalizer — a
+CompositionJob can be deleted while the operator is down. A sweep task started at start-up is the
+safety net for time-based decisions (start deadline, queue admission) and for errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from compose_api import models
+from compose_operator import names, peering, reconciler
+from compose_operator.settings import OperatorSettings
+
+CHILD_LABELS = {names.MANAGED_BY_LABEL: names.MANAGED_BY}
+
+
+@dataclasses.dataclass
+class Runtime:
+    """What the handlers share, carried in kopf's memo (never in module globals)."""
+
+    settings: OperatorSettings
+    reconciler: reconciler.Reconciler
+    identity: str = ""  # this instance's kopf peering identity
+    sweeper: asyncio.Task[None] | None = None
+
+    async def standing_by(self) -> bool:
+        """Whether a peer with a priority >= ours is alive (kopf has paused us, then)."""
+        if self.settings.standalone:
+            return False
+        scopes: list[str | None] = (
+            [None] if self.settings.clusterwide else list(self.settings.namespaces)
+        )
+        now = reconciler.utcnow()
+        for namespace in scopes:
+            peers = await self.reconciler.client.peering_status(
+                self.settings.peering_name, namespace
+            )
+            if peering.standing_down(
+                peers, identity=self.identity, priority=self.settings.peering_priority, now=now
+            ):
+                return True
+        return False
+
+
+async def connection(
+    settings: OperatorSettings,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    kopf_settings: kopf.OperatorSettings | None = None,
+) -> kopf.ConnectionInfo:
+    """COMPOSE_KUBE_URL when set; else the service account, else the kubeconfig."""
+    if settings.kube_url:
+        return kopf.ConnectionInfo(server=settings.kube_url, default_namespace="default")
+    options = kopf_settings or kopf.OperatorSettings()
+    info = kopf.login_with_service_account(
+        logger=logger, settings=options
+    ) or kopf.login_with_kubeconfig(logger=logger, settings=options)
+    if info is None:
+        raise kopf.LoginError("no service account, no kubeconfig, and no COMPOSE_KUBE_URL")
+    return info
+
+
+def _runtime(memo: Any) -> Runtime:
+    runtime: Runtime = memo["runtime"]
+    return runtime
+
+
+async def _sweep_forever(
+    runtime: Runtime, logger: logging.Logger | logging.LoggerAdapter[Any]
+) -> None:
+    while True:
+        await asyncio.sleep(runtime.settings.reconcile_interval_seconds)
+        try:
+            if await runtime.standing_by():
+                continue  # the active peer does the work; what we last saw may be stale
+            await runtime.reconciler.sweep()
+        except Exception:
+            runtime.reconciler.metrics.reconcile_errors.labels("Sweep").inc()
+            logger.exception("the safety-net sweep failed; it runs again in a moment")
+
+
+@kopf.on.startup()
+async def configure(
+    settings: kopf.OperatorSettings,
+    memo: Any,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    **_: Any,
+) -> None:
+    runtime = _runtime(memo)
+    # Watch requests end after 5 min and a stream silent past kopf's inactivity_timeout (70 s;
+    # bookmarks come every 60 s) is restarted: a frozen watch heals instead of going quiet.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 60
+    settings.posting.loggers = False  # events are posted for transitions only
+    # Only our own Jobs and pods come over the wire (server-side label selection), not the
+    # whole cluster's; the handlers' label filters below repeat it on the client side.
+    managed = f"{names.MANAGED_BY_LABEL}={names.MANAGED_BY}"
+    settings.watching.label_selectors["batch", "v1", "jobs"] = managed
+    settings.watching.label_selectors["v1", "pods"] = managed
+    runtime.sweeper = asyncio.create_task(_sweep_forever(runtime, logger))
+
+
+@kopf.on.cleanup()
+async def stop(memo: Any, **_: Any) -> None:
+    runtime = _runtime(memo)
+    if runtime.sweeper is not None:
+        runtime.sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runtime.sweeper
+    await runtime.reconciler.client.close()
+
+
+@kopf.on.login()
+async def login(
+    memo: Any,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+    settings: kopf.OperatorSettings,
+    **_: Any,
+) -> Any:
+    return await connection(_runtime(memo).settings, logger, settings)
+
+
+@kopf.on.event(models.GROUP, models.VERSION, models.PLURAL)
+async def composition_job_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
+    runtime = _runtime(memo)
+    body = event["object"]
+    if event.get("type") == "DELETED":
+        runtime.reconciler.forget(body)
+        return
+    uid = runtime.reconciler.inventory.put(body)
+    await runtime.reconciler.reconcile(uid)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
+async def job_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
+    runtime = _runtime(memo)
+    deleted = event.get("type") == "DELETED"
+    owner = runtime.reconciler.inventory.put_child("job", event["object"], deleted=deleted)
+    if owner is not None:
+        await runtime.reconciler.reconcile(owner)
+
+
+@kopf.on.event("v1", "pods", labels=CHILD_LABELS)
+async def pod_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
+    runtime = _runtime(memo)
+    deleted = event.get("type") == "DELETED"
+    owner = runtime.reconciler.inventory.put_child("pod", event["object"], deleted=deleted)
+    if owner is not None:
+        await runtime.reconciler.reconcile(owner)

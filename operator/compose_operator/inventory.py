@@ -1,0 +1,152 @@
+"""The operator's in-memory view of CompositionJobs, their child Jobs and pods.
+
+Fed by the watch handlers in :mod:`compose_operator.handlers` (kopf streams every change), read
+by :mod:`compose_operator.reconciler`, so that reconciling a job costs no API reads. It also
+remembers the status this process last wrote for each job (the operator is the only writer of
+status, so that is the newest one even before the watch echoes it back) and holds the locks
+that keep two reconciliations of one job, or two admissions in one namespace, from overlapping.
+Plain data and no I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Mapping
+from typing import Any
+
+import pydantic
+
+from compose_api import models
+from compose_operator import names, queueing, status
+
+
+def _uid(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("uid") or "")
+
+
+def owner_uid(obj: Mapping[str, Any]) -> str | None:
+    """The CompositionJob a child belongs to, from its label."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    value = labels.get(names.UID_LABEL)
+    return str(value) if value else None
+
+
+def job_attempt(job: Mapping[str, Any]) -> int:
+    """The attempt number a child Job was built for (from its label)."""
+    labels = (job.get("metadata") or {}).get("labels") or {}
+    try:
+        return int(labels.get(names.ATTEMPT_LABEL, 0))
+    except (TypeError, ValueError):
+        return 0
+
+
+class Inventory:
+    """Latest known objects, keyed by the CompositionJob's uid."""
+
+    def __init__(self) -> None:
+        self.jobs_by_uid: dict[str, dict[str, Any]] = {}
+        self.children: dict[str, dict[str, dict[str, Any]]] = collections.defaultdict(dict)
+        self.pods: dict[str, dict[str, dict[str, Any]]] = collections.defaultdict(dict)
+        self.written: dict[str, models.CompositionJobStatus] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._namespace_locks: dict[str, asyncio.Lock] = {}
+
+    # -- CompositionJobs --------------------------------------------------------------------
+
+    def put(self, body: Mapping[str, Any]) -> str:
+        uid = _uid(body)
+        self.jobs_by_uid[uid] = dict(body)
+        return uid
+
+    def forget(self, uid: str) -> None:
+        self.jobs_by_uid.pop(uid, None)
+        self.children.pop(uid, None)
+        self.pods.pop(uid, None)
+        self.written.pop(uid, None)
+        self._locks.pop(uid, None)
+
+    def body(self, uid: str) -> dict[str, Any] | None:
+        return self.jobs_by_uid.get(uid)
+
+    def status_of(self, uid: str) -> models.CompositionJobStatus:
+        """What this process last wrote, else what the API server last showed."""
+        if uid in self.written:
+            return self.written[uid]
+        body = self.jobs_by_uid.get(uid) or {}
+        try:
+            return models.CompositionJobStatus.model_validate(body.get("status") or {})
+        except pydantic.ValidationError:
+            return models.CompositionJobStatus()
+
+    def lock(self, uid: str) -> asyncio.Lock:
+        return self._locks.setdefault(uid, asyncio.Lock())
+
+    def namespace_lock(self, namespace: str) -> asyncio.Lock:
+        return self._namespace_locks.setdefault(namespace, asyncio.Lock())
+
+    # -- children ---------------------------------------------------------------------------
+
+    def put_child(self, kind: str, body: Mapping[str, Any], *, deleted: bool) -> str | None:
+        """Record a Job or Pod event; returns the owning CompositionJob's uid."""
+        owner = owner_uid(body)
+        if owner is None:
+            return None
+        store = self.children if kind == "job" else self.pods
+        name = str((body.get("metadata") or {}).get("name") or "")
+        if deleted:
+            store[owner].pop(name, None)
+        else:
+            store[owner][name] = dict(body)
+        return owner
+
+    def job(self, uid: str, name: str) -> dict[str, Any] | None:
+        return self.children.get(uid, {}).get(name)
+
+    def jobs_of(self, uid: str) -> list[dict[str, Any]]:
+        """The CompositionJob's child Jobs, latest attempt first."""
+        return sorted(self.children.get(uid, {}).values(), key=job_attempt, reverse=True)
+
+    def pods_of(self, uid: str, job_name: str) -> list[dict[str, Any]]:
+        return [
+            pod
+            for pod in self.pods.get(uid, {}).values()
+            if ((pod.get("metadata") or {}).get("labels") or {}).get("job-name") in (None, job_name)
+        ]
+
+    # -- queueing ---------------------------------------------------------------------------
+
+    def queue_entries(self, namespace: str) -> list[queueing.Entry]:
+        """The namespace's jobs under the operator's cap (Kueue-queued ones are not)."""
+        entries = []
+        for uid, body in self.jobs_by_uid.items():
+            meta = body.get("metadata") or {}
+            if meta.get("namespace") != namespace or meta.get("deletionTimestamp"):
+                continue
+            spec = body.get("spec") or {}
+            execution = spec.get("execution") or {}
+            if execution.get("queueName"):
+                continue
+            current = self.status_of(uid)
+            finished = current.phase in models.TERMINAL_PHASES
+            rejected = any(
+                c.type == models.ConditionType.ACCEPTED and c.status == status.FALSE
+                for c in current.conditions
+            )
+            admitted = any(
+                c.type == models.ConditionType.QUEUED and c.status == status.FALSE
+                for c in current.conditions
+            )
+            holds = bool(self.children.get(uid)) or admitted
+            suspended = bool(spec.get("suspend"))
+            entries.append(
+                queueing.Entry(
+                    uid=uid,
+                    name=str(meta.get("name") or ""),
+                    priority=int(execution.get("priority") or 0),
+                    created=status.parse_time(meta.get("creationTimestamp")),
+                    running=holds and not finished and not suspended,
+                    waiting=not (holds or finished or rejected or suspended),
+                )
+            )
+        return entries

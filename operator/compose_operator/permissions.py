@@ -1,0 +1,73 @@
+"""Exactly the Kubernetes API permissions the operator uses: its own calls and kopf's.
+
+The chart's RBAC is checked against :data:`REQUIRED_PERMISSIONS` by the deployment tests, and the
+operator's integration tests check that every request it made against the API emulator is
+covered by it (:func:`allows`). Keep this list in step with :mod:`compose_operator.kube` and the
+resources :mod:`compose_operator.handlers` watches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+
+from compose_api import models
+
+
+class Scope(enum.StrEnum):
+    """Where a rule belongs in RBAC."""
+
+    NAMESPACED = "namespaced"  # a Role per watched namespace, or the ClusterRole cluster-wide
+    CLUSTER = "cluster"  # cluster-scoped resources: always a ClusterRole
+    CLUSTERWIDE_ONLY = "clusterwide-only"  # needed only when the operator watches all namespaces
+    NAMESPACED_ONLY = "namespaced-only"  # needed only when it watches a list of namespaces
+
+
+@dataclasses.dataclass(frozen=True)
+class Permission:
+    api_group: str  # "" for the core group
+    resource: str  # "jobs", "compositionjobs/status", ...
+    verbs: tuple[str, ...]
+    scope: Scope
+    why: str
+
+
+REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
+    Permission(models.GROUP, models.PLURAL, ("list", "watch"), Scope.NAMESPACED,
+               "kopf watches CompositionJobs"),
+    Permission(models.GROUP, f"{models.PLURAL}/status", ("patch",), Scope.NAMESPACED,
+               "the operator writes status (never spec)"),
+    Permission("batch", "jobs", ("list", "watch", "get", "create", "patch", "delete"),
+               Scope.NAMESPACED,
+               "child Jobs: watched, created (adopted on 409), suspended, deleted on deadline"),
+    Permission("", "pods", ("list", "watch"), Scope.NAMESPACED,
+               "pod conditions, container states and termination messages of child Jobs"),
+    Permission("", "events", ("create",), Scope.NAMESPACED,
+               "Kubernetes Events on every transition (posted by kopf)"),
+    Permission("", "nodes", ("get",), Scope.CLUSTER,
+               "instance type and capacity type of the node an attempt ran on"),
+    Permission("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch"),
+               Scope.CLUSTER, "kopf discovers and re-scans the CRDs it serves"),
+    Permission("", "namespaces", ("list", "watch"), Scope.CLUSTER,
+               "kopf lists and watches namespaces when limited to COMPOSE_NAMESPACES (they may "
+               "be glob patterns); cluster-wide it needs them discoverable only"),
+    Permission("kopf.dev", "clusterkopfpeerings", ("list", "watch", "patch", "get"),
+               Scope.CLUSTERWIDE_ONLY, "active/standby peering, cluster-wide"),
+    Permission("kopf.dev", "kopfpeerings", ("list", "watch", "patch", "get"),
+               Scope.NAMESPACED_ONLY, "active/standby peering per namespace"),
+)  # fmt: skip
+
+
+def allows(
+    api_group: str, resource: str, verb: str, *, clusterwide: bool, subresource: str | None = None
+) -> bool:
+    """Whether the listed permissions cover one request (as RBAC matches it)."""
+    name = f"{resource}/{subresource}" if subresource else resource
+    for item in REQUIRED_PERMISSIONS:
+        if item.scope == Scope.CLUSTERWIDE_ONLY and not clusterwide:
+            continue
+        if item.scope == Scope.NAMESPACED_ONLY and clusterwide:
+            continue
+        if item.api_group == api_group and item.resource == name and verb in item.verbs:
+            return True
+    return False

@@ -1,0 +1,341 @@
+"""Level-based reconciliation of one CompositionJob: decide, act through the client, write status.
+
+The kopf handlers call :meth:`Reconciler.reconcile` for every event of a CompositionJob or of one
+of its children, and :meth:`Reconciler.sweep` runs on a timer as a safety net (start deadlines,
+queue admission, errors). Each call reads the in-memory :class:`~compose_operator.inventory.
+Inventory`, asks the pure builders and status mapping what should be, makes at most the API
+calls needed to get there, and writes status only when it changed.
+
+Restart safety comes from the order of writes: the seed and the admission are recorded in
+status before the Job is created; the Job's name is deterministic, so a create after a crash
+gets 409 and adopts the Job it finds; a terminal status is never recomputed, so a finished job
+stays finished even after its children are garbage-collected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+import pydantic
+
+from compose_api import models
+from compose_operator import builders, inventory, kube, metrics, names, queueing, status
+from compose_operator.settings import OperatorSettings
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime.datetime]
+
+
+class EmitFn(Protocol):
+    def __call__(self, body: Mapping[str, Any], *, type: str, reason: str, message: str) -> None:
+        """Post one Kubernetes Event about ``body``."""
+
+
+def utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+class Reconciler:
+    """Everything one operator process needs to drive CompositionJobs."""
+
+    def __init__(
+        self,
+        settings: OperatorSettings,
+        client: kube.KubeClient,
+        *,
+        emit: EmitFn,
+        inventory_: inventory.Inventory | None = None,
+        metrics_: metrics.Metrics | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.emit = emit
+        self.inventory = inventory_ or inventory.Inventory()
+        self.metrics = metrics_ or metrics.Metrics()
+        self.clock = clock
+        self._kicks: set[asyncio.Task[None]] = set()
+
+    # -- entry points -----------------------------------------------------------------------
+
+    async def reconcile(self, uid: str) -> None:
+        """Bring one CompositionJob's children and status in line; errors are counted, and the
+        next sweep tries again."""
+        async with self.inventory.lock(uid):
+            body = self.inventory.body(uid)
+            if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+                return
+            try:
+                await self._reconcile(uid, body)
+            except Exception as error:
+                self.metrics.reconcile_errors.labels(type(error).__name__).inc()
+                logger.exception("reconciling %s failed", _ref(body))
+
+    async def sweep(self) -> None:
+        """The safety net: revisit every job that is waiting for something time-based."""
+        for uid in list(self.inventory.jobs_by_uid):
+            current = self.inventory.status_of(uid)
+            if current.phase in (models.Phase.RUNNING, models.Phase.SUSPENDED):
+                continue
+            if current.phase in models.TERMINAL_PHASES:
+                continue
+            await self.reconcile(uid)
+
+    def forget(self, body: Mapping[str, Any]) -> None:
+        """The CompositionJob is gone: drop it, and let the next job in its namespace start."""
+        uid = str((body.get("metadata") or {}).get("uid") or "")
+        self.inventory.forget(uid)
+        self.metrics.observe_phase(uid, "", None)
+        self._kick_queue(str((body.get("metadata") or {}).get("namespace") or ""))
+
+    # -- the decision -----------------------------------------------------------------------
+
+    async def _reconcile(self, uid: str, body: Mapping[str, Any]) -> None:
+        now = self.clock().replace(microsecond=0)
+        previous = self.inventory.status_of(uid)
+        meta = models.ObjectMeta.model_validate(body.get("metadata") or {})
+        if previous.phase in models.TERMINAL_PHASES:
+            return  # terminal stays terminal, whatever happens to the children
+        try:
+            spec = models.CompositionJobSpec.model_validate(body.get("spec") or {})
+        except pydantic.ValidationError as error:
+            message = models.describe_validation_error(error)
+            outcome = status.rejected(
+                previous, meta.generation, models.Reason.INVALID_SPEC, message, now=now
+            )
+            await self._write(body, previous, outcome)
+            return
+        cj = models.CompositionJob(metadata=meta, spec=spec, status=previous)
+        profile = self.settings.profiles.get(spec.profile)
+        problem = self._problem(cj, profile is None)
+        if problem is not None:
+            reason, message = problem
+            outcome = status.rejected(previous, meta.generation, reason, message, now=now)
+            await self._write(body, previous, outcome)
+            return
+        if profile is None:  # _problem reported it; this narrows the type
+            return
+        seed = builders.choose_seed(cj)
+        namespace = meta.namespace or "default"
+        jobs = self.inventory.jobs_of(uid)
+        if not jobs and (previous.attempts or _has(previous, models.ConditionType.STARTED)):
+            jobs = await self.client.list_jobs(namespace, names.selector(uid))  # watch lag?
+            jobs.sort(key=inventory.job_attempt, reverse=True)
+            if not jobs:
+                last = previous.attempts[-1].job_name if previous.attempts else None
+                lost = last or names.job_name(meta.name, uid, 0)
+                await self._write(body, previous, status.lost(cj, lost, now=now))
+                return
+        job = jobs[0] if jobs else None
+        for stale in jobs[1:]:  # an earlier attempt left by a crash during a rebuild
+            await self.client.delete_job(namespace, str(stale["metadata"]["name"]))
+        if job is None:
+            async with self.inventory.namespace_lock(namespace):
+                queue = self._queue_position(cj)
+                outcome = status.waiting(cj, seed=seed, queue=queue, now=now)
+                held = queue is not None or spec.suspend
+                # Under a cap the admission is recorded before the Job exists, so that a lagging
+                # Job watch never lets the namespace go over the cap. Without a cap nothing needs
+                # it: the seed is derived from the uid and the Job's name is deterministic.
+                if held or self.settings.max_running_per_namespace > 0:
+                    await self._write(body, previous, outcome)
+                    previous = outcome.status
+            if held:
+                return
+            cj = cj.model_copy(update={"status": previous})
+            manifest = builders.build_job(cj, profile, self.settings, 0, seed)
+            job = await self.client.create_job(manifest)
+            self.inventory.put_child("job", job, deleted=False)
+        elif self._needs_rebuild(cj, job, uid):
+            # The spec changed before any pod ran: the next attempt runs the new spec. Create
+            # first, then delete, so that a crash in between leaves a Job to adopt.
+            attempt = inventory.job_attempt(job) + 1
+            manifest = builders.build_job(cj, profile, self.settings, attempt, seed)
+            old_name = str(job["metadata"]["name"])
+            job = await self.client.create_job(manifest)
+            self.inventory.put_child("job", job, deleted=False)
+            await self.client.delete_job(namespace, old_name)
+        else:
+            job = await self._sync_suspend(cj, job)
+            seed = _job_seed(job, default=previous.seed if previous.seed is not None else seed)
+        job_name = str(job["metadata"]["name"])
+        pods = self.inventory.pods_of(uid, job_name)
+        if not pods and previous.attempts:
+            # Right after a restart the pod watch may not have caught up: ask once.
+            pods = await self._fresh_pods(namespace, uid, job_name)
+        outcome = await self._compute(cj, job, pods, now=now, seed=seed)
+        if outcome.terminal and not _settled(pods, outcome):
+            # A terminal status is final: decide it on fresh pods, not on a watch that may lag
+            # behind the Job's (the result and the exit code live in the pods).
+            pods = await self._fresh_pods(namespace, uid, job_name)
+            outcome = await self._compute(cj, job, pods, now=now, seed=seed)
+        if outcome.stop_job:
+            await self.client.delete_job(namespace, job_name)
+        await self._write(body, previous, outcome)
+
+    def _needs_rebuild(self, cj: models.CompositionJob, job: Mapping[str, Any], uid: str) -> bool:
+        """Params or execution changed, and no pod of the Job has started yet."""
+        annotations = (job.get("metadata") or {}).get("annotations") or {}
+        recorded = annotations.get(builders.SPEC_HASH_ANNOTATION)
+        if recorded is None or recorded == builders.spec_hash(cj.spec):
+            return False
+        if cj.status.start_time is not None:
+            return False
+        name = str((job.get("metadata") or {}).get("name"))
+        return not any(status.view_pod(pod).ran for pod in self.inventory.pods_of(uid, name))
+
+    async def _fresh_pods(self, namespace: str, uid: str, job_name: str) -> list[dict[str, Any]]:
+        pods = await self.client.list_pods(namespace, names.selector(uid))
+        return [p for p in pods if _labels(p).get("job-name") in (None, job_name)]
+
+    async def _compute(
+        self,
+        cj: models.CompositionJob,
+        job: Mapping[str, Any],
+        pods: list[dict[str, Any]],
+        *,
+        now: datetime.datetime,
+        seed: int,
+    ) -> status.Outcome:
+        nodes: dict[str, dict[str, str]] = {}
+        for pod in pods:
+            node = (pod.get("spec") or {}).get("nodeName")
+            if node and node not in nodes:
+                nodes[node] = await self.client.node_labels(str(node))
+        return status.compute(
+            cj, job, pods, now=now, settings=self.settings, seed=seed, nodes=nodes
+        )
+
+    def _problem(
+        self, cj: models.CompositionJob, unknown_profile: bool
+    ) -> tuple[models.Reason, str] | None:
+        if unknown_profile:
+            known = ", ".join(sorted(self.settings.profiles)) or "none configured"
+            return (
+                models.Reason.UNKNOWN_PROFILE,
+                f"spec.profile: unknown profile {cj.spec.profile!r} (known: {known})",
+            )
+        try:
+            builders.output_bucket(cj, self.settings)
+        except builders.BuildError as error:
+            return models.Reason.INVALID_SPEC, str(error)
+        return None
+
+    def _queue_position(self, cj: models.CompositionJob) -> status.Queue | None:
+        """None when the job may start now; its place in the namespace queue otherwise."""
+        cap = self.settings.max_running_per_namespace
+        if cap <= 0 or cj.spec.execution.queue_name or cj.spec.suspend:
+            return None
+        namespace = cj.metadata.namespace or "default"
+        decision = queueing.decide(self.inventory.queue_entries(namespace), cap)
+        self.metrics.queue_depth.labels(namespace).set(decision.depth)
+        uid = cj.metadata.uid or ""
+        if uid in decision.admitted or uid not in decision.positions:
+            return None
+        return status.Queue(position=decision.positions[uid], depth=decision.depth)
+
+    async def _sync_suspend(self, cj: models.CompositionJob, job: dict[str, Any]) -> dict[str, Any]:
+        """``spec.suspend`` drives the Job's; resuming only undoes a suspension the user made."""
+        job_suspended = bool((job.get("spec") or {}).get("suspend"))
+        user_suspended = any(
+            c.type == models.ConditionType.SUSPENDED and c.status == status.TRUE
+            for c in cj.status.conditions
+        )
+        wanted = job_suspended
+        if cj.spec.suspend and not job_suspended:
+            wanted = True
+        elif not cj.spec.suspend and job_suspended and user_suspended:
+            wanted = False
+        if wanted == job_suspended:
+            return job
+        meta = job.get("metadata") or {}
+        await self.client.patch_job(
+            str(meta.get("namespace")), str(meta.get("name")), {"spec": {"suspend": wanted}}
+        )
+        updated = dict(job)
+        updated["spec"] = {**(job.get("spec") or {}), "suspend": wanted}
+        return updated
+
+    # -- writing ----------------------------------------------------------------------------
+
+    async def _write(
+        self,
+        body: Mapping[str, Any],
+        previous: models.CompositionJobStatus,
+        outcome: status.Outcome,
+    ) -> None:
+        meta = body.get("metadata") or {}
+        uid = str(meta.get("uid") or "")
+        patch = status.to_patch(outcome.status, previous)
+        if patch is None:
+            return
+        await self.client.patch_status(str(meta.get("namespace")), str(meta.get("name")), patch)
+        self.inventory.written[uid] = outcome.status
+        namespace = str(meta.get("namespace") or "")
+        self.metrics.observe_phase(uid, namespace, outcome.status.phase)
+        for item in outcome.transitions:
+            self.metrics.transitions.labels(item.type, item.status, item.reason).inc()
+        if outcome.transitions:
+            # One Event per status write: the latest transition names it, the message lists all.
+            last = outcome.transitions[-1]
+            text = "; ".join(
+                f"{t.type}={t.status} {t.reason}" + (f": {t.message}" if t.message else "")
+                for t in outcome.transitions
+            )
+            warning = any(t.warning for t in outcome.transitions)
+            self.emit(
+                body, type="Warning" if warning else "Normal", reason=last.reason, message=text
+            )
+        if outcome.terminal and previous.phase not in models.TERMINAL_PHASES:
+            self.metrics.observe_finish(outcome.status)
+            self._kick_queue(namespace)
+
+    def _kick_queue(self, namespace: str) -> None:
+        """A slot may have freed: reconcile the jobs that the queue now admits."""
+        cap = self.settings.max_running_per_namespace
+        if cap <= 0 or not namespace:
+            return
+        decision = queueing.decide(self.inventory.queue_entries(namespace), cap)
+        for uid in decision.admitted:
+            task = asyncio.create_task(self.reconcile(uid))
+            self._kicks.add(task)
+            task.add_done_callback(self._kicks.discard)
+
+
+def _job_seed(job: Mapping[str, Any], *, default: int) -> int:
+    """The seed the Job runs with (its annotation), which later spec edits do not change."""
+    value = ((job.get("metadata") or {}).get("annotations") or {}).get(builders.SEED_ANNOTATION)
+    try:
+        return int(value) if value is not None else default
+    except ValueError:
+        return default
+
+
+def _settled(pods: list[dict[str, Any]], outcome: status.Outcome) -> bool:
+    """Whether the watched pods already tell the whole story of a terminal outcome."""
+    if not pods:
+        return False
+    if outcome.status.phase == models.Phase.SUCCEEDED and outcome.status.result is None:
+        return False
+    finished = {models.AttemptOutcome.SUCCEEDED, models.AttemptOutcome.FAILED,
+                models.AttemptOutcome.INTERRUPTED}  # fmt: skip
+    return all(status.view_pod(pod).outcome in finished for pod in pods)
+
+
+def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
+    labels: Mapping[str, str] = (obj.get("metadata") or {}).get("labels") or {}
+    return labels
+
+
+def _has(current: models.CompositionJobStatus, kind: models.ConditionType) -> bool:
+    return any(c.type == kind for c in current.conditions)
+
+
+def _ref(body: Mapping[str, Any]) -> str:
+    meta = body.get("metadata") or {}
+    return f"{meta.get('namespace')}/{meta.get('name')}"

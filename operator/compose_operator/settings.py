@@ -1,0 +1,158 @@
+"""The operator's configuration, read once at start-up from ``COMPOSE_*`` environment variables.
+
+``__main__`` builds one :class:`OperatorSettings` with :func:`from_environment` and hands it to
+every other part; nothing else reads the environment. The Helm chart sets these variables (and
+mounts the model profiles from its ConfigMap), so their names are a contract with the chart.
+A ConfigMap may also be mounted as an env file (``KEY=VALUE`` lines) named by
+``COMPOSE_SETTINGS_FILE``; variables set in the environment win over the file.
+
+Every problem is reported as ``COMPOSE_<NAME>: <reason>``, all of them at once.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import pydantic
+
+from compose_api import profiles as profiles_module
+
+PREFIX = "COMPOSE_"
+SETTINGS_FILE_VARIABLE = "COMPOSE_SETTINGS_FILE"
+
+
+class SettingsError(ValueError):
+    """Raised with one line per bad variable, each naming the variable."""
+
+
+class OperatorSettings(pydantic.BaseModel):
+    """Validated operator settings. Field ``foo_bar`` comes from ``COMPOSE_FOO_BAR``."""
+
+    model_config = pydantic.ConfigDict(frozen=True, extra="forbid")
+
+    namespaces: tuple[str, ...] = pydantic.Field(
+        default=(), description="Namespaces to watch; empty: cluster-wide."
+    )
+    profiles_path: pathlib.Path = pydantic.Field(
+        description="profiles.yaml mounted from the chart's ConfigMap."
+    )
+    profiles: dict[str, profiles_module.ModelProfile] = pydantic.Field(default_factory=dict)
+    inference_image: str = pydantic.Field(
+        default="ghcr.io/nextunicorn/compose-inference:0.1.0", min_length=1
+    )
+    inference_service_account: str = pydantic.Field(default="compose-inference", min_length=1)
+    output_bucket: str | None = None
+    output_prefix: str = ""
+    result_url_base: str | None = pydantic.Field(default=None, pattern=r"^https://\S+$")
+    aws_region: str = "us-east-1"
+    s3_endpoint_url: str | None = pydantic.Field(default=None, pattern=r"^https?://\S+$")
+    max_running_per_namespace: int = pydantic.Field(default=0, ge=0)
+    job_ttl_seconds: int = pydantic.Field(default=3600, ge=0)
+    metrics_port: int = pydantic.Field(default=8080, ge=0, le=65535)
+    health_port: int = pydantic.Field(default=8081, ge=0, le=65535)
+    peering_name: str = "compose-operator"
+    peering_priority: int = 0
+    standalone: bool = False
+    model_cache: str | None = pydantic.Field(
+        default=None,
+        description="Model cache: an absolute node path (hostPath) or the name of a PVC.",
+    )
+    kube_url: str | None = pydantic.Field(default=None, pattern=r"^https?://\S+$")
+    reconcile_interval_seconds: float = pydantic.Field(default=10.0, gt=0, le=3600)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @pydantic.field_validator("namespaces", mode="before")
+    @classmethod
+    def _split_namespaces(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @pydantic.field_validator(
+        "output_bucket",
+        "result_url_base",
+        "s3_endpoint_url",
+        "kube_url",
+        "model_cache",
+        mode="before",
+    )
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @pydantic.field_validator("output_prefix")
+    @classmethod
+    def _prefix_ends_with_slash(cls, value: str) -> str:
+        return value if not value or value.endswith("/") else value + "/"
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+
+def _read_env_file(path: pathlib.Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines; blank lines and ``#`` comments ignored; optional quotes stripped."""
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        key, sep, value = text.partition("=")
+        if not sep:
+            raise SettingsError(f"{SETTINGS_FILE_VARIABLE}: {path}:{number}: expected KEY=VALUE")
+        values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def from_environment(environ: Mapping[str, str]) -> OperatorSettings:
+    """Settings from ``COMPOSE_*`` variables (and the optional env file); raises SettingsError."""
+    merged: dict[str, str] = {}
+    file_name = environ.get(SETTINGS_FILE_VARIABLE)
+    if file_name:
+        try:
+            merged.update(_read_env_file(pathlib.Path(file_name)))
+        except OSError as error:
+            raise SettingsError(
+                f"{SETTINGS_FILE_VARIABLE}: cannot read {file_name}: {error}"
+            ) from None
+    merged.update({key: value for key, value in environ.items() if key.startswith(PREFIX)})
+
+    fields = OperatorSettings.model_fields
+    raw: dict[str, Any] = {}
+    for key, value in merged.items():
+        name = key.removeprefix(PREFIX).lower()
+        if key.startswith(PREFIX) and name in fields and name != "profiles":
+            raw[name] = value
+
+    problems: list[str] = []
+    if not raw.get("profiles_path"):
+        problems.append(
+            "COMPOSE_PROFILES_PATH: required: the path of profiles.yaml "
+            "(the Helm chart mounts it from its ConfigMap)"
+        )
+    else:
+        path = pathlib.Path(raw["profiles_path"])
+        try:
+            raw["profiles"] = profiles_module.load_profiles(path.read_text())
+        except OSError as error:
+            problems.append(f"COMPOSE_PROFILES_PATH: cannot read {path}: {error.strerror}")
+        except ValueError as error:
+            problems.append(f"COMPOSE_PROFILES_PATH: {path}: {error}")
+    if problems:
+        raw.pop("profiles_path", None)
+
+    try:
+        settings = OperatorSettings.model_validate(raw)
+    except pydantic.ValidationError as error:
+        for item in error.errors():
+            name = str(item["loc"][0]) if item["loc"] else ""
+            if name == "profiles_path" and problems:
+                continue
+            variable = PREFIX + name.upper()
+            problems.append(f"{variable}: {str(item['msg']).removeprefix('Value error, ')}")
+        raise SettingsError("\n".join(problems)) from None
+    if problems:
+        raise SettingsError("\n".join(problems))
+    return settings

@@ -1,0 +1,632 @@
+"""Pure mapping from what the cluster shows (child Job, its pods, their nodes) to the CR's status.
+
+:mod:`compose_operator.reconciler` calls :func:`compute` on every event and writes the result
+only when it differs from the current status. Everything here is a function of its arguments
+(time included), so the unit tests pin it against expected YAML.
+
+Reasons come from ``compose_api.models.Reason`` and the exit-code table in
+``compose_api.contract``. Terminal states are never left: the reconciler stops calling
+:func:`compute` once the phase is Succeeded or Failed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from compose_api import contract, models
+from compose_operator import names
+from compose_operator.settings import OperatorSettings
+
+Reason = models.Reason
+CT = models.ConditionType
+TRUE = models.ConditionStatus.TRUE
+FALSE = models.ConditionStatus.FALSE
+INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
+CAPACITY_LABELS = ("karpenter.sh/capacity-type", "eks.amazonaws.com/capacityType")
+WARNING_REASONS = frozenset(
+    {
+        Reason.INVALID_SPEC,
+        Reason.UNKNOWN_PROFILE,
+        Reason.UNSCHEDULABLE,
+        Reason.IMAGE_PULL_BACK_OFF,
+        Reason.RETRYING,
+        Reason.SPOT_INTERRUPTED,
+    }
+)
+_CONDITION_ORDER = list(CT)
+
+
+@dataclasses.dataclass(frozen=True)
+class Wanted:
+    """One condition as the cluster shows it now (its transition time is decided by merging)."""
+
+    type: CT
+    status: models.ConditionStatus
+    reason: str
+    message: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Queue:
+    """The queueing situation when no Job exists yet: ``position`` 1 is next."""
+
+    position: int
+    depth: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Transition:
+    """A condition that changed status or reason: one Kubernetes Event."""
+
+    type: str
+    status: str
+    reason: str
+    message: str
+
+    @property
+    def warning(self) -> bool:
+        return self.reason in WARNING_REASONS or (self.type == CT.FAILED and self.status == TRUE)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading API objects
+
+
+def parse_time(value: Any) -> datetime.datetime | None:
+    if not value:
+        return None
+    if isinstance(value, datetime.datetime):
+        return value
+    return datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _condition(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    for item in (obj.get("status") or {}).get("conditions") or []:
+        if item.get("type") == kind:
+            return dict(item)
+    return None
+
+
+def _is_true(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    found = _condition(obj, kind)
+    return found if found is not None and found.get("status") == "True" else None
+
+
+def _container(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    for item in statuses:
+        if item.get("name") == names.CONTAINER_NAME:
+            return dict(item)
+    return dict(statuses[0]) if statuses else {}
+
+
+def _terminated(pod: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    state = _container(pod).get("state") or {}
+    found = state.get("terminated")
+    return dict(found) if found else None
+
+
+def _created(obj: Mapping[str, Any]) -> datetime.datetime | None:
+    return parse_time((obj.get("metadata") or {}).get("creationTimestamp"))
+
+
+def _pod_order(
+    previous: Sequence[models.Attempt],
+) -> Callable[[Mapping[str, Any]], tuple[int, str, str]]:
+    """Pods already recorded keep their attempt index; new ones follow by creation, then name
+    (creation times have one-second resolution)."""
+    known = {item.pod_name: item.index for item in previous if item.pod_name}
+
+    def key(pod: Mapping[str, Any]) -> tuple[int, str, str]:
+        meta = pod.get("metadata") or {}
+        name = str(meta.get("name") or "")
+        if name in known:
+            return (known[name], "", name)
+        return (len(previous), str(meta.get("creationTimestamp") or ""), name)
+
+    return key
+
+
+@dataclasses.dataclass(frozen=True)
+class PodView:
+    """What one pod says about its attempt."""
+
+    outcome: models.AttemptOutcome
+    reason: str | None
+    message: str | None
+    exit_code: int | None
+    report: contract.TerminationMessage | None
+    ran: bool
+
+
+def view_pod(pod: Mapping[str, Any]) -> PodView:
+    """Classify one pod: pending (and why), running, succeeded, failed or interrupted."""
+    status = pod.get("status") or {}
+    phase = status.get("phase") or "Pending"
+    container = _container(pod)
+    state = container.get("state") or {}
+    terminated = _terminated(pod)
+    report = contract.TerminationMessage.parse(terminated.get("message")) if terminated else None
+    exit_code = terminated.get("exitCode") if terminated else None
+    ran = bool(state.get("running") or terminated)
+    disrupted = _is_true(pod, "DisruptionTarget")
+    if disrupted is not None:
+        text = f"pod {_name(pod)} was interrupted ({disrupted.get('reason') or 'disruption'})"
+        detail = disrupted.get("message")
+        return PodView(
+            models.AttemptOutcome.INTERRUPTED,
+            Reason.SPOT_INTERRUPTED,
+            f"{text}: {detail}" if detail else text,
+            exit_code,
+            report,
+            ran,
+        )
+    if phase == "Succeeded" or (terminated is not None and exit_code == 0):
+        return PodView(models.AttemptOutcome.SUCCEEDED, Reason.COMPLETED, None, 0, report, True)
+    if phase == "Failed" or terminated is not None:
+        if status.get("reason") == "DeadlineExceeded" and terminated is None:
+            return PodView(
+                models.AttemptOutcome.FAILED,
+                Reason.DEADLINE_EXCEEDED,
+                status.get("message") or "the pod ran past activeDeadlineSeconds",
+                None,
+                None,
+                ran,
+            )
+        code = int(exit_code) if exit_code is not None else None
+        reason: str = (
+            contract.reason_for_exit_code(code) if code is not None else Reason.CONTAINER_FAILED
+        )
+        if report is not None and report.reason:
+            reason = report.reason
+        message = report.message if report else (terminated or {}).get("message")
+        if not message and terminated:
+            message = f"exit code {code} ({terminated.get('reason') or 'Error'})"
+        return PodView(models.AttemptOutcome.FAILED, str(reason), message, code, report, ran)
+    if state.get("running"):
+        return PodView(models.AttemptOutcome.RUNNING, Reason.RUNNING, None, None, None, True)
+    waiting = state.get("waiting") or {}
+    if waiting.get("reason") in {"ImagePullBackOff", "ErrImagePull", "InvalidImageName"}:
+        message = f"image pull back-off: {waiting.get('message') or waiting.get('reason')}"
+        return PodView(
+            models.AttemptOutcome.PENDING, Reason.IMAGE_PULL_BACK_OFF, message, None, None, False
+        )
+    scheduled = _condition(pod, "PodScheduled")
+    if (
+        scheduled is not None
+        and scheduled.get("status") == "False"
+        and scheduled.get("reason") == "Unschedulable"
+    ):
+        detail = scheduled.get("message") or ""
+        message = "no GPU capacity" + (f": {detail}" if detail else "")
+        return PodView(
+            models.AttemptOutcome.PENDING, Reason.UNSCHEDULABLE, message, None, None, False
+        )
+    if scheduled is not None and scheduled.get("status") == "True":
+        return PodView(models.AttemptOutcome.PENDING, Reason.IMAGE_PULLING, None, None, None, False)
+    return PodView(models.AttemptOutcome.PENDING, Reason.SCHEDULING, None, None, None, False)
+
+
+def _name(obj: Mapping[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("name") or "")
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the status
+
+
+def _attempts(
+    previous: Sequence[models.Attempt],
+    job_name: str | None,
+    pods: Sequence[Mapping[str, Any]],
+    nodes: Mapping[str, Mapping[str, str]],
+) -> list[models.Attempt]:
+    """One attempt per pod, oldest first; attempts whose pods are gone are kept as they were."""
+    by_pod = {item.pod_name: item for item in previous if item.pod_name}
+    current: list[models.Attempt] = []
+    for pod in sorted(pods, key=_pod_order(previous)):
+        name = _name(pod)
+        view = view_pod(pod)
+        node = (pod.get("spec") or {}).get("nodeName")
+        node_labels = nodes.get(node, {}) if node else {}
+        capacity = next((node_labels[k] for k in CAPACITY_LABELS if k in node_labels), None)
+        terminated = _terminated(pod) or {}
+        old = by_pod.get(name)
+        pod_labels = (pod.get("metadata") or {}).get("labels") or {}
+        current.append(
+            models.Attempt(
+                index=0,
+                job_name=str(pod_labels.get("job-name") or job_name or ""),
+                pod_name=name,
+                node_name=node,
+                instance_type=node_labels.get(INSTANCE_TYPE_LABEL)
+                or (old.instance_type if old else None),
+                capacity_type=(capacity.lower().replace("_", "-") if capacity else None)
+                or (old.capacity_type if old else None),
+                start_time=parse_time((pod.get("status") or {}).get("startTime")),
+                end_time=parse_time(terminated.get("finishedAt")),
+                outcome=view.outcome,
+                reason=view.reason if view.reason != Reason.RUNNING else None,
+                message=view.message,
+                exit_code=view.exit_code,
+            )
+        )
+    fresh: dict[str | None, models.Attempt | None] = {item.pod_name: item for item in current}
+    result = [fresh.pop(item.pod_name, None) or _vanished(item) for item in previous]
+    result.extend(item for item in fresh.values() if item is not None)
+    return [item.model_copy(update={"index": index}) for index, item in enumerate(result)]
+
+
+def _vanished(attempt: models.Attempt) -> models.Attempt:
+    """An attempt whose pod is gone: if it had not finished, it never will."""
+    if attempt.outcome not in (models.AttemptOutcome.PENDING, models.AttemptOutcome.RUNNING):
+        return attempt
+    return attempt.model_copy(
+        update={
+            "outcome": models.AttemptOutcome.INTERRUPTED,
+            "message": "the pod was deleted before it finished",
+        }
+    )
+
+
+def _job_failure(
+    job: Mapping[str, Any], last_failed: PodView | None, failures: int
+) -> tuple[str, str] | None:
+    failed = _is_true(job, "Failed") or _is_true(job, "FailureTarget")
+    if failed is None:
+        return None
+    job_reason = str(failed.get("reason") or "")
+    job_message = str(failed.get("message") or "")
+    if job_reason == "DeadlineExceeded":
+        return Reason.DEADLINE_EXCEEDED, job_message or "the job ran past its active deadline"
+    if last_failed is not None and last_failed.reason not in (None, Reason.CONTAINER_FAILED):
+        detail = last_failed.message or job_message
+        if job_reason == "BackoffLimitExceeded":
+            detail = f"{detail} (after {failures} failed attempts; {job_message})"
+        return str(last_failed.reason), detail
+    if job_reason == "BackoffLimitExceeded":
+        detail = f": {last_failed.message}" if last_failed and last_failed.message else ""
+        return Reason.BACKOFF_LIMIT_EXCEEDED, (job_message or "retries exhausted") + detail
+    if last_failed is not None:
+        return str(last_failed.reason), last_failed.message or job_message
+    return Reason.CONTAINER_FAILED, job_message or job_reason or "the job failed"
+
+
+def _seconds(start: datetime.datetime | None, end: datetime.datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return max(0.0, round((end - start).total_seconds(), 3))
+
+
+def _timings(
+    cj: models.CompositionJob,
+    job: Mapping[str, Any] | None,
+    pod: Mapping[str, Any] | None,
+    report: contract.TerminationMessage | None,
+    previous: models.Timings | None,
+) -> models.Timings | None:
+    values: dict[str, Any] = previous.model_dump() if previous else {}
+    if job is not None and not (job.get("spec") or {}).get("suspend"):
+        # Kueue admits by unsuspending the Job (the controller then sets startTime); without
+        # Kueue the Job's creation is the admission.
+        started = parse_time((job.get("status") or {}).get("startTime"))
+        admitted = started if cj.spec.execution.queue_name else _created(job)
+        if admitted is not None and values.get("queued") is None:
+            values["queued"] = _seconds(cj.metadata.creation_timestamp, admitted)
+    if pod is not None:
+        scheduled = _is_true(pod, "PodScheduled")
+        scheduled_at = parse_time(scheduled.get("lastTransitionTime")) if scheduled else None
+        values["scheduling"] = _seconds(_created(pod), scheduled_at)
+        state = _container(pod).get("state") or {}
+        started = parse_time(
+            (state.get("running") or state.get("terminated") or {}).get("startedAt")
+        )
+        values["image_pull"] = _seconds(scheduled_at, started)
+    if report is not None and report.timings is not None:
+        values.update(report.timings.model_dump(exclude_none=True))
+    values = {key: value for key, value in values.items() if value is not None}
+    return models.Timings.model_validate(values) if values else None
+
+
+def result_url(s3_uri: str, settings: OperatorSettings) -> str:
+    """The HTTPS URL of a result: ``COMPOSE_RESULT_URL_BASE`` + key, or the S3 virtual host."""
+    bucket, _, key = s3_uri.removeprefix("s3://").partition("/")
+    if settings.result_url_base:
+        return settings.result_url_base.rstrip("/") + "/" + key
+    return f"https://{bucket}.s3.{settings.aws_region}.amazonaws.com/{key}"
+
+
+def merge_conditions(
+    previous: Sequence[models.Condition],
+    wanted: Sequence[Wanted],
+    *,
+    now: datetime.datetime,
+    generation: int | None,
+) -> tuple[list[models.Condition], list[Transition]]:
+    """New conditions keep their lastTransitionTime while their status does not change."""
+    old = {item.type: item for item in previous}
+    merged: dict[str, models.Condition] = {}
+    transitions: list[Transition] = []
+    for item in wanted:
+        before = old.get(item.type)
+        same_status = before is not None and before.status == item.status
+        merged[str(item.type)] = models.Condition(
+            type=item.type,
+            status=item.status,
+            reason=str(item.reason),
+            message=item.message,
+            last_transition_time=before.last_transition_time if same_status and before else now,
+            observed_generation=generation,
+        )
+        if not same_status or (before is not None and before.reason != item.reason):
+            transitions.append(
+                Transition(str(item.type), str(item.status), str(item.reason), item.message)
+            )
+    for kind, before in old.items():
+        merged.setdefault(str(kind), before)
+    ordered = sorted(
+        merged.values(), key=lambda c: _CONDITION_ORDER.index(models.ConditionType(c.type))
+    )
+    return ordered, transitions
+
+
+def derive_phase(conditions: Sequence[models.Condition]) -> models.Phase:
+    by_type = {item.type: item for item in conditions}
+
+    def true(kind: CT) -> models.Condition | None:
+        found = by_type.get(kind)
+        return found if found is not None and found.status == TRUE else None
+
+    if true(CT.FAILED):
+        return models.Phase.FAILED
+    if true(CT.SUCCEEDED):
+        return models.Phase.SUCCEEDED
+    if true(CT.SUSPENDED):
+        return models.Phase.SUSPENDED
+    if true(CT.QUEUED):
+        return models.Phase.QUEUED
+    started = true(CT.STARTED)
+    if started is not None:
+        return models.Phase.RUNNING if started.reason == Reason.RUNNING else models.Phase.STARTING
+    return models.Phase.PENDING
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """A computed status, the transitions that produced it, and whether the Job must go."""
+
+    status: models.CompositionJobStatus
+    transitions: list[Transition]
+    stop_job: bool = False
+
+    @property
+    def terminal(self) -> bool:
+        return self.status.phase in models.TERMINAL_PHASES
+
+
+def _finish(
+    previous: models.CompositionJobStatus,
+    generation: int | None,
+    wanted: list[Wanted],
+    now: datetime.datetime,
+    **fields: Any,
+) -> tuple[models.CompositionJobStatus, list[Transition]]:
+    conditions, transitions = merge_conditions(
+        previous.conditions, wanted, now=now, generation=generation
+    )
+    phase = derive_phase(conditions)
+    message = next(
+        (c.message for c in reversed(conditions) if c.status == TRUE and c.message), None
+    )
+    values = previous.model_dump()
+    values.update(
+        observed_generation=generation,
+        phase=phase,
+        message=message,
+        conditions=conditions,
+    )
+    values.update(fields)
+    if phase in models.TERMINAL_PHASES and values.get("completion_time") is None:
+        values["completion_time"] = now
+    return models.CompositionJobStatus.model_validate(values), transitions
+
+
+def rejected(
+    previous: models.CompositionJobStatus,
+    generation: int | None,
+    reason: Reason,
+    message: str,
+    *,
+    now: datetime.datetime,
+) -> Outcome:
+    """An invalid spec or unknown profile: not accepted, failed, and no Job is ever created."""
+    wanted = [Wanted(CT.ACCEPTED, FALSE, reason, message), Wanted(CT.FAILED, TRUE, reason, message)]
+    status, transitions = _finish(previous, generation, wanted, now)
+    return Outcome(status, transitions)
+
+
+def waiting(
+    cj: models.CompositionJob, *, seed: int, queue: Queue | None, now: datetime.datetime
+) -> Outcome:
+    """Accepted, no Job yet: held by the user, queued behind the namespace cap, or admitted."""
+    wanted = [Wanted(CT.ACCEPTED, TRUE, Reason.VALID, "")]
+    if queue is not None:
+        text = (
+            f"position {queue.position} of {queue.depth} waiting "
+            f"in namespace {cj.metadata.namespace}"
+        )
+        wanted.append(Wanted(CT.QUEUED, TRUE, Reason.WAITING_FOR_CAPACITY, text))
+    else:
+        wanted.append(Wanted(CT.QUEUED, FALSE, Reason.ADMITTED, ""))
+    wanted.extend(_suspension(cj))
+    status, transitions = _finish(
+        cj.status,
+        cj.metadata.generation,
+        wanted,
+        now,
+        seed=seed,
+        queue_position=queue.position if queue else None,
+    )
+    return Outcome(status, transitions)
+
+
+def _suspension(cj: models.CompositionJob) -> list[Wanted]:
+    if cj.spec.suspend:
+        return [Wanted(CT.SUSPENDED, TRUE, Reason.SUSPENDED_BY_USER, "suspended by spec.suspend")]
+    if any(c.type == CT.SUSPENDED for c in cj.status.conditions):
+        return [Wanted(CT.SUSPENDED, FALSE, Reason.RESUMED, "")]
+    return []
+
+
+def lost(cj: models.CompositionJob, job_name: str, *, now: datetime.datetime) -> Outcome:
+    """The Job this status points at is gone before it reported an outcome."""
+    message = f"job {job_name} disappeared before it finished"
+    wanted = [Wanted(CT.FAILED, TRUE, Reason.JOB_LOST, message)]
+    attempts = [_vanished(item) for item in cj.status.attempts]  # its pods went with it
+    status, transitions = _finish(cj.status, cj.metadata.generation, wanted, now, attempts=attempts)
+    return Outcome(status, transitions)
+
+
+def compute(
+    cj: models.CompositionJob,
+    job: Mapping[str, Any],
+    pods: Sequence[Mapping[str, Any]],
+    *,
+    now: datetime.datetime,
+    settings: OperatorSettings,
+    seed: int,
+    nodes: Mapping[str, Mapping[str, str]] | None = None,
+) -> Outcome:
+    """The status of a CompositionJob whose child Job exists."""
+    previous = cj.status
+    job_name = _name(job)
+    attempts = _attempts(previous.attempts, job_name, pods, nodes or {})
+    own_pods = sorted(pods, key=_pod_order(previous.attempts))
+    latest = own_pods[-1] if own_pods else None
+    view = view_pod(latest) if latest is not None else None
+    failed_views = [v for v in (view_pod(p) for p in own_pods) if v.outcome == "Failed"]
+    last_failed = failed_views[-1] if failed_views else None
+
+    wanted: list[Wanted] = [Wanted(CT.ACCEPTED, TRUE, Reason.VALID, "")]
+    job_suspended = bool((job.get("spec") or {}).get("suspend"))
+    if cj.spec.execution.queue_name and job_suspended and not cj.spec.suspend:
+        wanted.append(
+            Wanted(
+                CT.QUEUED,
+                TRUE,
+                Reason.WAITING_FOR_ADMISSION,
+                f"waiting for Kueue to admit job {job_name} (queue {cj.spec.execution.queue_name})",
+            )
+        )
+    else:
+        wanted.append(Wanted(CT.QUEUED, FALSE, Reason.ADMITTED, ""))
+
+    start_time = previous.start_time
+    if start_time is None:
+        for pod in own_pods:
+            state = _container(pod).get("state") or {}
+            began = parse_time(
+                (state.get("running") or state.get("terminated") or {}).get("startedAt")
+            )
+            if began is not None:
+                start_time = began if start_time is None else min(start_time, began)
+
+    succeeded = _is_true(job, "Complete") or _is_true(job, "SuccessCriteriaMet")
+    success_view = next(
+        (v for v in (view_pod(p) for p in reversed(own_pods)) if v.outcome == "Succeeded"), None
+    )
+    failure = _job_failure(job, last_failed, len(failed_views))
+    if failure is None and view is not None and view.outcome == "Failed":
+        code = view.exit_code
+        if code is not None and code in contract.PERMANENT_EXIT_CODES:
+            failure = (str(view.reason), view.message or "")
+    report = None
+    result = previous.result
+    stop_job = False
+
+    if succeeded or success_view is not None:
+        report = success_view.report if success_view else None
+        if report is not None and report.result is not None:
+            result = report.result.model_copy(
+                update={"url": report.result.url or result_url(report.result.s3_uri, settings)}
+            )
+        done = f"stored at {result.s3_uri}" if result else "completed"
+        wanted.append(Wanted(CT.STARTED, TRUE, Reason.RUNNING, ""))
+        wanted.append(Wanted(CT.SUCCEEDED, TRUE, Reason.COMPLETED, done))
+    elif failure is not None:
+        report = last_failed.report if last_failed else None
+        if start_time is not None:
+            wanted.append(Wanted(CT.STARTED, TRUE, Reason.RUNNING, ""))
+        wanted.append(Wanted(CT.FAILED, TRUE, failure[0], failure[1]))
+    elif cj.spec.suspend:
+        wanted.append(Wanted(CT.STARTED, FALSE, Reason.JOB_CREATED, f"job {job_name} suspended"))
+    elif job_suspended:
+        pass  # waiting for Kueue; the Queued condition says so
+    else:
+        origin = parse_time((job.get("status") or {}).get("startTime")) or _created(job)
+        deadline = cj.spec.execution.start_deadline_seconds
+        reason: str
+        ever_ran = start_time is not None or any(a.exit_code is not None for a in attempts)
+        message: str
+        if view is None:
+            reason, message = Reason.JOB_CREATED, f"job {job_name} created"
+        elif view.outcome == "Interrupted":
+            reason = Reason.SPOT_INTERRUPTED
+            message = (view.message or "") + "; a replacement pod will be created"
+        elif view.outcome == "Failed":
+            reason = Reason.RETRYING
+            message = f"attempt {len(attempts) - 1} failed: {view.reason}: {view.message or ''}"
+        else:
+            reason, message = str(view.reason), view.message or ""
+        if not ever_ran and origin is not None and (now - origin).total_seconds() > deadline:
+            specific = reason in (Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_BACK_OFF)
+            text = f"no pod running {deadline}s after the job started" + (
+                f": {message}" if message else ""
+            )
+            wanted.append(
+                Wanted(
+                    CT.FAILED, TRUE, reason if specific else Reason.START_DEADLINE_EXCEEDED, text
+                )
+            )
+            stop_job = True
+        else:
+            wanted.append(Wanted(CT.STARTED, TRUE, reason, message))
+
+    if not any(w.type in (CT.SUCCEEDED, CT.FAILED) for w in wanted):
+        wanted.extend(_suspension(cj))
+    elif any(c.type == CT.SUSPENDED and c.status == TRUE for c in previous.conditions):
+        wanted.append(Wanted(CT.SUSPENDED, FALSE, Reason.RESUMED, ""))
+    if report is None and view is not None:
+        report = view.report
+    status, transitions = _finish(
+        cj.status,
+        cj.metadata.generation,
+        wanted,
+        now,
+        seed=seed,
+        attempt=(len(attempts) - 1) if attempts else None,
+        attempts=attempts,
+        queue_position=None,
+        start_time=start_time,
+        timings=_timings(cj, job, latest, report, previous.timings),
+        result=result,
+    )
+    return Outcome(status, transitions, stop_job=stop_job)
+
+
+def to_patch(
+    new: models.CompositionJobStatus, old: models.CompositionJobStatus
+) -> dict[str, Any] | None:
+    """A JSON merge patch for ``status`` (None when nothing changed); removed keys become null."""
+    before = old.to_api()
+    after = new.to_api()
+    if before == after:
+        return None
+    patch: dict[str, Any] = dict(after)
+    for key in before:
+        if key not in after:
+            patch[key] = None
+    return patch

@@ -1,0 +1,84 @@
+"""Prometheus metrics, the liveness endpoint and Kubernetes Events of a running operator."""
+
+from __future__ import annotations
+
+import socket
+
+import aiohttp
+import pytest
+
+from compose_api import contract
+from tests.operator.conftest import cj_body
+from tests.operator.integration.conftest import OperatorProcess, wait_job, wait_status
+from tests.operator.integration.test_lifecycle import report
+from tests.support import kube_client
+from tests.support import kube_cluster as cluster
+from tests.support.kube_client import poll
+from tests.support.kube_emulator import COMPOSITION_JOBS, EVENTS
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+METRICS_PORT = _free_port()
+HEALTH_PORT = _free_port()
+
+
+@pytest.fixture
+def operator_settings() -> dict[str, str]:
+    return {"COMPOSE_METRICS_PORT": str(METRICS_PORT), "COMPOSE_HEALTH_PORT": str(HEALTH_PORT)}
+
+
+async def _get(url: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        return response.status, await response.text()
+
+
+async def test_metrics_liveness_and_events(
+    operator: OperatorProcess, client: kube_client.KubeClient
+) -> None:
+    await client.create(COMPOSITION_JOBS, cj_body("watched"))
+    job = (await wait_job(client))[0]
+    pod = await cluster.create_pod_for_job(client, job, node="gpu-1")
+    await cluster.mark_running(client, pod)
+    await cluster.mark_terminated(
+        client, pod, exit_code=0, message=report(contract.ExitCode.OK, result=True)
+    )
+    await cluster.sync_job(client, job)
+    await wait_status(client, "watched", phase="Succeeded")
+
+    text = ""
+
+    async def scraped() -> bool:
+        nonlocal text
+        try:
+            status, text = await _get(f"http://127.0.0.1:{METRICS_PORT}/metrics")
+        except aiohttp.ClientError:
+            return False
+        return status == 200 and 'compose_jobs{namespace="default",phase="Succeeded"} 1.0' in text
+
+    await poll(scraped, timeout=10, what=lambda: text[-2000:])
+    assert (
+        'compose_condition_transitions_total{reason="Completed",status="True",type="Succeeded"} 1.0'
+        in text
+    )
+    assert "compose_queue_wait_seconds_count 1.0" in text
+    assert 'compose_run_seconds_count{phase="Succeeded"} 1.0' in text
+
+    status, _ = await _get(f"http://127.0.0.1:{HEALTH_PORT}/healthz")
+    assert status == 200
+
+    events = await client.wait_for_list(
+        EVENTS, lambda items: any(e.get("reason") == "Completed" for e in items)
+    )
+    mine = [e for e in events if e["involvedObject"]["name"] == "watched"]
+    assert {"JobCreated", "Completed"} <= {e["reason"] for e in mine}
+    text = " | ".join(e["message"] for e in mine)
+    for transition in ("Accepted=True Valid", "Queued=False Admitted", "Succeeded=True Completed"):
+        assert transition in text

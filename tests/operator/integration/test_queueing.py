@@ -1,0 +1,90 @@
+"""Queueing: the operator's per-namespace cap (priority, then creation order) and Kueue."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from compose_api import contract
+from tests.operator.conftest import cj_body
+from tests.operator.integration.conftest import OperatorProcess, condition, wait_job, wait_status
+from tests.operator.integration.test_lifecycle import report
+from tests.support import kube_client
+from tests.support import kube_cluster as cluster
+from tests.support.kube_emulator import COMPOSITION_JOBS, JOBS
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def operator_settings() -> dict[str, str]:
+    return {"COMPOSE_MAX_RUNNING_PER_NAMESPACE": "2"}
+
+
+async def _finish(client: kube_client.KubeClient, cj_name: str) -> None:
+    jobs = await client.list(JOBS, label_selector=f"compose.nextunicorn.dev/job={cj_name}")
+    job = jobs[0]
+    pod = await cluster.create_pod_for_job(client, job, node="gpu-1")
+    await cluster.mark_running(client, pod)
+    await cluster.mark_terminated(
+        client, pod, exit_code=0, message=report(contract.ExitCode.OK, result=True)
+    )
+    await cluster.sync_job(client, job)
+    await wait_status(client, cj_name, phase="Succeeded")
+
+
+def _at_position(position: int) -> Callable[[dict[str, Any] | None], bool]:
+    def check(obj: dict[str, Any] | None) -> bool:
+        return bool(obj and obj["status"].get("queuePosition") == position)
+
+    return check
+
+
+async def _job_owners(client: kube_client.KubeClient) -> set[str]:
+    return {j["metadata"]["labels"]["compose.nextunicorn.dev/job"] for j in await client.list(JOBS)}
+
+
+async def test_jobs_beyond_the_cap_wait_in_priority_then_creation_order(
+    operator: OperatorProcess, client: kube_client.KubeClient
+) -> None:
+    for name in ("first", "second"):
+        await client.create(COMPOSITION_JOBS, cj_body(name))
+    await wait_job(client, count=2)
+    await client.create(COMPOSITION_JOBS, cj_body("wait-a"))
+    await client.create(COMPOSITION_JOBS, cj_body("wait-urgent", execution={"priority": 10}))
+    await client.create(COMPOSITION_JOBS, cj_body("wait-b"))
+    third = await wait_status(client, "wait-a", phase="Queued")
+    assert condition(third, "Queued")["reason"] == "WaitingForCapacity"  # type: ignore[index]
+    urgent = await wait_status(client, "wait-urgent", phase="Queued")
+    fourth = await wait_status(client, "wait-b", phase="Queued")
+    # Positions settle as the sweep revisits waiting jobs. Creation times have one-second
+    # resolution, so equal times fall back to the name: the names sort in creation order.
+    for name, position in (("wait-urgent", 1), ("wait-a", 2), ("wait-b", 3)):
+        await client.wait_for(COMPOSITION_JOBS, name, _at_position(position))
+    assert urgent["status"]["phase"] == fourth["status"]["phase"] == "Queued"
+    assert await _job_owners(client) == {"first", "second"}
+
+    await _finish(client, "first")
+    await wait_status(client, "wait-urgent", phase="Starting")
+    assert await _job_owners(client) == {"first", "second", "wait-urgent"}
+    await _finish(client, "second")
+    await wait_status(client, "wait-a", phase="Starting")
+    fourth = await wait_status(client, "wait-b", phase="Queued")
+    assert await _job_owners(client) == {"first", "second", "wait-urgent", "wait-a"}
+
+
+async def test_kueue_queue_name_creates_the_job_suspended_until_admitted(
+    operator: OperatorProcess, client: kube_client.KubeClient
+) -> None:
+    await client.create(COMPOSITION_JOBS, cj_body("kueued", execution={"queueName": "gpu-queue"}))
+    job = (await wait_job(client))[0]
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    cj = await wait_status(client, "kueued", phase="Queued")
+    assert condition(cj, "Queued")["reason"] == "WaitingForAdmission"  # type: ignore[index]
+    # Kueue admits the workload: it unsuspends the Job.
+    await client.patch(JOBS, job["metadata"]["name"], {"spec": {"suspend": False}})
+    cj = await wait_status(client, "kueued", phase="Starting")
+    assert condition(cj, "Queued")["reason"] == "Admitted"  # type: ignore[index]
