@@ -1,0 +1,442 @@
+"""Speed and GPU memory of generation, next to plain diffusers, one optimisation at a time.
+
+Weights cannot be downloaded here, and compute does not depend on weight values, so the models
+are the full-size SDXL architecture (UNet, IdentityNet ControlNet, VAE, both text encoders, the
+ViT-H image encoder, both adapters) built from the configs written below with random weights.
+On a CUDA GPU (default): 1024x1024, 30 steps, fp16, InstantID + two garments + place. Each row is
+timed in the same run: diffusers' ``StableDiffusionXLControlNetPipeline`` of the same size (SDXL +
+one ControlNet, no adapters) as the reference, then our pipeline with the optimisations switched
+on one after another (SDPA, channels-last, fp16 VAE decode, torch.compile), then the few-step
+path (4 steps, guidance 1 so no CFG pass; a fused LoRA costs nothing at run time). Reported: p50
+seconds per image over ``--runs`` runs after warm-up, the ratio to the reference, and peak
+allocated GPU memory. The targets for an A10G (g5) are p50 <= 15 s and peak <= 22 GiB.
+
+``--tiny`` runs the same code with the tiny test components on the CPU (64x64, 2 steps), so the
+script is exercised by ``tests/benchmarks/test_inference_bench.py`` and cannot rot.
+
+    python benchmarks/inference_bench.py                # CUDA, full size
+    python benchmarks/inference_bench.py --tiny --runs 1 --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from compose_inference import adapters, faces, pipeline, tiny
+
+TARGET_SECONDS = 15.0
+TARGET_GIB = 22.0
+
+SDXL_UNET: dict[str, Any] = {
+    "sample_size": 128,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    "block_out_channels": (320, 640, 1280),
+    "layers_per_block": 2,
+    "attention_head_dim": (5, 10, 20),
+    "cross_attention_dim": 2048,
+    "transformer_layers_per_block": (1, 2, 10),
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+    "norm_num_groups": 32,
+}
+SDXL_VAE: dict[str, Any] = {
+    "in_channels": 3,
+    "out_channels": 3,
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512],
+    "layers_per_block": 2,
+    "latent_channels": 4,
+    "sample_size": 1024,
+    "scaling_factor": 0.13025,
+    "force_upcast": True,
+}
+CLIP_L_TEXT: dict[str, Any] = {
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_attention_heads": 12,
+    "num_hidden_layers": 12,
+    "projection_dim": 768,
+    "hidden_act": "quick_gelu",
+}
+CLIP_BIGG_TEXT: dict[str, Any] = {
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "num_attention_heads": 20,
+    "num_hidden_layers": 32,
+    "projection_dim": 1280,
+    "hidden_act": "gelu",
+}
+VIT_H_VISION: dict[str, Any] = {
+    "hidden_size": 1280,
+    "intermediate_size": 5120,
+    "num_attention_heads": 16,
+    "num_hidden_layers": 32,
+    "image_size": 224,
+    "patch_size": 14,
+    "projection_dim": 1024,
+    "hidden_act": "gelu",
+}
+CONTROLNET_EMBEDDING = (16, 32, 96, 256)
+# A face where the astronaut's is (512x512 photo); detection is not what is measured here.
+FACE_BOX = np.array([166.4, 57.6, 268.8, 172.8], dtype=np.float32)
+FACE_KPS = np.array([[196, 101], [242, 101], [219, 127], [196, 152], [242, 152]], dtype=np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    unet: dict[str, Any]
+    vae: dict[str, Any]
+    text: dict[str, Any]
+    text_2: dict[str, Any]
+    vision: dict[str, Any]
+    controlnet_embedding: tuple[int, ...]
+    face_resampler: adapters.ResamplerConfig
+    clothing_resampler: adapters.ResamplerConfig
+
+
+FULL = Scale(
+    unet=SDXL_UNET,
+    vae=SDXL_VAE,
+    text=CLIP_L_TEXT,
+    text_2=CLIP_BIGG_TEXT,
+    vision=VIT_H_VISION,
+    controlnet_embedding=CONTROLNET_EMBEDDING,
+    face_resampler=adapters.ResamplerConfig(
+        dim=1280, depth=4, heads=20, num_queries=16, embedding_dim=512, output_dim=2048, ff_mult=4
+    ),
+    clothing_resampler=adapters.ResamplerConfig(
+        dim=1280, depth=4, heads=20, num_queries=16, embedding_dim=1280, output_dim=2048, ff_mult=4
+    ),
+)
+TINY = Scale(
+    unet=tiny.TINY_UNET,
+    vae=tiny.TINY_VAE,
+    text=tiny.TINY_TEXT,
+    text_2=tiny.TINY_TEXT,
+    vision=tiny.TINY_VISION,
+    controlnet_embedding=(16, 32),
+    face_resampler=adapters.ResamplerConfig(
+        dim=32, depth=4, heads=1, num_queries=16, embedding_dim=512, output_dim=64, ff_mult=4
+    ),
+    clothing_resampler=adapters.ResamplerConfig(
+        dim=32, depth=4, heads=1, num_queries=16, embedding_dim=32, output_dim=64, ff_mult=4
+    ),
+)
+
+
+@contextlib.contextmanager
+def _building(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """Create parameters directly on the device, in the target dtype (no CPU fp32 copy)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with device:
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def build_modules(scale: Scale, *, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """Random-weight modules of the given scale; byte-level tokenizers written to a temp dir."""
+    from diffusers import (
+        AutoencoderKL,
+        ControlNetModel,
+        EulerDiscreteScheduler,
+        UNet2DConditionModel,
+    )
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
+
+    folder = Path(tempfile.mkdtemp(prefix="inference-bench-"))
+    vocab_size = tiny.write_tokenizer(folder / "tokenizer")
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder / "tokenizer"))
+    text_ids: dict[str, Any] = {
+        "vocab_size": vocab_size,
+        "max_position_embeddings": 77,
+        "bos_token_id": vocab_size - 2,
+        "eos_token_id": vocab_size - 1,
+        "pad_token_id": vocab_size - 1,
+    }
+    torch.manual_seed(0)
+    with _building(device, dtype):
+        unet = UNet2DConditionModel(**scale.unet)
+        controlnet = ControlNetModel.from_unet(
+            unet, conditioning_embedding_out_channels=scale.controlnet_embedding
+        )
+        text_encoder = CLIPTextModel(CLIPTextConfig(**scale.text, **text_ids))
+        text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**scale.text_2, **text_ids))
+        image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**scale.vision))
+    with _building(device, torch.float32):
+        vae = AutoencoderKL(**scale.vae)
+    face = adapters.random_adapter_state(unet, scale.face_resampler, seed=1)
+    clothing = adapters.random_adapter_state(unet, scale.clothing_resampler, seed=2)
+    return {
+        "unet": unet,
+        "controlnet": controlnet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer,
+        "scheduler": EulerDiscreteScheduler(**tiny.SDXL_SCHEDULER),
+        "image_encoder": image_encoder,
+        "face_adapter": adapters.AdapterWeights(**face),
+        "clothing_adapter": adapters.AdapterWeights(**clothing),
+    }
+
+
+@dataclasses.dataclass
+class Row:
+    name: str
+    seconds: list[float]
+    peak_gib: float | None
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.seconds)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(
+    name: str, run: Callable[[], object], *, device: torch.device, warmup: int, runs: int
+) -> Row:
+    for _ in range(warmup):
+        run()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = []
+    for _ in range(runs):
+        _synchronize(device)
+        started = time.perf_counter()
+        run()
+        _synchronize(device)
+        seconds.append(time.perf_counter() - started)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    row = Row(name, seconds, peak)
+    print(f"  measured {name}: p50 {row.p50:.3f} s", file=sys.stderr, flush=True)
+    return row
+
+
+def _photo(seed: int, size: int = 512) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, size=(size, size, 3), dtype=np.uint8))
+
+
+def run_benchmark(
+    *,
+    scale: Scale,
+    device: torch.device,
+    dtype: torch.dtype,
+    size: int,
+    steps: int,
+    runs: int,
+    warmup: int,
+    compile_: bool,
+) -> list[Row]:
+    from diffusers import StableDiffusionXLControlNetPipeline
+
+    modules = build_modules(scale, device=device, dtype=dtype)
+    dtype_name = {torch.float16: "float16", torch.bfloat16: "bfloat16"}.get(dtype, "float32")
+    face = faces.Face(
+        bbox=FACE_BOX,
+        kps=FACE_KPS,
+        embedding=np.random.default_rng(3).normal(size=512).astype(np.float32),
+        det_score=1.0,
+        faces_found=1,
+    )
+    request = pipeline.GenerationRequest(
+        face=face,
+        person=_photo(4),
+        clothing=[(_photo(5), "upper"), (_photo(6), "lower")],
+        place=_photo(7),
+        steps=steps,
+        width=size,
+        height=size,
+    )
+    rows: list[Row] = []
+
+    # Reference: plain diffusers SDXL + ControlNet of the same size (SDPA, VAE upcast to fp32).
+    reference = StableDiffusionXLControlNetPipeline(
+        vae=modules["vae"],
+        text_encoder=modules["text_encoder"],
+        text_encoder_2=modules["text_encoder_2"],
+        tokenizer=modules["tokenizer"],
+        tokenizer_2=modules["tokenizer_2"],
+        unet=modules["unet"],
+        controlnet=modules["controlnet"],
+        scheduler=modules["scheduler"],
+    )
+    reference.set_progress_bar_config(disable=True)
+    control = Image.new("RGB", (size, size))
+    rows.append(
+        measure(
+            "diffusers SDXL+ControlNet (reference)",
+            lambda: reference(
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt,
+                image=control,
+                num_inference_steps=steps,
+                guidance_scale=request.guidance,
+                width=size,
+                height=size,
+                controlnet_conditioning_scale=0.8,
+                generator=torch.Generator(device).manual_seed(0),
+            ),
+            device=device,
+            warmup=warmup,
+            runs=runs,
+        )
+    )
+
+    steps_on: list[tuple[str, dict[str, Any]]] = [
+        ("ours: math attention, fp32 VAE", {"sdpa": False, "vae_fp32_decode": True}),
+        ("ours: + SDPA", {"sdpa": True, "vae_fp32_decode": True}),
+        ("ours: + channels-last", {"channels_last": True, "vae_fp32_decode": True}),
+        ("ours: + fp16 VAE decode", {"channels_last": True, "vae_fp32_decode": False}),
+    ]
+    if compile_:
+        steps_on.append(
+            (
+                "ours: + torch.compile",
+                {
+                    "channels_last": True,
+                    "vae_fp32_decode": False,
+                    "compile": True,
+                    "size_buckets": [[size, size]],
+                },
+            )
+        )
+    best = steps_on[-1][1]
+    few_step = {**best, "scheduler": "euler_trailing"}
+    if dtype == torch.float32:  # on the CPU there is no fp16 VAE to switch to
+        for _, options in steps_on:
+            options["vae_fp32_decode"] = False
+    for name, options in [*steps_on, ("ours: few-step (4 steps, no CFG)", few_step)]:
+        composed = pipeline.ComposePipeline(
+            unet=modules["unet"],
+            vae=modules["vae"],
+            text_encoder=modules["text_encoder"],
+            text_encoder_2=modules["text_encoder_2"],
+            tokenizer=modules["tokenizer"],
+            tokenizer_2=modules["tokenizer_2"],
+            scheduler=modules["scheduler"],
+            controlnet=modules["controlnet"],
+            face_adapter=modules["face_adapter"],
+            image_encoder=modules["image_encoder"],
+            clothing_adapter=modules["clothing_adapter"],
+            device=str(device),
+            dtype=dtype_name,
+            options=pipeline.PipelineOptions.parse(options, dtype=dtype_name),
+        )
+        job = request
+        if "few-step" in name:
+            job = dataclasses.replace(request, steps=min(4, steps), guidance=1.0)
+        extra = 1 if options.get("compile") else 0
+        rows.append(
+            measure(
+                name,
+                functools.partial(composed, job),
+                device=device,
+                warmup=warmup + extra,
+                runs=runs,
+            )
+        )
+        del composed
+    return rows
+
+
+def format_table(rows: list[Row], *, header: str) -> str:
+    reference = rows[0].p50
+    lines = [
+        header,
+        f"{'variant':<42} {'p50 s/image':>12} {'vs reference':>13} {'peak GiB':>9}",
+    ]
+    for row in rows:
+        peak = f"{row.peak_gib:.2f}" if row.peak_gib is not None else "-"
+        lines.append(f"{row.name:<42} {row.p50:>12.3f} {row.p50 / reference:>12.2f}x {peak:>9}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--tiny", action="store_true", help="tiny components on the CPU")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per variant (p50)")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--size", type=int, default=None)
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.tiny:
+        device, dtype, scale = torch.device("cpu"), torch.float32, TINY
+        size, steps = args.size or 64, args.steps or 2
+        compile_ = False
+    else:
+        if not torch.cuda.is_available():
+            print("no CUDA GPU: run with --tiny for the CPU check", file=sys.stderr)
+            return 2
+        device, dtype, scale = torch.device("cuda"), torch.float16, FULL
+        size, steps = args.size or 1024, args.steps or 30
+        compile_ = not args.no_compile
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    rows = run_benchmark(
+        scale=scale,
+        device=device,
+        dtype=dtype,
+        size=size,
+        steps=steps,
+        runs=args.runs,
+        warmup=args.warmup,
+        compile_=compile_,
+    )
+    header = (
+        f"inference benchmark: {'tiny' if args.tiny else 'full-size SDXL'} random weights,"
+        f" {size}x{size}, {steps} steps, {str(dtype).removeprefix('torch.')}, {card},"
+        f" p50 of {args.runs} run(s)"
+    )
+    print(format_table(rows, header=header))
+    if device.type == "cuda":
+        ours = [row for row in rows if row.name.startswith("ours") and "few-step" not in row.name]
+        best = min(ours, key=lambda row: row.p50)
+        peak = max(row.peak_gib or 0.0 for row in ours)
+        print(
+            f"best 30-step row: {best.name}: {best.p50:.2f} s (target <= {TARGET_SECONDS} s on an"
+            f" A10G), peak {peak:.2f} GiB (target <= {TARGET_GIB} GiB) on {card}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,354 @@
+"""The ``compose`` command: the inference image's entrypoint, in a pod or on a workstation.
+
+- Pod mode (``COMPOSE_JOB_DOCUMENT`` set, or ``compose run-job [--job-file F]``): parse the job
+  document the operator gave the pod, run it, upload the result, write the termination message to
+  ``/dev/termination-log`` (``COMPOSE_TERMINATION_LOG`` overrides the path) and exit with the
+  code from ``compose_api.contract.ExitCode``.
+- Local mode: ``compose --person p.jpg --clothing shirt.jpg --place beach.jpg --out result.png``
+  with local files (or s3:// / https:// URIs) in and a local file out.
+- ``compose samples --dir samples/``: writes sample inputs (photos shipped with scikit-image) so
+  the first command of the README runs without network.
+
+Wiring only: settings come from the environment and the command line, the work is in ``runner``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import secrets
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pydantic
+
+from compose_api import contract, models, profiles
+from compose_inference import (
+    catalogue,
+    errors,
+    fetching,
+    images,
+    modelstore,
+    runner,
+    upload,
+)
+
+log = logging.getLogger("compose_inference")
+
+TERMINATION_LOG_ENV = "COMPOSE_TERMINATION_LOG"
+RESULTS_BUCKET_ENV = "COMPOSE_OUTPUT_BUCKET"
+MAX_PIXELS_ENV = "COMPOSE_MAX_INPUT_PIXELS"
+SMOKE_NOTICE = (
+    "NOTE: the 'smoke' profile runs tiny random weights: the output is NOISE. It only checks that"
+    " the install works end to end. Use --profile instantid-sdxl (GPU) for real images."
+)
+_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script ``compose``; returns the exit code (see inference_image/README.md)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(
+        level=os.environ.get("COMPOSE_LOG_LEVEL", "INFO").upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args and args[0] == "run-job":
+        return run_job(args[1:])
+    if args and args[0] == "samples":
+        return samples(args[1:])
+    if not args and os.environ.get(contract.JOB_DOCUMENT_ENV):
+        return run_job([])
+    return local(args)
+
+
+# -- shared wiring ------------------------------------------------------------------------------
+
+
+def _limits(environ: Mapping[str, str]) -> images.ImageLimits:
+    fetch = fetching.FetchSettings.from_env(environ)
+    raw = environ.get(MAX_PIXELS_ENV, "").strip()
+    try:
+        pixels = int(raw) if raw else images.DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise ValueError(f"{MAX_PIXELS_ENV}: {raw!r} is not an integer") from None
+    return images.ImageLimits(max_bytes=fetch.max_bytes, max_pixels=pixels)
+
+
+def _worker(
+    environ: Mapping[str, str], *, local_mode: bool, device: str | None = None
+) -> runner.Worker:
+    return runner.Worker(
+        fetcher=fetching.Fetcher(
+            fetching.FetchSettings.from_env(environ, allow_local_paths=local_mode)
+        ),
+        store=modelstore.ModelStore(modelstore.StoreSettings.from_env(environ)),
+        uploader=upload.Uploader(),
+        limits=_limits(environ),
+        device=device,
+    )
+
+
+# -- pod mode -----------------------------------------------------------------------------------
+
+
+def run_job(argv: Sequence[str], *, environ: Mapping[str, str] | None = None) -> int:
+    """Run the job document; always leave a termination message; return its exit code."""
+    env = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(prog="compose run-job", description=run_job.__doc__)
+    parser.add_argument("--job-file", type=Path, help="job document JSON (default: env)")
+    options = parser.parse_args(argv)
+    watch = runner.Stopwatch()
+    outcome: runner.Outcome | None = None
+    failure: errors.ComposeError | None = None
+    try:
+        document = _read_document(options.job_file, env)
+        log.info(
+            "job %s/%s uid=%s attempt=%d profile=%s seed=%d",
+            document.job.namespace,
+            document.job.name,
+            document.job.uid,
+            document.job.attempt,
+            document.profile.name,
+            document.seed,
+        )
+        worker = _worker(env, local_mode=False)
+        if not document.profile.models:
+            profile = catalogue.lookup(document.profile.name, store=worker.store)
+            document = document.model_copy(update={"profile": profile})
+        job = runner.Job.from_document(document, default_bucket=env.get(RESULTS_BUCKET_ENV))
+        outcome = worker.run(job, watch=watch)
+    except errors.ComposeError as error:
+        failure = error
+    except Exception as error:  # the process must still report why it stopped
+        log.exception("unexpected failure")
+        failure = errors.classify(error)
+    message = runner.termination_message(outcome=outcome, error=failure, watch=watch)
+    _write_termination_log(message, env)
+    if failure is not None:
+        log.error("failed (exit %d, %s): %s", message.exit_code, message.reason, failure.message)
+    else:
+        log.info("done: %s", message.to_json())
+    print(message.to_json())
+    return message.exit_code
+
+
+def _read_document(path: Path | None, env: Mapping[str, str]) -> contract.JobDocument:
+    if path is not None:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as error:
+            raise errors.InputRejected(f"--job-file {path}: {error.strerror or error}") from None
+    else:
+        text = env.get(contract.JOB_DOCUMENT_ENV, "")
+        if not text.strip():
+            raise errors.InputRejected(f"{contract.JOB_DOCUMENT_ENV}: empty (no job document)")
+    try:
+        return contract.JobDocument.model_validate_json(text)
+    except pydantic.ValidationError as error:
+        detail = models.describe_validation_error(error, root="jobDocument")
+        raise errors.InputRejected(f"invalid job document: {detail}") from None
+
+
+def _write_termination_log(message: contract.TerminationMessage, env: Mapping[str, str]) -> None:
+    path = Path(env.get(TERMINATION_LOG_ENV) or contract.TERMINATION_LOG_PATH)
+    try:
+        path.write_text(message.to_json(), encoding="utf-8")
+    except OSError as error:
+        log.warning("could not write the termination message to %s: %s", path, error)
+
+
+# -- local mode ---------------------------------------------------------------------------------
+
+
+def _local_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="compose",
+        description="Compose a photo of a person wearing the given clothes in the given place.",
+        epilog="Other commands: 'compose samples --dir DIR' writes sample inputs; "
+        "'compose run-job [--job-file F]' runs a job document (pod mode). "
+        "Exit codes: see inference_image/README.md.",
+    )
+    parser.add_argument("--person", required=True, help="person photo (one face must show)")
+    parser.add_argument(
+        "--clothing",
+        action="append",
+        required=True,
+        metavar="PATH[#CATEGORY]",
+        help="garment photo; repeat for several; optional #upper, #lower, #dress, #outerwear, "
+        "#shoes or #accessory",
+    )
+    parser.add_argument("--place", required=True, help="photo of the place (background)")
+    parser.add_argument("--out", required=True, type=Path, help="result file (.png/.jpg/.webp)")
+    parser.add_argument("--format", choices=["png", "jpeg", "webp"], help="default: from --out")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--profile", default=catalogue.SMOKE, help="profile name (default: smoke)")
+    group.add_argument("--profile-file", type=Path, help="YAML file with one or more profiles")
+    parser.add_argument("--profile-name", help="which profile of --profile-file (default: first)")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    defaults = models.Params()
+    parser.add_argument("--prompt", default=defaults.prompt)
+    parser.add_argument("--negative-prompt", default=defaults.negative_prompt)
+    parser.add_argument("--seed", type=int, help="default: random (printed)")
+    parser.add_argument("--steps", type=int, help=f"default: {defaults.steps} (profile may pin)")
+    parser.add_argument("--guidance", type=float, help=f"default: {defaults.guidance}")
+    parser.add_argument("--width", type=int, help=f"default: {defaults.width}")
+    parser.add_argument("--height", type=int, help=f"default: {defaults.height}")
+    parser.add_argument("--identity-strength", type=float, default=defaults.identity_strength)
+    parser.add_argument("--clothing-strength", type=float, default=defaults.clothing_strength)
+    parser.add_argument("--place-strength", type=float, default=defaults.place_strength)
+    return parser
+
+
+def _clothing_item(text: str) -> tuple[str, str | None]:
+    path, sep, category = text.rpartition("#")
+    if sep and category in {str(item) for item in models.ClothingCategory}:
+        return path, category
+    return text, None
+
+
+def _output_format(out: Path, explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    fmt = _FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise errors.InputRejected(
+            f"--out {out}: unknown extension (use .png, .jpg, .webp or --format)"
+        )
+    return fmt
+
+
+def local(argv: Sequence[str], *, environ: Mapping[str, str] | None = None) -> int:
+    """Local mode: files in, a file out; prints a JSON summary; returns the exit code."""
+    env = os.environ if environ is None else environ
+    options = _local_parser().parse_args(argv)
+    try:
+        worker = _worker(env, local_mode=True, device=options.device)
+        profile = _local_profile(options, worker.store)
+        if profile.name == catalogue.SMOKE:
+            print(SMOKE_NOTICE, file=sys.stderr)
+        if not profile.licence.commercial_use:
+            print(
+                f"LICENCE: profile {profile.name!r}: {profile.licence.name} (not for commercial"
+                " use).",
+                file=sys.stderr,
+            )
+        base = models.Params()
+        seed = options.seed if options.seed is not None else secrets.randbelow(2**32)
+        params = runner.Params(
+            prompt=options.prompt,
+            negative_prompt=options.negative_prompt,
+            seed=seed,
+            steps=base.steps,
+            guidance=base.guidance,
+            width=base.width,
+            height=base.height,
+            identity_strength=options.identity_strength,
+            clothing_strength=options.clothing_strength,
+            place_strength=options.place_strength,
+        ).pinned_by(profile.options)
+        # Explicit command-line values win over the profile's pins.
+        explicit = {
+            name: getattr(options, name)
+            for name in ("steps", "guidance", "width", "height")
+            if getattr(options, name) is not None
+        }
+        params = dataclasses.replace(params, **explicit)
+        job = runner.Job(
+            label="local",
+            profile=profile,
+            person=options.person,
+            clothing=[_clothing_item(item) for item in options.clothing],
+            place=options.place,
+            params=params,
+            output_format=_output_format(options.out, options.format),
+            target=runner.LocalTarget(path=options.out),
+        )
+        outcome = worker.run(job)
+    except errors.ComposeError as error:
+        print(f"compose: error: {error.message}", file=sys.stderr)
+        print(f"exit code {int(error.exit_code)} ({error.exit_code.name})", file=sys.stderr)
+        return int(error.exit_code)
+    except ValueError as error:  # bad settings in the environment
+        print(f"compose: error: {error}", file=sys.stderr)
+        return int(contract.ExitCode.INPUT_REJECTED)
+    summary = {
+        "out": outcome.uri,
+        "profile": profile.name,
+        "width": outcome.width,
+        "height": outcome.height,
+        "format": outcome.format,
+        "seed": outcome.seed,
+        "sha256": outcome.sha256,
+        "identitySimilarity": outcome.identity_similarity,
+        "timings": {key: round(value, 3) for key, value in outcome.timings.items()},
+    }
+    print(json.dumps(summary, indent=2))
+    if profile.name == catalogue.SMOKE:
+        print(SMOKE_NOTICE, file=sys.stderr)
+    return int(contract.ExitCode.OK)
+
+
+def _local_profile(
+    options: argparse.Namespace, store: modelstore.ModelStore
+) -> profiles.ModelProfile:
+    if options.profile_file is not None:
+        extra = catalogue.from_file(options.profile_file)
+        name = options.profile_name or next(iter(extra), "")
+        if name not in extra:
+            raise errors.UnknownProfile(
+                f"--profile-name {name!r}: not in {options.profile_file} ({', '.join(extra)})"
+            )
+        return extra[name]
+    return catalogue.lookup(options.profile, store=store)
+
+
+# -- samples ------------------------------------------------------------------------------------
+
+
+def samples(argv: Sequence[str]) -> int:
+    """Write sample inputs (photos shipped with scikit-image, no network) into a folder."""
+    parser = argparse.ArgumentParser(prog="compose samples", description=samples.__doc__)
+    parser.add_argument("--dir", type=Path, default=Path("samples"))
+    options = parser.parse_args(argv)
+    written = write_samples(options.dir)
+    for path in written:
+        print(path)
+    return 0
+
+
+def write_samples(folder: Path) -> list[Path]:
+    """person.png (skimage's astronaut), shirt.png and trousers.png (tinted fabric-like
+    textures), place.png (skimage's rocket launch site)."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data as skimage_data
+
+    data: Any = skimage_data  # scikit-image ships no type hints
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def tinted(gray: np.ndarray, colour: tuple[int, int, int]) -> Image.Image:
+        level = gray.astype(np.float32)[..., None] / 255.0
+        return Image.fromarray((level * np.array(colour, dtype=np.float32)).astype(np.uint8))
+
+    outputs = {
+        "person.png": Image.fromarray(data.astronaut()),
+        "shirt.png": tinted(data.brick(), (200, 40, 40)),
+        "trousers.png": tinted(data.grass(), (40, 60, 160)),
+        "place.png": Image.fromarray(data.rocket()),
+    }
+    written = []
+    for name, image in outputs.items():
+        path = folder / name
+        image.save(path)
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    sys.exit(main())

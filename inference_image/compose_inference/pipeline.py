@@ -1,0 +1,597 @@
+"""Generation: SDXL + InstantID (IdentityNet and face adapter) + clothing and place conditioning.
+
+``runner`` loads one :class:`ComposePipeline` per process (:meth:`ComposePipeline.load`) and calls
+it once per job with a :class:`GenerationRequest`; the benchmark builds it from in-memory modules.
+
+Why our own loop: diffusers' ``StableDiffusionXLControlNetPipeline`` feeds the ControlNet the text
+embeddings, while InstantID's IdentityNet must see the 16 face tokens; diffusers' InstantID is a
+community pipeline that no longer runs. So the denoising loop below is written with diffusers'
+building blocks (UNet, ControlNet, VAE, schedulers, CLIP encoders) and our own attention
+processors (``adapters.ComposeAttnProcessor``).
+
+Conditioning:
+
+- Identity: the ArcFace embedding -> Resampler -> 16 face tokens. They go (a) to IdentityNet as its
+  cross-attention context, with the five keypoints drawn on black as control image, its residuals
+  masked to the face region and scaled by ``identity_strength``, and (b) to the UNet through the
+  decoupled face attention with scale ``identity_strength``. The CFG negative is the Resampler
+  applied to an all-zero embedding, as InstantID does.
+- Clothing: each garment photo -> CLIP image encoder (penultimate hidden states) -> the
+  IP-Adapter plus Resampler -> 16 tokens, attended with scale ``clothing_strength`` and masked to
+  the garment's body region (``layout.garment_mask``; one stream per garment so that a shirt and
+  trousers land in different places). CFG negative: the tokens of an all-zero image.
+- Place: the place photo goes through the same image encoder and adapter, masked to the
+  background (``layout.background_mask``), scale ``place_strength``. We chose this *scene
+  embedding* over compositing the person onto the place photo and inpainting the seam because
+  compositing needs a person matte of a person that does not exist yet (the pose is generated),
+  a matting model and a relighting pass (two more large models on a 24 GB card), and it freezes
+  the camera of the place photo; the embedding costs one encoder pass and one extra attention
+  term per layer, keeps one denoising pass, and lets the model render the person lit by the
+  scene. Its weakness: the place is reproduced in style and content, not pixel for pixel.
+
+A strength of zero skips its branch entirely (no ControlNet call, no attention term), so it
+contributes exactly nothing. A fixed seed gives the same image: the initial noise and every
+scheduler draw come from one ``torch.Generator`` on the pipeline's device.
+
+Options (``ModelProfile.options``; other keys belong to other stages and are ignored here):
+``sdpa`` (true), ``channels_last`` (false), ``vae_fp32_decode`` (default: true unless the dtype
+is float32), ``compile`` (false; with ``size_buckets`` the only allowed sizes, since
+``torch.compile`` recompiles per resolution, and per number of garments), ``scheduler``
+(euler, euler_trailing, ddim, dpmpp_2m, lcm), ``framing`` (full_body, half_body, portrait),
+``control_mask`` (true), ``few_step_lora_scale`` (1.0; a ``lora`` component is fused into the
+UNet when present).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps
+
+from compose_inference import adapters, faces, layout
+
+DEFAULT_PROMPT = (
+    "a photorealistic full-length photo of a person wearing the given clothes, standing in the"
+    " given place, natural light, detailed"
+)
+DEFAULT_NEGATIVE = "lowres, blurry, deformed, extra limbs, watermark, text, cartoon, painting"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SCHEDULERS = ("euler", "euler_trailing", "ddim", "dpmpp_2m", "lcm")
+DEFAULT_BUCKETS = ((1024, 1024), (896, 1152), (1152, 896), (832, 1216), (1216, 832))
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+MAX_STRENGTH = 2.0
+
+
+@dataclasses.dataclass
+class GenerationRequest:
+    """One image to generate. Strengths in [0, 2]; 0 switches a conditioning off."""
+
+    face: faces.Face
+    person: Image.Image
+    clothing: list[tuple[Image.Image, str | None]]
+    place: Image.Image
+    prompt: str = DEFAULT_PROMPT
+    negative_prompt: str = DEFAULT_NEGATIVE
+    seed: int = 0
+    steps: int = 30
+    guidance: float = 5.0
+    width: int = 1024
+    height: int = 1024
+    identity_strength: float = 0.8
+    clothing_strength: float = 0.7
+    place_strength: float = 0.5
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    image: Image.Image
+    seed: int
+    timings: dict[str, float]  # seconds per step: encode, denoise, decode
+
+
+def _bool(options: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = options.get(key, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"options.{key}: expected true or false, got {value!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineOptions:
+    sdpa: bool = True
+    channels_last: bool = False
+    vae_fp32_decode: bool = True
+    compile: bool = False
+    size_buckets: tuple[tuple[int, int], ...] = DEFAULT_BUCKETS
+    scheduler: str = "euler"
+    framing: str = "full_body"
+    control_mask: bool = True
+    few_step_lora_scale: float = 1.0
+
+    @classmethod
+    def parse(cls, options: Mapping[str, Any], *, dtype: str) -> PipelineOptions:
+        """Validate the pipeline's options; errors name the option and the reason."""
+        scheduler = options.get("scheduler", "euler")
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"options.scheduler: expected one of {SCHEDULERS}, got {scheduler!r}")
+        framing = options.get("framing", "full_body")
+        if framing not in layout.FRAMINGS:
+            raise ValueError(
+                f"options.framing: expected one of {sorted(layout.FRAMINGS)}, got {framing!r}"
+            )
+        raw_buckets = options.get("size_buckets", DEFAULT_BUCKETS)
+        try:
+            buckets = tuple((int(w), int(h)) for w, h in raw_buckets)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"options.size_buckets: expected a list of [width, height], got {raw_buckets!r}"
+            ) from None
+        lora_scale = options.get("few_step_lora_scale", 1.0)
+        if not isinstance(lora_scale, int | float) or isinstance(lora_scale, bool):
+            raise ValueError(f"options.few_step_lora_scale: expected a number, got {lora_scale!r}")
+        return cls(
+            sdpa=_bool(options, "sdpa", True),
+            channels_last=_bool(options, "channels_last", False),
+            vae_fp32_decode=_bool(options, "vae_fp32_decode", dtype != "float32"),
+            compile=_bool(options, "compile", False),
+            size_buckets=buckets,
+            scheduler=scheduler,
+            framing=framing,
+            control_mask=_bool(options, "control_mask", True),
+            few_step_lora_scale=float(lora_scale),
+        )
+
+
+def _make_scheduler(base: Any, name: str) -> Any:
+    from diffusers import (
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        EulerDiscreteScheduler,
+        LCMScheduler,
+    )
+
+    config = base.config
+    if name == "euler":
+        return EulerDiscreteScheduler.from_config(config)
+    if name == "euler_trailing":
+        return EulerDiscreteScheduler.from_config(config, timestep_spacing="trailing")
+    if name == "ddim":
+        return DDIMScheduler.from_config(config)
+    if name == "dpmpp_2m":
+        return DPMSolverMultistepScheduler.from_config(config)
+    return LCMScheduler.from_config(config)
+
+
+def _place(module: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """Move to the device; cast only when needed (loaded weights already have their dtype)."""
+    if getattr(module, "dtype", None) != dtype:
+        return module.to(device=device, dtype=dtype)
+    return module.to(device)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class ComposePipeline:
+    """Models loaded once; ``__call__`` generates one image per request (not thread-safe)."""
+
+    def __init__(
+        self,
+        *,
+        unet: Any,
+        vae: Any,
+        text_encoder: Any,
+        text_encoder_2: Any,
+        tokenizer: Any,
+        tokenizer_2: Any,
+        scheduler: Any,
+        controlnet: Any,
+        face_adapter: adapters.AdapterWeights,
+        image_encoder: Any | None = None,
+        clothing_adapter: adapters.AdapterWeights | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+        options: PipelineOptions | None = None,
+    ) -> None:
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
+        if (image_encoder is None) != (clothing_adapter is None):
+            raise ValueError(
+                "models: image_encoder and clothing_adapter come together (both or neither)"
+            )
+        self.options = options or PipelineOptions.parse({}, dtype=dtype)
+        self.device = torch.device(device)
+        self.dtype = DTYPES[dtype]
+        vae_dtype = torch.float32 if self.options.vae_fp32_decode else self.dtype
+        named = {"face": face_adapter}
+        if clothing_adapter is not None:
+            named["clothing"] = clothing_adapter
+        adapters.install_processors(unet, named, sdpa=self.options.sdpa)
+        controlnet.set_attn_processor(AttnProcessor2_0() if self.options.sdpa else AttnProcessor())
+        vae.set_attn_processor(AttnProcessor2_0() if self.options.sdpa else AttnProcessor())
+
+        self.unet = _place(unet, self.device, self.dtype).eval()
+        self.controlnet = _place(controlnet, self.device, self.dtype).eval()
+        self.vae = _place(vae, self.device, vae_dtype).eval()
+        self.text_encoder = _place(text_encoder, self.device, self.dtype).eval()
+        self.text_encoder_2 = _place(text_encoder_2, self.device, self.dtype).eval()
+        self.tokenizer = tokenizer
+        self.tokenizer_2 = tokenizer_2
+        self.scheduler = _make_scheduler(scheduler, self.options.scheduler)
+        self.face_resampler = adapters.build_resampler(face_adapter).to(self.device, self.dtype)
+        self.image_encoder = (
+            _place(image_encoder, self.device, self.dtype).eval()
+            if image_encoder is not None
+            else None
+        )
+        self.clothing_resampler = (
+            adapters.build_resampler(clothing_adapter).to(self.device, self.dtype)
+            if clothing_adapter is not None
+            else None
+        )
+        if self.options.channels_last:
+            for module in (self.unet, self.controlnet, self.vae):
+                module.to(memory_format=torch.channels_last)
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.levels = len(self.unet.config.block_out_channels)
+        self.size_multiple = self.vae_scale_factor * 2 ** (self.levels - 1)
+        self._unet_call: Any = self.unet
+        self._controlnet_call: Any = self.controlnet
+        if self.options.compile:
+            self._unet_call = torch.compile(self.unet, dynamic=False)
+            self._controlnet_call = torch.compile(self.controlnet, dynamic=False)
+
+    @classmethod
+    def load(
+        cls,
+        components: Mapping[str, Path],
+        *,
+        dtype: str,
+        device: str,
+        options: Mapping[str, Any],
+    ) -> ComposePipeline:
+        """Load every component from its folder/file (the names of ``ModelProfile.models``).
+
+        Needs ``base``, ``identitynet`` and ``face_adapter``; ``vae`` replaces the base's VAE (an
+        fp16-fixed VAE); ``image_encoder`` with ``clothing_adapter`` enables clothing and place;
+        ``lora`` (a few-step LoRA file, e.g. SDXL-Lightning) is fused into the UNet.
+        """
+        from diffusers import (
+            AutoencoderKL,
+            ControlNetModel,
+            EulerDiscreteScheduler,
+            UNet2DConditionModel,
+        )
+        from transformers import (
+            CLIPTextModel,
+            CLIPTextModelWithProjection,
+            CLIPTokenizer,
+            CLIPVisionModelWithProjection,
+        )
+
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype: expected one of {sorted(DTYPES)}, got {dtype!r}")
+        missing = [
+            name for name in ("base", "identitynet", "face_adapter") if name not in components
+        ]
+        if missing:
+            raise ValueError(f"models: missing component(s) {missing}")
+        parsed = PipelineOptions.parse(options, dtype=dtype)
+        torch_dtype = DTYPES[dtype]
+        vae_dtype = torch.float32 if parsed.vae_fp32_decode else torch_dtype
+        # Safetensors go straight to the GPU: g5.xlarge has 16 GiB of RAM for ~7 GB of weights.
+        placement: dict[str, Any] = {"low_cpu_mem_usage": True}
+        if device.startswith("cuda"):
+            placement["device_map"] = device
+        base = str(components["base"])
+        unet = UNet2DConditionModel.from_pretrained(
+            base, subfolder="unet", torch_dtype=torch_dtype, **placement
+        )
+        if "vae" in components:
+            vae = AutoencoderKL.from_pretrained(
+                str(components["vae"]), torch_dtype=vae_dtype, **placement
+            )
+        else:
+            vae = AutoencoderKL.from_pretrained(
+                base, subfolder="vae", torch_dtype=vae_dtype, **placement
+            )
+        controlnet = ControlNetModel.from_pretrained(
+            str(components["identitynet"]), torch_dtype=torch_dtype, **placement
+        )
+        if "lora" in components:
+            _fuse_lora(unet, components["lora"], scale=parsed.few_step_lora_scale)
+        image_encoder = None
+        clothing_adapter = None
+        if "clothing_adapter" in components or "image_encoder" in components:
+            if not {"clothing_adapter", "image_encoder"} <= set(components):
+                raise ValueError("models: image_encoder and clothing_adapter come together")
+            image_encoder = CLIPVisionModelWithProjection.from_pretrained(
+                str(components["image_encoder"]), dtype=torch_dtype
+            )
+            clothing_adapter = adapters.load_adapter_file(Path(components["clothing_adapter"]))
+        return cls(
+            unet=unet,
+            vae=vae,
+            text_encoder=CLIPTextModel.from_pretrained(
+                base, subfolder="text_encoder", dtype=torch_dtype
+            ),
+            text_encoder_2=CLIPTextModelWithProjection.from_pretrained(
+                base, subfolder="text_encoder_2", dtype=torch_dtype
+            ),
+            tokenizer=CLIPTokenizer.from_pretrained(base, subfolder="tokenizer"),
+            tokenizer_2=CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2"),
+            scheduler=EulerDiscreteScheduler.from_pretrained(base, subfolder="scheduler"),
+            controlnet=controlnet,
+            face_adapter=adapters.load_adapter_file(Path(components["face_adapter"])),
+            image_encoder=image_encoder,
+            clothing_adapter=clothing_adapter,
+            device=device,
+            dtype=dtype,
+            options=parsed,
+        )
+
+    # --- steps ----------------------------------------------------------------------------------
+
+    def check_request(self, request: GenerationRequest) -> None:
+        """Concise errors naming the field, rather than silent correction."""
+        for name in ("width", "height"):
+            value = getattr(request, name)
+            if value <= 0 or value % self.size_multiple:
+                raise ValueError(
+                    f"{name}: {value} is not a positive multiple of {self.size_multiple}"
+                )
+        if (
+            self.options.compile
+            and (request.width, request.height) not in self.options.size_buckets
+        ):
+            raise ValueError(
+                f"width/height: {request.width}x{request.height} is not one of the compiled size"
+                f" buckets {list(self.options.size_buckets)}"
+            )
+        if request.steps < 1:
+            raise ValueError(f"steps: must be at least 1, got {request.steps}")
+        if request.guidance < 0:
+            raise ValueError(f"guidance: must not be negative, got {request.guidance}")
+        if not 0 <= request.seed < 2**32:
+            raise ValueError(f"seed: must be in [0, 2**32), got {request.seed}")
+        for name in ("identity_strength", "clothing_strength", "place_strength"):
+            value = getattr(request, name)
+            if not 0.0 <= value <= MAX_STRENGTH:
+                raise ValueError(f"{name}: must be in [0, {MAX_STRENGTH}], got {value}")
+        if self.image_encoder is None and (
+            (request.clothing_strength > 0 and request.clothing) or request.place_strength > 0
+        ):
+            raise ValueError(
+                "clothing_strength/place_strength: this profile has no clothing_adapter and"
+                " image_encoder; set the strengths to 0"
+            )
+        for index, (_, category) in enumerate(request.clothing):
+            if category not in layout.CATEGORY_BANDS:
+                raise ValueError(
+                    f"clothing[{index}].category: expected one of {list(layout.CATEGORIES)} or"
+                    f" none, got {category!r}"
+                )
+
+    def encode_prompt(
+        self, prompt: str, negative: str, *, cfg: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """SDXL text conditioning: both encoders' penultimate states and the pooled embedding."""
+
+        def encode(text: str) -> tuple[torch.Tensor, torch.Tensor]:
+            states = []
+            pooled = torch.empty(0)
+            for tokenizer, encoder in (
+                (self.tokenizer, self.text_encoder),
+                (self.tokenizer_2, self.text_encoder_2),
+            ):
+                ids = tokenizer(
+                    text,
+                    padding="max_length",
+                    max_length=tokenizer.model_max_length,
+                    truncation=True,
+                    return_tensors="pt",
+                ).input_ids.to(self.device)
+                output = encoder(ids, output_hidden_states=True)
+                states.append(output.hidden_states[-2])
+                pooled = output[0]
+            return torch.cat(states, dim=-1), pooled
+
+        embeds, pooled = encode(prompt)
+        if not cfg:
+            return embeds, pooled
+        if negative:
+            negative_embeds, negative_pooled = encode(negative)
+        else:  # SDXL's force_zeros_for_empty_prompt
+            negative_embeds, negative_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
+        return torch.cat([negative_embeds, embeds]), torch.cat([negative_pooled, pooled])
+
+    def encode_face(self, embedding: np.ndarray, *, cfg: bool) -> torch.Tensor:
+        """16 face tokens from the raw ArcFace embedding; the CFG negative is a zero embedding."""
+        values = torch.as_tensor(np.asarray(embedding, dtype=np.float32), device=self.device)
+        values = values.reshape(1, 1, -1).to(self.dtype)
+        if cfg:
+            values = torch.cat([torch.zeros_like(values), values])
+        tokens: torch.Tensor = self.face_resampler(values)
+        return tokens
+
+    def _pixels(self, image: Image.Image) -> torch.Tensor:
+        assert_encoder = self.image_encoder
+        if assert_encoder is None:
+            raise ValueError("models: no image_encoder loaded")
+        size = int(assert_encoder.config.image_size)
+        fitted = ImageOps.fit(image.convert("RGB"), (size, size), Image.Resampling.BICUBIC)
+        array: Any = np.asarray(fitted, dtype=np.float32) / 255.0
+        array = (array - np.array(CLIP_MEAN, dtype=np.float32)) / np.array(
+            CLIP_STD, dtype=np.float32
+        )
+        return torch.from_numpy(array).permute(2, 0, 1)[None].to(self.device, self.dtype)
+
+    def encode_image(self, image: Image.Image, *, cfg: bool) -> torch.Tensor:
+        """IP-Adapter plus tokens of one photo; the CFG negative is an all-zero image."""
+        if self.image_encoder is None or self.clothing_resampler is None:
+            raise ValueError("models: no image_encoder/clothing_adapter loaded")
+        pixels = self._pixels(image)
+        if cfg:
+            pixels = torch.cat([torch.zeros_like(pixels), pixels])
+        states = self.image_encoder(pixels, output_hidden_states=True).hidden_states[-2]
+        tokens: torch.Tensor = self.clothing_resampler(states)
+        return tokens
+
+    def _level_masks(self, mask: np.ndarray, latent_hw: tuple[int, int]) -> dict[int, torch.Tensor]:
+        """One ``(1, length, 1)`` weight per UNet resolution, keyed by the sequence length."""
+        tensor = torch.from_numpy(mask)[None, None].to(self.device, torch.float32)
+        result: dict[int, torch.Tensor] = {}
+        for level in range(self.levels):
+            h, w = latent_hw[0] // 2**level, latent_hw[1] // 2**level
+            resized = F.interpolate(tensor, size=(h, w), mode="area")
+            result[h * w] = resized.reshape(1, h * w, 1).to(self.dtype)
+        return result
+
+    @torch.no_grad()
+    def __call__(self, request: GenerationRequest) -> GenerationResult:
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+
+        # 1. Check inputs.
+        self.check_request(request)
+        cfg = request.guidance > 1.0
+        width, height = request.width, request.height
+        latent_hw = (height // self.vae_scale_factor, width // self.vae_scale_factor)
+
+        # 2. Lay out the canvas: the face's place, the control image, the regions.
+        canvas = layout.place_face(
+            request.face.bbox,
+            request.face.kps,
+            width=width,
+            height=height,
+            framing=self.options.framing,
+        )
+
+        # 3. Encode the prompt.
+        text_embeds, pooled = self.encode_prompt(request.prompt, request.negative_prompt, cfg=cfg)
+        batch = text_embeds.shape[0]
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=self.dtype)
+        added_cond = {"text_embeds": pooled, "time_ids": time_ids.to(self.device).repeat(batch, 1)}
+
+        # 4. Encode the images: face tokens, keypoint image, garments, place.
+        streams: list[adapters.ImageStream] = []
+        face_tokens = control = control_masks = None
+        if request.identity_strength > 0:
+            face_tokens = self.encode_face(request.face.embedding, cfg=cfg)
+            streams.append(adapters.ImageStream("face", face_tokens, request.identity_strength))
+            keypoints = np.asarray(layout.draw_keypoints(canvas), dtype=np.float32) / 255.0
+            control = torch.from_numpy(keypoints).permute(2, 0, 1)[None]
+            control = control.to(self.device, self.dtype).repeat(batch, 1, 1, 1)
+            if self.options.control_mask:
+                control_masks = torch.from_numpy(layout.face_mask(canvas))[None, None]
+                control_masks = control_masks.to(self.device, self.dtype)
+        if request.clothing_strength > 0:
+            for garment, category in request.clothing:
+                streams.append(
+                    adapters.ImageStream(
+                        "clothing",
+                        self.encode_image(garment, cfg=cfg),
+                        request.clothing_strength,
+                        self._level_masks(layout.garment_mask(canvas, category), latent_hw),
+                    )
+                )
+        if request.place_strength > 0:
+            streams.append(
+                adapters.ImageStream(
+                    "clothing",
+                    self.encode_image(request.place, cfg=cfg),
+                    request.place_strength,
+                    self._level_masks(layout.background_mask(canvas), latent_hw),
+                )
+            )
+        _synchronize(self.device)
+        timings["encode"] = time.perf_counter() - started
+
+        # 5. Prepare the timesteps and the initial noise.
+        from diffusers.utils.torch_utils import randn_tensor
+
+        started = time.perf_counter()
+        generator = torch.Generator(device=self.device).manual_seed(request.seed)
+        self.scheduler.set_timesteps(request.steps, device=self.device)
+        channels = self.unet.config.in_channels
+        latents = randn_tensor(
+            (1, channels, *latent_hw), generator=generator, device=self.device, dtype=self.dtype
+        )
+        latents = latents * self.scheduler.init_noise_sigma
+        attention_kwargs = {"image_streams": streams} if streams else None
+
+        # 6. Denoise.
+        for timestep in self.scheduler.timesteps:
+            model_input = torch.cat([latents] * 2) if cfg else latents
+            model_input = self.scheduler.scale_model_input(model_input, timestep)
+            down_residuals = mid_residual = None
+            if face_tokens is not None and control is not None:
+                down_residuals, mid_residual = self._controlnet_call(
+                    model_input,
+                    timestep,
+                    encoder_hidden_states=face_tokens,
+                    controlnet_cond=control,
+                    conditioning_scale=request.identity_strength,
+                    added_cond_kwargs=added_cond,
+                    return_dict=False,
+                )
+                if control_masks is not None:
+                    down_residuals = [
+                        r * F.interpolate(control_masks, size=r.shape[-2:], mode="area")
+                        for r in down_residuals
+                    ]
+                    mid_residual = mid_residual * F.interpolate(
+                        control_masks, size=mid_residual.shape[-2:], mode="area"
+                    )
+            noise = self._unet_call(
+                model_input,
+                timestep,
+                encoder_hidden_states=text_embeds,
+                added_cond_kwargs=added_cond,
+                cross_attention_kwargs=attention_kwargs,
+                down_block_additional_residuals=down_residuals,
+                mid_block_additional_residual=mid_residual,
+                return_dict=False,
+            )[0]
+            if cfg:
+                negative, positive = noise.chunk(2)
+                noise = negative + request.guidance * (positive - negative)
+            latents = self.scheduler.step(noise, timestep, latents, generator=generator).prev_sample
+        _synchronize(self.device)
+        timings["denoise"] = time.perf_counter() - started
+
+        # 7. Decode.
+        started = time.perf_counter()
+        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+        decoded = self.vae.decode(latents, return_dict=False)[0]
+        pixels = (decoded / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).float().cpu().numpy()
+        image = Image.fromarray(np.round(pixels * 255).astype(np.uint8))
+        _synchronize(self.device)
+        timings["decode"] = time.perf_counter() - started
+        return GenerationResult(image=image, seed=request.seed, timings=timings)
+
+
+def _fuse_lora(unet: Any, path: Path, *, scale: float) -> None:
+    """Fuse a few-step LoRA (SDXL-Lightning, LCM, Hyper-SD) into the UNet."""
+    from diffusers import StableDiffusionXLPipeline
+
+    try:
+        import peft  # noqa: F401  (diffusers needs it for load_lora_adapter)
+    except ImportError:
+        raise ValueError("models.lora: the few-step LoRA needs the 'peft' package") from None
+    state = StableDiffusionXLPipeline.lora_state_dict(str(path))[0]
+    unet.load_lora_adapter(state, prefix="unet", adapter_name="few_step")
+    unet.fuse_lora(lora_scale=scale)
+    unet.unload_lora()

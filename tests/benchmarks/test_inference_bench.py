@@ -1,0 +1,45 @@
+"""The inference benchmark runs (tiny, CPU) so that it cannot rot."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_inference_bench_runs_tiny_on_the_cpu() -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "inference_bench.py"),
+            "--tiny",
+            "--runs",
+            "1",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    lines = completed.stdout.splitlines()
+    assert lines[0].startswith("inference benchmark: tiny random weights, 64x64, 2 steps")
+    rows = {line[:42].strip(): line[42:].split() for line in lines[2:]}
+    assert list(rows) == [
+        "diffusers SDXL+ControlNet (reference)",
+        "ours: math attention, fp32 VAE",
+        "ours: + SDPA",
+        "ours: + channels-last",
+        "ours: + fp16 VAE decode",
+        "ours: few-step (4 steps, no CFG)",
+    ]
+    assert rows["diffusers SDXL+ControlNet (reference)"][1] == "1.00x"
+    for values in rows.values():
+        assert float(values[0]) > 0 and values[1].endswith("x")

@@ -1,0 +1,140 @@
+"""End to end: tiny models packed as model.tar.gz in S3, inputs in S3, the real entrypoint run as
+a subprocess (pod mode), the result in S3 and the termination message checked against it."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from compose_api import contract
+from tests.inference.io.conftest import bucket_keys, encode, job_document
+from tests.support import s3
+
+pytestmark = pytest.mark.slow
+
+
+def pack(root: Path) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in sorted(root.rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(root)), recursive=False)
+    return buffer.getvalue()
+
+
+def tarball_profile(
+    tiny_models: dict[str, Path], root: Path, uri: str, digest: str
+) -> dict[str, object]:
+    """Every component points into the one tarball, selected by subfolder/filename."""
+    models: dict[str, dict[str, str]] = {}
+    for name, path in tiny_models.items():
+        relative = path.relative_to(root)
+        entry = {"uri": uri, "sha256": digest}
+        if path.is_file():
+            entry.update({"subfolder": str(relative.parent), "filename": relative.name})
+        else:
+            entry["subfolder"] = str(relative)
+        models[name] = entry
+    return {
+        "name": "tiny-packed",
+        "dtype": "float32",
+        "models": models,
+        "options": {"device": "cpu", "steps": 2, "width": 64, "height": 64},
+        "licence": {"name": "Apache-2.0", "commercialUse": True},
+    }
+
+
+def test_job_runs_end_to_end_from_s3_to_s3(
+    s3_server: s3.S3Server,
+    tiny_models: dict[str, Path],
+    tiny_root: Path,
+    astronaut_png: bytes,
+    tmp_path: Path,
+) -> None:
+    from skimage import data
+
+    client = s3_server.client()
+    inputs = s3_server.new_bucket("inputs")
+    results = s3_server.new_bucket("results")
+    model_bucket = s3_server.new_bucket("models")
+    archive = pack(tiny_root)
+    digest = hashlib.sha256(archive).hexdigest()
+    client.put_object(Bucket=model_bucket, Key="tiny/model.tar.gz", Body=archive)
+    uploads = {
+        "person.png": astronaut_png,
+        "shirt.jpg": encode(Image.fromarray(data.coffee()), "JPEG"),
+        "trousers.webp": encode(Image.fromarray(data.chelsea()), "WEBP"),
+        "place.jpg": encode(Image.fromarray(data.rocket()), "JPEG"),
+    }
+    for key, body in uploads.items():
+        client.put_object(Bucket=inputs, Key=key, Body=body)
+    document = job_document(
+        person=f"s3://{inputs}/person.png",
+        clothing=[f"s3://{inputs}/shirt.jpg", f"s3://{inputs}/trousers.webp"],
+        place=f"s3://{inputs}/place.jpg",
+        bucket=results,
+        profile=tarball_profile(
+            tiny_models, tiny_root, f"s3://{model_bucket}/tiny/model.tar.gz", digest
+        ),
+        seed=1234,
+    )
+    log = tmp_path / "termination-log"
+    env = dict(os.environ)
+    env.update(s3_server.env())
+    env.update(
+        {
+            contract.JOB_DOCUMENT_ENV: document.to_json(),
+            "COMPOSE_TERMINATION_LOG": str(log),
+            "COMPOSE_MODEL_CACHE": str(tmp_path / "cache"),
+        }
+    )
+    completed = subprocess.run(
+        [sys.executable, "-m", "compose_inference"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+
+    message = contract.TerminationMessage.parse(log.read_text())
+    assert message is not None
+    assert (message.exit_code, message.reason) == (0, "Completed")
+    assert message.result is not None
+    key = "results/team-a/look-1/uid-1234/result.png"
+    assert bucket_keys(s3_server, results) == [key]
+    assert message.result.s3_uri == f"s3://{results}/{key}"
+
+    stored = client.get_object(Bucket=results, Key=key)
+    body = stored["Body"].read()
+    sha = hashlib.sha256(body).hexdigest()
+    assert message.result.sha256 == sha
+    assert message.result.bytes == len(body)
+    assert message.result.seed == 1234
+    assert (message.result.width, message.result.height) == (64, 64)
+    assert stored["ContentType"] == "image/png"
+    assert stored["Metadata"]["sha256"] == sha
+    assert stored["Metadata"]["seed"] == "1234"
+    assert stored["Metadata"]["profile"] == "tiny-packed"
+    assert stored["Metadata"]["job"] == "team-a/look-1"
+    with Image.open(io.BytesIO(body)) as image:
+        assert image.format == "PNG"
+        assert image.size == (64, 64)
+
+    timings = message.timings
+    assert timings is not None
+    for stage in ("fetch", "face_analysis", "model_load", "inference", "postprocess", "upload"):
+        value = getattr(timings, stage)
+        assert value is not None and value >= 0, stage
+    assert timings.total is not None and timings.total >= (timings.inference or 0) > 0
+    # The same JSON went to stdout, for `kubectl logs`.
+    assert json.loads(completed.stdout.strip().splitlines()[-1])["result"]["sha256"] == sha

@@ -1,0 +1,61 @@
+"""Failures map to the operator's exit codes; profile pins override job parameters."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from compose_api import contract
+from compose_inference import errors, runner
+
+
+def test_cuda_out_of_memory_maps_to_its_exit_code() -> None:
+    mapped = errors.classify(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried 2 GiB"))
+    assert isinstance(mapped, errors.OutOfGpuMemory)
+    assert mapped.exit_code == contract.ExitCode.OUT_OF_GPU_MEMORY
+    assert mapped.exit_code.retryable
+
+
+def test_unexpected_errors_are_internal_and_named() -> None:
+    mapped = errors.classify(KeyError("unet"))
+    assert mapped.exit_code == contract.ExitCode.INTERNAL
+    assert mapped.message == "internal error: KeyError: 'unet'"
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (errors.InputRejected("x"), contract.ExitCode.INPUT_REJECTED),
+        (errors.NoFaceFound("x"), contract.ExitCode.NO_FACE),
+        (errors.InputUnavailable("x"), contract.ExitCode.INPUT_UNAVAILABLE),
+        (errors.UnknownProfile("x"), contract.ExitCode.UNKNOWN_PROFILE),
+        (errors.ModelLoadFailed("x"), contract.ExitCode.MODEL_LOAD_FAILED),
+        (errors.UploadFailed("x"), contract.ExitCode.UPLOAD_FAILED),
+        (errors.IdentityCheckFailed("x"), contract.ExitCode.IDENTITY_CHECK_FAILED),
+    ],
+)
+def test_each_failure_carries_its_code(error: errors.ComposeError, code: int) -> None:
+    assert errors.classify(error) is error
+    assert error.exit_code == code
+
+
+def test_profile_pins_override_job_parameters() -> None:
+    params = runner.Params(steps=30, width=1024, height=1024, guidance=5.0)
+    pinned = params.pinned_by({"steps": 4, "guidance": 1, "sdpa": True})
+    assert (pinned.steps, pinned.width, pinned.guidance) == (4, 1024, 1.0)
+    with pytest.raises(errors.ModelLoadFailed, match=r"options\.width: expected a positive"):
+        params.pinned_by({"width": "big"})
+
+
+def test_failure_termination_message_has_no_result() -> None:
+    watch = runner.Stopwatch(clock=iter([0.0, 0.0, 2.5, 3.0]).__next__)
+    with watch.stage("fetch"):
+        pass
+    message = runner.termination_message(
+        outcome=None, error=errors.NoFaceFound("personImage: no face"), watch=watch
+    )
+    assert message.exit_code == 11
+    assert message.reason == "NoFaceFound"
+    assert message.result is None
+    assert message.timings is not None
+    assert (message.timings.fetch, message.timings.total) == (2.5, 3.0)
