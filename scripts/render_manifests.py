@@ -158,13 +158,8 @@ def _yaml_file(source: str, data: Any) -> str:
     return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
-def _required_permissions(module_name: str) -> Sequence[Any] | None:
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name == module_name:
-            return None
-        raise
+def _required_permissions(module_name: str) -> Sequence[Any]:
+    module = importlib.import_module(module_name)
     permissions: Sequence[Any] = module.REQUIRED_PERMISSIONS
     return permissions
 
@@ -172,21 +167,18 @@ def _required_permissions(module_name: str) -> Sequence[Any] | None:
 def chart_files() -> dict[str, str]:
     """Chart-relative path -> content of every chart file this script owns."""
     files: dict[str, str] = {}
-    if PROFILES_SOURCE.exists():
-        source = PROFILES_SOURCE.relative_to(ROOT)
-        files["files/profiles.yaml"] = (
-            f"{GENERATED}: a copy of {source}; do not edit.\n" + PROFILES_SOURCE.read_text()
-        )
+    source = PROFILES_SOURCE.relative_to(ROOT)
+    files["files/profiles.yaml"] = (
+        f"{GENERATED}: a copy of {source}; do not edit.\n" + PROFILES_SOURCE.read_text()
+    )
     operator = _required_permissions("compose_operator.permissions")
-    if operator is not None:
-        files["files/operator-rbac.yaml"] = _yaml_file(
-            "compose_operator.permissions.REQUIRED_PERMISSIONS", operator_rbac(operator)
-        )
+    files["files/operator-rbac.yaml"] = _yaml_file(
+        "compose_operator.permissions.REQUIRED_PERMISSIONS", operator_rbac(operator)
+    )
     gateway = _required_permissions("compose_gateway.permissions")
-    if gateway is not None:
-        files["files/gateway-rbac.yaml"] = _yaml_file(
-            "compose_gateway.permissions.REQUIRED_PERMISSIONS", gateway_rbac(gateway)
-        )
+    files["files/gateway-rbac.yaml"] = _yaml_file(
+        "compose_gateway.permissions.REQUIRED_PERMISSIONS", gateway_rbac(gateway)
+    )
     return files
 
 

@@ -6,13 +6,11 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-import pytest
+import lupa
 import yaml
 
 from compose_api import models
 from tests.deploy import helpers
-
-lupa = pytest.importorskip("lupa")
 
 ARGOCD = helpers.EXAMPLES / "argocd"
 KEY = "resource.customizations.health.compose.nextunicorn.dev_CompositionJob"

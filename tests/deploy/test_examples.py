@@ -12,8 +12,7 @@ import yaml
 
 from compose_api import models
 from tests.deploy import helpers
-
-crd_validation = pytest.importorskip("tests.support.crd_validation")
+from tests.support import crd_validation
 
 GOOD = sorted(helpers.EXAMPLES.glob("*.yaml"))
 BAD = sorted((helpers.EXAMPLES / "invalid").glob("*.yaml"))

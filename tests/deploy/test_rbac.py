@@ -9,16 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import pytest
-
+from compose_gateway import permissions as gateway_permissions
+from compose_operator import permissions as operator_permissions
 from tests.deploy import helpers
 from tests.deploy.helpers import Obj
 
 Render = Callable[[str | None], list[Obj]]
 Triples = set[tuple[str, str, str]]
-
-operator_permissions = pytest.importorskip("compose_operator.permissions")
-gateway_permissions = pytest.importorskip("compose_gateway.permissions")
 
 
 def _expected(*, clusterwide: bool) -> tuple[Triples, Triples]:

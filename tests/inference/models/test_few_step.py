@@ -6,12 +6,9 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from compose_inference import faces, pipeline, tiny
-
-pytest.importorskip("peft")
 
 
 def test_few_step_lora_is_fused_and_changes_the_output(
