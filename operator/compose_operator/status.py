@@ -152,6 +152,10 @@ def view_pod(pod: Mapping[str, Any]) -> PodView:
     report = contract.TerminationMessage.parse(terminated.get("message")) if terminated else None
     exit_code = terminated.get("exitCode") if terminated else None
     ran = bool(state.get("running") or terminated)
+    # A pod that finished its work succeeded, even when a drain raced its completion and marked
+    # it as a disruption target: its result is in the termination message.
+    if phase == "Succeeded" or (terminated is not None and exit_code == 0):
+        return PodView(models.AttemptOutcome.SUCCEEDED, Reason.COMPLETED, None, 0, report, True)
     disrupted = _is_true(pod, "DisruptionTarget")
     if disrupted is not None:
         text = f"pod {_name(pod)} was interrupted ({disrupted.get('reason') or 'disruption'})"
@@ -164,8 +168,6 @@ def view_pod(pod: Mapping[str, Any]) -> PodView:
             report,
             ran,
         )
-    if phase == "Succeeded" or (terminated is not None and exit_code == 0):
-        return PodView(models.AttemptOutcome.SUCCEEDED, Reason.COMPLETED, None, 0, report, True)
     if phase == "Failed" or terminated is not None:
         if status.get("reason") == "DeadlineExceeded" and terminated is None:
             return PodView(

@@ -435,3 +435,18 @@ def test_an_unfinished_attempt_whose_pod_vanished_is_interrupted(tmp_path: pathl
     assert attempt.outcome == models.AttemptOutcome.INTERRUPTED
     assert attempt.message == "the pod was deleted before it finished"
     assert attempt.instance_type == "g5.2xlarge"
+
+
+def test_a_pod_that_succeeded_while_marked_for_disruption_keeps_its_result() -> None:
+    raced = pod(
+        "p0",
+        1,
+        phase="Succeeded",
+        node="gpu-1",
+        conditions=[scheduled(2), cond("DisruptionTarget", "EvictionByEvictionAPI", "drain")],
+        state=terminated(0, 3, 9, report(contract.ExitCode.OK, result=True)),
+    )
+    view = status.view_pod(raced)
+    assert view.outcome == models.AttemptOutcome.SUCCEEDED
+    assert view.report is not None
+    assert view.report.result is not None
