@@ -26,6 +26,9 @@ MODEL_CACHE_MOUNT = "/models"
 SEED_ANNOTATION = f"{models.GROUP}/seed"
 SPEC_HASH_ANNOTATION = f"{models.GROUP}/spec-hash"
 
+# Spot interruptions absorbed within the Job's overall deadline (see build_job).
+INTERRUPTION_ALLOWANCE = 3
+
 
 class BuildError(ValueError):
     """The job cannot be built as configured; the message names the field at fault."""
@@ -249,10 +252,12 @@ def build_job(
         pod_spec["affinity"] = affinity
     if execution.priority_class_name:
         pod_spec["priorityClassName"] = execution.priority_class_name
-    # Each pod may run this long; the Job as a whole gets room for the start deadline and retries.
+    # Each pod may run this long. The Job as a whole gets room for the start deadline, the
+    # counted retries and up to INTERRUPTION_ALLOWANCE spot interruptions, which podFailurePolicy
+    # does not count against backoffLimit but which do spend the Job's wall-clock time.
     pod_spec["activeDeadlineSeconds"] = execution.active_deadline_seconds
     job_deadline = execution.start_deadline_seconds + execution.active_deadline_seconds * (
-        execution.backoff_limit + 1
+        execution.backoff_limit + 1 + INTERRUPTION_ALLOWANCE
     )
 
     return {

@@ -179,3 +179,16 @@ def test_spec_hash_follows_params_and_execution_only() -> None:
     )
     changed = make_cj(execution={"startDeadlineSeconds": 60, "activeDeadlineSeconds": 601})
     assert builders.spec_hash(changed.spec) != builders.spec_hash(base.spec)
+
+
+def test_the_job_deadline_leaves_room_for_spot_interruptions(tmp_path: pathlib.Path) -> None:
+    """Interrupted pods do not count against backoffLimit; they must not eat the retries' time."""
+    cj = make_cj(
+        execution={"backoffLimit": 0, "startDeadlineSeconds": 60, "activeDeadlineSeconds": 600}
+    )
+    config = make_settings(tmp_path)
+    job = builders.build_job(cj, config.profiles["instantid-sdxl"], config, 0, 1)
+    pod_deadline = job["spec"]["template"]["spec"]["activeDeadlineSeconds"]
+    assert pod_deadline == 600
+    # One counted attempt plus the allowance of interrupted ones, after the start deadline.
+    assert job["spec"]["activeDeadlineSeconds"] >= 60 + 600 * (1 + builders.INTERRUPTION_ALLOWANCE)
