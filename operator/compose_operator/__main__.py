@@ -20,7 +20,7 @@ from typing import Any
 
 import kopf
 
-from compose_operator import handlers, kube, metrics, reconciler, settings
+from compose_operator import handlers, kube, metrics, peering, reconciler, settings
 
 ENVIRONMENT_HELP = """\
 environment (all optional unless marked):
@@ -38,11 +38,13 @@ environment (all optional unless marked):
   COMPOSE_METRICS_PORT             Prometheus /metrics port (default 8080; 0: off)
   COMPOSE_HEALTH_PORT              liveness /healthz port (default 8081; 0: off)
   COMPOSE_PEERING_NAME             kopf peering object (active/standby)
-  COMPOSE_PEERING_PRIORITY         this instance's peering priority
+  COMPOSE_PEERING_PRIORITY         base peering priority of the instances
+  COMPOSE_PEERING_PRIORITY_JITTER  true (default): add a stable 0..999 offset from the pod name
   COMPOSE_STANDALONE               true: no peering
   COMPOSE_MODEL_CACHE              model cache: an absolute node path or a PVC name
   COMPOSE_KUBE_URL                 plain http URL of the API (tests, benchmarks)
   COMPOSE_RECONCILE_INTERVAL_SECONDS  safety-net sweep interval (default 10)
+  COMPOSE_STATUS_COALESCE_SECONDS  same-phase status progress written at most this often (1)
   COMPOSE_LOG_LEVEL                DEBUG, INFO, WARNING or ERROR
   COMPOSE_SETTINGS_FILE            KEY=VALUE file (a mounted ConfigMap); the environment wins
 """
@@ -58,10 +60,14 @@ def _parser() -> argparse.ArgumentParser:
     )
 
 
+def _pod_name() -> str:
+    """The pod name: POD_ID when the chart sets it, else HOSTNAME (a pod's hostname)."""
+    return os.environ.get("POD_ID") or os.environ.get("HOSTNAME") or socket.gethostname()
+
+
 def _identity() -> str:
-    """This instance in kopf's peering object: the pod name when the chart sets POD_ID."""
-    pod = os.environ.get("POD_ID") or socket.gethostname()
-    return f"{pod}/{os.getpid()}/{secrets.token_hex(3)}"
+    """This instance in kopf's peering object."""
+    return f"{_pod_name()}/{os.getpid()}/{secrets.token_hex(3)}"
 
 
 def _emit(body: Mapping[str, Any], *, type: str, reason: str, message: str) -> None:
@@ -80,6 +86,7 @@ async def run(config: settings.OperatorSettings) -> None:
         settings=config,
         reconciler=reconciler.Reconciler(config, client, emit=_emit, metrics_=metrics.Metrics()),
         identity=_identity(),
+        priority=peering.effective_priority(config, _pod_name()),
     )
     runtime.reconciler.metrics.serve(config.metrics_port)
     liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
@@ -87,7 +94,7 @@ async def run(config: settings.OperatorSettings) -> None:
         clusterwide=config.clusterwide,
         namespaces=list(config.namespaces),
         standalone=config.standalone,
-        priority=config.peering_priority,
+        priority=runtime.priority,
         # Naming the peering makes it mandatory: without the kopf.dev peering CRDs the operator
         # waits rather than risking two active instances. Standalone needs no peering at all.
         peering_name=None if config.standalone else config.peering_name,
@@ -107,6 +114,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if config.log_level != "DEBUG":
+        # kopf logs "Handler ... succeeded." at INFO for every event of every object; the
+        # operator logs (and posts Events for) the status transitions instead.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
         asyncio.run(run(config))
     except KeyboardInterrupt:

@@ -15,8 +15,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, cast
 
 import kopf
 
@@ -27,6 +27,45 @@ from compose_operator.settings import OperatorSettings
 CHILD_LABELS = {names.MANAGED_BY_LABEL: names.MANAGED_BY}
 
 
+class EventsOnlyDiffBase(kopf.DiffBaseStorage):
+    """No diff base: with only ``on.event`` handlers kopf never uses one.
+
+    kopf's default storage deep-copies every body on every event (pods included) to compute a
+    diff that only ``on.create``/``on.update``/``on.delete`` handlers and daemons read; with
+    thousands of objects that copy was the operator's largest single cost.
+    """
+
+    def build(
+        self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None
+    ) -> kopf.BodyEssence:
+        return cast(kopf.BodyEssence, {})
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
+class EventsOnlyProgress(kopf.ProgressStorage):
+    """No handler progress: ``on.event`` handlers run once per event and record nothing."""
+
+    def fetch(self, *, key: Any, body: kopf.Body) -> None:
+        return None
+
+    def store(self, *, key: Any, record: Any, body: kopf.Body, patch: kopf.Patch) -> None:
+        return None
+
+    def purge(self, *, key: Any, body: kopf.Body, patch: kopf.Patch) -> None:
+        return None
+
+    def touch(self, *, body: kopf.Body, patch: kopf.Patch, value: str | None) -> None:
+        return None
+
+    def clear(self, *, essence: kopf.BodyEssence) -> kopf.BodyEssence:
+        return essence
+
+
 @dataclasses.dataclass
 class Runtime:
     """What the handlers share, carried in kopf's memo (never in module globals)."""
@@ -34,6 +73,7 @@ class Runtime:
     settings: OperatorSettings
     reconciler: reconciler.Reconciler
     identity: str = ""  # this instance's kopf peering identity
+    priority: int = 0  # this instance's kopf peering priority (peering.effective_priority)
     sweeper: asyncio.Task[None] | None = None
 
     async def standing_by(self) -> bool:
@@ -49,7 +89,7 @@ class Runtime:
                 self.settings.peering_name, namespace
             )
             if peering.standing_down(
-                peers, identity=self.identity, priority=self.settings.peering_priority, now=now
+                peers, identity=self.identity, priority=self.priority, now=now
             ):
                 return True
         return False
@@ -106,6 +146,9 @@ async def configure(
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
     settings.posting.loggers = False  # events are posted for transitions only
+    # Level-based on.event handlers need neither a diff base nor progress records (see above).
+    settings.persistence.diffbase_storage = EventsOnlyDiffBase()
+    settings.persistence.progress_storage = EventsOnlyProgress()
     # Only our own Jobs and pods come over the wire (server-side label selection), not the
     # whole cluster's; the handlers' label filters below repeat it on the client side.
     managed = f"{names.MANAGED_BY_LABEL}={names.MANAGED_BY}"
@@ -141,7 +184,10 @@ async def composition_job_event(event: Mapping[str, Any], memo: Any, **_: Any) -
     if event.get("type") == "DELETED":
         runtime.reconciler.forget(body)
         return
+    echo = runtime.reconciler.inventory.is_status_echo(body)
     uid = runtime.reconciler.inventory.put(body)
+    if echo:
+        return  # our own status patch coming back: nothing the reconciler reads has changed
     await runtime.reconciler.reconcile(uid)
 
 

@@ -20,9 +20,27 @@ import pydantic
 from compose_api import models
 from compose_operator import names, queueing, status
 
+_VOLATILE_METADATA = frozenset({"resourceVersion", "managedFields"})
+
 
 def _uid(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("uid") or "")
+
+
+_KEPT_SPEC = ("suspend", "nodeName")  # all the reconciler reads of a Job's or Pod's spec
+
+
+def slim(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """A child as the reconciler reads it: without managedFields and without its pod template
+    (which carries the job document), so that thousands of them stay small in memory."""
+    kept = dict(obj)
+    meta = kept.get("metadata")
+    if isinstance(meta, Mapping) and "managedFields" in meta:
+        kept["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
+    spec = kept.get("spec")
+    if isinstance(spec, Mapping):
+        kept["spec"] = {k: spec[k] for k in _KEPT_SPEC if k in spec}
+    return kept
 
 
 def owner_uid(obj: Mapping[str, Any]) -> str | None:
@@ -49,6 +67,7 @@ class Inventory:
         self.children: dict[str, dict[str, dict[str, Any]]] = collections.defaultdict(dict)
         self.pods: dict[str, dict[str, dict[str, Any]]] = collections.defaultdict(dict)
         self.written: dict[str, models.CompositionJobStatus] = {}
+        self.finished: set[str] = set()  # terminal: their children are no longer kept
         self._locks: dict[str, asyncio.Lock] = {}
         self._namespace_locks: dict[str, asyncio.Lock] = {}
 
@@ -59,12 +78,39 @@ class Inventory:
         self.jobs_by_uid[uid] = dict(body)
         return uid
 
+    def is_status_echo(self, body: Mapping[str, Any]) -> bool:
+        """Whether ``body`` differs from the stored one in its status (and resourceVersion or
+        managedFields) only, and this process has written that job's status.
+
+        Such an event is the echo of our own status patch: the reconciler reads the status it
+        wrote, not the one in the body, so reconciling again would only recompute the same.
+        """
+        uid = _uid(body)
+        stored = self.jobs_by_uid.get(uid)
+        if stored is None or uid not in self.written:
+            return False
+        if stored.get("spec") != body.get("spec"):
+            return False
+        old_meta, new_meta = stored.get("metadata") or {}, body.get("metadata") or {}
+        keys = (set(old_meta) | set(new_meta)) - _VOLATILE_METADATA
+        if any(old_meta.get(key) != new_meta.get(key) for key in keys):
+            return False
+        others = (set(stored) | set(body)) - {"spec", "metadata", "status"}
+        return all(stored.get(key) == body.get(key) for key in others)
+
     def forget(self, uid: str) -> None:
         self.jobs_by_uid.pop(uid, None)
         self.children.pop(uid, None)
         self.pods.pop(uid, None)
         self.written.pop(uid, None)
+        self.finished.discard(uid)
         self._locks.pop(uid, None)
+
+    def finish(self, uid: str) -> None:
+        """The job reached a terminal phase: drop its children, and keep none from now on."""
+        self.finished.add(uid)
+        self.children.pop(uid, None)
+        self.pods.pop(uid, None)
 
     def body(self, uid: str) -> dict[str, Any] | None:
         return self.jobs_by_uid.get(uid)
@@ -96,8 +142,10 @@ class Inventory:
         name = str((body.get("metadata") or {}).get("name") or "")
         if deleted:
             store[owner].pop(name, None)
+        elif owner in self.finished:
+            pass  # a finished job is never reconciled again: its children need not be kept
         else:
-            store[owner][name] = dict(body)
+            store[owner][name] = slim(body)
         return owner
 
     def job(self, uid: str, name: str) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -29,6 +30,11 @@ from compose_operator.settings import OperatorSettings
 logger = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime.datetime]
+
+# How long a finished Job waits for the pod watch to show its pods finished before the pods are
+# listed from the API server instead (the Job's and the pods' watches are separate streams). The
+# pod event normally comes first and ends the wait; the timer only covers a pod watch that lags.
+POD_CATCH_UP_SECONDS = 5.0
 
 
 class EmitFn(Protocol):
@@ -52,6 +58,7 @@ class Reconciler:
         inventory_: inventory.Inventory | None = None,
         metrics_: metrics.Metrics | None = None,
         clock: Clock = utcnow,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.client = client
@@ -59,7 +66,12 @@ class Reconciler:
         self.inventory = inventory_ or inventory.Inventory()
         self.metrics = metrics_ or metrics.Metrics()
         self.clock = clock
+        self._monotonic = monotonic
         self._kicks: set[asyncio.Task[None]] = set()
+        self._last_write: dict[str, float] = {}  # uid -> monotonic time of its last status write
+        self._deferred: dict[str, asyncio.TimerHandle] = {}  # uid -> its next reconcile
+        # uid -> until when a Job that finished waits for its pods' events (monotonic time)
+        self._awaiting_pods: dict[str, float] = {}
 
     # -- entry points -----------------------------------------------------------------------
 
@@ -90,6 +102,11 @@ class Reconciler:
         """The CompositionJob is gone: drop it, and let the next job in its namespace start."""
         uid = str((body.get("metadata") or {}).get("uid") or "")
         self.inventory.forget(uid)
+        self._last_write.pop(uid, None)
+        self._awaiting_pods.pop(uid, None)
+        deferred = self._deferred.pop(uid, None)
+        if deferred is not None:
+            deferred.cancel()
         self.metrics.observe_phase(uid, "", None)
         self._kick_queue(str((body.get("metadata") or {}).get("namespace") or ""))
 
@@ -100,6 +117,7 @@ class Reconciler:
         previous = self.inventory.status_of(uid)
         meta = models.ObjectMeta.model_validate(body.get("metadata") or {})
         if previous.phase in models.TERMINAL_PHASES:
+            self.inventory.finish(uid)
             return  # terminal stays terminal, whatever happens to the children
         try:
             spec = models.CompositionJobSpec.model_validate(body.get("spec") or {})
@@ -171,11 +189,22 @@ class Reconciler:
         outcome = await self._compute(cj, job, pods, now=now, seed=seed)
         if outcome.terminal and not _settled(pods, outcome):
             # A terminal status is final: decide it on fresh pods, not on a watch that may lag
-            # behind the Job's (the result and the exit code live in the pods).
+            # behind the Job's (the result and the exit code live in the pods). The pods' own
+            # events are usually a moment behind the Job's: wait for them (they reconcile this
+            # job) rather than list, unless the wait is over or the Job is ours to stop.
+            if pods and not outcome.stop_job:
+                now_s = self._monotonic()
+                until = self._awaiting_pods.setdefault(uid, now_s + POD_CATCH_UP_SECONDS)
+                if (wait := until - now_s) > 0:
+                    self._later(uid, wait)
+                    return
             pods = await self._fresh_pods(namespace, uid, job_name)
             outcome = await self._compute(cj, job, pods, now=now, seed=seed)
+        self._awaiting_pods.pop(uid, None)
         if outcome.stop_job:
             await self.client.delete_job(namespace, job_name)
+        if self._coalesced(uid, previous, outcome):
+            return
         await self._write(body, previous, outcome)
 
     def _needs_rebuild(self, cj: models.CompositionJob, job: Mapping[str, Any], uid: str) -> bool:
@@ -263,6 +292,42 @@ class Reconciler:
 
     # -- writing ----------------------------------------------------------------------------
 
+    def _coalesced(
+        self, uid: str, previous: models.CompositionJobStatus, outcome: status.Outcome
+    ) -> bool:
+        """Defer a progress-only write (same phase, not terminal) that comes within
+        ``status_coalesce_seconds`` of the job's last write: one reconcile at the end of the
+        window writes whatever the children show then, so that a pod going through several
+        states in quick succession costs one status patch (and one echo event), not one each.
+        Phase changes, terminal outcomes and stopped Jobs are written at once."""
+        window = self.settings.status_coalesce_seconds
+        last = self._last_write.get(uid)
+        if (
+            window <= 0
+            or last is None
+            or outcome.terminal
+            or outcome.stop_job
+            or outcome.status.phase != previous.phase
+        ):
+            return False
+        wait = last + window - self._monotonic()
+        if wait <= 0 or status.to_patch(outcome.status, previous) is None:
+            return False
+        self._later(uid, wait)
+        return True
+
+    def _later(self, uid: str, delay: float) -> None:
+        """Reconcile the job again in ``delay`` seconds (once, however often it is asked)."""
+        if uid not in self._deferred:
+            loop = asyncio.get_running_loop()
+            self._deferred[uid] = loop.call_later(delay, self._reconcile_deferred, uid)
+
+    def _reconcile_deferred(self, uid: str) -> None:
+        self._deferred.pop(uid, None)
+        task = asyncio.create_task(self.reconcile(uid))
+        self._kicks.add(task)
+        task.add_done_callback(self._kicks.discard)
+
     async def _write(
         self,
         body: Mapping[str, Any],
@@ -276,6 +341,7 @@ class Reconciler:
             return
         await self.client.patch_status(str(meta.get("namespace")), str(meta.get("name")), patch)
         self.inventory.written[uid] = outcome.status
+        self._last_write[uid] = self._monotonic()
         namespace = str(meta.get("namespace") or "")
         self.metrics.observe_phase(uid, namespace, outcome.status.phase)
         for item in outcome.transitions:
@@ -291,6 +357,8 @@ class Reconciler:
             self.emit(
                 body, type="Warning" if warning else "Normal", reason=last.reason, message=text
             )
+        if outcome.terminal:
+            self.inventory.finish(uid)
         if outcome.terminal and previous.phase not in models.TERMINAL_PHASES:
             self.metrics.observe_finish(outcome.status)
             self._kick_queue(namespace)

@@ -54,6 +54,11 @@ class OperatorSettings(pydantic.BaseModel):
     health_port: int = pydantic.Field(default=8081, ge=0, le=65535)
     peering_name: str = "compose-operator"
     peering_priority: int = 0
+    peering_priority_jitter: bool = pydantic.Field(
+        default=True,
+        description="Add a stable per-pod offset 0..999 (from the pod name, HOSTNAME) to "
+        "peering_priority so that replicas never tie; ignored when standalone.",
+    )
     standalone: bool = False
     model_cache: str | None = pydantic.Field(
         default=None,
@@ -61,6 +66,13 @@ class OperatorSettings(pydantic.BaseModel):
     )
     kube_url: str | None = pydantic.Field(default=None, pattern=r"^https?://\S+$")
     reconcile_interval_seconds: float = pydantic.Field(default=10.0, gt=0, le=3600)
+    status_coalesce_seconds: float = pydantic.Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="Progress within one phase is written to status at most once per this "
+        "many seconds per job; phase changes and terminal states at once. 0: every change.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @pydantic.field_validator("namespaces", mode="before")
