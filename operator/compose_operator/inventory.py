@@ -59,6 +59,13 @@ def job_attempt(job: Mapping[str, Any]) -> int:
         return 0
 
 
+def _held_by_operator(job: Mapping[str, Any]) -> bool:
+    """A Job the operator suspended for the user and has not unsuspended yet."""
+    annotations = (job.get("metadata") or {}).get("annotations") or {}
+    suspended = bool((job.get("spec") or {}).get("suspend"))
+    return suspended and names.SUSPENDED_ANNOTATION in annotations
+
+
 class Inventory:
     """Latest known objects, keyed by the CompositionJob's uid."""
 
@@ -68,6 +75,9 @@ class Inventory:
         self.pods: dict[str, dict[str, dict[str, Any]]] = collections.defaultdict(dict)
         self.written: dict[str, models.CompositionJobStatus] = {}
         self.finished: set[str] = set()  # terminal: their children are no longer kept
+        # Jobs this process unsuspended on resume, until the watch shows it: an event from before
+        # the patch must not make them look held (and free their slot) in the meantime.
+        self.unsuspended: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
         self._namespace_locks: dict[str, asyncio.Lock] = {}
 
@@ -104,6 +114,7 @@ class Inventory:
         self.pods.pop(uid, None)
         self.written.pop(uid, None)
         self.finished.discard(uid)
+        self.unsuspended.discard(uid)
         self._locks.pop(uid, None)
 
     def finish(self, uid: str) -> None:
@@ -140,6 +151,8 @@ class Inventory:
             return None
         store = self.children if kind == "job" else self.pods
         name = str((body.get("metadata") or {}).get("name") or "")
+        if kind == "job" and not deleted and not _held_by_operator(body):
+            self.unsuspended.discard(owner)  # the watch has caught up
         if deleted:
             store[owner].pop(name, None)
         elif owner in self.finished:
@@ -185,16 +198,21 @@ class Inventory:
                 c.type == models.ConditionType.QUEUED and c.status == status.FALSE
                 for c in current.conditions
             )
-            holds = bool(self.children.get(uid)) or admitted
+            children = self.children.get(uid) or {}
+            holds = bool(children) or admitted
             suspended = bool(spec.get("suspend"))
+            # A resumed job whose Job the operator still holds suspended waits for a slot again.
+            parked = uid not in self.unsuspended and any(
+                _held_by_operator(job) for job in children.values()
+            )
             entries.append(
                 queueing.Entry(
                     uid=uid,
                     name=str(meta.get("name") or ""),
                     priority=int(execution.get("priority") or 0),
                     created=status.parse_time(meta.get("creationTimestamp")),
-                    running=holds and not finished and not suspended,
-                    waiting=not (holds or finished or rejected or suspended),
+                    running=holds and not (finished or suspended or parked),
+                    waiting=not (finished or rejected or suspended) and (parked or not holds),
                 )
             )
         return entries

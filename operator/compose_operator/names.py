@@ -24,6 +24,9 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "compose-operator"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 CONTAINER_NAME = "compose"
+# Set on a Job the operator suspended because of spec.suspend; only such a Job is unsuspended
+# when the user resumes (a Job held for Kueue admission is Kueue's to unsuspend).
+SUSPENDED_ANNOTATION = f"{GROUP}/suspended-by-operator"
 
 _INVALID = re.compile(r"[^a-z0-9-]+")
 

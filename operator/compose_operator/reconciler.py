@@ -6,10 +6,13 @@ queue admission, errors). Each call reads the in-memory :class:`~compose_operato
 Inventory`, asks the pure builders and status mapping what should be, makes at most the API
 calls needed to get there, and writes status only when it changed.
 
-Restart safety comes from the order of writes: the seed and the admission are recorded in
-status before the Job is created; the Job's name is deterministic, so a create after a crash
-gets 409 and adopts the Job it finds; a terminal status is never recomputed, so a finished job
-stays finished even after its children are garbage-collected.
+Restart safety comes from the order of writes: the seed, the admission and the intent to create
+the Job are recorded in status before the Job is created, so a restart that finds no Job can
+tell one never created (create it) from one that finished and was TTL-deleted meanwhile (lost,
+never run twice); the Job's name is deterministic, so a create after a crash gets 409 and adopts
+the Job it finds; a terminal status is never recomputed, so a finished job stays finished even
+after its children are garbage-collected. A Job the operator suspends for ``spec.suspend`` is
+annotated, and resuming undoes only such a suspension, through the namespace queue when capped.
 """
 
 from __future__ import annotations
@@ -144,25 +147,26 @@ class Reconciler:
         if not jobs and (previous.attempts or _has(previous, models.ConditionType.STARTED)):
             jobs = await self.client.list_jobs(namespace, names.selector(uid))  # watch lag?
             jobs.sort(key=inventory.job_attempt, reverse=True)
-            if not jobs:
+            if not jobs and not self._never_created(previous, now):
                 last = previous.attempts[-1].job_name if previous.attempts else None
                 lost = last or names.job_name(meta.name, uid, 0)
                 await self._write(body, previous, status.lost(cj, lost, now=now))
                 return
         job = jobs[0] if jobs else None
+        held_back: status.Queue | None = None  # a resumed Job waiting for a slot under the cap
         for stale in jobs[1:]:  # an earlier attempt left by a crash during a rebuild
             await self.client.delete_job(namespace, str(stale["metadata"]["name"]))
         if job is None:
+            job_name = names.job_name(meta.name, uid, 0)
             async with self.inventory.namespace_lock(namespace):
                 queue = self._queue_position(cj)
-                outcome = status.waiting(cj, seed=seed, queue=queue, now=now)
+                outcome = status.waiting(cj, seed=seed, queue=queue, now=now, creating=job_name)
                 held = queue is not None or spec.suspend
-                # Under a cap the admission is recorded before the Job exists, so that a lagging
-                # Job watch never lets the namespace go over the cap. Without a cap nothing needs
-                # it: the seed is derived from the uid and the Job's name is deterministic.
-                if held or self.settings.max_running_per_namespace > 0:
-                    await self._write(body, previous, outcome)
-                    previous = outcome.status
+                # The admission and the intent to create the Job are recorded before the Job
+                # exists: a lagging Job watch never lets the namespace go over the cap, and a
+                # restart can tell a Job never created from one that finished and was deleted.
+                await self._write(body, previous, outcome)
+                previous = outcome.status
             if held:
                 return
             cj = cj.model_copy(update={"status": previous})
@@ -179,14 +183,14 @@ class Reconciler:
             self.inventory.put_child("job", job, deleted=False)
             await self.client.delete_job(namespace, old_name)
         else:
-            job = await self._sync_suspend(cj, job)
+            job, held_back = await self._sync_suspend(cj, job)
             seed = _job_seed(job, default=previous.seed if previous.seed is not None else seed)
         job_name = str(job["metadata"]["name"])
         pods = self.inventory.pods_of(uid, job_name)
         if not pods and previous.attempts:
             # Right after a restart the pod watch may not have caught up: ask once.
             pods = await self._fresh_pods(namespace, uid, job_name)
-        outcome = await self._compute(cj, job, pods, now=now, seed=seed)
+        outcome = await self._compute(cj, job, pods, now=now, seed=seed, queue=held_back)
         if outcome.terminal and not _settled(pods, outcome):
             # A terminal status is final: decide it on fresh pods, not on a watch that may lag
             # behind the Job's (the result and the exit code live in the pods). The pods' own
@@ -199,7 +203,7 @@ class Reconciler:
                     self._later(uid, wait)
                     return
             pods = await self._fresh_pods(namespace, uid, job_name)
-            outcome = await self._compute(cj, job, pods, now=now, seed=seed)
+            outcome = await self._compute(cj, job, pods, now=now, seed=seed, queue=held_back)
         self._awaiting_pods.pop(uid, None)
         if outcome.stop_job:
             await self.client.delete_job(namespace, job_name)
@@ -230,6 +234,7 @@ class Reconciler:
         *,
         now: datetime.datetime,
         seed: int,
+        queue: status.Queue | None,
     ) -> status.Outcome:
         nodes: dict[str, dict[str, str]] = {}
         for pod in pods:
@@ -237,7 +242,7 @@ class Reconciler:
             if node and node not in nodes:
                 nodes[node] = await self.client.node_labels(str(node))
         return status.compute(
-            cj, job, pods, now=now, settings=self.settings, seed=seed, nodes=nodes
+            cj, job, pods, now=now, settings=self.settings, seed=seed, nodes=nodes, queue=queue
         )
 
     def _problem(
@@ -268,26 +273,55 @@ class Reconciler:
             return None
         return status.Queue(position=decision.positions[uid], depth=decision.depth)
 
-    async def _sync_suspend(self, cj: models.CompositionJob, job: dict[str, Any]) -> dict[str, Any]:
-        """``spec.suspend`` drives the Job's; resuming only undoes a suspension the user made."""
-        job_suspended = bool((job.get("spec") or {}).get("suspend"))
-        user_suspended = any(
-            c.type == models.ConditionType.SUSPENDED and c.status == status.TRUE
-            for c in cj.status.conditions
-        )
-        wanted = job_suspended
-        if cj.spec.suspend and not job_suspended:
-            wanted = True
-        elif not cj.spec.suspend and job_suspended and user_suspended:
-            wanted = False
-        if wanted == job_suspended:
-            return job
+    def _never_created(self, previous: models.CompositionJobStatus, now: datetime.datetime) -> bool:
+        """No Job is found although status records the intent to create one: whether it was
+        never created (a crash between the intent and the create), so creating it is safe.
+
+        A Job created after the intent was recorded finishes later still, and its TTL deletes
+        it no sooner than ``job_ttl_seconds`` after that: within that time a missing Job was
+        never created. Later, it may have run to the end and been deleted: the job is lost."""
+        found = status.intent(previous.conditions)
+        if found is None or previous.attempts:
+            return False
+        return (now - found.last_transition_time).total_seconds() < self.settings.job_ttl_seconds
+
+    async def _sync_suspend(
+        self, cj: models.CompositionJob, job: dict[str, Any]
+    ) -> tuple[dict[str, Any], status.Queue | None]:
+        """``spec.suspend`` drives the Job's. Resuming only undoes a suspension the operator
+        made for the user (marked by an annotation on the Job): a Job that Kueue holds stays
+        suspended until Kueue admits it. Under the namespace cap a resumed Job waits for a slot
+        like any queued job; the returned queue position says so (None: not held back)."""
         meta = job.get("metadata") or {}
-        await self.client.patch_job(
-            str(meta.get("namespace")), str(meta.get("name")), {"spec": {"suspend": wanted}}
-        )
-        updated = dict(job)
-        updated["spec"] = {**(job.get("spec") or {}), "suspend": wanted}
+        job_suspended = bool((job.get("spec") or {}).get("suspend"))
+        ours = names.SUSPENDED_ANNOTATION in (meta.get("annotations") or {})
+        if cj.spec.suspend and not job_suspended:
+            return await self._set_suspended(job, True), None
+        if not cj.spec.suspend and job_suspended and ours:
+            async with self.inventory.namespace_lock(str(meta.get("namespace") or "")):
+                queue = self._queue_position(cj)
+                if queue is not None:
+                    return job, queue
+                return await self._set_suspended(job, False), None
+        return job, None
+
+    async def _set_suspended(self, job: dict[str, Any], suspended: bool) -> dict[str, Any]:
+        """Suspend the Job (marking it as the operator's doing) or undo that suspension."""
+        meta = job.get("metadata") or {}
+        mark = "true" if suspended else None
+        patch: dict[str, Any] = {
+            "metadata": {"annotations": {names.SUSPENDED_ANNOTATION: mark}},
+            "spec": {"suspend": suspended},
+        }
+        await self.client.patch_job(str(meta.get("namespace")), str(meta.get("name")), patch)
+        updated = _patched(job, patch)
+        # Seen at once by the namespace queue, before the watch shows the change.
+        self.inventory.put_child("job", updated, deleted=False)
+        owner = inventory.owner_uid(job) or ""
+        if suspended:
+            self.inventory.unsuspended.discard(owner)
+        else:
+            self.inventory.unsuspended.add(owner)
         return updated
 
     # -- writing ----------------------------------------------------------------------------
@@ -382,6 +416,22 @@ def _job_seed(job: Mapping[str, Any], *, default: int) -> int:
         return int(value) if value is not None else default
     except ValueError:
         return default
+
+
+def _patched(job: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """``job`` as the merge ``patch`` of :meth:`Reconciler._sync_suspend` leaves it."""
+    meta = dict(job.get("metadata") or {})
+    annotations = dict(meta.get("annotations") or {})
+    for key, value in (patch.get("metadata") or {}).get("annotations", {}).items():
+        if value is None:
+            annotations.pop(key, None)
+        else:
+            annotations[key] = value
+    meta["annotations"] = annotations
+    updated = dict(job)
+    updated["metadata"] = meta
+    updated["spec"] = {**(job.get("spec") or {}), **(patch.get("spec") or {})}
+    return updated
 
 
 def _settled(pods: list[dict[str, Any]], outcome: status.Outcome) -> bool:

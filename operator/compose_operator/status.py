@@ -24,6 +24,7 @@ Reason = models.Reason
 CT = models.ConditionType
 TRUE = models.ConditionStatus.TRUE
 FALSE = models.ConditionStatus.FALSE
+UNKNOWN = models.ConditionStatus.UNKNOWN
 INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 CAPACITY_LABELS = ("karpenter.sh/capacity-type", "eks.amazonaws.com/capacityType")
 WARNING_REASONS = frozenset(
@@ -393,7 +394,18 @@ def derive_phase(conditions: Sequence[models.Condition]) -> models.Phase:
     started = true(CT.STARTED)
     if started is not None:
         return models.Phase.RUNNING if started.reason == Reason.RUNNING else models.Phase.STARTING
+    if intent(conditions) is not None:
+        return models.Phase.STARTING
     return models.Phase.PENDING
+
+
+def intent(conditions: Sequence[models.Condition]) -> models.Condition | None:
+    """The record written just before the Job is created (Started=Unknown, JobCreated): its
+    lastTransitionTime is no later than the Job's creation. None once the Job is known."""
+    for item in conditions:
+        if item.type == CT.STARTED and item.status == UNKNOWN:
+            return item
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -451,9 +463,18 @@ def rejected(
 
 
 def waiting(
-    cj: models.CompositionJob, *, seed: int, queue: Queue | None, now: datetime.datetime
+    cj: models.CompositionJob,
+    *,
+    seed: int,
+    queue: Queue | None,
+    now: datetime.datetime,
+    creating: str | None = None,
 ) -> Outcome:
-    """Accepted, no Job yet: held by the user, queued behind the namespace cap, or admitted."""
+    """Accepted, no Job yet: held by the user, queued behind the namespace cap, or admitted.
+
+    ``creating`` names the Job about to be created: the intent is recorded (Started=Unknown,
+    JobCreated) before the create, so that a restart can tell a Job that was never created
+    from one that finished and was deleted while the operator was down."""
     wanted = [Wanted(CT.ACCEPTED, TRUE, Reason.VALID, "")]
     if queue is not None:
         text = (
@@ -463,6 +484,8 @@ def waiting(
         wanted.append(Wanted(CT.QUEUED, TRUE, Reason.WAITING_FOR_CAPACITY, text))
     else:
         wanted.append(Wanted(CT.QUEUED, FALSE, Reason.ADMITTED, ""))
+    if creating is not None and queue is None and not cj.spec.suspend:
+        wanted.append(Wanted(CT.STARTED, UNKNOWN, Reason.JOB_CREATED, f"creating job {creating}"))
     wanted.extend(_suspension(cj))
     status, transitions = _finish(
         cj.status,
@@ -501,8 +524,12 @@ def compute(
     settings: OperatorSettings,
     seed: int,
     nodes: Mapping[str, Mapping[str, str]] | None = None,
+    queue: Queue | None = None,
 ) -> Outcome:
-    """The status of a CompositionJob whose child Job exists."""
+    """The status of a CompositionJob whose child Job exists.
+
+    ``queue`` is set when the Job is held suspended behind the namespace cap (a resumed job
+    waiting for a slot)."""
     previous = cj.status
     job_name = _name(job)
     attempts = _attempts(previous.attempts, job_name, pods, nodes or {})
@@ -514,7 +541,13 @@ def compute(
 
     wanted: list[Wanted] = [Wanted(CT.ACCEPTED, TRUE, Reason.VALID, "")]
     job_suspended = bool((job.get("spec") or {}).get("suspend"))
-    if cj.spec.execution.queue_name and job_suspended and not cj.spec.suspend:
+    if queue is not None:
+        text = (
+            f"position {queue.position} of {queue.depth} waiting "
+            f"in namespace {cj.metadata.namespace}"
+        )
+        wanted.append(Wanted(CT.QUEUED, TRUE, Reason.WAITING_FOR_CAPACITY, text))
+    elif cj.spec.execution.queue_name and job_suspended and not cj.spec.suspend:
         wanted.append(
             Wanted(
                 CT.QUEUED,
@@ -611,7 +644,7 @@ def compute(
         seed=seed,
         attempt=(len(attempts) - 1) if attempts else None,
         attempts=attempts,
-        queue_position=None,
+        queue_position=queue.position if queue else None,
         start_time=start_time,
         timings=_timings(cj, job, latest, report, previous.timings),
         result=result,

@@ -169,3 +169,35 @@ async def wait_job(
         label_selector="app.kubernetes.io/managed-by=compose-operator",
         timeout=timeout,
     )
+
+
+async def rewind_to_intent(kube: kube_client.KubeClient, name: str) -> Obj:
+    """Set the status back to what the operator writes just before it creates the Job
+    (accepted, admitted, Started=Unknown), as if it had died right after that write."""
+    cj = await kube.get(COMPOSITION_JOBS, name)
+    kept = [c for c in cj["status"]["conditions"] if c["type"] in ("Accepted", "Queued")]
+    accepted = next(c for c in kept if c["type"] == "Accepted")
+    intent = {
+        "type": "Started",
+        "status": "Unknown",
+        "reason": "JobCreated",
+        "message": "creating the job",
+        "lastTransitionTime": accepted["lastTransitionTime"],  # written together
+    }
+    return await kube.patch_status(
+        COMPOSITION_JOBS,
+        name,
+        {"conditions": [*kept, intent], "phase": "Starting", "attempts": None, "startTime": None},
+    )
+
+
+async def status_patched_before_job_created(kube: kube_client.KubeClient, name: str) -> bool:
+    """Whether the operator's first status patch of ``name`` came before it created a Job."""
+    mine = [r for r in await kube.request_log() if r.user_agent != "compose-test-client"]
+    status_patch = next(
+        i
+        for i, r in enumerate(mine)
+        if r.resource == "compositionjobs" and r.subresource == "status" and r.name == name
+    )
+    create = next(i for i, r in enumerate(mine) if r.resource == "jobs" and r.verb == "create")
+    return status_patch < create

@@ -11,7 +11,13 @@ import pytest
 from compose_api import contract
 from compose_operator import permissions
 from tests.operator.conftest import cj_body
-from tests.operator.integration.conftest import OperatorProcess, condition, wait_job, wait_status
+from tests.operator.integration.conftest import (
+    OperatorProcess,
+    condition,
+    rewind_to_intent,
+    wait_job,
+    wait_status,
+)
 from tests.operator.integration.test_lifecycle import report
 from tests.support import kube_client
 from tests.support import kube_cluster as cluster
@@ -245,3 +251,24 @@ async def test_params_changed_before_start_run_as_a_new_attempt(
     )
     assert [j["metadata"]["name"] for j in await client.list(JOBS)] == [second["metadata"]["name"]]
     assert cj["status"]["seed"] == 7
+
+
+async def test_restart_between_the_intent_and_the_create_creates_the_job(
+    operator: OperatorProcess, client: kube_client.KubeClient
+) -> None:
+    await client.create(COMPOSITION_JOBS, cj_body("intended"))
+    job = (await wait_job(client))[0]
+    operator.kill()
+    # As if the operator had died after recording its intent and before the create: the Job
+    # does not exist, and status says only that it was about to be created.
+    await client.delete(JOBS, job["metadata"]["name"], propagation="Background")
+    await client.wait_for_list(JOBS, lambda items: items == [])
+    await rewind_to_intent(client, "intended")
+    operator.start()
+    again = (await wait_job(client))[0]
+    assert again["metadata"]["name"] == job["metadata"]["name"]
+    pod = await cluster.create_pod_for_job(client, again, node="gpu-1")
+    await cluster.mark_running(client, pod)
+    cj = await wait_status(client, "intended", phase="Running")
+    assert condition(cj, "Started")["status"] == "True"  # type: ignore[index]
+    assert len(await client.list(JOBS)) == 1

@@ -88,3 +88,22 @@ async def test_kueue_queue_name_creates_the_job_suspended_until_admitted(
     await client.patch(JOBS, job["metadata"]["name"], {"spec": {"suspend": False}})
     cj = await wait_status(client, "kueued", phase="Starting")
     assert condition(cj, "Queued")["reason"] == "Admitted"  # type: ignore[index]
+
+
+async def test_resuming_a_job_kueue_has_not_admitted_leaves_it_to_kueue(
+    operator: OperatorProcess, client: kube_client.KubeClient
+) -> None:
+    await client.create(COMPOSITION_JOBS, cj_body("held", execution={"queueName": "gpu-queue"}))
+    job = (await wait_job(client))[0]
+    name = job["metadata"]["name"]
+    await wait_status(client, "held", reason=("Queued", "WaitingForAdmission"))
+    await client.patch(COMPOSITION_JOBS, "held", {"spec": {"suspend": True}})
+    await wait_status(client, "held", phase="Suspended")
+    await client.patch(COMPOSITION_JOBS, "held", {"spec": {"suspend": False}})
+    cj = await wait_status(client, "held", reason=("Suspended", "Resumed"))
+    assert cj["status"]["phase"] == "Queued"
+    assert condition(cj, "Queued")["reason"] == "WaitingForAdmission"  # type: ignore[index]
+    assert (await client.get(JOBS, name))["spec"]["suspend"] is True  # not admitted by us
+    # Kueue admits the workload: it unsuspends the Job.
+    await client.patch(JOBS, name, {"spec": {"suspend": False}})
+    await wait_status(client, "held", phase="Starting")

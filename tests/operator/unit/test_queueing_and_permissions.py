@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 
 from compose_api import models
-from compose_operator import permissions, queueing
+from compose_operator import inventory, names, permissions, queueing
 
 T0 = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
@@ -49,6 +49,37 @@ def test_no_cap_admits_everything() -> None:
     assert decision.positions == {}
 
 
+def _cj(name: str, *, suspend: bool = False) -> dict[str, object]:
+    meta = {"name": name, "namespace": "studio", "uid": f"uid-{name}"}
+    return {"metadata": meta, "spec": {"suspend": suspend}}
+
+
+def _child(owner: str, *, suspend: bool, ours: bool) -> dict[str, object]:
+    annotations = {names.SUSPENDED_ANNOTATION: "true"} if ours else {}
+    labels = {names.UID_LABEL: f"uid-{owner}"}
+    meta = {"name": f"{owner}-0", "labels": labels, "annotations": annotations}
+    return {"metadata": meta, "spec": {"suspend": suspend}}
+
+
+def test_a_resumed_job_held_by_the_operator_waits_for_a_slot_again() -> None:
+    store = inventory.Inventory()
+    for body, child in (
+        (_cj("running"), _child("running", suspend=False, ours=False)),
+        (_cj("paused", suspend=True), _child("paused", suspend=True, ours=True)),
+        (_cj("resumed"), _child("resumed", suspend=True, ours=True)),
+        (_cj("other"), _child("other", suspend=True, ours=False)),
+    ):
+        store.put(body)
+        store.put_child("job", child, deleted=False)
+    entries = {e.name: (e.running, e.waiting) for e in store.queue_entries("studio")}
+    assert entries == {
+        "running": (True, False),
+        "paused": (False, False),  # suspended by the user: neither holds nor wants a slot
+        "resumed": (False, True),  # resumed, its Job still suspended by the operator
+        "other": (True, False),  # a Job suspended by someone else still holds its slot
+    }
+
+
 def test_permissions_cover_kopf_and_the_operator() -> None:
     def allowed(
         group: str, resource: str, verb: str, clusterwide: bool, sub: str | None = None
@@ -70,3 +101,16 @@ def test_permissions_cover_kopf_and_the_operator() -> None:
     assert len(keys) == len(set(keys))
     for item in permissions.REQUIRED_PERMISSIONS:
         assert item.verbs and item.why
+
+
+def test_a_job_unsuspended_by_the_operator_keeps_its_slot_through_a_stale_event() -> None:
+    store = inventory.Inventory()
+    store.put(_cj("resumed"))
+    store.put_child("job", _child("resumed", suspend=False, ours=False), deleted=False)
+    store.unsuspended.add("uid-resumed")  # what the reconciler does when it unsuspends
+    # An event from before the unsuspend arrives late: the job still holds its slot.
+    store.put_child("job", _child("resumed", suspend=True, ours=True), deleted=False)
+    assert [(e.running, e.waiting) for e in store.queue_entries("studio")] == [(True, False)]
+    # The watch catches up: nothing is remembered any more.
+    store.put_child("job", _child("resumed", suspend=False, ours=False), deleted=False)
+    assert store.unsuspended == set()

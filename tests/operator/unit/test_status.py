@@ -450,3 +450,52 @@ def test_a_pod_that_succeeded_while_marked_for_disruption_keeps_its_result() -> 
     assert view.outcome == models.AttemptOutcome.SUCCEEDED
     assert view.report is not None
     assert view.report.result is not None
+
+
+def test_the_intent_to_create_the_job_is_recorded_and_then_replaced(tmp_path: pathlib.Path) -> None:
+    cj = make_cj()
+    intent = status.waiting(cj, seed=42, queue=None, now=at(1), creating=JOB)
+    assert intent.status.phase == models.Phase.STARTING
+    recorded = status.intent(intent.status.conditions)
+    assert recorded is not None
+    assert (recorded.status, recorded.reason) == ("Unknown", "JobCreated")
+    assert recorded.last_transition_time == at(1)
+    # Queued or held by the user: nothing is about to be created.
+    queued = status.waiting(cj, seed=42, queue=status.Queue(1, 1), now=at(1), creating=JOB)
+    assert status.intent(queued.status.conditions) is None
+    held = status.waiting(make_cj(suspend=True), seed=42, queue=None, now=at(1), creating=JOB)
+    assert status.intent(held.status.conditions) is None
+
+    created = status.compute(
+        cj.model_copy(update={"status": intent.status}),
+        job(start=None),
+        [],
+        now=at(6),
+        settings=make_settings(tmp_path),
+        seed=42,
+    )
+    assert status.intent(created.status.conditions) is None
+    started = next(c for c in created.status.conditions if c.type == "Started")
+    assert (started.status, started.reason, started.last_transition_time) == (
+        "True",
+        "JobCreated",
+        at(6),
+    )
+
+
+def test_a_resumed_job_held_behind_the_cap_is_queued(tmp_path: pathlib.Path) -> None:
+    cj = make_cj()
+    outcome = status.compute(
+        cj,
+        job(suspend=True, start=None),
+        [],
+        now=at(6),
+        settings=make_settings(tmp_path),
+        seed=42,
+        queue=status.Queue(position=2, depth=3),
+    )
+    assert outcome.status.phase == models.Phase.QUEUED
+    assert outcome.status.queue_position == 2
+    queued = next(c for c in outcome.status.conditions if c.type == "Queued")
+    assert queued.reason == "WaitingForCapacity"
+    assert queued.message == "position 2 of 3 waiting in namespace studio"
