@@ -55,13 +55,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
+from compose_api import models
 from compose_inference import adapters, faces, layout
 
-DEFAULT_PROMPT = (
-    "a photorealistic full-length photo of a person wearing the given clothes, standing in the"
-    " given place, natural light, detailed"
-)
-DEFAULT_NEGATIVE = "lowres, blurry, deformed, extra limbs, watermark, text, cartoon, painting"
+# The API's defaults are the pipeline's: one source for every way a job arrives.
+_DEFAULTS = models.Params()
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SCHEDULERS = ("euler", "euler_trailing", "ddim", "dpmpp_2m", "lcm")
 DEFAULT_BUCKETS = ((1024, 1024), (896, 1152), (1152, 896), (832, 1216), (1216, 832))
@@ -78,16 +76,16 @@ class GenerationRequest:
     person: Image.Image
     clothing: list[tuple[Image.Image, str | None]]
     place: Image.Image
-    prompt: str = DEFAULT_PROMPT
-    negative_prompt: str = DEFAULT_NEGATIVE
+    prompt: str = _DEFAULTS.prompt
+    negative_prompt: str = _DEFAULTS.negative_prompt
     seed: int = 0
-    steps: int = 30
-    guidance: float = 5.0
-    width: int = 1024
-    height: int = 1024
-    identity_strength: float = 0.8
-    clothing_strength: float = 0.7
-    place_strength: float = 0.5
+    steps: int = _DEFAULTS.steps
+    guidance: float = _DEFAULTS.guidance
+    width: int = _DEFAULTS.width
+    height: int = _DEFAULTS.height
+    identity_strength: float = _DEFAULTS.identity_strength
+    clothing_strength: float = _DEFAULTS.clothing_strength
+    place_strength: float = _DEFAULTS.place_strength
 
 
 @dataclasses.dataclass

@@ -37,20 +37,23 @@ FACE_COMPONENT = "face_analysis"
 PINNED_PARAMS = ("steps", "width", "height")
 
 
+_DEFAULTS = models.Params()
+
+
 @dataclasses.dataclass(frozen=True)
 class Params:
     """Generation parameters, as the job or the command line gives them."""
 
-    prompt: str = models.Params.model_fields["prompt"].default
-    negative_prompt: str = models.Params.model_fields["negative_prompt"].default
+    prompt: str = _DEFAULTS.prompt
+    negative_prompt: str = _DEFAULTS.negative_prompt
     seed: int = 0
-    steps: int = 30
-    guidance: float = 5.0
-    width: int = 1024
-    height: int = 1024
-    identity_strength: float = 0.8
-    clothing_strength: float = 0.6
-    place_strength: float = 0.6
+    steps: int = _DEFAULTS.steps
+    guidance: float = _DEFAULTS.guidance
+    width: int = _DEFAULTS.width
+    height: int = _DEFAULTS.height
+    identity_strength: float = _DEFAULTS.identity_strength
+    clothing_strength: float = _DEFAULTS.clothing_strength
+    place_strength: float = _DEFAULTS.place_strength
 
     @classmethod
     def from_spec(cls, params: models.Params, *, seed: int) -> Params:
@@ -294,16 +297,7 @@ class Worker:
             person=person.image,
             clothing=clothing,
             place=place.image,
-            prompt=params.prompt,
-            negative_prompt=params.negative_prompt,
-            seed=params.seed,
-            steps=params.steps,
-            guidance=params.guidance,
-            width=params.width,
-            height=params.height,
-            identity_strength=params.identity_strength,
-            clothing_strength=params.clothing_strength,
-            place_strength=params.place_strength,
+            **dataclasses.asdict(params),
         )
         try:
             pipe.check_request(request)
