@@ -117,6 +117,7 @@ _SCOPE_PLACEMENT: dict[str, tuple[str | None, str | None]] = {
     "cluster": ("cluster", "cluster"),
     "clusterwide-only": ("cluster", None),
     "namespaced-only": (None, "namespace"),
+    "cluster-namespaced-only": (None, "cluster"),
 }
 
 

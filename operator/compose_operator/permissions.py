@@ -21,6 +21,8 @@ class Scope(enum.StrEnum):
     CLUSTER = "cluster"  # cluster-scoped resources: always a ClusterRole
     CLUSTERWIDE_ONLY = "clusterwide-only"  # needed only when the operator watches all namespaces
     NAMESPACED_ONLY = "namespaced-only"  # needed only when it watches a list of namespaces
+    # cluster-scoped resources needed only when it watches a list of namespaces (a ClusterRole)
+    CLUSTER_NAMESPACED_ONLY = "cluster-namespaced-only"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +50,7 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
                "instance type and capacity type of the node an attempt ran on"),
     Permission("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch"),
                Scope.CLUSTER, "kopf discovers and re-scans the CRDs it serves"),
-    Permission("", "namespaces", ("list", "watch"), Scope.CLUSTER,
+    Permission("", "namespaces", ("list", "watch"), Scope.CLUSTER_NAMESPACED_ONLY,
                "kopf lists and watches namespaces when limited to COMPOSE_NAMESPACES (they may "
                "be glob patterns); cluster-wide it needs them discoverable only"),
     Permission("kopf.dev", "clusterkopfpeerings", ("list", "watch", "patch", "get"),
@@ -66,7 +68,7 @@ def allows(
     for item in REQUIRED_PERMISSIONS:
         if item.scope == Scope.CLUSTERWIDE_ONLY and not clusterwide:
             continue
-        if item.scope == Scope.NAMESPACED_ONLY and clusterwide:
+        if item.scope in (Scope.NAMESPACED_ONLY, Scope.CLUSTER_NAMESPACED_ONLY) and clusterwide:
             continue
         if item.api_group == api_group and item.resource == name and verb in item.verbs:
             return True

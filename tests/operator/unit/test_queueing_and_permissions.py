@@ -91,7 +91,7 @@ def test_permissions_cover_kopf_and_the_operator() -> None:
     assert not allowed(models.GROUP, "compositionjobs", "patch", True)  # never the spec
     assert not allowed(models.GROUP, "compositionjobs", "update", True)
     assert allowed("batch", "jobs", "create", False)
-    assert allowed("", "namespaces", "watch", True)
+    assert not allowed("", "namespaces", "watch", True)  # cluster-wide: not listed by kopf
     assert allowed("", "namespaces", "watch", False)
     assert allowed("kopf.dev", "kopfpeerings", "patch", False)
     assert not allowed("kopf.dev", "kopfpeerings", "patch", True)
