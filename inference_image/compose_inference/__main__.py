@@ -238,16 +238,12 @@ def local(argv: Sequence[str], *, environ: Mapping[str, str] | None = None) -> i
                 " use).",
                 file=sys.stderr,
             )
-        base = models.Params()
         seed = options.seed if options.seed is not None else secrets.randbelow(2**32)
+        # Steps, guidance and size: the API's defaults, then the profile's pins, then the flags.
         params = runner.Params(
             prompt=options.prompt,
             negative_prompt=options.negative_prompt,
             seed=seed,
-            steps=base.steps,
-            guidance=base.guidance,
-            width=base.width,
-            height=base.height,
             identity_strength=options.identity_strength,
             clothing_strength=options.clothing_strength,
             place_strength=options.place_strength,

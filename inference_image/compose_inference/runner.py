@@ -57,18 +57,8 @@ class Params:
 
     @classmethod
     def from_spec(cls, params: models.Params, *, seed: int) -> Params:
-        return cls(
-            prompt=params.prompt,
-            negative_prompt=params.negative_prompt,
-            seed=seed,
-            steps=params.steps,
-            guidance=params.guidance,
-            width=params.width,
-            height=params.height,
-            identity_strength=params.identity_strength,
-            clothing_strength=params.clothing_strength,
-            place_strength=params.place_strength,
-        )
+        # The same fields as the API's Params, with the seed the job runs with.
+        return cls(**{**params.model_dump(), "seed": seed})
 
     def pinned_by(self, options: Mapping[str, Any]) -> Params:
         """These parameters with the profile's pinned values (``options.steps``, ``width``,
