@@ -62,6 +62,10 @@ def decode(data: bytes, *, field: str, limits: ImageLimits = ImageLimits()) -> D
     except (OSError, SyntaxError, ValueError) as error:
         raise errors.InputRejected(f"{field}: unreadable image header: {error}") from None
     kind = (probe.format or "").upper()
+    if kind == "MPO":  # a JPEG with extra pictures (previews, depth): the first one is the photo
+        kind = "JPEG"
+    elif getattr(probe, "n_frames", 1) > 1 and kind != "WEBP":
+        raise errors.InputRejected(f"{field}: animated images are not supported")
     if kind not in ALLOWED_FORMATS:
         raise errors.InputRejected(
             f"{field}: unsupported format {kind or 'unknown'} (JPEG, PNG or WebP expected)"
@@ -77,8 +81,6 @@ def decode(data: bytes, *, field: str, limits: ImageLimits = ImageLimits()) -> D
         raise errors.InputRejected(
             f"{field}: {width}x{height} is too small (at least {limits.min_side} pixels a side)"
         )
-    if getattr(probe, "n_frames", 1) > 1 and kind != "WEBP":
-        raise errors.InputRejected(f"{field}: animated images are not supported")
     # 3. full decode: truncated or corrupt data fails here
     try:
         probe.load()

@@ -135,3 +135,15 @@ def test_encode_round_trips(astronaut: Image.Image, fmt: str, pil: str) -> None:
 def test_encode_refuses_unknown_format(astronaut: Image.Image) -> None:
     with pytest.raises(ValueError, match=r"spec\.output\.format: 'gif'"):
         images.encode(astronaut, "gif")
+
+
+def test_multi_picture_jpeg_from_a_camera_is_accepted(astronaut: Image.Image) -> None:
+    """Phones and cameras write MPO: a JPEG whose extra pictures are previews or depth maps."""
+    buffer = io.BytesIO()
+    preview = astronaut.resize((128, 128))
+    astronaut.save(buffer, "MPO", save_all=True, append_images=[preview])
+    assert Image.open(io.BytesIO(buffer.getvalue())).format == "MPO"
+    decoded = images.decode(buffer.getvalue(), field="personImage")
+    assert decoded.format == "JPEG"
+    assert decoded.image.size == astronaut.size
+    assert decoded.image.mode == "RGB"
