@@ -46,6 +46,16 @@ async def _job_owners(client: kube_client.KubeClient) -> set[str]:
     return {j["metadata"]["labels"]["compose.nextunicorn.dev/job"] for j in await client.list(JOBS)}
 
 
+async def _owners_become(client: kube_client.KubeClient, expected: set[str]) -> None:
+    """Status says Starting once the creation is recorded, just before the Job is created."""
+
+    def owners(items: list[dict[str, Any]]) -> set[str]:
+        return {j["metadata"]["labels"]["compose.nextunicorn.dev/job"] for j in items}
+
+    await client.wait_for_list(JOBS, lambda items: owners(items) == expected)
+    assert await _job_owners(client) == expected
+
+
 async def test_jobs_beyond_the_cap_wait_in_priority_then_creation_order(
     operator: OperatorProcess, client: kube_client.KubeClient
 ) -> None:
@@ -68,11 +78,11 @@ async def test_jobs_beyond_the_cap_wait_in_priority_then_creation_order(
 
     await _finish(client, "first")
     await wait_status(client, "wait-urgent", phase="Starting")
-    assert await _job_owners(client) == {"first", "second", "wait-urgent"}
+    await _owners_become(client, {"first", "second", "wait-urgent"})
     await _finish(client, "second")
     await wait_status(client, "wait-a", phase="Starting")
     fourth = await wait_status(client, "wait-b", phase="Queued")
-    assert await _job_owners(client) == {"first", "second", "wait-urgent", "wait-a"}
+    await _owners_become(client, {"first", "second", "wait-urgent", "wait-a"})
 
 
 async def test_kueue_queue_name_creates_the_job_suspended_until_admitted(
