@@ -16,3 +16,7 @@ python -m pip install --quiet --upgrade "pip>=25.1"
 python -m pip install --quiet "torch==2.13.0"
 python -m pip install --quiet -e '.[operator,inference,gateway]' --group test --group lint
 echo "installed into $(pwd)/.venv"
+
+# The test control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok),
+# built from source once per machine into a cache outside the checkout.
+bash scripts/build_k8s.sh >/dev/null

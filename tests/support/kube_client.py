@@ -3,7 +3,9 @@
 Tests use it to act as users (create a CompositionJob, suspend it, delete it), as the Job
 controller and as the kubelet (tests/support/kube_cluster.py builds on it). It sends the
 ``compose-test-client`` User-Agent, so the emulator's request log tells its requests apart from
-the code under test. Works against any API server URL that needs no authentication.
+the code under test. Works against the emulator (plain HTTP, no authentication) and against the
+real test control plane (HTTPS with a client certificate or a bearer token:
+tests/support/control_plane.py).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
@@ -64,16 +67,24 @@ class KubeClient:
         namespace: str = "default",
         user_agent: str = kube_emulator.TEST_CLIENT_USER_AGENT,
         session: aiohttp.ClientSession | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        token: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.namespace = namespace
         self._user_agent = user_agent
         self._session = session
         self._own_session = session is None
+        self._ssl = ssl_context
+        self._token = token
 
     async def __aenter__(self) -> Self:
         if self._session is None:
-            self._session = aiohttp.ClientSession(headers={"User-Agent": self._user_agent})
+            headers = {"User-Agent": self._user_agent}
+            if self._token:
+                headers["Authorization"] = f"Bearer {self._token}"
+            connector = aiohttp.TCPConnector(ssl=self._ssl) if self._ssl else None
+            self._session = aiohttp.ClientSession(headers=headers, connector=connector)
         return self
 
     async def __aexit__(
