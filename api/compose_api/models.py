@@ -27,7 +27,10 @@ API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "CompositionJob"
 PLURAL = "compositionjobs"
 SINGULAR = "compositionjob"
-SHORT_NAMES = ("cj",)
+# "cj" is the name the API was specified with, but kubectl resolves a short name to the built-in
+# resource first, and CronJob's short name is also "cj": `kubectl get cj` lists CronJobs.
+# "cjob" is the short name that reaches CompositionJobs.
+SHORT_NAMES = ("cjob", "cj")
 CATEGORIES = ("compose",)
 
 # An image reference: an S3 object or an HTTPS URL. Plain http, file paths and other schemes are
@@ -234,7 +237,11 @@ class Execution(_Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 {
-                    "rule": "self.startDeadlineSeconds <= self.activeDeadlineSeconds",
+                    # The API server also checks this rule against the schema's default for
+                    # `execution` ({}), where the nested defaults are not filled in yet: an
+                    # absent deadline takes its default, which satisfies the rule.
+                    "rule": "!has(self.startDeadlineSeconds) || !has(self.activeDeadlineSeconds)"
+                    " || self.startDeadlineSeconds <= self.activeDeadlineSeconds",
                     "message": "startDeadlineSeconds must not exceed activeDeadlineSeconds",
                 },
             ],

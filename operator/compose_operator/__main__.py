@@ -74,6 +74,24 @@ def _emit(body: Mapping[str, Any], *, type: str, reason: str, message: str) -> N
     kopf.event(dict(body), type=type, reason=reason, message=message[:1024])  # type: ignore[arg-type]
 
 
+async def _ensure_peering(
+    client: kube.KubeClient, config: settings.OperatorSettings, log: logging.Logger
+) -> None:
+    """The peering object(s) kopf meets the other replicas in, created when missing.
+
+    Namespaces given as glob patterns get none: kopf cannot name them in advance either.
+    """
+    targets: list[str | None] = (
+        [None]
+        if config.clusterwide
+        else [ns for ns in config.namespaces if not any(c in ns for c in "*?[!")]
+    )
+    for namespace in targets:
+        if await client.ensure_peering(config.peering_name, namespace):
+            where = f"in {namespace}" if namespace else "cluster-wide"
+            log.info("created the peering object %s %s", config.peering_name, where)
+
+
 async def run(config: settings.OperatorSettings) -> None:
     """Run the operator until it is stopped (SIGINT/SIGTERM)."""
     log = logging.getLogger("compose_operator")
@@ -89,6 +107,8 @@ async def run(config: settings.OperatorSettings) -> None:
         priority=peering.effective_priority(config, _pod_name()),
     )
     runtime.reconciler.metrics.serve(config.metrics_port)
+    if not config.standalone:
+        await _ensure_peering(client, config, log)
     liveness = f"http://0.0.0.0:{config.health_port}/healthz" if config.health_port else None
     await kopf.operator(
         clusterwide=config.clusterwide,

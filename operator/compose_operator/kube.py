@@ -213,6 +213,27 @@ class KubeClient:
 
     # -- kopf peering -----------------------------------------------------------------------
 
+    async def ensure_peering(self, name: str, namespace: str | None) -> bool:
+        """Create kopf's (Cluster)KopfPeering object unless it exists; True when created.
+
+        The operator owns its peering object rather than the install: a custom resource in the
+        same ``kubectl apply`` as its CRD cannot be mapped before the CRD is established.
+        """
+        if namespace is None:
+            path = "/apis/kopf.dev/v1/clusterkopfpeerings"
+            body: dict[str, Any] = {"kind": "ClusterKopfPeering", "metadata": {"name": name}}
+        else:
+            path = f"/apis/kopf.dev/v1/namespaces/{namespace}/kopfpeerings"
+            body = {"kind": "KopfPeering", "metadata": {"name": name, "namespace": namespace}}
+        body["apiVersion"] = "kopf.dev/v1"
+        try:
+            await self._request("POST", path, body=body)
+        except ApiError as error:
+            if error.status == 409:
+                return False
+            raise
+        return True
+
     async def peering_status(self, name: str, namespace: str | None) -> dict[str, Any]:
         """The ``status`` of kopf's (Cluster)KopfPeering object (empty when it is missing)."""
         if namespace is None:

@@ -53,10 +53,12 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
     Permission("", "namespaces", ("list", "watch"), Scope.CLUSTER_NAMESPACED_ONLY,
                "kopf lists and watches namespaces when limited to COMPOSE_NAMESPACES (they may "
                "be glob patterns); cluster-wide it needs them discoverable only"),
-    Permission("kopf.dev", "clusterkopfpeerings", ("list", "watch", "patch", "get"),
-               Scope.CLUSTERWIDE_ONLY, "active/standby peering, cluster-wide"),
-    Permission("kopf.dev", "kopfpeerings", ("list", "watch", "patch", "get"),
-               Scope.NAMESPACED_ONLY, "active/standby peering per namespace"),
+    Permission("kopf.dev", "clusterkopfpeerings", ("list", "watch", "patch", "get", "create"),
+               Scope.CLUSTERWIDE_ONLY,
+               "active/standby peering, cluster-wide (the operator creates the object)"),
+    Permission("kopf.dev", "kopfpeerings", ("list", "watch", "patch", "get", "create"),
+               Scope.NAMESPACED_ONLY,
+               "active/standby peering per namespace (the operator creates the objects)"),
 )  # fmt: skip
 
 

@@ -76,7 +76,7 @@ def test_names_scope_and_version(crd: dict[str, Any]) -> None:
         "listKind": "CompositionJobList",
         "plural": "compositionjobs",
         "singular": "compositionjob",
-        "shortNames": ["cj"],
+        "shortNames": ["cjob", "cj"],
         "categories": ["compose"],
     }
     [version] = spec["versions"]
@@ -180,7 +180,11 @@ def test_cel_rules_compile_and_have_bounded_cost(schema: dict[str, Any]) -> None
                 if inner["type"] == "array":
                     assert "maxItems" in inner, inner_path
     assert sorted(rules) == [
-        (".spec.execution", "self.startDeadlineSeconds <= self.activeDeadlineSeconds"),
+        (
+            ".spec.execution",
+            "!has(self.startDeadlineSeconds) || !has(self.activeDeadlineSeconds)"
+            " || self.startDeadlineSeconds <= self.activeDeadlineSeconds",
+        ),
         (".spec.inputs", "self == oldSelf"),
         (
             ".spec.inputs.clothing",
@@ -388,7 +392,7 @@ def test_check_names_each_file_that_differs(
 
     chart_copy = tmp_path / gen_crds.TARGETS[1]
     chart_copy.write_text(
-        chart_copy.read_text().replace("shortNames:\n    - cj", "shortNames:\n    - xx")
+        chart_copy.read_text().replace("shortNames:\n    - cjob", "shortNames:\n    - xx")
     )
     capsys.readouterr()
     assert gen_crds.main(["--check", "--root", str(tmp_path)]) == 1

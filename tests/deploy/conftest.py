@@ -45,3 +45,9 @@ def render(tools: helpers.Tools) -> Callable[[str | None], list[helpers.Obj]]:
         return cache[values]
 
     return _render
+
+
+# The real test control plane (tests/support/control_plane.py) for the install tests.
+from tests.support.cluster_fixtures import control_plane, namespace  # noqa: E402
+
+__all__ = ["control_plane", "namespace"]

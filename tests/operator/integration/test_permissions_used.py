@@ -57,10 +57,7 @@ async def test_every_granted_permission_is_used(
     client: kube_client.KubeClient,
     tmp_path: pathlib.Path,
 ) -> None:
-    await client.create(
-        CLUSTER_KOPF_PEERINGS,
-        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": PEERING}},
-    )
+    # No peering object: the operator creates its own (the grant's "create").
     env = operator_env(
         kube_url, profiles_path, COMPOSE_STANDALONE="false", COMPOSE_PEERING_NAME=PEERING
     )
@@ -137,6 +134,8 @@ async def test_every_granted_permission_is_used(
         while peering_read not in await _used(client):
             assert asyncio.get_running_loop().time() < deadline, "the sweep never read peering"
             await asyncio.sleep(0.1)
+        peering = await client.get_or_none(CLUSTER_KOPF_PEERINGS, PEERING)
+        assert peering is not None, "the operator did not create its peering object"
         unused = _granted_clusterwide() - await _used(client)
         assert unused == set(), f"granted but never used: {sorted(unused)}\n{operator.log()}"
     finally:
