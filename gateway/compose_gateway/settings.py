@@ -5,8 +5,10 @@ the environment. The Helm chart sets these variables (every name is listed in
 ``gateway/README.md``); tests build a ``Settings`` directly.
 
 All names are prefixed ``COMPOSE_GATEWAY_`` except a few shared with the rest of the project:
-``COMPOSE_KUBE_URL`` (a plain http URL of the Kubernetes API, no auth: tests and benchmarks; unset
-in a cluster, where the service-account token and CA are used) and the S3 endpoint and region,
+``COMPOSE_KUBE_URL`` (the Kubernetes API from outside a cluster: ``https://`` with the optional
+``COMPOSE_KUBE_TOKEN_FILE`` and ``COMPOSE_KUBE_CA_FILE``, or plain ``http://`` without auth for the
+tests' emulator; unset in a cluster, where the service-account token and CA are used) and the S3
+endpoint and region,
 which also honour ``COMPOSE_S3_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` and ``AWS_REGION`` /
 ``AWS_DEFAULT_REGION`` as the operator and the inference image do.
 
@@ -69,7 +71,20 @@ class Settings(pydantic_settings.BaseSettings):
     kube_url: str | None = pydantic.Field(
         default=None,
         validation_alias=pydantic.AliasChoices("COMPOSE_KUBE_URL"),
-        description="Plain http URL of the Kubernetes API (tests); unset: in-cluster config.",
+        description=(
+            "URL of the Kubernetes API from outside a cluster: https:// (with the token and CA "
+            "files below) or plain http:// without auth (tests); unset: in-cluster config."
+        ),
+    )
+    kube_token_file: pathlib.Path | None = pydantic.Field(
+        default=None,
+        validation_alias=pydantic.AliasChoices("COMPOSE_KUBE_TOKEN_FILE"),
+        description="Bearer token for COMPOSE_KUBE_URL (https only); re-read when it changes.",
+    )
+    kube_ca_file: pathlib.Path | None = pydantic.Field(
+        default=None,
+        validation_alias=pydantic.AliasChoices("COMPOSE_KUBE_CA_FILE"),
+        description="CA bundle that signs COMPOSE_KUBE_URL's certificate; unset: system CAs.",
     )
     kube_timeout_seconds: float = pydantic.Field(
         default=10.0, gt=0, le=120, description="Timeout of one Kubernetes API request."
@@ -198,6 +213,27 @@ class Settings(pydantic_settings.BaseSettings):
     @classmethod
     def _no_trailing_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
+
+    @pydantic.field_validator("kube_url")
+    @classmethod
+    def _kube_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with https:// (or http:// for a local test server)")
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _kube_credentials(self) -> Settings:
+        https = bool(self.kube_url and self.kube_url.startswith("https://"))
+        if self.kube_token_file is not None and not https:
+            raise ValueError(
+                "kube_token_file (COMPOSE_KUBE_TOKEN_FILE): a bearer token is sent only to an "
+                "https:// COMPOSE_KUBE_URL"
+            )
+        if self.kube_ca_file is not None and not https:
+            raise ValueError(
+                "kube_ca_file (COMPOSE_KUBE_CA_FILE): needs an https:// COMPOSE_KUBE_URL"
+            )
+        return self
 
     @pydantic.field_validator("inputs_prefix", "output_prefix")
     @classmethod

@@ -1,14 +1,11 @@
-"""Health, readiness, metrics, CORS and the OpenAPI document; the in-cluster API credentials."""
+"""Health, readiness, metrics, CORS and the OpenAPI document."""
 
 from __future__ import annotations
 
 import asyncio
 import pathlib
 
-from aiohttp import web
-
-from compose_gateway import kube
-from tests.gateway.conftest import Gateway, MakeGateway, ManualClock, original_request
+from tests.gateway.conftest import Gateway, MakeGateway, original_request
 
 
 async def test_health_and_readiness(gateway: Gateway) -> None:
@@ -85,38 +82,3 @@ async def test_the_openapi_document_describes_the_original_contract(gateway: Gat
     assert {"200", "202", "401", "413", "422", "429"} <= set(generate["responses"])
     schemes = document["components"]["securitySchemes"]
     assert {s["type"] for s in schemes.values()} == {"http", "apiKey"}
-
-
-async def test_in_cluster_credentials_are_sent_and_re_read(tmp_path: pathlib.Path) -> None:
-    seen: list[str] = []
-
-    async def handle(request: web.Request) -> web.Response:
-        seen.append(request.headers.get("Authorization", ""))
-        return web.json_response({"kind": "CompositionJobList", "items": []})
-
-    application = web.Application()
-    application.router.add_get("/{tail:.*}", handle)
-    runner = web.AppRunner(application)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    token = tmp_path / "token"
-    await asyncio.to_thread(token.write_text, "first-token\n")
-    clock = ManualClock()
-    client = kube.KubeClient(
-        base_url=f"http://127.0.0.1:{runner.addresses[0][1]}",
-        namespace="ns",
-        token_path=token,
-        monotonic=clock,
-    )
-    try:
-        await client.ping()
-        await asyncio.to_thread(token.write_text, "rotated-token\n")
-        await client.ping()
-        clock.advance(kube.TOKEN_REFRESH_SECONDS + 1)
-        await client.ping()
-    finally:
-        await client.close()
-        await runner.cleanup()
-
-    assert seen == ["Bearer first-token", "Bearer first-token", "Bearer rotated-token"]
