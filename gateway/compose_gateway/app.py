@@ -40,6 +40,7 @@ from compose_gateway import (
     ratelimit,
     storage,
     translate,
+    uploads,
     views,
 )
 from compose_gateway import (
@@ -51,6 +52,8 @@ logger = logging.getLogger(__name__)
 PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 JSON_TYPES = ("application/json",)
 MULTIPART = "multipart/form-data"
+# Beside its part buffer, an upload holds one received chunk and the parser's state.
+UPLOAD_CHUNK_ALLOWANCE = 256 * 1024
 
 
 class ApiError(Exception):
@@ -82,6 +85,7 @@ class Services:
     store: storage.Storage
     keys: auth.KeyRing
     limiter: ratelimit.RateLimiter
+    uploads: uploads.Admission
     metrics: metrics.Metrics
     jobs: jobs.JobService
     callback_loop: callbacks.CallbackLoop | None
@@ -198,6 +202,23 @@ def _install_error_handlers(app: fastapi.FastAPI) -> None:
     @app.exception_handler(bodies.BodyTooLarge)
     async def _too_large(_: fastapi.Request, error: bodies.BodyTooLarge) -> responses.JSONResponse:
         return _error_response(413, "PayloadTooLarge", str(error))
+
+    @app.exception_handler(uploads.UploadsBusy)
+    async def _busy(_: fastapi.Request, error: uploads.UploadsBusy) -> responses.JSONResponse:
+        headers = {"Retry-After": str(error.retry_after)}
+        return _error_response(503, "UploadCapacity", str(error), headers=headers)
+
+    @app.exception_handler(uploads.TooManyUploads)
+    async def _too_many_uploads(
+        _: fastapi.Request, error: uploads.TooManyUploads
+    ) -> responses.JSONResponse:
+        headers = {"Retry-After": str(error.retry_after)}
+        return _error_response(429, "TooManyUploads", str(error), headers=headers)
+
+    @app.exception_handler(storage.StorageError)
+    async def _storage(_: fastapi.Request, error: storage.StorageError) -> responses.JSONResponse:
+        logger.warning("upload failed: %s", error)
+        return _error_response(502, "StorageError", "the upload could not be stored; retry")
 
     @app.exception_handler(jobs.JobNotFound)
     async def _not_found(_: fastapi.Request, error: jobs.JobNotFound) -> responses.JSONResponse:
@@ -433,32 +454,33 @@ async def _submit(
     request: fastapi.Request, svc: Services, *, owner: str, idempotency_key: str | None
 ) -> models.CompositionJob:
     """Parse the body (JSON or multipart), store uploads, create (or replay) the job."""
-    content_type = request.headers.get("content-type", "application/json").lower()
-    media = content_type.split(";", 1)[0].strip()
+    content_type = request.headers.get("content-type", "application/json")
+    media = content_type.split(";", 1)[0].strip().lower()
     name = svc.jobs.name_for(owner, idempotency_key)
     idempotent = idempotency_key is not None
     if media == MULTIPART:
         if not svc.store.inputs_bucket:
             raise ApiError(415, "UploadsDisabled", "this gateway takes image URLs only (JSON)")
-        raw = await bodies.read_limited(request, svc.settings.max_request_bytes)
-        payload, uploads = await bodies.parse_form(
-            request, raw, max_file_bytes=svc.settings.max_upload_bytes
-        )
-        prefix = svc.store.owner_prefix(owner) or ""
-        uris = [bodies.upload_uri(prefix, name, upload) for _, _, upload in uploads]
-        parsed = translate.parse_request(bodies.fill(payload, uploads, uris))
-        body = svc.jobs.build(parsed, owner=owner, name=name, idempotency_key=idempotency_key)
-        await asyncio.gather(
-            *(
-                svc.store.put_upload(
-                    owner=owner,
-                    name=f"{name}/{upload.object_name}",
-                    data=upload.data,
-                    content_type=upload.content_type,
-                )
-                for _, _, upload in uploads
+        with svc.uploads.admit(owner):
+            sink = svc.store.upload_sink(owner=owner, job_name=name)
+            received = await uploads.receive(
+                request.stream(),
+                content_type=content_type,
+                declared_length=request.headers.get("content-length"),
+                limits=uploads.Limits(
+                    max_request_bytes=svc.settings.max_request_bytes,
+                    max_file_bytes=svc.settings.max_upload_bytes,
+                ),
+                sink=sink,
+                remove_on_error=not idempotent,
             )
-        )
+        try:
+            parsed = translate.parse_request(received.payload)
+            body = svc.jobs.build(parsed, owner=owner, name=name, idempotency_key=idempotency_key)
+        except translate.RequestError:
+            if not idempotent:
+                await uploads.remove(sink, received.stored)
+            raise
         kind = "multipart"
     elif media in JSON_TYPES or media.endswith("+json"):
         payload = bodies.parse_json(await bodies.read_limited(request, svc.settings.max_json_bytes))
@@ -542,6 +564,11 @@ def create_app(
             per_minute=settings.rate_limit_per_minute,
             burst=settings.rate_limit_burst,
             clock=monotonic,
+        ),
+        uploads=uploads.Admission(
+            budget_bytes=settings.upload_buffer_bytes,
+            per_upload_bytes=storage.PART_BYTES + UPLOAD_CHUNK_ALLOWANCE,
+            per_key=settings.max_concurrent_uploads_per_key,
         ),
         metrics=metrics_,
         jobs=job_service,

@@ -151,6 +151,17 @@ class Settings(pydantic_settings.BaseSettings):
     max_request_bytes: int = pydantic.Field(
         default=48 * 1024 * 1024, ge=1024, description="Largest multipart request (413 beyond)."
     )
+    upload_buffer_bytes: int = pydantic.Field(
+        default=96 * 1024 * 1024,
+        ge=8 * 1024 * 1024,
+        description=(
+            "Memory this replica lends to uploads in progress: each holds about 5.25 MiB (one S3 "
+            "part), so the default admits 18 at once; beyond, 503 with Retry-After."
+        ),
+    )
+    max_concurrent_uploads_per_key: int = pydantic.Field(
+        default=4, ge=1, le=1000, description="Uploads one key may have in progress (429 beyond)."
+    )
     max_wait_seconds: float = pydantic.Field(
         default=120.0, ge=0, le=3600, description="Cap on ?wait= / Prefer: wait=."
     )
