@@ -236,6 +236,17 @@ def _install_error_handlers(app: fastapi.FastAPI) -> None:
         fields = [{"field": "continue", "message": str(error)}]
         return _error_response(422, "InvalidRequest", message, errors=fields)
 
+    @app.exception_handler(jobs.CursorExpired)
+    async def _expired(_: fastapi.Request, error: jobs.CursorExpired) -> responses.JSONResponse:
+        message = "continue: the token has expired; list again from the first page"
+        fields = [{"field": "continue", "message": "has expired"}]
+        return _error_response(410, "ContinueExpired", message, errors=fields)
+
+    @app.exception_handler(jobs.QuotaExceeded)
+    async def _quota(_: fastapi.Request, error: jobs.QuotaExceeded) -> responses.JSONResponse:
+        headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
+        return _error_response(429, "QuotaExceeded", str(error), headers=headers)
+
     @app.exception_handler(kube.KubeError)
     async def _kube_error(_: fastapi.Request, error: kube.KubeError) -> responses.JSONResponse:
         logger.warning("Kubernetes API error: %s", error)
@@ -536,6 +547,12 @@ def create_app(
         target=target,
         callback_policy=policy if callback_secret else None,
         poll_seconds=settings.job_poll_seconds,
+        quotas=jobs.Quotas(
+            max_outstanding=settings.max_outstanding_jobs_per_key,
+            max_retained=settings.max_retained_jobs_per_key,
+        ),
+        ttl_seconds_after_finished=settings.job_ttl_seconds_after_finished,
+        clock=clock,
         monotonic=monotonic,
     )
     sender = loop = None

@@ -25,6 +25,8 @@ from typing import Annotated, Any
 import pydantic
 import pydantic_settings
 
+from compose_api import models
+
 ENV_PREFIX = "COMPOSE_GATEWAY_"
 DEFAULT_API_KEYS_FILE = pathlib.Path("/etc/compose-gateway/api-keys/api-keys.yaml")
 DEFAULT_CALLBACK_SECRET_FILE = pathlib.Path("/etc/compose-gateway/callback/secret")
@@ -161,6 +163,29 @@ class Settings(pydantic_settings.BaseSettings):
     )
     max_concurrent_uploads_per_key: int = pydantic.Field(
         default=4, ge=1, le=1000, description="Uploads one key may have in progress (429 beyond)."
+    )
+    max_outstanding_jobs_per_key: int = pydantic.Field(
+        default=20,
+        ge=0,
+        description="Jobs one key may have not yet finished (429 beyond); 0: no limit.",
+    )
+    max_retained_jobs_per_key: int = pydantic.Field(
+        default=1000,
+        ge=0,
+        le=100_000,
+        description=(
+            "Jobs one key may keep in the cluster, finished or not (429 beyond); 0: no limit. "
+            "Each submission reads up to this many of the key's jobs."
+        ),
+    )
+    job_ttl_seconds_after_finished: int | None = pydantic.Field(
+        default=None,
+        ge=0,
+        le=models.MAX_TTL_SECONDS_AFTER_FINISHED,
+        description=(
+            "spec.ttlSecondsAfterFinished of new jobs: how long a finished job stays in the "
+            "history before the operator deletes it; unset: the operator's default."
+        ),
     )
     max_wait_seconds: float = pydantic.Field(
         default=120.0, ge=0, le=3600, description="Cap on ?wait= / Prefer: wait=."

@@ -1,4 +1,4 @@
-"""Pure parts: settings from the environment, signatures, the Prefer header, backoff, cursors."""
+"""Pure parts: settings from the environment, signatures, the Prefer header, backoff, job ids."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pathlib
 import pydantic
 import pytest
 
-from compose_gateway import app, callbacks, jobs, settings, signing
+from compose_gateway import app, callbacks, naming, settings, signing
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -80,12 +80,18 @@ def test_backoff_doubles_up_to_the_cap() -> None:
     assert delays == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
 
 
-def test_cursors_round_trip_and_refuse_garbage() -> None:
-    order = ("2026-01-01T00:00:05+00:00", "gw-0123456789abcdef0123")
-    assert jobs.decode_cursor(jobs.encode_cursor(order)) == order
-    for garbage in ("", "!!!", "bm90IGpzb24", "WzEsMl0"):
-        with pytest.raises(jobs.BadCursor):
-            jobs.decode_cursor(garbage)
+def test_job_ids_sort_newest_first_and_idempotent_ones_last() -> None:
+    times = [1_767_225_600.0, 1_767_225_600.001, 1_767_225_601.5, 4_000_000_000.0]
+    ids = [naming.random_job_name(t) for t in times]
+    keyed = [naming.idempotent_job_name("alice", key) for key in ("a", "b", "c")]
+
+    assert all(naming.is_job_name(name) for name in ids + keyed)
+    assert sorted(ids) == ids[::-1]  # the API server's name order is newest first
+    assert max(ids) < min(keyed)
+    assert naming.idempotent_job_name("alice", "a") == keyed[0]
+    assert naming.idempotent_job_name("bob", "a") != keyed[0]
+    # Two jobs in the same millisecond still get distinct ids.
+    assert len({naming.random_job_name(times[0]) for _ in range(50)}) == 50
 
 
 def test_the_readme_documents_every_setting() -> None:
