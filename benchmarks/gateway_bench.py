@@ -54,7 +54,7 @@ from compose_gateway import settings as settings_module
 from tests.support import kube_emulator, s3
 
 NAMESPACE = "bench"
-KEY = auth.new_key()
+KEY = auth.new_key("bench")
 REQUEST = {
     "personImage": "https://example.com/person.jpg",
     "clothingImages": ["https://example.com/shirt.jpg", "https://example.com/pants.jpg"],
@@ -258,7 +258,7 @@ def _peak_rss_mib(process: psutil.Process) -> float:
     return float(process.memory_info().rss) / 2**20
 
 
-UPLOAD_KEYS = [auth.new_key() for _ in range(4)]
+UPLOAD_KEYS = [auth.new_key(f"bench{i}") for i in range(4)]
 
 
 def _upload_body(size: int) -> tuple[bytes, str]:

@@ -34,9 +34,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("new-key", "hash-key"):
         if not naming.KEY_ID_PATTERN.match(args.id):
             parser.error("--id: 1-63 letters, digits, '.', '_' or '-', alphanumeric at both ends")
-        key = auth.new_key() if args.command == "new-key" else sys.stdin.readline().strip()
+        key = auth.new_key(args.id) if args.command == "new-key" else sys.stdin.readline().strip()
         if not key:
             parser.error("no key on stdin")
+        if auth.claimed_id(key) not in (None, args.id):
+            parser.error(f"the key names another entry than --id {args.id}")
+        if args.scheme == "scrypt" and auth.claimed_id(key) != args.id:
+            parser.error(
+                f"a scrypt key must start with {auth.KEY_PREFIX}{args.id}{auth.ID_SEPARATOR} "
+                "(so that checking it costs one derivation)"
+            )
+        if not auth.KEY_SHAPE.match(key):
+            parser.error("a key is 16 to 512 letters, digits or ._~+/=- characters")
         if args.command == "new-key":
             print(f"key (give it to the client, store it nowhere else): {key}")
         print(f"{args.id}: {auth.hash_key(key, scheme=args.scheme)}")

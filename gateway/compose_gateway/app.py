@@ -85,6 +85,7 @@ class Services:
     store: storage.Storage
     keys: auth.KeyRing
     limiter: ratelimit.RateLimiter
+    failures: ratelimit.RateLimiter
     uploads: uploads.Admission
     metrics: metrics.Metrics
     jobs: jobs.JobService
@@ -120,10 +121,34 @@ async def authenticate(
             "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
             headers=challenge,
         )
-    owner = svc.keys.identify(presented)
+    owner = svc.keys.cached(presented)
     if owner is None:
-        svc.metrics.refusals.labels(reason="bad-key").inc()
-        raise ApiError(401, "Unauthorized", "the API key is not valid", headers=challenge)
+        # Keys not verified yet cost hashing: refused at once for an address that failed too
+        # often (a key verified before still passes, through the cache above).
+        address = request.client.host if request.client else "unknown"
+        blocked = svc.failures.wait(address)
+        if blocked > 0:
+            svc.metrics.refusals.labels(reason="too-many-failures").inc()
+            raise ApiError(
+                429,
+                "TooManyFailedAttempts",
+                "too many requests with invalid API keys from this address; retry later",
+                headers={"Retry-After": str(max(1, math.ceil(blocked)))},
+            )
+        try:
+            owner = await svc.keys.identify(presented)
+        except auth.Busy:
+            svc.metrics.refusals.labels(reason="auth-busy").inc()
+            raise ApiError(
+                503,
+                "AuthenticationBusy",
+                "too many API key checks in progress; retry in a moment",
+                headers={"Retry-After": "1"},
+            ) from None
+        if owner is None:
+            svc.failures.take(address)
+            svc.metrics.refusals.labels(reason="bad-key").inc()
+            raise ApiError(401, "Unauthorized", "the API key is not valid", headers=challenge)
     retry_after = svc.limiter.take(owner)
     if retry_after > 0:
         svc.metrics.refusals.labels(reason="rate-limited").inc()
@@ -452,10 +477,11 @@ def _build_router() -> fastapi.APIRouter:
         try:
             await svc.kube.ping()
         except kube.KubeError as error:
-            return _error_response(503, "NotReady", f"Kubernetes API: {error}")
-        svc.keys.keys()
-        if svc.keys.error:
-            return _error_response(503, "NotReady", f"API keys: {svc.keys.error}")
+            logger.warning("not ready: Kubernetes API: %s", error)
+            return _error_response(503, "NotReady", "the Kubernetes API does not answer")
+        if not svc.keys.loaded:
+            # The details (path, entry, hash) go to the log and the metric, never to clients.
+            return _error_response(503, "NotReady", "the API keys are not loaded")
         return responses.JSONResponse({"status": "ok"})
 
     return router
@@ -526,14 +552,17 @@ def create_app(
     """The gateway app. Anything left None is built from ``settings``."""
     kube_client = kube_client or kube.KubeClient.from_settings(settings)
     store = store or storage.Storage.from_settings(settings)
-    keys = keys or auth.KeyRing(settings.api_keys_file)
+    metrics_ = metrics.Metrics()
+    keys = keys or auth.KeyRing(
+        settings.api_keys_file,
+        on_reload_error=lambda _: metrics_.key_file_errors.inc(),
+    )
     if callback_secret is None and settings.callback_secret_file is not None:
         callback_secret = read_secret(settings.callback_secret_file)
     policy = netguard.Policy(
         allow=netguard.parse_networks(settings.callback_allow_cidrs, field="callback_allow_cidrs"),
         allow_http=settings.callback_allow_http,
     )
-    metrics_ = metrics.Metrics()
     target = translate.JobTarget(
         namespace=settings.namespace,
         profile=settings.profile,
@@ -587,6 +616,11 @@ def create_app(
             per_upload_bytes=storage.PART_BYTES + UPLOAD_CHUNK_ALLOWANCE,
             per_key=settings.max_concurrent_uploads_per_key,
         ),
+        failures=ratelimit.RateLimiter(
+            per_minute=settings.auth_failures_per_minute,
+            burst=settings.auth_failure_burst,
+            clock=monotonic,
+        ),
         metrics=metrics_,
         jobs=job_service,
         callback_loop=loop,
@@ -612,6 +646,7 @@ def create_app(
             if svc.sender is not None:
                 await svc.sender.close()
             await svc.kube.close()
+            svc.keys.close()
 
     app = fastapi.FastAPI(
         title="Image composition API",

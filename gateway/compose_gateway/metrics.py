@@ -47,5 +47,11 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.key_file_errors = prometheus_client.Counter(
+            "compose_gateway_key_file_errors_total",
+            "Times the API key file could not be (re)loaded; the last good keys stay in use.",
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return prometheus_client.generate_latest(self.registry)

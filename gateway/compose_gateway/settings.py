@@ -144,6 +144,17 @@ class Settings(pydantic_settings.BaseSettings):
     rate_limit_burst: int = pydantic.Field(
         default=20, ge=1, description="Requests a key may make at once before the limit applies."
     )
+    auth_failures_per_minute: float = pydantic.Field(
+        default=30.0,
+        ge=0,
+        description="Sustained requests with an invalid key per minute per client address; 0: "
+        "no limit.",
+    )
+    auth_failure_burst: int = pydantic.Field(
+        default=10,
+        ge=1,
+        description="Invalid keys an address may send at once before it is refused (429).",
+    )
     max_json_bytes: int = pydantic.Field(
         default=64 * 1024, ge=1024, description="Largest JSON request body (413 beyond)."
     )

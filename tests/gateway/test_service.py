@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import pathlib
-
 from tests.gateway.conftest import Gateway, MakeGateway, original_request
 
 
@@ -24,14 +21,6 @@ async def test_not_ready_without_the_cluster(make_gateway: MakeGateway) -> None:
     created = await gateway.post(original_request())
     assert created.status_code == 503
     assert created.json()["reason"] == "KubernetesUnavailable"
-
-
-async def test_not_ready_with_a_broken_key_file(gateway: Gateway, key_file: pathlib.Path) -> None:
-    await asyncio.to_thread(key_file.write_text, "alice: md5:0123\n")
-
-    response = await gateway.client.get("/readyz")
-    assert response.status_code == 503
-    assert "expected 'sha256:<hex>'" in response.json()["message"]
 
 
 async def test_metrics_count_requests_by_route(gateway: Gateway) -> None:
