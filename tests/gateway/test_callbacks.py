@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from compose_api import netguard
-from compose_gateway import callbacks, naming, translate
+from compose_gateway import callbacks, naming, signing, translate
 from tests.gateway import operator_play
 from tests.gateway.conftest import (
     CALLBACK_SECRET,
@@ -68,10 +68,17 @@ async def test_a_callback_is_delivered_signed_and_once(
     assert len(receiver.received) == 1
     delivery = receiver.received[0]
     signature = dict(p.split("=", 1) for p in delivery.headers["X-Compose-Signature"].split(","))
-    expected = hmac.new(
-        CALLBACK_SECRET, signature["t"].encode() + b"." + delivery.body, hashlib.sha256
+    # The receiver's check, as the README shows it, with alice's own secret.
+    alice_secret = hmac.new(
+        CALLBACK_SECRET, b"compose-gateway callback key v1\0alice", hashlib.sha256
     ).hexdigest()
+    message = signature["t"].encode() + b".alice." + delivery.body
+    expected = hmac.new(alice_secret.encode(), message, hashlib.sha256).hexdigest()
+    assert signature["k"] == "alice"
     assert hmac.compare_digest(signature["v1"], expected)
+    bob_secret = signing.key_secret(CALLBACK_SECRET, "bob")
+    header = delivery.headers["X-Compose-Signature"]
+    assert not signing.verify(bob_secret, "bob", delivery.body, header, now=int(signature["t"]))
     assert delivery.headers["X-Compose-Delivery"] == job["metadata"]["uid"]
     payload = json.loads(delivery.body)
     assert payload["jobId"] == name
