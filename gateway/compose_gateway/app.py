@@ -514,6 +514,7 @@ async def _submit(
         try:
             parsed = translate.parse_request(received.payload)
             body = svc.jobs.build(parsed, owner=owner, name=name, idempotency_key=idempotency_key)
+            await svc.jobs.check_callback(parsed)
         except translate.RequestError:
             if not idempotent:
                 await uploads.remove(sink, received.stored)
@@ -529,6 +530,7 @@ async def _submit(
             idempotency_key=idempotency_key,
             raw_clothing=payload.get("clothingImages"),
         )
+        await svc.jobs.check_callback(parsed)
         kind = "json"
     else:
         raise ApiError(415, "UnsupportedMediaType", "send application/json or multipart/form-data")
@@ -581,6 +583,7 @@ def create_app(
             max_retained=settings.max_retained_jobs_per_key,
         ),
         ttl_seconds_after_finished=settings.job_ttl_seconds_after_finished,
+        resolver=resolver,
         clock=clock,
         monotonic=monotonic,
     )

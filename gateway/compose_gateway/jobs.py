@@ -74,6 +74,7 @@ class JobService:
         poll_seconds: float,
         quotas: Quotas = Quotas(),
         ttl_seconds_after_finished: int | None = None,
+        resolver: netguard.Resolver = netguard.system_resolver,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -85,6 +86,7 @@ class JobService:
         self._poll = poll_seconds
         self._quotas = quotas
         self._ttl = ttl_seconds_after_finished
+        self._resolver = resolver
         self._clock = clock
         self._monotonic = monotonic
         self._sleep = sleep
@@ -126,6 +128,25 @@ class JobService:
         if self._ttl is not None:
             body["spec"]["ttlSecondsAfterFinished"] = self._ttl
         return body
+
+    async def check_callback(self, request: translate.GenerateRequest) -> None:
+        """Refuse a ``callbackUrl`` the sender would refuse: the same guard, the same resolver
+        (any spelling of loopback or metadata, a name resolving to a private address, a host
+        name IDNA refuses). RequestError naming ``callbackUrl``."""
+        url = request.callback_url
+        if url is None or self._callback_policy is None:
+            return  # absent, or refused already by build() (callbacks are off)
+        try:
+            await asyncio.to_thread(
+                netguard.check_url, url, self._callback_policy, resolver=self._resolver
+            )
+        except netguard.ForbiddenAddressError as error:
+            problem = f"is refused: {error}"
+        except (OSError, ValueError) as error:
+            problem = f"does not resolve: {error}"
+        else:
+            return
+        raise translate.RequestError([translate.FieldError("callbackUrl", problem)])
 
     async def create(
         self, body: dict[str, Any], *, owner: str, idempotent: bool
