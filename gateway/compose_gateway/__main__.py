@@ -15,6 +15,7 @@ import logging
 import pathlib
 import sys
 
+import prometheus_client
 import pydantic
 import uvicorn
 
@@ -85,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError) as error:
         print(f"compose-gateway: {error}", file=sys.stderr)
         return 2
+    if settings.metrics_enabled:
+        # A port of its own, so /metrics never sits behind the Ingress beside the API.
+        prometheus_client.start_http_server(
+            settings.metrics_port,
+            addr=settings.host,
+            registry=application.state.services.metrics.registry,
+        )
     uvicorn.run(
         application,
         host=settings.host,

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import fastapi
+import prometheus_client
 import pydantic
 from fastapi import exceptions as fastapi_exceptions
 from fastapi import responses, security
@@ -84,7 +85,7 @@ class Services:
     kube: kube.KubeClient
     store: storage.Storage
     keys: auth.KeyRing
-    limiter: ratelimit.RateLimiter
+    limiter: ratelimit.RateLimiter | ratelimit.SharedRateLimiter
     failures: ratelimit.RateLimiter
     uploads: uploads.Admission
     metrics: metrics.Metrics
@@ -149,7 +150,7 @@ async def authenticate(
             svc.failures.take(address)
             svc.metrics.refusals.labels(reason="bad-key").inc()
             raise ApiError(401, "Unauthorized", "the API key is not valid", headers=challenge)
-    retry_after = svc.limiter.take(owner)
+    retry_after = await svc.limiter.acquire(owner)
     if retry_after > 0:
         svc.metrics.refusals.labels(reason="rate-limited").inc()
         raise ApiError(
@@ -604,16 +605,26 @@ def create_app(
             metrics_=metrics_,
             clock=clock,
         )
+    local = ratelimit.RateLimiter(
+        per_minute=settings.rate_limit_per_minute,
+        burst=settings.rate_limit_burst,
+        clock=monotonic,
+    )
+    limiter: ratelimit.RateLimiter | ratelimit.SharedRateLimiter = local
+    if settings.rate_limit_redis_url:
+        limiter = ratelimit.SharedRateLimiter(
+            url=settings.rate_limit_redis_url,
+            per_minute=settings.rate_limit_per_minute,
+            burst=settings.rate_limit_burst,
+            fallback=local,
+            on_fallback=metrics_.rate_limit_fallbacks.inc,
+        )
     svc = Services(
         settings=settings,
         kube=kube_client,
         store=store,
         keys=keys,
-        limiter=ratelimit.RateLimiter(
-            per_minute=settings.rate_limit_per_minute,
-            burst=settings.rate_limit_burst,
-            clock=monotonic,
-        ),
+        limiter=limiter,
         uploads=uploads.Admission(
             budget_bytes=settings.upload_buffer_bytes,
             per_upload_bytes=storage.PART_BYTES + UPLOAD_CHUNK_ALLOWANCE,
@@ -650,6 +661,8 @@ def create_app(
                 await svc.sender.close()
             await svc.kube.close()
             svc.keys.close()
+            if isinstance(svc.limiter, ratelimit.SharedRateLimiter):
+                await svc.limiter.close()
 
     app = fastapi.FastAPI(
         title="Image composition API",
@@ -662,14 +675,6 @@ def create_app(
     app.state.services = svc
     _install_error_handlers(app)
     app.include_router(_build_router())
-    if settings.metrics_enabled:
-
-        @app.get("/metrics", include_in_schema=False)
-        async def _metrics() -> responses.Response:
-            return responses.Response(
-                svc.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
-            )
-
     if settings.cors_origins:
         app.add_middleware(
             cors.CORSMiddleware,
@@ -687,6 +692,13 @@ def create_app(
         )
     app.add_middleware(_MetricsMiddleware, metrics_=metrics_)
     return app
+
+
+def metrics_app(application: fastapi.FastAPI) -> Any:
+    """The ASGI app of ``/metrics`` for ``application``'s registry, served on its own port
+    (``__main__`` serves the same registry with prometheus-client's server)."""
+    registry = application.state.services.metrics.registry
+    return prometheus_client.make_asgi_app(registry=registry)
 
 
 def check_target(target: translate.JobTarget) -> None:

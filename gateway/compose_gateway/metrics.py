@@ -53,5 +53,12 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.rate_limit_fallbacks = prometheus_client.Counter(
+            "compose_gateway_rate_limit_fallbacks_total",
+            "Requests limited in this replica because the shared (Redis) rate limit did not "
+            "answer.",
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return prometheus_client.generate_latest(self.registry)

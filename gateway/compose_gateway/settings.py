@@ -144,6 +144,14 @@ class Settings(pydantic_settings.BaseSettings):
     rate_limit_burst: int = pydantic.Field(
         default=20, ge=1, description="Requests a key may make at once before the limit applies."
     )
+    rate_limit_redis_url: str | None = pydantic.Field(
+        default=None,
+        pattern=r"^rediss?://\S+$",
+        description=(
+            "redis:// (or rediss://) URL of a Redis shared by the replicas, so the per-key rate "
+            "limit holds across them; unset: each replica limits on its own."
+        ),
+    )
     auth_failures_per_minute: float = pydantic.Field(
         default=30.0,
         ge=0,
@@ -239,7 +247,15 @@ class Settings(pydantic_settings.BaseSettings):
     )
 
     # --- metrics
-    metrics_enabled: bool = pydantic.Field(default=True, description="Serve /metrics.")
+    metrics_enabled: bool = pydantic.Field(
+        default=True, description="Serve /metrics on metrics_port (never on the API's port)."
+    )
+    metrics_port: int = pydantic.Field(
+        default=9090,
+        ge=1,
+        le=65535,
+        description="Port of /metrics, apart from the API (the chart exposes it in-cluster only).",
+    )
 
     @pydantic.field_validator("cors_origins", "callback_allow_cidrs", mode="before")
     @classmethod
@@ -267,6 +283,12 @@ class Settings(pydantic_settings.BaseSettings):
         if value and not value.startswith(("http://", "https://")):
             raise ValueError("must start with https:// (or http:// for a local test server)")
         return value
+
+    @pydantic.model_validator(mode="after")
+    def _ports_differ(self) -> Settings:
+        if self.metrics_enabled and self.metrics_port == self.port:
+            raise ValueError("metrics_port: must differ from port (metrics stay off the API port)")
+        return self
 
     @pydantic.model_validator(mode="after")
     def _kube_credentials(self) -> Settings:

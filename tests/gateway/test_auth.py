@@ -83,7 +83,7 @@ async def test_a_malformed_key_file_keeps_the_last_good_keys_and_tells_no_client
     ready = await gateway.client.get("/readyz")
     assert ready.status_code == 200
     assert (await gateway.get("/jobs", key=BOB_KEY)).status_code == 200
-    metrics = (await gateway.client.get("/metrics")).text
+    metrics = gateway.services.metrics.render().decode()
     assert "compose_gateway_key_file_errors_total 1.0" in metrics
     assert "alice: expected 'sha256:<hex>'" in caplog.text  # the detail goes to the log
 

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import httpx
+import pydantic
+import pytest
+
+from compose_gateway import app as app_module
+from compose_gateway import settings as settings_module
 from tests.gateway.conftest import Gateway, MakeGateway, original_request
 
 
@@ -23,21 +29,30 @@ async def test_not_ready_without_the_cluster(make_gateway: MakeGateway) -> None:
     assert created.json()["reason"] == "KubernetesUnavailable"
 
 
-async def test_metrics_count_requests_by_route(gateway: Gateway) -> None:
+async def _metrics(gateway: Gateway) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app_module.metrics_app(gateway.app))
+    async with httpx.AsyncClient(transport=transport, base_url="http://metrics.test") as client:
+        return await client.get("/metrics")
+
+
+async def test_metrics_count_requests_by_route_on_their_own_port(gateway: Gateway) -> None:
     await gateway.post(original_request())
     await gateway.get("/jobs/gw-00000000000000000000")
 
-    text = (await gateway.client.get("/metrics")).text
+    text = (await _metrics(gateway)).text
     assert 'compose_gateway_requests_total{code="202",method="POST",route="/generate"} 1.0' in text
     assert 'compose_gateway_requests_total{code="404",method="GET",route="/jobs/{job_id}"} 1.0' in (
         text
     )
     assert 'compose_gateway_jobs_created_total{input="json"} 1.0' in text
-
-
-async def test_metrics_can_be_turned_off(make_gateway: MakeGateway) -> None:
-    gateway = await make_gateway(metrics_enabled=False)
+    # Not on the API's port, where the Ingress routes.
     assert (await gateway.client.get("/metrics")).status_code == 404
+
+
+def test_the_metrics_port_must_differ_from_the_api_port() -> None:
+    with pytest.raises(pydantic.ValidationError, match="metrics_port"):
+        settings_module.Settings(port=8080, metrics_port=8080)
+    assert settings_module.Settings(port=8080, metrics_port=8080, metrics_enabled=False)
 
 
 async def test_cors_allows_only_the_configured_origins(make_gateway: MakeGateway) -> None:
