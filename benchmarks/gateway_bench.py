@@ -1,6 +1,7 @@
-"""Gateway benchmark: what the HTTP gateway adds on top of talking to the Kubernetes API directly.
+"""Gateway benchmark: what the HTTP gateway adds on top of talking to the Kubernetes API directly,
+and the gateway's memory under concurrent maximum-size uploads.
 
-    python -m benchmarks.gateway_bench --requests 300 --concurrency 8
+    python -m benchmarks.gateway_bench --requests 300 --concurrency 8 --uploads 16
 
 Two phases in one run, each against a fresh API emulator in its own process
 (``python -m tests.support.kube_emulator``), with the same number of CompositionJobs and the same
@@ -15,6 +16,13 @@ It prints latency p50/p99 and throughput of both, their ratios, and for the gate
 alone: CPU milliseconds per request (user + system, psutil), peak RSS, and Kubernetes API
 requests per POST (from the emulator's request log). The emulator is single-threaded Python and
 slows as it fills, so absolute figures are for comparing the two phases of one run only.
+
+3. uploads (``--uploads N``, 0 skips it): a fresh gateway with an inputs bucket on a moto S3
+   server receives N concurrent multipart uploads of ``--upload-mib`` each (default: the largest
+   body the gateway accepts, in 10 MiB files, the largest file it accepts), from four keys at
+   their default concurrent-upload limit. It prints the gateway's peak RSS (VmHWM) idle, after
+   one upload alone (the same-run baselines), and after the N concurrent ones, with the ratios;
+   the target is a peak under 300 MB for 16 concurrent maximum-size uploads.
 """
 
 from __future__ import annotations
@@ -24,8 +32,11 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
+import math
 import os
 import pathlib
+import random
 import socket
 import statistics
 import subprocess
@@ -39,10 +50,11 @@ import aiohttp
 import psutil
 
 from compose_gateway import auth, naming, translate
-from tests.support import kube_emulator
+from compose_gateway import settings as settings_module
+from tests.support import kube_emulator, s3
 
 NAMESPACE = "bench"
-KEY = auth.new_key()
+KEY = auth.new_key("bench")
 REQUEST = {
     "personImage": "https://example.com/person.jpg",
     "clothingImages": ["https://example.com/shirt.jpg", "https://example.com/pants.jpg"],
@@ -100,9 +112,14 @@ def emulator_process() -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def gateway_process(kube_url: str, workdir: pathlib.Path) -> Iterator[tuple[str, psutil.Process]]:
+def gateway_process(
+    kube_url: str,
+    workdir: pathlib.Path,
+    extra_env: dict[str, str] | None = None,
+    keys_text: str | None = None,
+) -> Iterator[tuple[str, psutil.Process]]:
     keys = workdir / "api-keys.yaml"
-    keys.write_text(f"bench: {auth.hash_key(KEY)}\n")
+    keys.write_text(keys_text or f"bench: {auth.hash_key(KEY)}\n")
     port = _free_port()
     env = {
         **os.environ,
@@ -116,6 +133,7 @@ def gateway_process(kube_url: str, workdir: pathlib.Path) -> Iterator[tuple[str,
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ACCESS_KEY_ID": "bench",
         "AWS_SECRET_ACCESS_KEY": "bench",
+        **(extra_env or {}),
     }
     process = subprocess.Popen([sys.executable, "-m", "compose_gateway"], env=env)
     try:
@@ -240,7 +258,115 @@ def _peak_rss_mib(process: psutil.Process) -> float:
     return float(process.memory_info().rss) / 2**20
 
 
-async def run(count: int, concurrency: int) -> dict[str, Any]:
+UPLOAD_KEYS = [auth.new_key(f"bench{i}") for i in range(4)]
+
+
+def _upload_body(size: int) -> tuple[bytes, str]:
+    """A multipart body of about ``size`` bytes: person, place and clothing files of equal size,
+    at most the gateway's largest file, each a PNG signature and random bytes."""
+    defaults = settings_module.Settings.model_fields
+    file_limit = int(defaults["max_upload_bytes"].default)
+    rng = random.Random(0)
+    budget = size - 64 * 1024  # room for the part headers
+    files = max(3, math.ceil(budget / file_limit))
+    if files > 10 or budget < 3 * 1024:
+        raise SystemExit("--upload-mib: outside what one request may carry")
+    sizes = [budget // files] * files
+    boundary = "benchboundary" + rng.randbytes(8).hex()
+    fields = ["personImage", "placeImage"] + ["clothingImages"] * (len(sizes) - 2)
+    pieces: list[bytes] = []
+    for index, (field, length) in enumerate(zip(fields, sizes, strict=True)):
+        data = b"\x89PNG\r\n\x1a\n" + rng.randbytes(length - 8)
+        pieces.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
+            f'filename="f{index}.png"\r\nContent-Type: image/png\r\n\r\n'.encode()
+            + data
+            + b"\r\n"
+        )
+    pieces.append(f"--{boundary}--\r\n".encode())
+    return b"".join(pieces), f"multipart/form-data; boundary={boundary}"
+
+
+async def upload_phase(count: int, size: int) -> dict[str, Any]:
+    body, content_type = _upload_body(size)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
+    server = s3.start()
+    s3_server = next(server)
+    try:
+        bucket = s3_server.new_bucket("bench-inputs")
+        client = s3_server.client()
+        keys_text = "".join(
+            f"bench{i}: {auth.hash_key(key)}\n" for i, key in enumerate(UPLOAD_KEYS)
+        )
+        env = {
+            **s3_server.env(),
+            "AWS_ACCESS_KEY_ID": s3.ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": s3.SECRET_KEY,
+            "COMPOSE_GATEWAY_INPUTS_BUCKET": bucket,
+        }
+        with (
+            tempfile.TemporaryDirectory() as workdir,
+            emulator_process() as kube_url,
+            gateway_process(kube_url, pathlib.Path(workdir), env, keys_text) as (url, process),
+        ):
+            async with aiohttp.ClientSession() as session:
+                await _wait_ready(session, url)
+                idle = _peak_rss_mib(process)
+                statuses: list[int] = []
+
+                async def one(index: int) -> None:
+                    headers = {
+                        "Authorization": f"Bearer {UPLOAD_KEYS[index % len(UPLOAD_KEYS)]}",
+                        "Content-Type": content_type,
+                    }
+                    async with session.post(
+                        f"{url}/generate", data=body, headers=headers
+                    ) as response:
+                        statuses.append(response.status)
+                        answer = await response.json()
+                    if response.status != 202:
+                        print(f"upload {index}: HTTP {response.status}: {answer}", file=sys.stderr)
+                        return
+                    # Keep the S3 server's disk small: drop what this upload stored.
+                    owner = f"bench{index % len(UPLOAD_KEYS)}"
+                    prefix = f"uploads/{owner}/{answer['jobId']}/"
+                    listed = await asyncio.to_thread(
+                        client.list_objects_v2, Bucket=bucket, Prefix=prefix
+                    )
+                    for item in listed.get("Contents", []):
+                        await asyncio.to_thread(
+                            client.delete_object, Bucket=bucket, Key=item["Key"]
+                        )
+
+                started = time.perf_counter()
+                await one(0)
+                single_s = time.perf_counter() - started
+                single = _peak_rss_mib(process)
+                started = time.perf_counter()
+                await asyncio.gather(*(one(i) for i in range(count)))
+                concurrent_s = time.perf_counter() - started
+                peak = _peak_rss_mib(process)
+    finally:
+        with contextlib.suppress(StopIteration):
+            next(server)
+    return {
+        "uploads": count,
+        "upload_mib": len(body) / 2**20,
+        "statuses": {str(code): statuses.count(code) for code in sorted(set(statuses))},
+        "idle_rss_mib": idle,
+        "one_upload_peak_rss_mib": single,
+        "concurrent_peak_rss_mib": peak,
+        "concurrent_over_idle_ratio": peak / idle,
+        "concurrent_over_one_upload_ratio": peak / single,
+        "mib_received_concurrently_per_mib_of_rss_growth": (
+            count * len(body) / 2**20 / max(peak - idle, 1.0)
+        ),
+        "one_upload_s": single_s,
+        "concurrent_s": concurrent_s,
+    }
+
+
+async def run(count: int, concurrency: int, uploads: int, upload_mib: float) -> dict[str, Any]:
     direct = await baseline(count, concurrency)
     gateway, extra = await through_gateway(count, concurrency)
     base, gw = direct.row(), gateway.row()
@@ -252,6 +378,7 @@ async def run(count: int, concurrency: int) -> dict[str, Any]:
         "gateway": gw,
         "ratios": ratios,
         **extra,
+        "upload": await upload_phase(uploads, int(upload_mib * 2**20)) if uploads else None,
     }
 
 
@@ -259,11 +386,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--requests", type=int, default=300, help="jobs created in each phase")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--uploads", type=int, default=16, help="concurrent uploads; 0: none")
+    largest = settings_module.Settings.model_fields["max_request_bytes"].default / 2**20
+    parser.add_argument(
+        "--upload-mib", type=float, default=largest, help="size of each upload body"
+    )
     parser.add_argument("--json", type=pathlib.Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    if args.requests < 1 or args.concurrency < 1:
-        parser.error("--requests and --concurrency must be at least 1")
-    figures = asyncio.run(run(args.requests, args.concurrency))
+    if args.requests < 1 or args.concurrency < 1 or args.uploads < 0:
+        parser.error("--requests and --concurrency must be at least 1, --uploads at least 0")
+    figures = asyncio.run(run(args.requests, args.concurrency, args.uploads, args.upload_mib))
 
     print(f"gateway benchmark: {args.requests} jobs, concurrency {args.concurrency}")
     print(f"{'':24}{'direct API':>12}{'gateway':>12}{'ratio':>8}")
@@ -276,6 +408,24 @@ def main(argv: list[str] | None = None) -> None:
     print(f"gateway peak RSS:                  {figures['gateway_peak_rss_mib']:.1f} MiB")
     print(f"API requests per HTTP request:     {figures['api_requests_per_http_request']:.2f}")
     print("(one emulator process per phase; figures compare the phases of this run only)")
+    upload = figures["upload"]
+    if upload:
+        print(
+            f"uploads: {upload['uploads']} concurrent of {upload['upload_mib']:.1f} MiB "
+            f"(statuses {upload['statuses']})"
+        )
+        print(f"gateway peak RSS idle:             {upload['idle_rss_mib']:.1f} MiB")
+        print(f"  after one upload alone:          {upload['one_upload_peak_rss_mib']:.1f} MiB")
+        print(
+            f"  after {upload['uploads']} concurrent uploads:     "
+            f"{upload['concurrent_peak_rss_mib']:.1f} MiB "
+            f"({upload['concurrent_over_idle_ratio']:.2f}x idle, "
+            f"{upload['concurrent_over_one_upload_ratio']:.2f}x one upload)"
+        )
+        print(
+            f"  MiB received at once per MiB of RSS growth: "
+            f"{upload['mib_received_concurrently_per_mib_of_rss_growth']:.1f}"
+        )
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 

@@ -11,6 +11,19 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
+# The shared rate limit's tests start a real Redis (Debian's redis-server).
+if ! command -v redis-server >/dev/null 2>&1; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then
+    sudo=sudo
+  fi
+  if command -v apt-get >/dev/null 2>&1; then
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq redis-server >/dev/null
+  else
+    echo "setup: redis-server is missing and apt-get is not available; install Redis" >&2
+    exit 1
+  fi
+fi
 . .venv/bin/activate
 python -m pip install --quiet --upgrade "pip>=25.1"
 python -m pip install --quiet "torch==2.13.0"

@@ -297,6 +297,10 @@ class Execution(_Model):
         return self
 
 
+# One year: longer than any history a gateway keeps in the cluster.
+MAX_TTL_SECONDS_AFTER_FINISHED = 366 * 24 * 3600
+
+
 class CompositionJobSpec(_Model):
     """What to compose, where to store it, and how to run it."""
 
@@ -318,6 +322,14 @@ class CompositionJobSpec(_Model):
     suspend: bool = pydantic.Field(
         default=False,
         description="True holds the job (or suspends the running attempt); false resumes it.",
+    )
+    ttl_seconds_after_finished: int | None = pydantic.Field(
+        default=None,
+        ge=0,
+        le=MAX_TTL_SECONDS_AFTER_FINISHED,
+        description="Seconds after the job finishes (status.completionTime) before the operator "
+        "deletes it; the operator's setting decides whether its result object goes too. Unset: "
+        "the operator's default.",
     )
 
 

@@ -67,6 +67,7 @@ _BLOCKED: tuple[tuple[str, str], ...] = (
     ("255.255.255.255/32", "broadcast address"),
     ("::/128", "unspecified address"),
     ("::1/128", "loopback address"),
+    ("::/96", "IPv4-compatible IPv6 address"),
     ("::ffff:0:0/96", "IPv4-mapped IPv6 address"),
     ("64:ff9b::/96", "NAT64 address"),
     ("64:ff9b:1::/48", "NAT64 address"),
@@ -80,6 +81,9 @@ _BLOCKED: tuple[tuple[str, str], ...] = (
 _BLOCKED_NETWORKS: tuple[tuple[IPNetwork, str], ...] = tuple(
     (ipaddress.ip_network(cidr), why) for cidr, why in _BLOCKED
 )
+# IPv6 is allowed only within global unicast; the named ranges above and the "not globally
+# routable" rule then take out its special parts.
+GLOBAL_UNICAST = ipaddress.IPv6Network("2000::/3")
 
 
 class ForbiddenAddressError(ValueError):
@@ -156,6 +160,8 @@ def forbidden_reason(ip: IPAddress, policy: Policy = Policy()) -> str | None:
         if plain.version == network.version and plain in network:
             return why
     if isinstance(plain, ipaddress.IPv6Address):
+        if plain not in GLOBAL_UNICAST:
+            return "IPv6 address outside global unicast (2000::/3)"
         embedded = plain.sixtofour or (plain.teredo[1] if plain.teredo else None)
         if embedded is not None:
             inner = forbidden_reason(embedded, policy)
@@ -191,7 +197,9 @@ def resolve(
 
     Every address the name resolves to must be allowed; one forbidden answer refuses the host, so a
     name that resolves to both a public and a private address cannot be used to reach the private
-    one. Raises ForbiddenAddressError, or OSError (socket.gaierror) when the name does not resolve.
+    one. A name that is not a valid host name (IDNA refuses it: ``a..b``, a label over 63
+    characters) is refused as forbidden too. Raises ForbiddenAddressError, or OSError
+    (socket.gaierror) when the name does not resolve.
     """
     bare = host.strip("[]")
     try:
@@ -200,7 +208,11 @@ def resolve(
         literal = None
     if literal is not None:
         return check_ip(literal, policy, host=host)
-    answers = list(resolver(bare, port))
+    try:
+        bare.encode("idna")
+        answers = list(resolver(bare, port))
+    except UnicodeError as error:
+        raise ForbiddenAddressError(f"{host}: not a valid host name ({error})") from None
     if not answers:
         raise OSError(f"{host}: the name resolved to no address")
     checked = [check_ip(answer, policy, host=host) for answer in answers]

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import fastapi
+import prometheus_client
 import pydantic
 from fastapi import exceptions as fastapi_exceptions
 from fastapi import responses, security
@@ -40,6 +41,7 @@ from compose_gateway import (
     ratelimit,
     storage,
     translate,
+    uploads,
     views,
 )
 from compose_gateway import (
@@ -51,6 +53,8 @@ logger = logging.getLogger(__name__)
 PREFER_WAIT = re.compile(r"(?:^|[;,\s])wait\s*=\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 JSON_TYPES = ("application/json",)
 MULTIPART = "multipart/form-data"
+# Beside its part buffer, an upload holds one received chunk and the parser's state.
+UPLOAD_CHUNK_ALLOWANCE = 256 * 1024
 
 
 class ApiError(Exception):
@@ -81,7 +85,9 @@ class Services:
     kube: kube.KubeClient
     store: storage.Storage
     keys: auth.KeyRing
-    limiter: ratelimit.RateLimiter
+    limiter: ratelimit.RateLimiter | ratelimit.SharedRateLimiter
+    failures: ratelimit.RateLimiter
+    uploads: uploads.Admission
     metrics: metrics.Metrics
     jobs: jobs.JobService
     callback_loop: callbacks.CallbackLoop | None
@@ -116,11 +122,35 @@ async def authenticate(
             "an API key is required: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
             headers=challenge,
         )
-    owner = svc.keys.identify(presented)
+    owner = svc.keys.cached(presented)
     if owner is None:
-        svc.metrics.refusals.labels(reason="bad-key").inc()
-        raise ApiError(401, "Unauthorized", "the API key is not valid", headers=challenge)
-    retry_after = svc.limiter.take(owner)
+        # Keys not verified yet cost hashing: refused at once for an address that failed too
+        # often (a key verified before still passes, through the cache above).
+        address = request.client.host if request.client else "unknown"
+        blocked = svc.failures.wait(address)
+        if blocked > 0:
+            svc.metrics.refusals.labels(reason="too-many-failures").inc()
+            raise ApiError(
+                429,
+                "TooManyFailedAttempts",
+                "too many requests with invalid API keys from this address; retry later",
+                headers={"Retry-After": str(max(1, math.ceil(blocked)))},
+            )
+        try:
+            owner = await svc.keys.identify(presented)
+        except auth.Busy:
+            svc.metrics.refusals.labels(reason="auth-busy").inc()
+            raise ApiError(
+                503,
+                "AuthenticationBusy",
+                "too many API key checks in progress; retry in a moment",
+                headers={"Retry-After": "1"},
+            ) from None
+        if owner is None:
+            svc.failures.take(address)
+            svc.metrics.refusals.labels(reason="bad-key").inc()
+            raise ApiError(401, "Unauthorized", "the API key is not valid", headers=challenge)
+    retry_after = await svc.limiter.acquire(owner)
     if retry_after > 0:
         svc.metrics.refusals.labels(reason="rate-limited").inc()
         raise ApiError(
@@ -199,6 +229,23 @@ def _install_error_handlers(app: fastapi.FastAPI) -> None:
     async def _too_large(_: fastapi.Request, error: bodies.BodyTooLarge) -> responses.JSONResponse:
         return _error_response(413, "PayloadTooLarge", str(error))
 
+    @app.exception_handler(uploads.UploadsBusy)
+    async def _busy(_: fastapi.Request, error: uploads.UploadsBusy) -> responses.JSONResponse:
+        headers = {"Retry-After": str(error.retry_after)}
+        return _error_response(503, "UploadCapacity", str(error), headers=headers)
+
+    @app.exception_handler(uploads.TooManyUploads)
+    async def _too_many_uploads(
+        _: fastapi.Request, error: uploads.TooManyUploads
+    ) -> responses.JSONResponse:
+        headers = {"Retry-After": str(error.retry_after)}
+        return _error_response(429, "TooManyUploads", str(error), headers=headers)
+
+    @app.exception_handler(storage.StorageError)
+    async def _storage(_: fastapi.Request, error: storage.StorageError) -> responses.JSONResponse:
+        logger.warning("upload failed: %s", error)
+        return _error_response(502, "StorageError", "the upload could not be stored; retry")
+
     @app.exception_handler(jobs.JobNotFound)
     async def _not_found(_: fastapi.Request, error: jobs.JobNotFound) -> responses.JSONResponse:
         return _error_response(404, "NotFound", f"no job {error.args[0]!r} for this API key")
@@ -214,6 +261,17 @@ def _install_error_handlers(app: fastapi.FastAPI) -> None:
         message = f"continue: {error}"
         fields = [{"field": "continue", "message": str(error)}]
         return _error_response(422, "InvalidRequest", message, errors=fields)
+
+    @app.exception_handler(jobs.CursorExpired)
+    async def _expired(_: fastapi.Request, error: jobs.CursorExpired) -> responses.JSONResponse:
+        message = "continue: the token has expired; list again from the first page"
+        fields = [{"field": "continue", "message": "has expired"}]
+        return _error_response(410, "ContinueExpired", message, errors=fields)
+
+    @app.exception_handler(jobs.QuotaExceeded)
+    async def _quota(_: fastapi.Request, error: jobs.QuotaExceeded) -> responses.JSONResponse:
+        headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
+        return _error_response(429, "QuotaExceeded", str(error), headers=headers)
 
     @app.exception_handler(kube.KubeError)
     async def _kube_error(_: fastapi.Request, error: kube.KubeError) -> responses.JSONResponse:
@@ -420,10 +478,11 @@ def _build_router() -> fastapi.APIRouter:
         try:
             await svc.kube.ping()
         except kube.KubeError as error:
-            return _error_response(503, "NotReady", f"Kubernetes API: {error}")
-        svc.keys.keys()
-        if svc.keys.error:
-            return _error_response(503, "NotReady", f"API keys: {svc.keys.error}")
+            logger.warning("not ready: Kubernetes API: %s", error)
+            return _error_response(503, "NotReady", "the Kubernetes API does not answer")
+        if not svc.keys.loaded:
+            # The details (path, entry, hash) go to the log and the metric, never to clients.
+            return _error_response(503, "NotReady", "the API keys are not loaded")
         return responses.JSONResponse({"status": "ok"})
 
     return router
@@ -433,32 +492,34 @@ async def _submit(
     request: fastapi.Request, svc: Services, *, owner: str, idempotency_key: str | None
 ) -> models.CompositionJob:
     """Parse the body (JSON or multipart), store uploads, create (or replay) the job."""
-    content_type = request.headers.get("content-type", "application/json").lower()
-    media = content_type.split(";", 1)[0].strip()
+    content_type = request.headers.get("content-type", "application/json")
+    media = content_type.split(";", 1)[0].strip().lower()
     name = svc.jobs.name_for(owner, idempotency_key)
     idempotent = idempotency_key is not None
     if media == MULTIPART:
         if not svc.store.inputs_bucket:
             raise ApiError(415, "UploadsDisabled", "this gateway takes image URLs only (JSON)")
-        raw = await bodies.read_limited(request, svc.settings.max_request_bytes)
-        payload, uploads = await bodies.parse_form(
-            request, raw, max_file_bytes=svc.settings.max_upload_bytes
-        )
-        prefix = svc.store.owner_prefix(owner) or ""
-        uris = [bodies.upload_uri(prefix, name, upload) for _, _, upload in uploads]
-        parsed = translate.parse_request(bodies.fill(payload, uploads, uris))
-        body = svc.jobs.build(parsed, owner=owner, name=name, idempotency_key=idempotency_key)
-        await asyncio.gather(
-            *(
-                svc.store.put_upload(
-                    owner=owner,
-                    name=f"{name}/{upload.object_name}",
-                    data=upload.data,
-                    content_type=upload.content_type,
-                )
-                for _, _, upload in uploads
+        with svc.uploads.admit(owner):
+            sink = svc.store.upload_sink(owner=owner, job_name=name)
+            received = await uploads.receive(
+                request.stream(),
+                content_type=content_type,
+                declared_length=request.headers.get("content-length"),
+                limits=uploads.Limits(
+                    max_request_bytes=svc.settings.max_request_bytes,
+                    max_file_bytes=svc.settings.max_upload_bytes,
+                ),
+                sink=sink,
+                remove_on_error=not idempotent,
             )
-        )
+        try:
+            parsed = translate.parse_request(received.payload)
+            body = svc.jobs.build(parsed, owner=owner, name=name, idempotency_key=idempotency_key)
+            await svc.jobs.check_callback(parsed)
+        except translate.RequestError:
+            if not idempotent:
+                await uploads.remove(sink, received.stored)
+            raise
         kind = "multipart"
     elif media in JSON_TYPES or media.endswith("+json"):
         payload = bodies.parse_json(await bodies.read_limited(request, svc.settings.max_json_bytes))
@@ -470,6 +531,7 @@ async def _submit(
             idempotency_key=idempotency_key,
             raw_clothing=payload.get("clothingImages"),
         )
+        await svc.jobs.check_callback(parsed)
         kind = "json"
     else:
         raise ApiError(415, "UnsupportedMediaType", "send application/json or multipart/form-data")
@@ -493,14 +555,17 @@ def create_app(
     """The gateway app. Anything left None is built from ``settings``."""
     kube_client = kube_client or kube.KubeClient.from_settings(settings)
     store = store or storage.Storage.from_settings(settings)
-    keys = keys or auth.KeyRing(settings.api_keys_file)
+    metrics_ = metrics.Metrics()
+    keys = keys or auth.KeyRing(
+        settings.api_keys_file,
+        on_reload_error=lambda _: metrics_.key_file_errors.inc(),
+    )
     if callback_secret is None and settings.callback_secret_file is not None:
         callback_secret = read_secret(settings.callback_secret_file)
     policy = netguard.Policy(
         allow=netguard.parse_networks(settings.callback_allow_cidrs, field="callback_allow_cidrs"),
         allow_http=settings.callback_allow_http,
     )
-    metrics_ = metrics.Metrics()
     target = translate.JobTarget(
         namespace=settings.namespace,
         profile=settings.profile,
@@ -514,6 +579,13 @@ def create_app(
         target=target,
         callback_policy=policy if callback_secret else None,
         poll_seconds=settings.job_poll_seconds,
+        quotas=jobs.Quotas(
+            max_outstanding=settings.max_outstanding_jobs_per_key,
+            max_retained=settings.max_retained_jobs_per_key,
+        ),
+        ttl_seconds_after_finished=settings.job_ttl_seconds_after_finished,
+        resolver=resolver,
+        clock=clock,
         monotonic=monotonic,
     )
     sender = loop = None
@@ -533,14 +605,34 @@ def create_app(
             metrics_=metrics_,
             clock=clock,
         )
+    local = ratelimit.RateLimiter(
+        per_minute=settings.rate_limit_per_minute,
+        burst=settings.rate_limit_burst,
+        clock=monotonic,
+    )
+    limiter: ratelimit.RateLimiter | ratelimit.SharedRateLimiter = local
+    if settings.rate_limit_redis_url:
+        limiter = ratelimit.SharedRateLimiter(
+            url=settings.rate_limit_redis_url,
+            per_minute=settings.rate_limit_per_minute,
+            burst=settings.rate_limit_burst,
+            fallback=local,
+            on_fallback=metrics_.rate_limit_fallbacks.inc,
+        )
     svc = Services(
         settings=settings,
         kube=kube_client,
         store=store,
         keys=keys,
-        limiter=ratelimit.RateLimiter(
-            per_minute=settings.rate_limit_per_minute,
-            burst=settings.rate_limit_burst,
+        limiter=limiter,
+        uploads=uploads.Admission(
+            budget_bytes=settings.upload_buffer_bytes,
+            per_upload_bytes=storage.PART_BYTES + UPLOAD_CHUNK_ALLOWANCE,
+            per_key=settings.max_concurrent_uploads_per_key,
+        ),
+        failures=ratelimit.RateLimiter(
+            per_minute=settings.auth_failures_per_minute,
+            burst=settings.auth_failure_burst,
             clock=monotonic,
         ),
         metrics=metrics_,
@@ -568,6 +660,9 @@ def create_app(
             if svc.sender is not None:
                 await svc.sender.close()
             await svc.kube.close()
+            svc.keys.close()
+            if isinstance(svc.limiter, ratelimit.SharedRateLimiter):
+                await svc.limiter.close()
 
     app = fastapi.FastAPI(
         title="Image composition API",
@@ -580,14 +675,6 @@ def create_app(
     app.state.services = svc
     _install_error_handlers(app)
     app.include_router(_build_router())
-    if settings.metrics_enabled:
-
-        @app.get("/metrics", include_in_schema=False)
-        async def _metrics() -> responses.Response:
-            return responses.Response(
-                svc.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
-            )
-
     if settings.cors_origins:
         app.add_middleware(
             cors.CORSMiddleware,
@@ -605,6 +692,13 @@ def create_app(
         )
     app.add_middleware(_MetricsMiddleware, metrics_=metrics_)
     return app
+
+
+def metrics_app(application: fastapi.FastAPI) -> Any:
+    """The ASGI app of ``/metrics`` for ``application``'s registry, served on its own port
+    (``__main__`` serves the same registry with prometheus-client's server)."""
+    registry = application.state.services.metrics.registry
+    return prometheus_client.make_asgi_app(registry=registry)
 
 
 def check_target(target: translate.JobTarget) -> None:

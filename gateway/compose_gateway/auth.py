@@ -7,33 +7,59 @@ hashes, one ``<id>: <hash>`` per line (a YAML mapping)::
     partner-x: scrypt:16384:8:1:<salt base64>:<hash base64>
 
 The id becomes the owner label of the key's jobs, so it must be a valid label value. ``sha256``
-suits the long random keys :func:`new_key` mints; ``scrypt`` suits keys people chose. Every stored
-hash is compared with :func:`hmac.compare_digest`, and all of them are compared on every check, so
-the time taken says nothing about which key or how much of it matched.
+suits the long random keys :func:`new_key` mints; ``scrypt`` suits keys people chose.
+
+A key names its entry: ``cgw_<key id>~<secret>`` (:func:`new_key` mints them so). So a presented
+key costs at most one scrypt derivation, of the entry it names, however many entries the file
+has; a key without that prefix is compared with the ``sha256`` entries only (cheap), never with a
+``scrypt`` one. Anything not shaped like a key (:data:`KEY_SHAPE`) is refused before any hashing.
+Hashes are compared with :func:`hmac.compare_digest`. Which key ids exist is not a secret (they
+are the owner labels of jobs), so naming an unknown one may answer sooner than a known one.
 
 :class:`KeyRing` (used by the app's auth dependency) re-reads the file when it changes on disk, as
-the kubelet updates a mounted Secret in place, so keys rotate without a restart.
+the kubelet updates a mounted Secret in place, so keys rotate without a restart; a malformed new
+file keeps the last good keys. scrypt derivations run in a small thread pool, off the event loop,
+with a bound on how many may wait: beyond it :class:`Busy` (a 503), so a flood of bad keys cannot
+queue work without end.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import concurrent.futures
 import dataclasses
 import hashlib
 import hmac
+import logging
 import os
 import pathlib
+import re
 import secrets
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import yaml
 
 from compose_gateway import naming
 
+logger = logging.getLogger(__name__)
+
 SCRYPT_DEFAULTS = (16384, 8, 1)
 KEY_PREFIX = "cgw_"
+ID_SEPARATOR = "~"
 VERIFIED_CACHE_SIZE = 4096
+MIN_DIGEST_BYTES = 16
+MIN_SALT_BYTES = 16
+# What a presented key may look like: RFC 6750 token characters, 16 to 512 of them.
+KEY_SHAPE = re.compile(r"^[A-Za-z0-9._~+/=-]{16,512}$")
+DERIVATION_THREADS = 2
+DERIVATIONS_WAITING = 8
+
+
+class Busy(Exception):
+    """Too many key derivations are already waiting; the request should be retried."""
 
 
 class KeyFileError(ValueError):
@@ -78,8 +104,12 @@ def parse_hash(key_id: str, text: str) -> StoredKey:
             n, r, p = (int(v) for v in parts[1:4])
             salt = base64.b64decode(parts[4], validate=True)
             digest = base64.b64decode(parts[5], validate=True)
-            if n < 2 or n & (n - 1) or r < 1 or p < 1 or len(digest) < 16:
-                raise ValueError("bad scrypt parameters")
+            if n < 2 or n & (n - 1) or r < 1 or p < 1:
+                raise ValueError("bad scrypt parameters: n a power of 2, r and p at least 1")
+            if len(digest) < MIN_DIGEST_BYTES:
+                raise ValueError(f"a scrypt digest has at least {MIN_DIGEST_BYTES} bytes")
+            if len(salt) < MIN_SALT_BYTES:
+                raise ValueError(f"a scrypt salt has at least {MIN_SALT_BYTES} bytes")
             return StoredKey(key_id, "scrypt", digest, salt=salt, n=n, r=r, p=p)
     except ValueError as error:
         raise KeyFileError(f"{key_id}: {error}") from None
@@ -109,12 +139,31 @@ def parse_key_file(text: str) -> tuple[StoredKey, ...]:
     return tuple(keys)
 
 
+def claimed_id(presented: str) -> str | None:
+    """The key id a ``cgw_<id>~<secret>`` key names, or None."""
+    if not presented.startswith(KEY_PREFIX) or ID_SEPARATOR not in presented:
+        return None
+    key_id = presented[len(KEY_PREFIX) :].split(ID_SEPARATOR, 1)[0]
+    return key_id if naming.KEY_ID_PATTERN.match(key_id) else None
+
+
+def candidates(keys: tuple[StoredKey, ...], presented: str) -> tuple[StoredKey, ...]:
+    """The entries a presented key is checked against: the one it names (when it names one),
+    else every ``sha256`` entry; never more than one ``scrypt`` entry, none for a bad shape."""
+    if not KEY_SHAPE.match(presented):
+        return ()
+    key_id = claimed_id(presented)
+    if key_id is not None:
+        return tuple(stored for stored in keys if stored.key_id == key_id)[:1]
+    return tuple(stored for stored in keys if stored.scheme == "sha256")
+
+
 def identify(keys: tuple[StoredKey, ...], presented: str) -> str | None:
-    """The id of the key ``presented`` matches, or None. Compares against every stored key."""
+    """The id of the key ``presented`` matches, or None (synchronous: tools and tests)."""
     raw = presented.encode()
     presented_sha256 = hashlib.sha256(raw).digest()
     found: str | None = None
-    for stored in keys:
+    for stored in candidates(keys, presented):
         if stored.matches(raw, presented_sha256) and found is None:
             found = stored.key_id
     return found
@@ -133,22 +182,39 @@ def hash_key(key: str, *, scheme: str = "sha256") -> str:
     raise ValueError(f"scheme: expected sha256 or scrypt, not {scheme!r}")
 
 
-def new_key() -> str:
-    """A fresh random API key (256 bits)."""
-    return KEY_PREFIX + secrets.token_urlsafe(32)
+def new_key(key_id: str) -> str:
+    """A fresh random API key (256 bits) that names its entry ``key_id``."""
+    if not naming.KEY_ID_PATTERN.match(key_id):
+        raise ValueError(f"not a key id: {key_id!r}")
+    return f"{KEY_PREFIX}{key_id}{ID_SEPARATOR}{secrets.token_urlsafe(32)}"
 
 
 class KeyRing:
     """The keys of the mounted file, re-read when the file changes."""
 
-    def __init__(self, path: pathlib.Path) -> None:
+    def __init__(
+        self,
+        path: pathlib.Path,
+        *,
+        threads: int = DERIVATION_THREADS,
+        waiting: int = DERIVATIONS_WAITING,
+        on_reload_error: Callable[[str], None] | None = None,
+    ) -> None:
         self._path = path
         self._stamp: tuple[int, int] | None = None
         self._keys: tuple[StoredKey, ...] = ()
+        self._loaded = False
         self._lock = threading.Lock()
         # sha256 of recently verified keys -> key id, so a scrypt key costs one derivation per
         # key file version, not one per request. Emptied whenever the file is re-read.
         self._verified: dict[bytes, str] = {}
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="key-derivation"
+        )
+        self._waiting_limit = threads + waiting
+        self._in_flight = 0
+        self._on_reload_error = on_reload_error
+        self.derivations = 0
         self.error: str | None = None
 
     @classmethod
@@ -157,7 +223,14 @@ class KeyRing:
         ring = cls(pathlib.Path(os.devnull))
         ring._keys = keys
         ring._stamp = (-1, -1)
+        ring._loaded = True
         return ring
+
+    @property
+    def loaded(self) -> bool:
+        """Whether a key file has ever been read successfully (the ring has keys to serve)."""
+        self.keys()
+        return self._loaded
 
     def keys(self) -> tuple[StoredKey, ...]:
         """The current keys; a malformed new file keeps the previous keys (and sets ``error``)."""
@@ -166,7 +239,7 @@ class KeyRing:
         try:
             info = self._path.stat()
         except OSError as error:
-            self.error = f"{self._path}: {error.strerror}"
+            self._failed(f"{self._path}: {error.strerror}", stamp=None)
             return self._keys
         stamp = (info.st_mtime_ns, info.st_size)
         if stamp != self._stamp:
@@ -174,21 +247,63 @@ class KeyRing:
                 try:
                     self._keys = parse_key_file(self._path.read_text())
                     self._verified = {}
+                    self._loaded = True
                     self.error = None
+                    self._stamp = stamp
                 except (OSError, KeyFileError) as error:
-                    self.error = f"{self._path}: {error}"
-                self._stamp = stamp
+                    self._failed(f"{self._path}: {error}", stamp=stamp)
         return self._keys
 
-    def identify(self, presented: str) -> str | None:
+    def _failed(self, message: str, *, stamp: tuple[int, int] | None) -> None:
+        """Keep the last good keys; report a new problem once (log and callback)."""
+        if message != self.error:
+            logger.error("API key file not (re)loaded, the last good keys stay: %s", message)
+            if self._on_reload_error is not None:
+                self._on_reload_error(message)
+        self.error = message
+        if stamp is not None:
+            self._stamp = stamp
+
+    def cached(self, presented: str) -> str | None:
+        """The key id of a key verified since the file was last read, without hashing more
+        than one sha256."""
+        self.keys()
+        return self._verified.get(hashlib.sha256(presented.encode()).digest())
+
+    async def identify(self, presented: str) -> str | None:
+        """The key id ``presented`` matches, or None. Busy when derivations are saturated."""
         keys = self.keys()
-        digest = hashlib.sha256(presented.encode()).digest()
+        if not KEY_SHAPE.match(presented):
+            return None
+        raw = presented.encode()
+        digest = hashlib.sha256(raw).digest()
         cached = self._verified.get(digest)
         if cached is not None:
             return cached
-        found = identify(keys, presented)
+        found: str | None = None
+        for stored in candidates(keys, presented):
+            if stored.scheme == "sha256":
+                matched = stored.matches(raw, digest)
+            else:
+                matched = await self._derive(stored, raw, digest)
+            if matched and found is None:
+                found = stored.key_id
         if found is not None:
             if len(self._verified) >= VERIFIED_CACHE_SIZE:
                 self._verified.clear()
             self._verified[digest] = found
         return found
+
+    async def _derive(self, stored: StoredKey, raw: bytes, digest: bytes) -> bool:
+        if self._in_flight >= self._waiting_limit:
+            raise Busy("too many API key checks in progress")
+        self._in_flight += 1
+        self.derivations += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool, stored.matches, raw, digest)
+        finally:
+            self._in_flight -= 1
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -4,8 +4,9 @@ The app's lifespan runs :class:`CallbackLoop` as a background task. It learns th
 listing, every ``callback_poll_seconds``, the jobs still labelled ``callback=pending`` (a label
 selector, so the cost does not grow with history) and delivers for those that are terminal:
 
-- **Signed**: HMAC-SHA256 over ``<timestamp>.<body>`` (``signing``), with the job uid as
-  ``X-Compose-Delivery`` so receivers can drop duplicates.
+- **Signed per key**: HMAC-SHA256 over ``<timestamp>.<key id>.<body>`` with the secret of the
+  job's owner key (``signing``), the job uid as ``X-Compose-Delivery`` so receivers can drop
+  duplicates.
 - **Never to private or metadata addresses**: every attempt resolves the host through
   ``compose_api.netguard`` and connects to the checked address (no second resolution, no DNS
   rebinding); redirects are not followed.
@@ -212,11 +213,14 @@ class CallbackLoop:
             except ValueError:
                 image_url = None
         payload = views.callback_payload(job, image_url=image_url)
+        owner = job.metadata.labels.get(naming.OWNER_LABEL, "")
         body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
         timestamp = int(self._clock())
         headers = {
             "Content-Type": "application/json",
-            signing.SIGNATURE_HEADER: signing.header(self._secret, body, timestamp),
+            signing.SIGNATURE_HEADER: signing.header(
+                signing.key_secret(self._secret, owner), owner, body, timestamp
+            ),
             signing.DELIVERY_HEADER: job.metadata.uid or job.metadata.name,
             signing.EVENT_HEADER: str(payload["event"]),
         }

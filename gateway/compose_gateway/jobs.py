@@ -4,15 +4,18 @@ The HTTP handlers (``app``) call :class:`JobService` after authentication and bo
 combines the pure translation (``translate``) and views (``views``) with the API client
 (``kube``) and S3 (``storage``). Ownership is enforced here: a job whose owner label is not the
 caller's key reads as absent (404), so another key can neither see nor cancel it.
+
+Lists are paged by the API server (the owner's label selector, ``limit`` and ``continue``), so a
+page costs one page of objects however many jobs a key has; the order is the API server's name
+order, which ``naming`` makes newest first. Before creating, the key's quotas are checked: jobs
+not yet finished (outstanding) and jobs kept in the cluster (retained), counted by paging
+through at most ``max_retained + 1`` of the key's jobs.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import datetime
-import json
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,8 +24,6 @@ import pydantic
 
 from compose_api import models, netguard
 from compose_gateway import kube, naming, storage, translate, views
-
-EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
 class JobNotFound(Exception):
@@ -37,6 +38,29 @@ class BadCursor(ValueError):
     """The ``continue`` token is not one this gateway issued."""
 
 
+class CursorExpired(Exception):
+    """The ``continue`` token is too old (the API server compacted its history)."""
+
+
+class QuotaExceeded(Exception):
+    """The key already has as many jobs of one kind as it may; ``retry_after`` when waiting
+    helps."""
+
+    def __init__(self, message: str, *, retry_after: int | None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class Quotas:
+    """Per-key limits; 0 means none."""
+
+    max_outstanding: int = 0
+    max_retained: int = 0
+    # When an outstanding quota is full, how long a client is told to wait.
+    outstanding_retry_after_seconds: int = 30
+
+
 class JobService:
     """One key's jobs, in the gateway's namespace."""
 
@@ -48,6 +72,10 @@ class JobService:
         target: translate.JobTarget,
         callback_policy: netguard.Policy | None,
         poll_seconds: float,
+        quotas: Quotas = Quotas(),
+        ttl_seconds_after_finished: int | None = None,
+        resolver: netguard.Resolver = netguard.system_resolver,
+        clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -56,13 +84,16 @@ class JobService:
         self._target = target
         self._callback_policy = callback_policy
         self._poll = poll_seconds
+        self._quotas = quotas
+        self._ttl = ttl_seconds_after_finished
+        self._resolver = resolver
+        self._clock = clock
         self._monotonic = monotonic
         self._sleep = sleep
 
-    @staticmethod
-    def name_for(owner: str, idempotency_key: str | None) -> str:
+    def name_for(self, owner: str, idempotency_key: str | None) -> str:
         if idempotency_key is None:
-            return naming.random_job_name()
+            return naming.random_job_name(self._clock())
         return naming.idempotent_job_name(owner, idempotency_key)
 
     def target_for(self, owner: str) -> translate.JobTarget:
@@ -84,7 +115,7 @@ class JobService:
         raw_clothing: Any = None,
     ) -> dict[str, Any]:
         """The CompositionJob for ``request``; RequestError names each bad field."""
-        return translate.build_job(
+        body = translate.build_job(
             request,
             name=name,
             owner=owner,
@@ -94,17 +125,52 @@ class JobService:
             callback_policy=self._callback_policy,
             raw_clothing=raw_clothing,
         )
+        if self._ttl is not None:
+            body["spec"]["ttlSecondsAfterFinished"] = self._ttl
+        return body
+
+    async def check_callback(self, request: translate.GenerateRequest) -> None:
+        """Refuse a ``callbackUrl`` the sender would refuse: the same guard, the same resolver
+        (any spelling of loopback or metadata, a name resolving to a private address, a host
+        name IDNA refuses). RequestError naming ``callbackUrl``."""
+        url = request.callback_url
+        if url is None or self._callback_policy is None:
+            return  # absent, or refused already by build() (callbacks are off)
+        try:
+            await asyncio.to_thread(
+                netguard.check_url, url, self._callback_policy, resolver=self._resolver
+            )
+        except netguard.ForbiddenAddressError as error:
+            problem = f"is refused: {error}"
+        except (OSError, ValueError) as error:
+            problem = f"does not resolve: {error}"
+        else:
+            return
+        raise translate.RequestError([translate.FieldError("callbackUrl", problem)])
 
     async def create(
         self, body: dict[str, Any], *, owner: str, idempotent: bool
     ) -> tuple[models.CompositionJob, bool]:
         """Create the job, or find the one an earlier request with this Idempotency-Key made;
-        returns (job, created). IdempotencyConflict when that request was a different one."""
+        returns (job, created). IdempotencyConflict when that request was a different one;
+        QuotaExceeded when the key may not have another job (a replay is never refused)."""
+        try:
+            await self.check_quotas(owner)
+        except QuotaExceeded as refused:
+            if not idempotent:
+                raise
+            try:
+                return await self._replayed(body, owner=owner), False
+            except kube.NotFound:
+                raise refused from None
         try:
             return views.parse(await self._kube.create(body)), True
         except kube.Conflict:
             if not idempotent:
                 raise
+        return await self._replayed(body, owner=owner), False
+
+    async def _replayed(self, body: dict[str, Any], *, owner: str) -> models.CompositionJob:
         metadata = body["metadata"]
         existing = views.parse(await self._kube.get(metadata["name"]))
         same_owner = existing.metadata.labels.get(naming.OWNER_LABEL) == owner
@@ -114,7 +180,46 @@ class JobService:
             raise IdempotencyConflict(
                 "this Idempotency-Key was already used with a different request"
             )
-        return existing, False
+        return existing
+
+    async def check_quotas(self, owner: str) -> None:
+        """QuotaExceeded when ``owner`` has as many outstanding or retained jobs as it may.
+
+        Reads at most ``max_retained + 1`` of the key's jobs, in pages; only their phase is
+        looked at. Concurrent requests may each pass before either job exists: the limit can
+        be passed by the number of requests in flight at once.
+        """
+        quotas = self._quotas
+        if not (quotas.max_outstanding or quotas.max_retained):
+            return
+        retained = outstanding = 0
+        token: str | None = None
+        while True:
+            chunk = kube.LIST_CHUNK
+            if quotas.max_retained:
+                chunk = min(chunk, quotas.max_retained + 1 - retained)
+            items, token = await self._kube.list_page(
+                label_selector=naming.owner_selector(owner), limit=chunk, continue_=token
+            )
+            for item in items:
+                retained += 1
+                phase = (item.get("status") or {}).get("phase")
+                if phase not in models.TERMINAL_PHASES:
+                    outstanding += 1
+            if quotas.max_retained and retained >= quotas.max_retained:
+                raise QuotaExceeded(
+                    f"this API key keeps {quotas.max_retained} jobs, the most it may: delete "
+                    "finished ones (DELETE /jobs/{id}) or wait until they expire",
+                    retry_after=None,
+                )
+            if not token:
+                break
+        if quotas.max_outstanding and outstanding >= quotas.max_outstanding:
+            raise QuotaExceeded(
+                f"this API key has {outstanding} jobs queued or running, the most it may: wait "
+                "for one to finish",
+                retry_after=quotas.outstanding_retry_after_seconds,
+            )
 
     async def wait(
         self,
@@ -156,23 +261,27 @@ class JobService:
     async def list(
         self, owner: str, *, limit: int, cursor: str | None
     ) -> tuple[list[models.CompositionJob], str | None]:
-        """The caller's jobs, newest first, one page; and the cursor of the next page."""
-        items = await self._kube.list_all(label_selector=naming.owner_selector(owner))
+        """One page of the caller's jobs in id order (newest first, see ``naming``), and the
+        cursor of the next page: the API server's own ``continue`` token."""
+        try:
+            items, token = await self._kube.list_page(
+                label_selector=naming.owner_selector(owner), limit=limit, continue_=cursor
+            )
+        except kube.KubeError as error:
+            if cursor is not None and error.status == 410:
+                raise CursorExpired(cursor) from None
+            if cursor is not None and error.status == 400:
+                raise BadCursor("not a continue token from a previous page") from None
+            raise
         jobs = []
         for item in items:
             try:
                 job = views.parse(item)
             except pydantic.ValidationError:
-                continue
+                continue  # an object the models refuse (written by something else): skipped
             if job.metadata.labels.get(naming.OWNER_LABEL) == owner:
                 jobs.append(job)
-        jobs.sort(key=_order, reverse=True)
-        if cursor is not None:
-            after = decode_cursor(cursor)
-            jobs = [job for job in jobs if _order(job) < after]
-        page = jobs[:limit]
-        more = len(jobs) > limit
-        return page, encode_cursor(_order(page[-1])) if more and page else None
+        return jobs, token
 
     async def cancel(self, owner: str, name: str) -> None:
         await self.get(owner, name)
@@ -188,24 +297,3 @@ class JobService:
             return self._store.result_url(job.status.result.s3_uri)
         except ValueError:
             return None
-
-
-def _order(job: models.CompositionJob) -> tuple[str, str]:
-    created = job.metadata.creation_timestamp or EPOCH
-    return created.astimezone(datetime.UTC).isoformat(), job.metadata.name
-
-
-def encode_cursor(order: tuple[str, str]) -> str:
-    raw = json.dumps(list(order), separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[str, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        data = json.loads(raw)
-    except (ValueError, binascii.Error):
-        raise BadCursor("not a continue token from a previous page") from None
-    if not (isinstance(data, list) and len(data) == 2 and all(isinstance(x, str) for x in data)):
-        raise BadCursor("not a continue token from a previous page")
-    return data[0], data[1]

@@ -2,8 +2,12 @@
 
 Create, get, list (label selector, paginated), merge-patch metadata and delete: exactly the verbs
 ``permissions.REQUIRED_PERMISSIONS`` grants. In a cluster it authenticates with the pod's
-service-account token (re-read every minute, as the kubelet rotates it) and trusts the cluster CA;
-with ``COMPOSE_KUBE_URL`` (tests, benchmarks) it talks plain HTTP to that URL without auth.
+service-account token and trusts the cluster CA. Outside one, ``COMPOSE_KUBE_URL`` names the API
+server: ``https://...`` with an optional bearer token file (``COMPOSE_KUBE_TOKEN_FILE``) and CA
+bundle (``COMPOSE_KUBE_CA_FILE``; unset: the system's trust store), or plain ``http://`` without
+auth (the emulator of the tests, benchmarks). A token file is re-read as soon as it changes
+(projected service-account tokens rotate in place, by a symlink swap), checked by one ``stat``
+per request.
 
 The app creates one :class:`KubeClient` in its lifespan and passes it to the handlers and the
 callback loop. Errors come back as :class:`KubeError` carrying the HTTP status and the API's
@@ -16,9 +20,7 @@ import json
 import os
 import pathlib
 import ssl
-import time
 import urllib.parse
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -27,7 +29,6 @@ from compose_api import models
 from compose_gateway import settings as settings_module
 
 SERVICE_ACCOUNT_DIR = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount")
-TOKEN_REFRESH_SECONDS = 60.0
 LIST_CHUNK = 500
 
 
@@ -60,17 +61,24 @@ class KubeClient:
         timeout_seconds: float = 10.0,
         token_path: pathlib.Path | None = None,
         ca_path: pathlib.Path | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._base_url = base_url.rstrip("/")
         self._namespace = namespace
         self._timeout = aiohttp.ClientTimeout(total=timeout_seconds)
         self._token_path = token_path
-        self._ca_path = ca_path
         self._token: str | None = None
-        self._token_read_at = float("-inf")
-        self._monotonic = monotonic
+        self._token_stamp: tuple[int, int, int] | None = None
         self._session: aiohttp.ClientSession | None = None
+        self._ssl: ssl.SSLContext | None = None
+        if self._base_url.startswith("https://"):
+            # The CA bundle when one is given, else the system's trust store; the host name is
+            # always checked.
+            try:
+                self._ssl = ssl.create_default_context(
+                    cafile=str(ca_path) if ca_path is not None else None
+                )
+            except (OSError, ssl.SSLError) as error:
+                raise ValueError(f"Kubernetes CA file {ca_path}: {error}") from error
         self._path = f"/apis/{models.GROUP}/{models.VERSION}/namespaces/{namespace}/{models.PLURAL}"
 
     @classmethod
@@ -80,6 +88,8 @@ class KubeClient:
                 base_url=settings.kube_url,
                 namespace=settings.namespace,
                 timeout_seconds=settings.kube_timeout_seconds,
+                token_path=settings.kube_token_file,
+                ca_path=settings.kube_ca_file,
             )
         host = os.environ.get("KUBERNETES_SERVICE_HOST")
         port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
@@ -104,9 +114,8 @@ class KubeClient:
     async def start(self) -> None:
         if self._session is None:
             connector: aiohttp.BaseConnector | None = None
-            if self._ca_path is not None:
-                context = ssl.create_default_context(cafile=str(self._ca_path))
-                connector = aiohttp.TCPConnector(ssl=context)
+            if self._ssl is not None:
+                connector = aiohttp.TCPConnector(ssl=self._ssl)
             self._session = aiohttp.ClientSession(timeout=self._timeout, connector=connector)
 
     async def close(self) -> None:
@@ -212,15 +221,21 @@ class KubeClient:
         return parsed if isinstance(parsed, dict) else {}
 
     def _bearer(self) -> str | None:
+        """The token file's content, re-read whenever its inode, size or mtime changes.
+
+        A file that cannot be read keeps the last token (a rotation in progress); the API server
+        then answers 401 and the request fails as a KubeError, the next request tries again.
+        """
         if self._token_path is None:
             return None
-        now = self._monotonic()
-        if now - self._token_read_at > TOKEN_REFRESH_SECONDS:
-            try:
-                self._token = self._token_path.read_text().strip()
-                self._token_read_at = now
-            except OSError:
-                self._token_read_at = now
+        try:
+            info = self._token_path.stat()
+            stamp = (info.st_ino, info.st_size, info.st_mtime_ns)
+            if stamp != self._token_stamp:
+                self._token = self._token_path.read_text().strip() or None
+                self._token_stamp = stamp
+        except OSError:
+            pass
         return self._token
 
 

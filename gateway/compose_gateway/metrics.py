@@ -47,5 +47,18 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.key_file_errors = prometheus_client.Counter(
+            "compose_gateway_key_file_errors_total",
+            "Times the API key file could not be (re)loaded; the last good keys stay in use.",
+            registry=self.registry,
+        )
+
+        self.rate_limit_fallbacks = prometheus_client.Counter(
+            "compose_gateway_rate_limit_fallbacks_total",
+            "Requests limited in this replica because the shared (Redis) rate limit did not "
+            "answer.",
+            registry=self.registry,
+        )
+
     def render(self) -> bytes:
         return prometheus_client.generate_latest(self.registry)

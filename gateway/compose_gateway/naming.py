@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+import time
 
 from compose_api import models
 
@@ -31,20 +32,29 @@ REQUEST_HASH_ANNOTATION = f"{PREFIX}/request-sha256"
 IDEMPOTENCY_ANNOTATION = f"{PREFIX}/idempotency-key-sha256"
 
 NAME_PREFIX = "gw-"
+# A job id is gw- and 20 hex digits. Without an Idempotency-Key: 11 digits of the creation time
+# reversed (REVERSED_MS_BASE minus Unix milliseconds), then 9 random ones, so that the API
+# server's name order (what a paged list follows) is newest first. With one: "f" and 19 digits
+# of a hash of the owner and the key, so the same request maps to the same id; reversed times
+# begin with "e" from 2004 to 2149, so these ids come after all the others.
+REVERSED_MS_BASE = 16**11 - 1
+IDEMPOTENT_MARK = "f"
 # A label value: at most 63 characters, alphanumeric at both ends.
 KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9._-]{0,61}[A-Za-z0-9])?$")
 JOB_NAME_PATTERN = re.compile(r"^gw-[0-9a-f]{20}$")
 
 
-def random_job_name() -> str:
-    """A fresh name for a job created without an Idempotency-Key."""
-    return NAME_PREFIX + secrets.token_hex(10)
+def random_job_name(now: float | None = None) -> str:
+    """A fresh name for a job created without an Idempotency-Key, at Unix time ``now``."""
+    milliseconds = int((time.time() if now is None else now) * 1000)
+    reversed_ms = max(0, REVERSED_MS_BASE - milliseconds)
+    return f"{NAME_PREFIX}{reversed_ms:011x}{secrets.token_hex(5)[:9]}"
 
 
 def idempotent_job_name(owner: str, idempotency_key: str) -> str:
     """The one name a key's request with this Idempotency-Key maps to (same key, same job)."""
     digest = hashlib.sha256(f"{owner}\0{idempotency_key}".encode()).hexdigest()
-    return NAME_PREFIX + digest[:20]
+    return NAME_PREFIX + IDEMPOTENT_MARK + digest[:19]
 
 
 def is_job_name(text: str) -> bool:

@@ -5,8 +5,10 @@ the environment. The Helm chart sets these variables (every name is listed in
 ``gateway/README.md``); tests build a ``Settings`` directly.
 
 All names are prefixed ``COMPOSE_GATEWAY_`` except a few shared with the rest of the project:
-``COMPOSE_KUBE_URL`` (a plain http URL of the Kubernetes API, no auth: tests and benchmarks; unset
-in a cluster, where the service-account token and CA are used) and the S3 endpoint and region,
+``COMPOSE_KUBE_URL`` (the Kubernetes API from outside a cluster: ``https://`` with the optional
+``COMPOSE_KUBE_TOKEN_FILE`` and ``COMPOSE_KUBE_CA_FILE``, or plain ``http://`` without auth for the
+tests' emulator; unset in a cluster, where the service-account token and CA are used) and the S3
+endpoint and region,
 which also honour ``COMPOSE_S3_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3`` and ``AWS_REGION`` /
 ``AWS_DEFAULT_REGION`` as the operator and the inference image do.
 
@@ -22,6 +24,8 @@ from typing import Annotated, Any
 
 import pydantic
 import pydantic_settings
+
+from compose_api import models
 
 ENV_PREFIX = "COMPOSE_GATEWAY_"
 DEFAULT_API_KEYS_FILE = pathlib.Path("/etc/compose-gateway/api-keys/api-keys.yaml")
@@ -69,7 +73,20 @@ class Settings(pydantic_settings.BaseSettings):
     kube_url: str | None = pydantic.Field(
         default=None,
         validation_alias=pydantic.AliasChoices("COMPOSE_KUBE_URL"),
-        description="Plain http URL of the Kubernetes API (tests); unset: in-cluster config.",
+        description=(
+            "URL of the Kubernetes API from outside a cluster: https:// (with the token and CA "
+            "files below) or plain http:// without auth (tests); unset: in-cluster config."
+        ),
+    )
+    kube_token_file: pathlib.Path | None = pydantic.Field(
+        default=None,
+        validation_alias=pydantic.AliasChoices("COMPOSE_KUBE_TOKEN_FILE"),
+        description="Bearer token for COMPOSE_KUBE_URL (https only); re-read when it changes.",
+    )
+    kube_ca_file: pathlib.Path | None = pydantic.Field(
+        default=None,
+        validation_alias=pydantic.AliasChoices("COMPOSE_KUBE_CA_FILE"),
+        description="CA bundle that signs COMPOSE_KUBE_URL's certificate; unset: system CAs.",
     )
     kube_timeout_seconds: float = pydantic.Field(
         default=10.0, gt=0, le=120, description="Timeout of one Kubernetes API request."
@@ -127,6 +144,25 @@ class Settings(pydantic_settings.BaseSettings):
     rate_limit_burst: int = pydantic.Field(
         default=20, ge=1, description="Requests a key may make at once before the limit applies."
     )
+    rate_limit_redis_url: str | None = pydantic.Field(
+        default=None,
+        pattern=r"^rediss?://\S+$",
+        description=(
+            "redis:// (or rediss://) URL of a Redis shared by the replicas, so the per-key rate "
+            "limit holds across them; unset: each replica limits on its own."
+        ),
+    )
+    auth_failures_per_minute: float = pydantic.Field(
+        default=30.0,
+        ge=0,
+        description="Sustained requests with an invalid key per minute per client address; 0: "
+        "no limit.",
+    )
+    auth_failure_burst: int = pydantic.Field(
+        default=10,
+        ge=1,
+        description="Invalid keys an address may send at once before it is refused (429).",
+    )
     max_json_bytes: int = pydantic.Field(
         default=64 * 1024, ge=1024, description="Largest JSON request body (413 beyond)."
     )
@@ -135,6 +171,40 @@ class Settings(pydantic_settings.BaseSettings):
     )
     max_request_bytes: int = pydantic.Field(
         default=48 * 1024 * 1024, ge=1024, description="Largest multipart request (413 beyond)."
+    )
+    upload_buffer_bytes: int = pydantic.Field(
+        default=96 * 1024 * 1024,
+        ge=8 * 1024 * 1024,
+        description=(
+            "Memory this replica lends to uploads in progress: each holds about 5.25 MiB (one S3 "
+            "part), so the default admits 18 at once; beyond, 503 with Retry-After."
+        ),
+    )
+    max_concurrent_uploads_per_key: int = pydantic.Field(
+        default=4, ge=1, le=1000, description="Uploads one key may have in progress (429 beyond)."
+    )
+    max_outstanding_jobs_per_key: int = pydantic.Field(
+        default=20,
+        ge=0,
+        description="Jobs one key may have not yet finished (429 beyond); 0: no limit.",
+    )
+    max_retained_jobs_per_key: int = pydantic.Field(
+        default=1000,
+        ge=0,
+        le=100_000,
+        description=(
+            "Jobs one key may keep in the cluster, finished or not (429 beyond); 0: no limit. "
+            "Each submission reads up to this many of the key's jobs."
+        ),
+    )
+    job_ttl_seconds_after_finished: int | None = pydantic.Field(
+        default=None,
+        ge=0,
+        le=models.MAX_TTL_SECONDS_AFTER_FINISHED,
+        description=(
+            "spec.ttlSecondsAfterFinished of new jobs: how long a finished job stays in the "
+            "history before the operator deletes it; unset: the operator's default."
+        ),
     )
     max_wait_seconds: float = pydantic.Field(
         default=120.0, ge=0, le=3600, description="Cap on ?wait= / Prefer: wait=."
@@ -177,7 +247,15 @@ class Settings(pydantic_settings.BaseSettings):
     )
 
     # --- metrics
-    metrics_enabled: bool = pydantic.Field(default=True, description="Serve /metrics.")
+    metrics_enabled: bool = pydantic.Field(
+        default=True, description="Serve /metrics on metrics_port (never on the API's port)."
+    )
+    metrics_port: int = pydantic.Field(
+        default=9090,
+        ge=1,
+        le=65535,
+        description="Port of /metrics, apart from the API (the chart exposes it in-cluster only).",
+    )
 
     @pydantic.field_validator("cors_origins", "callback_allow_cidrs", mode="before")
     @classmethod
@@ -198,6 +276,33 @@ class Settings(pydantic_settings.BaseSettings):
     @classmethod
     def _no_trailing_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
+
+    @pydantic.field_validator("kube_url")
+    @classmethod
+    def _kube_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with https:// (or http:// for a local test server)")
+        return value
+
+    @pydantic.model_validator(mode="after")
+    def _ports_differ(self) -> Settings:
+        if self.metrics_enabled and self.metrics_port == self.port:
+            raise ValueError("metrics_port: must differ from port (metrics stay off the API port)")
+        return self
+
+    @pydantic.model_validator(mode="after")
+    def _kube_credentials(self) -> Settings:
+        https = bool(self.kube_url and self.kube_url.startswith("https://"))
+        if self.kube_token_file is not None and not https:
+            raise ValueError(
+                "kube_token_file (COMPOSE_KUBE_TOKEN_FILE): a bearer token is sent only to an "
+                "https:// COMPOSE_KUBE_URL"
+            )
+        if self.kube_ca_file is not None and not https:
+            raise ValueError(
+                "kube_ca_file (COMPOSE_KUBE_CA_FILE): needs an https:// COMPOSE_KUBE_URL"
+            )
+        return self
 
     @pydantic.field_validator("inputs_prefix", "output_prefix")
     @classmethod

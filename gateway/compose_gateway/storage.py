@@ -1,7 +1,9 @@
 """S3: storing uploaded inputs and handing out result URLs.
 
-The upload handler of ``POST /generate`` stores each multipart file in the inputs bucket under
-the caller's prefix and references it by ``s3://`` URI; every view of a succeeded job turns the
+The upload handler of ``POST /generate`` streams each multipart file into the inputs bucket under
+the caller's prefix (:class:`UploadStream`: one S3 part in memory at most; files larger than a
+part go up as a multipart upload under a staging key, then are copied to their content-addressed
+key) and references it by ``s3://`` URI; every view of a succeeded job turns the
 result's ``s3://`` URI into the URL a client downloads: ``<CDN base URL>/<key>`` when one is
 configured, else a presigned HTTPS GET URL (computed locally by boto3: no request to S3). boto3 is
 blocking, so uploads run in a worker thread.
@@ -11,12 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
+import uuid
 from typing import Any
 
 import boto3
 from botocore import config as botocore_config
+from botocore import exceptions as botocore_exceptions
 
 from compose_gateway import settings as settings_module
+
+# S3's smallest part of a multipart upload (but the last): the most one upload holds in memory.
+PART_BYTES = 5 * 1024 * 1024
 
 # Magic numbers of the accepted image types: (prefix, extension, content type).
 _SIGNATURES: tuple[tuple[bytes, str, str], ...] = (
@@ -42,6 +49,18 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     if parts.scheme != "s3" or not parts.netloc or not key:
         raise ValueError(f"not an s3://bucket/key URI: {uri!r}")
     return parts.netloc, key
+
+
+class StorageError(Exception):
+    """S3 refused or did not answer while storing an upload."""
+
+
+async def _call(function: Any, /, **kwargs: Any) -> Any:
+    """One blocking S3 call in a worker thread; its failures as StorageError."""
+    try:
+        return await asyncio.to_thread(function, **kwargs)
+    except (botocore_exceptions.BotoCoreError, botocore_exceptions.ClientError) as error:
+        raise StorageError(f"S3 {function.__name__}: {error}") from error
 
 
 class Storage:
@@ -91,19 +110,11 @@ class Storage:
             return None
         return f"s3://{self.inputs_bucket}/{self.inputs_prefix}{owner}/"
 
-    async def put_upload(self, *, owner: str, name: str, data: bytes, content_type: str) -> str:
-        """Store one uploaded file as ``<prefix><owner>/<name>``; returns its s3:// URI."""
+    def upload_sink(self, *, owner: str, job_name: str) -> UploadSink:
+        """Where the uploads of one request go: ``<prefix><owner>/<job name>/``."""
         if not self.inputs_bucket:
             raise RuntimeError("no inputs bucket configured")
-        key = f"{self.inputs_prefix}{owner}/{name}"
-        await asyncio.to_thread(
-            self._client.put_object,
-            Bucket=self.inputs_bucket,
-            Key=key,
-            Body=data,
-            ContentType=content_type,
-        )
-        return f"s3://{self.inputs_bucket}/{key}"
+        return UploadSink(self, self.inputs_bucket, f"{self.inputs_prefix}{owner}/{job_name}/")
 
     def result_url(self, s3_uri: str) -> str:
         """The URL a client downloads the result from."""
@@ -114,3 +125,109 @@ class Storage:
             "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=self._expires
         )
         return url
+
+
+class UploadSink:
+    """The objects of one request's uploads, all under one key prefix."""
+
+    def __init__(self, store: Storage, bucket: str, prefix: str) -> None:
+        self._client = store._client
+        self.bucket = bucket
+        self.prefix = prefix
+
+    def open(self) -> UploadStream:
+        return UploadStream(self._client, self.bucket, f"{self.prefix}.partial-{uuid.uuid4().hex}")
+
+    def key(self, file_name: str) -> str:
+        return self.prefix + file_name
+
+    async def remove(self, key: str) -> None:
+        await _call(self._client.delete_object, Bucket=self.bucket, Key=key)
+
+
+class UploadStream:
+    """One object written in pieces, holding at most about one part in memory.
+
+    Until a part's worth has arrived nothing is sent; :meth:`finish` then stores it with one PUT.
+    Beyond that, a multipart upload to a staging key takes each full part as it fills, and
+    :meth:`finish` completes it and copies it (server side) to its final key. Every S3 call runs
+    in a worker thread (boto3 blocks).
+    """
+
+    def __init__(self, client: Any, bucket: str, staging_key: str) -> None:
+        self._client = client
+        self._bucket = bucket
+        self._staging = staging_key
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+
+    async def write(self, data: bytes) -> None:
+        self._buffer.extend(data)
+        if len(self._buffer) >= PART_BYTES:
+            await self._send_part()
+
+    async def _send_part(self) -> None:
+        if self._upload_id is None:
+            created = await _call(
+                self._client.create_multipart_upload, Bucket=self._bucket, Key=self._staging
+            )
+            self._upload_id = str(created["UploadId"])
+        body, self._buffer = self._buffer, bytearray()
+        number = len(self._parts) + 1
+        sent = await _call(
+            self._client.upload_part,
+            Bucket=self._bucket,
+            Key=self._staging,
+            UploadId=self._upload_id,
+            PartNumber=number,
+            Body=body,
+        )
+        self._parts.append({"PartNumber": number, "ETag": sent["ETag"]})
+
+    async def finish(self, key: str, content_type: str) -> str:
+        """Store what was written as ``key``; returns its s3:// URI."""
+        if self._upload_id is None:
+            body, self._buffer = self._buffer, bytearray()
+            await _call(
+                self._client.put_object,
+                Bucket=self._bucket,
+                Key=key,
+                Body=body,
+                ContentType=content_type,
+            )
+            return f"s3://{self._bucket}/{key}"
+        if self._buffer:
+            await self._send_part()
+        await _call(
+            self._client.complete_multipart_upload,
+            Bucket=self._bucket,
+            Key=self._staging,
+            UploadId=self._upload_id,
+            MultipartUpload={"Parts": self._parts},
+        )
+        self._upload_id = None
+        try:
+            await _call(
+                self._client.copy_object,
+                Bucket=self._bucket,
+                Key=key,
+                CopySource={"Bucket": self._bucket, "Key": self._staging},
+                ContentType=content_type,
+                MetadataDirective="REPLACE",
+            )
+        finally:
+            await _call(self._client.delete_object, Bucket=self._bucket, Key=self._staging)
+        return f"s3://{self._bucket}/{key}"
+
+    async def abort(self) -> None:
+        """Drop what was written (nothing stays in the bucket)."""
+        self._buffer = bytearray()
+        if self._upload_id is not None:
+            upload_id, self._upload_id = self._upload_id, None
+            await _call(
+                self._client.abort_multipart_upload,
+                Bucket=self._bucket,
+                Key=self._staging,
+                UploadId=upload_id,
+            )

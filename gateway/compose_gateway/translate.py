@@ -288,18 +288,32 @@ def _spec_document(request: GenerateRequest, target: JobTarget) -> dict[str, Any
 
 def _check_uris(request: GenerateRequest, target: JobTarget) -> list[FieldError]:
     """s3:// URIs may only point to the caller's own uploads (never to another bucket the
-    inference pods can read, such as the model store)."""
+    inference pods can read, such as the model store), in a key without ``.``, ``..`` or empty
+    segments, ``%`` or ``\\``, so that no reading of the key can leave the caller's prefix."""
     fields = [("personImage", request.person_image), ("placeImage", request.place_image)]
     fields += [(f"clothingImages[{i}]", c.url) for i, c in enumerate(request.clothing_images)]
     errors = []
     for field, uri in fields:
         if not uri.startswith("s3://"):
             continue
-        if target.allowed_s3_prefix is None or not uri.startswith(target.allowed_s3_prefix):
+        problem = s3_key_problem(uri)
+        if problem is not None:
+            errors.append(FieldError(field, problem))
+        elif target.allowed_s3_prefix is None or not uri.startswith(target.allowed_s3_prefix):
             errors.append(
                 FieldError(field, "s3:// URIs may only name this key's uploads (upload the file)")
             )
     return errors
+
+
+def s3_key_problem(uri: str) -> str | None:
+    """Why an ``s3://bucket/key`` URI is refused whatever its prefix, or None."""
+    key = uri.removeprefix("s3://").partition("/")[2]
+    if "%" in key or "\\" in key:
+        return "s3:// keys must not contain '%' or '\\'"
+    if any(segment in ("", ".", "..") for segment in key.split("/")):
+        return "s3:// keys must not have empty, '.' or '..' segments"
+    return None
 
 
 def _field_errors(

@@ -169,6 +169,11 @@ FIELDS: list[tuple[tuple[str, ...], st.SearchStrategy[Any], st.SearchStrategy[An
         st.sampled_from(["reserved", "Spot", None]),
     ),
     (("suspend",), st.booleans(), st.sampled_from(["yes", 0, None])),
+    (
+        ("ttlSecondsAfterFinished",),
+        st.integers(0, models.MAX_TTL_SECONDS_AFTER_FINISHED),
+        st.one_of(st.integers(-3, -1), st.just(models.MAX_TTL_SECONDS_AFTER_FINISHED + 1)),
+    ),
     (("surprise",), st.nothing(), st.just(1)),
     (("params", "stpes"), st.nothing(), st.just(1)),
 ]

@@ -69,6 +69,7 @@ FULL_SPEC: dict[str, Any] = {
         "capacityType": "on-demand",
     },
     "suspend": True,
+    "ttlSecondsAfterFinished": 86400,
 }
 
 
@@ -118,6 +119,12 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
         {"suspend": "yes"},
         'spec.suspend: Invalid value: "string": spec.suspend in body must be of type boolean: '
         '"string"',
+    ),
+    (
+        "ttlSecondsAfterFinished is negative",
+        {"ttlSecondsAfterFinished": -1},
+        "spec.ttlSecondsAfterFinished: Invalid value: -1: spec.ttlSecondsAfterFinished in body "
+        "should be greater than or equal to 0",
     ),
     (
         "clothing is an object",
@@ -415,6 +422,7 @@ def test_output_set_explicitly_to_its_defaults_is_not_a_change() -> None:
         (("params", "steps"), 50),
         (("params", "prompt"), "a person in a forest"),
         (("suspend",), False),
+        (("ttlSecondsAfterFinished",), 60),
         (("execution", "priority"), 10),
     ],
 )

@@ -29,7 +29,7 @@ from tests.support.kube_fixtures import kube, kube_url  # noqa: F401
 
 NAMESPACE = "compose"
 ALICE_KEY = "cgw_alice-0123456789abcdefghijklmnopqrstuvwxyz"
-BOB_KEY = "cgw_bob-0123456789abcdefghijklmnopqrstuvwxyz0"
+BOB_KEY = "cgw_bob~0123456789abcdefghijklmnopqrstuvwxyz0"
 CALLBACK_SECRET = b"callback-signing-secret-for-tests"
 KEY_FILE = "\n".join(
     [

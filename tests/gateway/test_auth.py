@@ -1,10 +1,16 @@
-"""API keys (hashed file, both headers, rotation) and the per-key rate limit."""
+"""API keys (hashed file, both headers, rotation, one derivation per key off the event loop,
+failed attempts limited per address) and the per-key rate limit."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import os
 import pathlib
+
+import httpx
+import pytest
 
 from compose_gateway import auth
 from tests.gateway.conftest import (
@@ -51,11 +57,130 @@ async def test_both_headers_and_both_hash_schemes_are_accepted(gateway: Gateway)
 async def test_keys_rotate_when_the_secret_file_changes(
     gateway: Gateway, key_file: pathlib.Path
 ) -> None:
-    new_key = auth.new_key()
+    # Both keys verified first, so the file is loaded and the verified-key cache holds them.
+    assert (await gateway.get("/jobs", key=ALICE_KEY)).status_code == 200
+    assert (await gateway.get("/jobs", key=BOB_KEY)).status_code == 200
+    new_key = auth.new_key("carol")
+    before = (await asyncio.to_thread(key_file.stat)).st_mtime_ns
     await asyncio.to_thread(key_file.write_text, f"carol: {auth.hash_key(new_key)}\n")
+    os.utime(key_file, ns=(before + 10**9, before + 10**9))  # a later mtime, whatever the clock
 
     assert (await gateway.get("/jobs", key=new_key)).status_code == 200
+    # The old keys are gone, the cached ones too.
     assert (await gateway.get("/jobs", key=ALICE_KEY)).status_code == 401
+    assert (await gateway.get("/jobs", key=BOB_KEY)).status_code == 401
+
+
+async def test_a_malformed_key_file_keeps_the_last_good_keys_and_tells_no_client(
+    gateway: Gateway, key_file: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert (await gateway.get("/jobs", key=BOB_KEY)).status_code == 200
+    before = (await asyncio.to_thread(key_file.stat)).st_mtime_ns
+    await asyncio.to_thread(key_file.write_text, "alice: md5:0123\nbob: sha256:abcdef\n")
+    os.utime(key_file, ns=(before + 10**9, before + 10**9))
+
+    assert (await gateway.get("/jobs", key=ALICE_KEY)).status_code == 200
+    ready = await gateway.client.get("/readyz")
+    assert ready.status_code == 200
+    assert (await gateway.get("/jobs", key=BOB_KEY)).status_code == 200
+    metrics = gateway.services.metrics.render().decode()
+    assert "compose_gateway_key_file_errors_total 1.0" in metrics
+    assert "alice: expected 'sha256:<hex>'" in caplog.text  # the detail goes to the log
+
+
+async def test_a_key_file_never_loaded_is_not_ready_with_a_generic_message(
+    make_gateway: MakeGateway, tmp_path: pathlib.Path
+) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(f"alice: sha256:{'ab' * 31}\n")
+    gateway = await make_gateway(api_keys_file=broken)
+
+    response = await gateway.client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json()["message"] == "the API keys are not loaded"
+    assert str(broken) not in response.text
+    assert "alice" not in response.text and "ab" * 31 not in response.text
+
+
+def test_a_key_costs_at_most_one_scrypt_derivation() -> None:
+    many = "\n".join(f"k{i}: {auth.hash_key(f'cgw_k{i}~secret-number-{i}', scheme='scrypt')}"
+                      for i in range(4))  # fmt: skip
+    keys = auth.parse_key_file(many + f"\ns: {auth.hash_key('a-plain-sha256-key-000')}")
+
+    assert [k.key_id for k in auth.candidates(keys, "cgw_k2~not-the-right-secret")] == ["k2"]
+    assert [k.key_id for k in auth.candidates(keys, "cgw_nobody~whatever-secret")] == []
+    # A key that names no entry is checked against the sha256 entries only.
+    assert [k.key_id for k in auth.candidates(keys, "a-plain-sha256-key-000")] == ["s"]
+    assert auth.identify(keys, "cgw_k2~secret-number-2") == "k2"
+    assert auth.identify(keys, "cgw_k1~secret-number-2") is None
+    for odd in ("short", "has space in it, long enough", "ключ-ключ-ключ-ключ", "x" * 513, ""):
+        assert auth.candidates(keys, odd) == (), odd
+
+
+async def test_odd_keys_are_refused_before_any_hashing(gateway: Gateway) -> None:
+    ring = gateway.services.keys
+    for odd in ("x" * 5, "cgw_bob~" + "y" * 600, "cgw_bob~with space inside!"):
+        response = await gateway.get("/jobs", key=odd)
+        assert response.status_code == 401, odd
+    assert (await gateway.get("/jobs", key="cgw_bob~a-wrong-secret-of-bob")).status_code == 401
+    assert ring.derivations == 1  # only the well-shaped key naming bob was derived
+
+
+async def test_derivations_run_off_the_loop_in_a_bounded_pool(
+    make_gateway: MakeGateway, tmp_path: pathlib.Path
+) -> None:
+    keys = tmp_path / "slow.yaml"
+    keys.write_text(f"bob: {auth.hash_key(BOB_KEY, scheme='scrypt')}\n")
+    ring = auth.KeyRing(keys, threads=1, waiting=1)
+    gateway = await make_gateway({"keys": ring}, api_keys_file=keys, auth_failure_burst=100)
+
+    answers = await asyncio.gather(
+        *(gateway.get("/jobs", key=f"cgw_bob~wrong-secret-number-{i}") for i in range(8)),
+        gateway.client.get("/healthz"),
+    )
+
+    codes = sorted(response.status_code for response in answers[:-1])
+    assert answers[-1].status_code == 200
+    # One derivation runs and one waits; the others are refused at once rather than queued,
+    # which only happens when the derivations do not block the event loop.
+    assert codes.count(401) == 2
+    assert codes.count(503) == 6
+    busy = next(r for r in answers if r.status_code == 503)
+    assert busy.json()["reason"] == "AuthenticationBusy"
+    assert busy.headers["Retry-After"] == "1"
+    assert (await gateway.get("/jobs", key=BOB_KEY)).status_code == 200
+
+
+async def test_failed_attempts_are_limited_per_client_address(make_gateway: MakeGateway) -> None:
+    clock = ManualClock()
+    gateway = await make_gateway(
+        {"monotonic": clock}, auth_failures_per_minute=6, auth_failure_burst=2
+    )
+    assert (await gateway.get("/jobs", key=ALICE_KEY)).status_code == 200  # verified, cached
+
+    first = [await gateway.get("/jobs", key=f"cgw_bob~bad-attempt-{i}-xxxx") for i in range(2)]
+    blocked = await gateway.get("/jobs", key="cgw_bob~bad-attempt-3-xxxx")
+    bob_now = await gateway.get("/jobs", key=BOB_KEY)
+    alice_now = await gateway.get("/jobs", key=ALICE_KEY)
+    other = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=gateway.app, client=("10.1.2.3", 4321)),
+        base_url="http://gateway.test",
+    )
+    async with other:
+        elsewhere = await other.get("/jobs", headers={"X-API-Key": BOB_KEY})
+    clock.advance(10)
+    later = await gateway.get("/jobs", key=BOB_KEY)
+
+    assert [r.status_code for r in first] == [401, 401]
+    assert blocked.status_code == 429
+    assert blocked.json()["reason"] == "TooManyFailedAttempts"
+    assert blocked.headers["Retry-After"] == "10"
+    assert bob_now.status_code == 429  # not verified yet: it would need hashing
+    assert alice_now.status_code == 200  # verified before: the cache needs no hashing
+    assert elsewhere.status_code == 200  # another address has its own budget
+    assert later.status_code == 200
+    assert gateway.services.keys.derivations == 3  # two bad attempts, bob's key elsewhere
 
 
 async def test_the_rate_limit_answers_429_with_retry_after(make_gateway: MakeGateway) -> None:
@@ -77,16 +202,30 @@ async def test_the_rate_limit_answers_429_with_retry_after(make_gateway: MakeGat
     assert (await gateway.get("/jobs")).status_code == 200
 
 
+def test_new_keys_name_their_entry() -> None:
+    key = auth.new_key("partner-x")
+    assert key.startswith("cgw_partner-x~")
+    assert auth.claimed_id(key) == "partner-x"
+    assert auth.KEY_SHAPE.match(key)
+    with pytest.raises(ValueError, match="not a key id"):
+        auth.new_key("-bad-")
+
+
 def test_key_file_entries_are_checked() -> None:
-    digest = hashlib.sha256(b"k").hexdigest()
-    assert auth.identify(auth.parse_key_file(f"a: sha256:{digest}"), "k") == "a"
-    assert auth.identify(auth.parse_key_file(f"a: sha256:{digest}"), "K") is None
+    key = "a-long-enough-key-k"
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    assert auth.identify(auth.parse_key_file(f"a: sha256:{digest}"), key) == "a"
+    assert auth.identify(auth.parse_key_file(f"a: sha256:{digest}"), key.upper()) is None
     for text, fragment in (
         ("a: md5:abc", "expected 'sha256:<hex>'"),
         ("a: sha256:abcd", "64 hex digits"),
         ("-bad-: sha256:" + digest, "a key id is"),
         ("- a\n- b", "one '<id>: <hash>' per line"),
         ("a: [1]", "must be a string"),
+        (f"a: scrypt:16384:8:1:{_b64(16)}:{_b64(15)}", "at least 16 bytes"),
+        (f"a: scrypt:16384:8:1:{_b64(15)}:{_b64(32)}", "salt has at least 16 bytes"),
+        (f"a: scrypt:1000:8:1:{_b64(16)}:{_b64(32)}", "n a power of 2"),
+        (f"a: scrypt:16384:0:1:{_b64(16)}:{_b64(32)}", "r and p at least 1"),
     ):
         try:
             auth.parse_key_file(text)
@@ -94,3 +233,12 @@ def test_key_file_entries_are_checked() -> None:
             assert fragment in str(error), (text, error)
         else:
             raise AssertionError(f"accepted: {text!r}")
+
+
+def _b64(size: int) -> str:
+    return base64.b64encode(b"\x01" * size).decode()
+
+
+def test_a_scrypt_digest_of_exactly_16_bytes_is_accepted() -> None:
+    (stored,) = auth.parse_key_file(f"a: scrypt:16384:8:1:{_b64(16)}:{_b64(16)}")
+    assert (stored.scheme, len(stored.digest), len(stored.salt)) == ("scrypt", 16, 16)

@@ -13,7 +13,19 @@ def test_the_benchmark_runs(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "figures.json"
     root = pathlib.Path(__file__).parents[2]
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.gateway_bench", "--requests", "3", "--json", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.gateway_bench",
+            "--requests",
+            "3",
+            "--uploads",
+            "2",
+            "--upload-mib",
+            "7",
+            "--json",
+            str(out),
+        ],
         cwd=root,
         capture_output=True,
         text=True,
@@ -25,5 +37,9 @@ def test_the_benchmark_runs(tmp_path: pathlib.Path) -> None:
     assert "gateway CPU per HTTP request" in done.stdout
     figures = json.loads(out.read_text())
     assert figures["requests"] == 3
-    assert figures["api_requests_per_http_request"] == 1.0
+    # a quota count and a create per POST, one get per GET
+    assert figures["api_requests_per_http_request"] == 1.5
     assert set(figures["ratios"]) == {f"{key}_ratio" for key in figures["direct"]}
+    # The upload phase ran: one upload alone, then two at once, all accepted.
+    assert figures["upload"]["statuses"] == {"202": 3}
+    assert "concurrent uploads" in done.stdout

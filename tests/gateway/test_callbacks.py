@@ -9,8 +9,10 @@ import hmac
 import json
 from typing import Any
 
+import pytest
+
 from compose_api import netguard
-from compose_gateway import callbacks, naming, translate
+from compose_gateway import callbacks, naming, signing, translate
 from tests.gateway import operator_play
 from tests.gateway.conftest import (
     CALLBACK_SECRET,
@@ -68,10 +70,17 @@ async def test_a_callback_is_delivered_signed_and_once(
     assert len(receiver.received) == 1
     delivery = receiver.received[0]
     signature = dict(p.split("=", 1) for p in delivery.headers["X-Compose-Signature"].split(","))
-    expected = hmac.new(
-        CALLBACK_SECRET, signature["t"].encode() + b"." + delivery.body, hashlib.sha256
+    # The receiver's check, as the README shows it, with alice's own secret.
+    alice_secret = hmac.new(
+        CALLBACK_SECRET, b"compose-gateway callback key v1\0alice", hashlib.sha256
     ).hexdigest()
+    message = signature["t"].encode() + b".alice." + delivery.body
+    expected = hmac.new(alice_secret.encode(), message, hashlib.sha256).hexdigest()
+    assert signature["k"] == "alice"
     assert hmac.compare_digest(signature["v1"], expected)
+    bob_secret = signing.key_secret(CALLBACK_SECRET, "bob")
+    header = delivery.headers["X-Compose-Signature"]
+    assert not signing.verify(bob_secret, "bob", delivery.body, header, now=int(signature["t"]))
     assert delivery.headers["X-Compose-Delivery"] == job["metadata"]["uid"]
     payload = json.loads(delivery.body)
     assert payload["jobId"] == name
@@ -171,11 +180,15 @@ async def test_delivery_gives_up_after_the_last_attempt(
     assert len(receiver.received) == 2
 
 
-async def test_a_name_resolving_to_a_private_address_is_refused(
+async def test_a_name_that_later_resolves_to_a_private_address_is_refused_when_sent(
     make_gateway: MakeGateway, cluster: kube_client.KubeClient, receiver: Receiver
 ) -> None:
+    # At submit both names are public; by the time the callback is sent, DNS points them at
+    # the metadata service and at the local receiver (rebinding between submit and send).
+    answers = {"hooks.example.test": ["93.184.215.14"], "meta.example.test": ["93.184.215.14"]}
+
     def resolver(host: str, port: int) -> list[str]:
-        return {"hooks.example.test": ["127.0.0.1"], "meta.example.test": ["169.254.169.254"]}[host]
+        return answers[host]
 
     # Even an allow-list never opens metadata addresses.
     wide = await make_gateway(
@@ -186,14 +199,15 @@ async def test_a_name_resolving_to_a_private_address_is_refused(
     metadata = (
         await wide.post(original_request(callbackUrl="https://meta.example.test/latest"))
     ).json()["jobId"]
-    await operator_play.fail(cluster, metadata, NAMESPACE, reason="NoFaceFound", message="x")
-    assert await _loop(wide).run_once() == 1
 
-    # The default policy: https only, no allow-list; the name points at the local receiver.
+    # The default policy: https only, no allow-list; the name will point at the local receiver.
     gateway = await make_gateway({"resolver": resolver}, callback_poll_seconds=600)
     port = receiver.url.split(":")[2].split("/")[0]
     url = f"https://hooks.example.test:{port}/hook"
     loopback = (await gateway.post(original_request(callbackUrl=url))).json()["jobId"]
+    answers.update({"hooks.example.test": ["127.0.0.1"], "meta.example.test": ["169.254.169.254"]})
+    await operator_play.fail(cluster, metadata, NAMESPACE, reason="NoFaceFound", message="x")
+    assert await _loop(wide).run_once() == 1
     await operator_play.fail(cluster, loopback, NAMESPACE, reason="NoFaceFound", message="x")
     assert await _loop(gateway).run_once() == 1
 
@@ -203,6 +217,39 @@ async def test_a_name_resolving_to_a_private_address_is_refused(
         result = job["metadata"]["annotations"][naming.CALLBACK_RESULT_ANNOTATION]
         assert result.startswith("refused") and why in result, result
     assert receiver.received == []
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("https://127.1/hook", "loopback address"),
+        ("https://2130706433/hook", "loopback address"),
+        ("https://0x7f.0.0.1/hook", "loopback address"),
+        ("https://2852039166/latest", "cloud metadata address"),
+        ("https://localhost/hook", "loopback address"),
+        ("https://[::a9fe:a9fe]/latest", "IPv4-compatible IPv6 address"),
+        ("https://[::ffff:127.0.0.1]/hook", "IPv4-mapped IPv6 address"),
+        ("https://a..b/hook", "not a valid host name"),
+        ("https://hooks.example.test/hook", "loopback address"),
+    ],
+)
+async def test_a_callback_url_the_sender_would_refuse_is_422_at_submit(
+    make_gateway: MakeGateway, cluster: kube_client.KubeClient, url: str, why: str
+) -> None:
+    def resolver(host: str, port: int) -> list[str]:
+        if host == "hooks.example.test":
+            return ["127.0.0.53"]
+        return netguard.system_resolver(host, port)  # numeric spellings and /etc/hosts only
+
+    gateway = await make_gateway({"resolver": resolver})
+
+    response = await gateway.post(original_request(callbackUrl=url))
+
+    assert response.status_code == 422, response.text
+    (error,) = response.json()["errors"]
+    assert error["field"] == "callbackUrl"
+    assert why in error["message"]
+    assert await cluster.list(COMPOSITION_JOBS, namespace=NAMESPACE) == []
 
 
 async def test_callbacks_need_a_signing_secret(make_gateway: MakeGateway) -> None:

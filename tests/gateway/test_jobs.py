@@ -59,23 +59,6 @@ async def test_a_failed_job_reports_its_reason(
     assert (view["reason"], view["message"]) == ("NoFaceFound", "no face in person")
 
 
-async def test_history_is_paginated_newest_first(gateway: Gateway) -> None:
-    names = [(await gateway.post(original_request())).json()["jobId"] for _ in range(5)]
-    await gateway.post(original_request(), key=BOB_KEY)
-
-    pages: list[list[str]] = []
-    token = None
-    while True:
-        params = {"limit": 2} | ({"continue": token} if token else {})
-        body = (await gateway.get("/jobs", params=params)).json()
-        pages.append([item["jobId"] for item in body["items"]])
-        token = body.get("continue")
-        if not token:
-            break
-
-    assert pages == [names[4:2:-1], names[2:0:-1], names[0:1]]
-
-
 async def test_a_bad_continue_token_names_the_field(gateway: Gateway) -> None:
     response = await gateway.get("/jobs", params={"continue": "not-a-token"})
 

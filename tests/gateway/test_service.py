@@ -1,14 +1,14 @@
-"""Health, readiness, metrics, CORS and the OpenAPI document; the in-cluster API credentials."""
+"""Health, readiness, metrics, CORS and the OpenAPI document."""
 
 from __future__ import annotations
 
-import asyncio
-import pathlib
+import httpx
+import pydantic
+import pytest
 
-from aiohttp import web
-
-from compose_gateway import kube
-from tests.gateway.conftest import Gateway, MakeGateway, ManualClock, original_request
+from compose_gateway import app as app_module
+from compose_gateway import settings as settings_module
+from tests.gateway.conftest import Gateway, MakeGateway, original_request
 
 
 async def test_health_and_readiness(gateway: Gateway) -> None:
@@ -29,29 +29,30 @@ async def test_not_ready_without_the_cluster(make_gateway: MakeGateway) -> None:
     assert created.json()["reason"] == "KubernetesUnavailable"
 
 
-async def test_not_ready_with_a_broken_key_file(gateway: Gateway, key_file: pathlib.Path) -> None:
-    await asyncio.to_thread(key_file.write_text, "alice: md5:0123\n")
-
-    response = await gateway.client.get("/readyz")
-    assert response.status_code == 503
-    assert "expected 'sha256:<hex>'" in response.json()["message"]
+async def _metrics(gateway: Gateway) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app_module.metrics_app(gateway.app))
+    async with httpx.AsyncClient(transport=transport, base_url="http://metrics.test") as client:
+        return await client.get("/metrics")
 
 
-async def test_metrics_count_requests_by_route(gateway: Gateway) -> None:
+async def test_metrics_count_requests_by_route_on_their_own_port(gateway: Gateway) -> None:
     await gateway.post(original_request())
     await gateway.get("/jobs/gw-00000000000000000000")
 
-    text = (await gateway.client.get("/metrics")).text
+    text = (await _metrics(gateway)).text
     assert 'compose_gateway_requests_total{code="202",method="POST",route="/generate"} 1.0' in text
     assert 'compose_gateway_requests_total{code="404",method="GET",route="/jobs/{job_id}"} 1.0' in (
         text
     )
     assert 'compose_gateway_jobs_created_total{input="json"} 1.0' in text
-
-
-async def test_metrics_can_be_turned_off(make_gateway: MakeGateway) -> None:
-    gateway = await make_gateway(metrics_enabled=False)
+    # Not on the API's port, where the Ingress routes.
     assert (await gateway.client.get("/metrics")).status_code == 404
+
+
+def test_the_metrics_port_must_differ_from_the_api_port() -> None:
+    with pytest.raises(pydantic.ValidationError, match="metrics_port"):
+        settings_module.Settings(port=8080, metrics_port=8080)
+    assert settings_module.Settings(port=8080, metrics_port=8080, metrics_enabled=False)
 
 
 async def test_cors_allows_only_the_configured_origins(make_gateway: MakeGateway) -> None:
@@ -85,38 +86,3 @@ async def test_the_openapi_document_describes_the_original_contract(gateway: Gat
     assert {"200", "202", "401", "413", "422", "429"} <= set(generate["responses"])
     schemes = document["components"]["securitySchemes"]
     assert {s["type"] for s in schemes.values()} == {"http", "apiKey"}
-
-
-async def test_in_cluster_credentials_are_sent_and_re_read(tmp_path: pathlib.Path) -> None:
-    seen: list[str] = []
-
-    async def handle(request: web.Request) -> web.Response:
-        seen.append(request.headers.get("Authorization", ""))
-        return web.json_response({"kind": "CompositionJobList", "items": []})
-
-    application = web.Application()
-    application.router.add_get("/{tail:.*}", handle)
-    runner = web.AppRunner(application)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    token = tmp_path / "token"
-    await asyncio.to_thread(token.write_text, "first-token\n")
-    clock = ManualClock()
-    client = kube.KubeClient(
-        base_url=f"http://127.0.0.1:{runner.addresses[0][1]}",
-        namespace="ns",
-        token_path=token,
-        monotonic=clock,
-    )
-    try:
-        await client.ping()
-        await asyncio.to_thread(token.write_text, "rotated-token\n")
-        await client.ping()
-        clock.advance(kube.TOKEN_REFRESH_SECONDS + 1)
-        await client.ping()
-    finally:
-        await client.close()
-        await runner.cleanup()
-
-    assert seen == ["Bearer first-token", "Bearer first-token", "Bearer rotated-token"]

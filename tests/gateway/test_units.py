@@ -1,15 +1,17 @@
-"""Pure parts: settings from the environment, signatures, the Prefer header, backoff, cursors."""
+"""Pure parts: settings from the environment, signatures, the Prefer header, backoff, job ids."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import pathlib
 
 import pydantic
 import pytest
 
-from compose_gateway import app, callbacks, jobs, settings, signing
+from compose_gateway import __main__ as gateway_main
+from compose_gateway import app, callbacks, naming, settings, signing
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -44,17 +46,28 @@ def test_settings_that_make_every_job_invalid_are_refused() -> None:
         app.create_app(bad)
 
 
-def test_a_signature_covers_the_time_and_the_body() -> None:
-    secret, body = b"s3cret", b'{"jobId":"gw-1"}'
-    value = signing.header(secret, body, 1_700_000_000)
-    expected = hmac.new(secret, b"1700000000." + body, hashlib.sha256).hexdigest()
+def test_a_signature_covers_the_time_the_key_id_and_the_body() -> None:
+    master, body, now = b"master-secret", b'{"jobId":"gw-1"}', 1_700_000_100
+    alice, bob = signing.key_secret(master, "alice"), signing.key_secret(master, "bob")
+    value = signing.header(bob, "bob", body, 1_700_000_000)
+    expected = hmac.new(bob.encode(), b"1700000000.bob." + body, hashlib.sha256).hexdigest()
 
-    assert value == f"t=1700000000,v1={expected}"
-    assert signing.verify(secret, body, value, now=1_700_000_100)
-    assert not signing.verify(secret, body + b" ", value, now=1_700_000_100)
-    assert not signing.verify(b"other", body, value, now=1_700_000_100)
-    assert not signing.verify(secret, body, value, now=1_700_000_301)
-    assert not signing.verify(secret, body, "t=x,v1=y", now=1_700_000_000)
+    assert value == f"t=1700000000,k=bob,v1={expected}"
+    assert alice != bob and len(bob) == 64
+    assert bob == hmac.new(master, b"compose-gateway callback key v1\0bob", "sha256").hexdigest()
+    assert signing.verify(bob, "bob", body, value, now=now)
+    assert not signing.verify(bob, "bob", body + b" ", value, now=now)
+    assert not signing.verify(signing.key_secret(b"other", "bob"), "bob", body, value, now=now)
+    assert not signing.verify(bob, "bob", body, value, now=1_700_000_301)  # a late replay
+    assert not signing.verify(bob, "bob", body, value, now=1_699_999_699)  # from the future
+    assert signing.verify(bob, "bob", body, value, now=1_700_000_300)  # the edge of the window
+    assert not signing.verify(bob, "bob", body, "t=x,k=bob,v1=y", now=now)
+    # alice signs a callback "for bob" with the only secret she has: bob's receiver refuses it,
+    # whether she names herself or bob in the header.
+    forged_as_alice = signing.header(alice, "alice", body, 1_700_000_000)
+    forged_as_bob = signing.header(alice, "bob", body, 1_700_000_000)
+    assert not signing.verify(bob, "bob", body, forged_as_alice, now=now)
+    assert not signing.verify(bob, "bob", body, forged_as_bob, now=now)
 
 
 @pytest.mark.parametrize(
@@ -80,12 +93,18 @@ def test_backoff_doubles_up_to_the_cap() -> None:
     assert delays == [2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
 
 
-def test_cursors_round_trip_and_refuse_garbage() -> None:
-    order = ("2026-01-01T00:00:05+00:00", "gw-0123456789abcdef0123")
-    assert jobs.decode_cursor(jobs.encode_cursor(order)) == order
-    for garbage in ("", "!!!", "bm90IGpzb24", "WzEsMl0"):
-        with pytest.raises(jobs.BadCursor):
-            jobs.decode_cursor(garbage)
+def test_job_ids_sort_newest_first_and_idempotent_ones_last() -> None:
+    times = [1_767_225_600.0, 1_767_225_600.001, 1_767_225_601.5, 4_000_000_000.0]
+    ids = [naming.random_job_name(t) for t in times]
+    keyed = [naming.idempotent_job_name("alice", key) for key in ("a", "b", "c")]
+
+    assert all(naming.is_job_name(name) for name in ids + keyed)
+    assert sorted(ids) == ids[::-1]  # the API server's name order is newest first
+    assert max(ids) < min(keyed)
+    assert naming.idempotent_job_name("alice", "a") == keyed[0]
+    assert naming.idempotent_job_name("bob", "a") != keyed[0]
+    # Two jobs in the same millisecond still get distinct ids.
+    assert len({naming.random_job_name(times[0]) for _ in range(50)}) == 50
 
 
 def test_the_readme_documents_every_setting() -> None:
@@ -95,3 +114,24 @@ def test_the_readme_documents_every_setting() -> None:
         if field.validation_alias is not None:
             env = str(field.validation_alias.choices[0])  # type: ignore[union-attr]
         assert f"`{env}`" in readme, env
+
+
+def test_the_cli_prints_a_keys_callback_secret_and_refuses_bad_keys(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    master = tmp_path / "secret"
+    master.write_text("master-s3cret\n")
+
+    assert (
+        gateway_main.main(["callback-secret", "--id", "alice", "--secret-file", str(master)]) == 0
+    )
+    assert capsys.readouterr().out.strip() == signing.key_secret(b"master-s3cret", "alice")
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("short\n"))
+    with pytest.raises(SystemExit):
+        gateway_main.main(["hash-key", "--id", "app", "--scheme", "scrypt"])
+    assert "must start with cgw_app~" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("cgw_other~a-chosen-secret-value\n"))
+    with pytest.raises(SystemExit):
+        gateway_main.main(["hash-key", "--id", "app"])
+    assert "names another entry" in capsys.readouterr().err

@@ -1,14 +1,21 @@
-"""multipart/form-data uploads: stored in the inputs bucket under the key's prefix, referenced by
-s3:// URI; size and type checked."""
+"""multipart/form-data uploads: streamed into the inputs bucket under the key's prefix, referenced
+by s3:// URI; size and type checked; admitted within the replica's buffer budget and the key's
+concurrent-upload limit."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import io
+import random
+from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 from PIL import Image
 
-from tests.gateway.conftest import ALICE_KEY, Gateway, MakeGateway
+from compose_gateway import storage, uploads
+from tests.gateway.conftest import ALICE_KEY, BOB_KEY, Gateway, MakeGateway, original_request
 from tests.support import kube_client, s3
 from tests.support.kube_emulator import COMPOSITION_JOBS
 
@@ -160,3 +167,136 @@ async def test_a_replayed_upload_is_the_same_job_and_other_files_conflict(
     key = jobs[0]["spec"]["inputs"]["clothing"][0]["uri"].split("/", 3)[3]
     stored = s3_env.client().get_object(Bucket=buckets["inputs"], Key=key)
     assert stored["Body"].read() == white
+
+
+def _png_of(size: int, seed: int = 0) -> bytes:
+    """``size`` bytes that sniff as PNG (the gateway checks magic bytes, not pixels)."""
+    head = _image("PNG", "white")
+    return head + random.Random(seed).randbytes(size - len(head))
+
+
+def _leftovers(s3_env: s3.S3Server, bucket: str) -> tuple[list[str], list[str]]:
+    """(object keys, keys of unfinished multipart uploads) in ``bucket``."""
+    client = s3_env.client()
+    objects = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    pending = [u["Key"] for u in client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+    return objects, pending
+
+
+async def test_a_file_larger_than_a_part_is_streamed_and_stored_whole(
+    gateway: Gateway,
+    cluster: kube_client.KubeClient,
+    s3_env: s3.S3Server,
+    buckets: dict[str, str],
+) -> None:
+    big = _png_of(storage.PART_BYTES * 2 - 4321)
+    files = _files([("big.png", big, "image/png")])
+
+    response = await _upload(gateway, files)
+
+    assert response.status_code == 202, response.text
+    job = await cluster.get(COMPOSITION_JOBS, response.json()["jobId"], namespace="compose")
+    uri = job["spec"]["inputs"]["clothing"][0]["uri"]
+    key = uri.split("/", 3)[3]
+    assert key.endswith(hashlib.sha256(big).hexdigest()[:32] + ".png")
+    stored = s3_env.client().get_object(Bucket=buckets["inputs"], Key=key)
+    assert stored["ContentType"] == "image/png"
+    assert stored["Body"].read() == big
+    objects, pending = _leftovers(s3_env, buckets["inputs"])
+    assert len(objects) == 3  # person, the big garment, place: no staging object left
+    assert pending == []
+
+
+async def test_a_request_that_grows_too_large_midway_leaves_nothing(
+    make_gateway: MakeGateway, s3_env: s3.S3Server, buckets: dict[str, str]
+) -> None:
+    gateway = await make_gateway(max_request_bytes=storage.PART_BYTES + 2 * 1024 * 1024)
+    files = _files([("a.png", _png_of(storage.PART_BYTES + 1024 * 1024), "image/png"),
+                    ("b.png", _png_of(2 * 1024 * 1024, seed=1), "image/png")])  # fmt: skip
+
+    response = await _upload(gateway, files)
+
+    assert response.status_code == 413
+    assert _leftovers(s3_env, buckets["inputs"]) == ([], [])
+    assert gateway.services.uploads.in_flight_bytes == 0
+
+
+class HeldBody:
+    """A multipart body sent in two halves; the second only once ``release`` is set."""
+
+    def __init__(self, files: list[tuple[str, tuple[str, bytes, str]]]) -> None:
+        request = httpx.Request("POST", "http://gateway.test/generate", files=files)
+        self.content_type = request.headers["content-type"]
+        self.body = request.read()
+        self.release = asyncio.Event()
+        self.started = asyncio.Event()
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        half = len(self.body) // 2
+        yield self.body[:half]
+        self.started.set()
+        await self.release.wait()
+        yield self.body[half:]
+
+
+async def test_uploads_beyond_the_key_limit_and_the_replica_budget_are_refused(
+    make_gateway: MakeGateway,
+) -> None:
+    gateway = await make_gateway(
+        max_concurrent_uploads_per_key=1, upload_buffer_bytes=8 * 1024 * 1024
+    )
+    files = _files([("a.png", _image("PNG", "white"), "image/png")])
+    held = HeldBody(files)
+    first = asyncio.create_task(
+        gateway.client.post(
+            "/generate",
+            content=held.chunks(),
+            headers={"X-API-Key": ALICE_KEY, "Content-Type": held.content_type},
+        )
+    )
+    await asyncio.wait_for(held.started.wait(), 10)
+
+    same_key = await _upload(gateway, files)
+    other_key = await gateway.client.post("/generate", files=files, headers={"X-API-Key": BOB_KEY})
+    json_meanwhile = await gateway.post(original_request())
+    held.release.set()
+    finished = await asyncio.wait_for(first, 10)
+    after = await _upload(gateway, files)
+
+    assert same_key.status_code == 429
+    assert same_key.json()["reason"] == "TooManyUploads"
+    assert int(same_key.headers["Retry-After"]) >= 1
+    assert other_key.status_code == 503
+    assert other_key.json()["reason"] == "UploadCapacity"
+    assert int(other_key.headers["Retry-After"]) >= 1
+    assert json_meanwhile.status_code == 202  # JSON requests hold no upload buffer
+    assert finished.status_code == 202, finished.text
+    assert after.status_code == 202, after.text
+    assert gateway.services.uploads.in_flight_bytes == 0
+
+
+def test_admission_counts_bytes_and_keys_and_releases_on_error() -> None:
+    admission = uploads.Admission(budget_bytes=30, per_upload_bytes=10, per_key=2)
+    with admission.admit("alice"), admission.admit("alice"):
+        with pytest.raises(uploads.TooManyUploads), admission.admit("alice"):
+            pass
+        with admission.admit("bob"):
+            assert admission.in_flight_bytes == 30
+            with pytest.raises(uploads.UploadsBusy), admission.admit("carol"):
+                pass
+        with pytest.raises(RuntimeError), admission.admit("bob"):
+            raise RuntimeError("the upload failed")
+        assert admission.in_flight_bytes == 20
+    assert admission.in_flight_bytes == 0
+    with admission.admit("carol"):
+        assert admission.in_flight_bytes == 10
+
+
+async def test_an_upload_s3_refuses_is_a_502_naming_storage(make_gateway: MakeGateway) -> None:
+    gateway = await make_gateway(inputs_bucket="no-such-bucket-for-uploads")
+
+    response = await _upload(gateway, _files([("a.png", _image("PNG", "white"), "image/png")]))
+
+    assert response.status_code == 502
+    assert response.json()["reason"] == "StorageError"
+    assert gateway.services.uploads.in_flight_bytes == 0

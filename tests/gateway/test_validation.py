@@ -122,3 +122,46 @@ async def test_an_unknown_media_type_is_415(gateway: Gateway) -> None:
 
     assert response.status_code == 415
     assert response.json()["reason"] == "UnsupportedMediaType"
+
+
+@pytest.mark.parametrize(
+    ("suffix", "fragment"),
+    [
+        ("../bob/gw-00000000000000000000/x.png", "'.' or '..' segments"),
+        ("./gw-00000000000000000000/x.png", "'.' or '..' segments"),
+        ("gw-00000000000000000000//x.png", "empty"),
+        ("gw-00000000000000000000/x.png/", "empty"),
+        ("%2e%2e/bob/x.png", "'%'"),
+        ("..\\bob\\x.png", "'\\'"),
+    ],
+)
+async def test_an_s3_uri_that_could_leave_the_keys_prefix_is_refused(
+    gateway: Gateway, buckets: dict[str, str], suffix: str, fragment: str
+) -> None:
+    # The URI starts with alice's own upload prefix, so a plain prefix test would pass it.
+    uri = f"s3://{buckets['inputs']}/uploads/alice/{suffix}"
+
+    fields = _fields(await gateway.post(original_request(personImage=uri)))
+
+    assert fragment in fields["personImage"]
+
+
+async def test_alices_own_upload_uri_is_accepted(gateway: Gateway, buckets: dict[str, str]) -> None:
+    uri = f"s3://{buckets['inputs']}/uploads/alice/gw-00000000000000000000/a.png"
+    response = await gateway.post(original_request(personImage=uri))
+    assert response.status_code == 202, response.text
+
+
+@pytest.mark.parametrize("depth", [30_000, 60_000])
+async def test_deeply_nested_json_is_422_not_a_crash(make_gateway: MakeGateway, depth: int) -> None:
+    gateway = await make_gateway(max_json_bytes=256 * 1024)
+    body = "[" * depth + "]" * depth  # deeper than the decoder's recursion limit
+
+    response = await gateway.client.post(
+        "/generate",
+        content=body.encode(),
+        headers={"X-API-Key": ALICE_KEY, "Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"] == [{"field": "body", "message": "JSON nested too deeply"}]

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import collections
 import contextlib
 import copy
@@ -195,6 +196,24 @@ class RequestRecord:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RequestRecord:
         return cls(**data)
+
+
+def _encode_continue(start: tuple[str, str], rv: int) -> str:
+    raw = json.dumps({"v": "meta.k8s.io/v1", "rv": rv, "start": list(start)})
+    return base64.urlsafe_b64encode(raw.encode()).decode()
+
+
+def _decode_continue(token: str) -> tuple[str, str]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token.encode()))
+        start = data["start"]
+        if data.get("v") != "meta.k8s.io/v1" or not isinstance(start, list) or len(start) != 2:
+            raise ValueError(token)
+        return str(start[0]), str(start[1])
+    except (ValueError, KeyError, TypeError):
+        raise _kube_error(
+            400, "BadRequest", "continue key is not valid: incorrect encoded start resourceVersion"
+        ) from None
 
 
 def _kube_error(
@@ -543,15 +562,41 @@ class KubeEmulator(kmock.KubernetesEmulator):
         spec = self._spec_of(request)
         selector = self._selector(request)
         namespace = request.namespace if spec.namespaced else None
-        items = [
-            obj
-            for (ns, _), obj in sorted(self._store[spec.key].items(), key=lambda kv: kv[0])
-            if (namespace is None or ns == namespace) and selector.matches(obj)
-        ]
+        # As the API server: items in key order (namespace, then name); with ``limit``, one
+        # chunk and a ``continue`` token naming where the next starts (remainingItemCount only
+        # without a selector); a token that is not one of ours is a 400.
+        start: tuple[str, str] | None = None
+        token = request.params.get("continue")
+        if token:
+            start = _decode_continue(token)
+        limit_text = request.params.get("limit") or "0"
+        if not limit_text.isdigit():
+            raise _kube_error(400, "BadRequest", f"invalid limit: {limit_text!r}")
+        limit = int(limit_text)
+        items = []
+        more: tuple[str, str] | None = None
+        remaining = 0
+        for key, obj in sorted(self._store[spec.key].items(), key=lambda kv: kv[0]):
+            ns = key[0]
+            if start is not None and (ns or "", key[1]) < start:
+                continue
+            if not ((namespace is None or ns == namespace) and selector.matches(obj)):
+                continue
+            if limit and len(items) >= limit:
+                if more is None:
+                    more = (ns or "", key[1])
+                remaining += 1
+                continue
+            items.append(obj)
+        metadata: dict[str, Any] = {"resourceVersion": str(self._last_rv)}
+        if more is not None:
+            metadata["continue"] = _encode_continue(more, self._last_rv)
+            if not request.params.get("labelSelector") and not request.params.get("fieldSelector"):
+                metadata["remainingItemCount"] = remaining
         return {
             "apiVersion": spec.api_version,
             "kind": f"{spec.kind}List",
-            "metadata": {"resourceVersion": str(self._last_rv)},
+            "metadata": metadata,
             "items": items,
         }
 
