@@ -1,31 +1,38 @@
 """Fixtures of the gateway tests: the emulated cluster, the S3 server, API keys, the app.
 
 The gateway runs in-process (its ASGI app behind an httpx client, lifespan included) against
-the Kubernetes emulator (tests/support/kube_emulator.py, in its own thread) and the moto S3 server;
-tests play the operator by patching CompositionJob status through ``kube`` (tests/support).
+the real test control plane (tests/support/control_plane.py), authenticated with the token of a
+service account that has exactly the chart's gateway Role, and the moto S3 server; tests play
+the operator by patching CompositionJob status through ``kube`` (a cluster-admin client).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
 import hashlib
-import threading
+import json
+import pathlib
+import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
+import yaml
 from aiohttp import web
 
+from compose_api import models
 from compose_gateway import app as app_module
 from compose_gateway import auth
 from compose_gateway import settings as settings_module
+from tests.support import control_plane as cp
 from tests.support import kube_client, s3
-from tests.support import kube_emulator as emulation
-from tests.support.kube_fixtures import kube, kube_url  # noqa: F401
+from tests.support.cluster_fixtures import control_plane, kubectl_path
+
+__all__ = ["control_plane"]
 
 NAMESPACE = "compose"
 ALICE_KEY = "cgw_alice-0123456789abcdefghijklmnopqrstuvwxyz"
@@ -37,20 +44,6 @@ KEY_FILE = "\n".join(
         f"bob: {auth.hash_key(BOB_KEY, scheme='scrypt')}",
     ]
 )
-
-
-class SteppingClock:
-    """The emulator's clock: one second later at every reading, so creation order shows in
-    ``creationTimestamp`` (which has one-second resolution) without sleeping."""
-
-    def __init__(self) -> None:
-        self._now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
-        self._lock = threading.Lock()
-
-    def __call__(self) -> datetime.datetime:
-        with self._lock:
-            self._now += datetime.timedelta(seconds=1)
-            return self._now
 
 
 class ManualClock:
@@ -66,12 +59,78 @@ class ManualClock:
         self.now += seconds
 
 
+@dataclasses.dataclass(frozen=True)
+class GatewayCluster:
+    """The session's real control plane, the gateway's namespace and its credentials."""
+
+    plane: cp.ControlPlane
+    user: str  # the gateway service account, as the API server names it in the audit log
+    token_file: pathlib.Path
+
+
+def _chart_gateway_rbac() -> list[dict[str, Any]]:
+    """The chart's gateway ServiceAccount, Role and RoleBinding for NAMESPACE."""
+    helm = str(pathlib.Path(kubectl_path()).with_name("helm"))
+    done = subprocess.run(
+        [helm, "template", "nextunicorn-compose", str(cp.REPO / "charts" / "nextunicorn-compose"),
+         "--namespace", NAMESPACE, "--set", "gateway.enabled=true",
+         "--set", "gateway.apiKeysSecret.name=keys"],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    return [
+        d
+        for d in yaml.safe_load_all(done.stdout)
+        if d
+        and d["kind"] in {"ServiceAccount", "Role", "RoleBinding"}
+        and d["metadata"]["name"].endswith("-gateway")
+    ]
+
+
+@pytest.fixture(scope="session")
+def gateway_cluster(
+    control_plane: cp.ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> GatewayCluster:
+    """NAMESPACE with exactly the chart's gateway RBAC, and a token of its service account."""
+    control_plane.create_namespace(NAMESPACE)
+    objects = _chart_gateway_rbac()
+    subprocess.run(
+        [kubectl_path(), "apply", "-f", "-"],
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}),
+        capture_output=True, text=True, env=control_plane.kubectl_env(), check=True, timeout=60,
+    )  # fmt: skip
+    account = next(o for o in objects if o["kind"] == "ServiceAccount")["metadata"]["name"]
+    token_file = tmp_path_factory.mktemp("gateway") / "token"
+    token_file.write_text(control_plane.service_account_token(NAMESPACE, account))
+    return GatewayCluster(control_plane, f"system:serviceaccount:{NAMESPACE}:{account}", token_file)
+
+
 @pytest.fixture
-def kube_emulator_thread() -> Iterator[emulation.EmulatorThread]:
-    """The emulator of the shared fixtures, with a clock that steps on every reading."""
-    thread = emulation.EmulatorThread(clock=SteppingClock())
-    with thread:
-        yield thread
+def kube_url(gateway_cluster: GatewayCluster) -> str:
+    return gateway_cluster.plane.url
+
+
+@pytest.fixture(autouse=True)
+def _empty_namespace(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every CompositionJob in NAMESPACE is deleted after each test that used the cluster, so
+    each test starts from an empty namespace."""
+    yield
+    if "gateway_cluster" not in request.fixturenames:
+        return
+    plane: cp.ControlPlane = request.getfixturevalue("gateway_cluster").plane
+    path = f"/apis/{models.GROUP}/{models.VERSION}/namespaces/{NAMESPACE}/{models.PLURAL}"
+    plane.request("DELETE", path)
+    deadline = time.monotonic() + 30
+    while plane.request("GET", path)["items"]:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"CompositionJobs left in {NAMESPACE} after 30 s")
+        time.sleep(0.1)
+
+
+@pytest_asyncio.fixture
+async def kube(gateway_cluster: GatewayCluster) -> AsyncIterator[kube_client.KubeClient]:
+    """A cluster-admin test client in NAMESPACE."""
+    async with gateway_cluster.plane.admin(NAMESPACE) as client:
+        yield client
 
 
 @pytest.fixture
@@ -109,7 +168,7 @@ def buckets(s3_env: s3.S3Server) -> dict[str, str]:
 
 @pytest_asyncio.fixture
 async def make_gateway(
-    kube_url: str,  # noqa: F811
+    gateway_cluster: GatewayCluster,
     s3_env: s3.S3Server,
     buckets: dict[str, str],
     key_file: Any,
@@ -120,7 +179,9 @@ async def make_gateway(
         async def make(app_kwargs: dict[str, Any] | None = None, **overrides: Any) -> Gateway:
             values: dict[str, Any] = {
                 "namespace": NAMESPACE,
-                "kube_url": kube_url,
+                "kube_url": gateway_cluster.plane.url,
+                "kube_token_file": gateway_cluster.token_file,
+                "kube_ca_file": gateway_cluster.plane.pki.ca_cert,
                 "inputs_bucket": buckets["inputs"],
                 "s3_endpoint_url": s3_env.endpoint_url,
                 "aws_region": s3.REGION,
@@ -152,8 +213,8 @@ async def gateway(make_gateway: MakeGateway) -> Gateway:
 
 
 @pytest.fixture
-def cluster(kube: kube_client.KubeClient) -> kube_client.KubeClient:  # noqa: F811
-    """The test's own client on the emulated cluster (to play the operator and to look)."""
+def cluster(kube: kube_client.KubeClient) -> kube_client.KubeClient:
+    """The test's own client on the cluster (to play the operator and to look)."""
     return kube
 
 

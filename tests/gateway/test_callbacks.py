@@ -18,6 +18,7 @@ from tests.gateway.conftest import (
     CALLBACK_SECRET,
     NAMESPACE,
     Gateway,
+    GatewayCluster,
     MakeGateway,
     ManualClock,
     Receiver,
@@ -279,8 +280,12 @@ def test_the_default_policy_refuses_private_and_metadata_literals() -> None:
 
 
 async def test_two_replicas_deliver_once(
-    make_gateway: MakeGateway, cluster: kube_client.KubeClient, receiver: Receiver
+    make_gateway: MakeGateway,
+    cluster: kube_client.KubeClient,
+    receiver: Receiver,
+    gateway_cluster: GatewayCluster,
 ) -> None:
+    since = gateway_cluster.plane.audit_offset()
     first = await make_gateway(**LOCAL, callback_poll_seconds=600)
     second = await make_gateway(**LOCAL, callback_poll_seconds=600)
     names = []
@@ -295,5 +300,6 @@ async def test_two_replicas_deliver_once(
     assert sorted(json.loads(r.body)["jobId"] for r in receiver.received) == sorted(names)
     assert await _loop(first).run_once() == await _loop(second).run_once() == 0
     # Both replicas tried to claim each job; the API server let one claim through.
-    claims = [r for r in await cluster.request_log() if r.verb == "patch" and r.status == 409]
+    gateway = gateway_cluster.plane.request_records(user=gateway_cluster.user, since=since)
+    claims = [r for r in gateway if r.verb == "patch" and r.status == 409]
     assert len(claims) == 3

@@ -23,7 +23,7 @@ from schemathesis.generation import GenerationMode
 
 from compose_gateway import app as app_module
 from compose_gateway import settings as settings_module
-from tests.gateway.conftest import ALICE_KEY, CALLBACK_SECRET, NAMESPACE
+from tests.gateway.conftest import ALICE_KEY, CALLBACK_SECRET, NAMESPACE, GatewayCluster
 from tests.support import s3
 
 # More for a deeper run: COMPOSE_FUZZ_EXAMPLES=200 pytest tests/gateway/test_schema.py
@@ -39,11 +39,13 @@ def _free_port() -> int:
 
 @pytest.fixture
 def served_gateway(
-    kube_url: str, s3_env: s3.S3Server, buckets: dict[str, str], key_file: Any
+    gateway_cluster: GatewayCluster, s3_env: s3.S3Server, buckets: dict[str, str], key_file: Any
 ) -> Iterator[str]:
     settings = settings_module.Settings(
         namespace=NAMESPACE,
-        kube_url=kube_url,
+        kube_url=gateway_cluster.plane.url,
+        kube_token_file=gateway_cluster.token_file,
+        kube_ca_file=gateway_cluster.plane.pki.ca_cert,
         inputs_bucket=buckets["inputs"],
         s3_endpoint_url=s3_env.endpoint_url,
         aws_region=s3.REGION,

@@ -17,7 +17,12 @@ async def test_health_and_readiness(gateway: Gateway) -> None:
 
 
 async def test_not_ready_without_the_cluster(make_gateway: MakeGateway) -> None:
-    gateway = await make_gateway(kube_url="http://127.0.0.1:9", kube_timeout_seconds=2)
+    gateway = await make_gateway(
+        kube_url="http://127.0.0.1:9",
+        kube_token_file=None,
+        kube_ca_file=None,
+        kube_timeout_seconds=2,
+    )
 
     response = await gateway.client.get("/readyz")
     assert response.status_code == 503

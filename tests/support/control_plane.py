@@ -46,7 +46,7 @@ import yaml
 
 from tests.support import pki as pki_module
 from tests.support.kube_client import KubeClient, Obj
-from tests.support.kube_emulator import NODES, PODS
+from tests.support.kube_emulator import NODES, PODS, RequestRecord
 
 REPO = Path(__file__).resolve().parents[2]
 KWOK_NODE_LABEL = "compose.nextunicorn.dev/simulated-by"
@@ -383,6 +383,32 @@ class ControlPlane:
                 if user is None or event.get("user", {}).get("username") == user:
                     events.append(event)
         return events
+
+    def request_records(
+        self, *, user: str | None = None, since: int = 0
+    ) -> list[RequestRecord]:
+        """The audit events as the emulator's request records (the same fields tests read)."""
+        records = []
+        for event in self.audit_events(user=user, since=since):
+            ref = event.get("objectRef") or {}
+            resource = ref.get("resource")
+            records.append(
+                RequestRecord(
+                    method=event.get("verb", "").upper(),
+                    verb=event.get("verb", ""),
+                    group=(ref.get("apiGroup") or "") if resource else None,
+                    version=ref.get("apiVersion"),
+                    resource=resource,
+                    subresource=ref.get("subresource"),
+                    namespace=ref.get("namespace"),
+                    name=ref.get("name"),
+                    path=event.get("requestURI", ""),
+                    user_agent=event.get("userAgent", ""),
+                    status=int((event.get("responseStatus") or {}).get("code") or 0),
+                    at=0.0,
+                )
+            )
+        return records
 
     def audit_offset(self) -> int:
         return self.audit_log.stat().st_size if self.audit_log.exists() else 0
