@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+import pydantic
 
 from compose_api import contract, models
 from compose_operator import names
@@ -35,6 +38,7 @@ WARNING_REASONS = frozenset(
         Reason.IMAGE_PULL_BACK_OFF,
         Reason.RETRYING,
         Reason.SPOT_INTERRUPTED,
+        Reason.RESULT_UNREADABLE,
     }
 )
 _CONDITION_ORDER = list(CT)
@@ -154,8 +158,14 @@ def view_pod(pod: Mapping[str, Any]) -> PodView:
     exit_code = terminated.get("exitCode") if terminated else None
     ran = bool(state.get("running") or terminated)
     # A pod that finished its work succeeded, even when a drain raced its completion and marked
-    # it as a disruption target: its result is in the termination message.
+    # it as a disruption target: its result is in the termination message. Exit 0 without a
+    # result that can be read is a failure of its own: success means a result to hand out.
     if phase == "Succeeded" or (terminated is not None and exit_code == 0):
+        problem = unreadable_result(terminated)
+        if problem is not None:
+            return PodView(
+                models.AttemptOutcome.FAILED, Reason.RESULT_UNREADABLE, problem, 0, None, True
+            )
         return PodView(models.AttemptOutcome.SUCCEEDED, Reason.COMPLETED, None, 0, report, True)
     disrupted = _is_true(pod, "DisruptionTarget")
     if disrupted is not None:
@@ -211,6 +221,39 @@ def view_pod(pod: Mapping[str, Any]) -> PodView:
     if scheduled is not None and scheduled.get("status") == "True":
         return PodView(models.AttemptOutcome.PENDING, Reason.IMAGE_PULLING, None, None, None, False)
     return PodView(models.AttemptOutcome.PENDING, Reason.SCHEDULING, None, None, None, False)
+
+
+def unreadable_result(terminated: Mapping[str, Any] | None) -> str | None:
+    """What is wrong with the termination message of a container that exited 0 (None: it
+    carries a result). The kubelet keeps at most ``TERMINATION_MESSAGE_LIMIT`` bytes, so a
+    message cut there is told apart from one that was never JSON."""
+    if terminated is None:
+        return "the pod succeeded but shows no terminated container, so no result"
+    text = terminated.get("message")
+    if not text:
+        return "exit code 0 without a termination message, so no result"
+    size = len(str(text).encode())
+    try:
+        data = json.loads(str(text))
+    except json.JSONDecodeError as error:
+        if size >= contract.TERMINATION_MESSAGE_LIMIT:
+            return (
+                f"the termination message was cut at the kubelet's "
+                f"{contract.TERMINATION_MESSAGE_LIMIT}-byte limit ({size} bytes kept), "
+                "so its result cannot be read"
+            )
+        return f"the termination message is not JSON ({error.msg} at character {error.pos})"
+    except RecursionError:
+        return "the termination message is not JSON the contract allows (nested too deeply)"
+    try:
+        message = contract.TerminationMessage.model_validate(data)
+    except pydantic.ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the message"
+        return f"the termination message does not follow the contract: {where}: {first['msg']}"
+    if message.result is None:
+        return "the termination message reports success but carries no result"
+    return None
 
 
 def _name(obj: Mapping[str, Any]) -> str:
@@ -578,16 +621,27 @@ def compute(
         code = view.exit_code
         if code is not None and code in contract.PERMANENT_EXIT_CODES:
             failure = (str(view.reason), view.message or "")
+        elif view.reason == Reason.RESULT_UNREADABLE:  # exit 0: the Job completes, no retry
+            failure = (Reason.RESULT_UNREADABLE, view.message or "")
     report = None
     result = previous.result
     stop_job = False
-
-    if succeeded or success_view is not None:
-        report = success_view.report if success_view else None
-        if report is not None and report.result is not None:
-            result = report.result.model_copy(
-                update={"url": report.result.url or result_url(report.result.s3_uri, settings)}
+    if success_view is not None and success_view.report is not None:
+        found = success_view.report.result
+        if found is not None:
+            result = found.model_copy(
+                update={"url": found.url or result_url(found.s3_uri, settings)}
             )
+    if failure is None and succeeded and result is None:
+        # The Job completed, but no pod is left to read the result from (pods are listed
+        # afresh before a terminal status is written): success without a result is not one.
+        failure = (
+            Reason.RESULT_UNREADABLE,
+            f"job {job_name} completed, but no pod with its result is left",
+        )
+
+    if success_view is not None or (succeeded and failure is None):
+        report = success_view.report if success_view else None
         done = f"stored at {result.s3_uri}" if result else "completed"
         wanted.append(Wanted(CT.STARTED, TRUE, Reason.RUNNING, ""))
         wanted.append(Wanted(CT.SUCCEEDED, TRUE, Reason.COMPLETED, done))

@@ -437,19 +437,33 @@ def test_an_unfinished_attempt_whose_pod_vanished_is_interrupted(tmp_path: pathl
     assert attempt.instance_type == "g5.2xlarge"
 
 
-def test_a_pod_that_succeeded_while_marked_for_disruption_keeps_its_result() -> None:
+@pytest.mark.parametrize("phase", ["Failed", "Running"])
+def test_a_pod_that_succeeded_while_marked_for_disruption_keeps_its_result(phase: str) -> None:
+    # The container exited 0, but the drain won the race for the pod's phase: the branch for
+    # exit code 0 while the phase is not Succeeded decides, not the phase.
     raced = pod(
         "p0",
         1,
-        phase="Succeeded",
+        phase=phase,
         node="gpu-1",
         conditions=[scheduled(2), cond("DisruptionTarget", "EvictionByEvictionAPI", "drain")],
         state=terminated(0, 3, 9, report(contract.ExitCode.OK, result=True)),
     )
     view = status.view_pod(raced)
     assert view.outcome == models.AttemptOutcome.SUCCEEDED
+    assert view.exit_code == 0
     assert view.report is not None
     assert view.report.result is not None
+    # The same pod without the exit code is the interruption it looks like.
+    unfinished = pod(
+        "p0",
+        1,
+        phase=phase,
+        node="gpu-1",
+        conditions=[scheduled(2), cond("DisruptionTarget", "EvictionByEvictionAPI", "drain")],
+        state=terminated(143, 3, 9, None),
+    )
+    assert status.view_pod(unfinished).outcome == models.AttemptOutcome.INTERRUPTED
 
 
 def test_the_intent_to_create_the_job_is_recorded_and_then_replaced(tmp_path: pathlib.Path) -> None:
