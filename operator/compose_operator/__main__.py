@@ -16,7 +16,6 @@ import secrets
 import socket
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import kopf
 
@@ -34,6 +33,8 @@ environment (all optional unless marked):
   COMPOSE_AWS_REGION               region of the bucket (default us-east-1)
   COMPOSE_S3_ENDPOINT_URL          S3 endpoint passed to the pods (MinIO)
   COMPOSE_MAX_RUNNING_PER_NAMESPACE  running jobs per namespace; 0: no cap
+  COMPOSE_MAX_RUNNING_PER_OWNER    running jobs per owner label and namespace; 0: no limit
+  COMPOSE_QUEUE_POSITION_REFRESH_SECONDS  rewrite a changed queue position at most this often
   COMPOSE_JOB_TTL_SECONDS          ttlSecondsAfterFinished of the child Jobs
   COMPOSE_METRICS_PORT             Prometheus /metrics port (default 8080; 0: off)
   COMPOSE_HEALTH_PORT              liveness /healthz port (default 8081; 0: off)
@@ -70,10 +71,6 @@ def _identity() -> str:
     return f"{_pod_name()}/{os.getpid()}/{secrets.token_hex(3)}"
 
 
-def _emit(body: Mapping[str, Any], *, type: str, reason: str, message: str) -> None:
-    kopf.event(dict(body), type=type, reason=reason, message=message[:1024])  # type: ignore[arg-type]
-
-
 async def run(config: settings.OperatorSettings) -> None:
     """Run the operator until it is stopped (SIGINT/SIGTERM)."""
     log = logging.getLogger("compose_operator")
@@ -84,7 +81,7 @@ async def run(config: settings.OperatorSettings) -> None:
     client = kube.KubeClient(login)
     runtime = handlers.Runtime(
         settings=config,
-        reconciler=reconciler.Reconciler(config, client, emit=_emit, metrics_=metrics.Metrics()),
+        reconciler=reconciler.Reconciler(config, client, metrics_=metrics.Metrics()),
         identity=_identity(),
         priority=peering.effective_priority(config, _pod_name()),
     )

@@ -520,11 +520,7 @@ def waiting(
     from one that finished and was deleted while the operator was down."""
     wanted = [Wanted(CT.ACCEPTED, TRUE, Reason.VALID, "")]
     if queue is not None:
-        text = (
-            f"position {queue.position} of {queue.depth} waiting "
-            f"in namespace {cj.metadata.namespace}"
-        )
-        wanted.append(Wanted(CT.QUEUED, TRUE, Reason.WAITING_FOR_CAPACITY, text))
+        wanted.append(_waiting_for_capacity(cj, queue))
     else:
         wanted.append(Wanted(CT.QUEUED, FALSE, Reason.ADMITTED, ""))
     if creating is not None and queue is None and not cj.spec.suspend:
@@ -539,6 +535,15 @@ def waiting(
         queue_position=queue.position if queue else None,
     )
     return Outcome(status, transitions)
+
+
+def _waiting_for_capacity(cj: models.CompositionJob, queue: Queue) -> Wanted:
+    """Queued behind the caps. The depth is left out of the message: it changes with every
+    job that arrives or starts, and a waiting job's status is rewritten only when its own
+    position is refreshed (see :mod:`compose_operator.plan`)."""
+    namespace = cj.metadata.namespace
+    text = f"waiting for a free slot in namespace {namespace}: position {queue.position}"
+    return Wanted(CT.QUEUED, TRUE, Reason.WAITING_FOR_CAPACITY, text)
 
 
 def _suspension(cj: models.CompositionJob) -> list[Wanted]:
@@ -585,11 +590,7 @@ def compute(
     wanted: list[Wanted] = [Wanted(CT.ACCEPTED, TRUE, Reason.VALID, "")]
     job_suspended = bool((job.get("spec") or {}).get("suspend"))
     if queue is not None:
-        text = (
-            f"position {queue.position} of {queue.depth} waiting "
-            f"in namespace {cj.metadata.namespace}"
-        )
-        wanted.append(Wanted(CT.QUEUED, TRUE, Reason.WAITING_FOR_CAPACITY, text))
+        wanted.append(_waiting_for_capacity(cj, queue))
     elif cj.spec.execution.queue_name and job_suspended and not cj.spec.suspend:
         wanted.append(
             Wanted(
@@ -704,6 +705,57 @@ def compute(
         result=result,
     )
     return Outcome(status, transitions, stop_job=stop_job)
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One Kubernetes Event about a CompositionJob."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+def event_for(previous: models.CompositionJobStatus, outcome: Outcome) -> Event | None:
+    """The Event a status write posts, if any: the transitions a user reads.
+
+    Those are the first status of a job (created, queued or rejected), the start of its run,
+    its end, a suspension or resumption, and every warning (no GPU capacity, image pull
+    back-off, a retry, a spot interruption). Progress within a phase (the Job created, the pod
+    scheduled, the image pulling) is in status only. So a successful job posts three Events.
+    The reason is the most telling transition's; the message lists them all."""
+    items = outcome.transitions
+    if not items:
+        return None
+    phase = outcome.status.phase
+    finished = outcome.terminal and previous.phase not in models.TERMINAL_PHASES
+    started = phase == models.Phase.RUNNING and previous.phase != models.Phase.RUNNING
+    warnings = [t for t in items if t.warning]
+    suspension = any(t.type == CT.SUSPENDED for t in items)
+    if not (not previous.conditions or finished or started or warnings or suspension):
+        return None
+    ending = [t for t in items if t.type in (CT.SUCCEEDED, CT.FAILED) and t.status == TRUE]
+    named = (ending or warnings or items)[-1]
+    text = "; ".join(
+        f"{t.type}={t.status} {t.reason}" + (f": {t.message}" if t.message else "") for t in items
+    )
+    return Event("Warning" if warnings else "Normal", named.reason, text)
+
+
+def start_deadline_at(
+    cj: models.CompositionJob, job: Mapping[str, Any], outcome: Outcome
+) -> datetime.datetime | None:
+    """When the start deadline of a Job whose pod has not run yet falls due (None: it does
+    not apply): the first whole second past ``startDeadlineSeconds`` after the Job started."""
+    if outcome.status.phase != models.Phase.STARTING or outcome.status.start_time is not None:
+        return None
+    if (job.get("spec") or {}).get("suspend"):
+        return None
+    origin = parse_time((job.get("status") or {}).get("startTime")) or _created(job)
+    if origin is None:
+        return None
+    seconds = cj.spec.execution.start_deadline_seconds + 1
+    return origin + datetime.timedelta(seconds=seconds)
 
 
 def to_patch(

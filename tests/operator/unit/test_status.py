@@ -512,4 +512,4 @@ def test_a_resumed_job_held_behind_the_cap_is_queued(tmp_path: pathlib.Path) -> 
     assert outcome.status.queue_position == 2
     queued = next(c for c in outcome.status.conditions if c.type == "Queued")
     assert queued.reason == "WaitingForCapacity"
-    assert queued.message == "position 2 of 3 waiting in namespace studio"
+    assert queued.message == "waiting for a free slot in namespace studio: position 2"
