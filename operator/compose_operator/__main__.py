@@ -45,7 +45,7 @@ environment (all optional unless marked):
   COMPOSE_MODEL_CACHE              model cache: an absolute node path or a PVC name
   COMPOSE_KUBE_URL                 plain http URL of the API (tests, benchmarks)
   COMPOSE_RECONCILE_INTERVAL_SECONDS  safety-net sweep interval (default 10)
-  COMPOSE_STATUS_COALESCE_SECONDS  same-phase status progress written at most this often (1)
+  COMPOSE_STATUS_COALESCE_SECONDS  same-phase status progress written at most this often (5)
   COMPOSE_LOG_LEVEL                DEBUG, INFO, WARNING or ERROR
   COMPOSE_SETTINGS_FILE            KEY=VALUE file (a mounted ConfigMap); the environment wins
 """

@@ -300,7 +300,10 @@ class Reconciler:
         else:
             self._last_write[uid] = self._monotonic()
         if action.event is not None:
-            await self._post_event(body, action.event)
+            # Off the critical path: the Job create that follows an intent write does not wait.
+            task = asyncio.create_task(self._post_event(dict(body), action.event))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         if outcome.terminal and previous.phase not in models.TERMINAL_PHASES:
             self.metrics.observe_finish(outcome.status)
             self._kick_queue(namespace)

@@ -83,7 +83,7 @@ class OperatorSettings(pydantic.BaseModel):
     kube_url: str | None = pydantic.Field(default=None, pattern=r"^https?://\S+$")
     reconcile_interval_seconds: float = pydantic.Field(default=10.0, gt=0, le=3600)
     status_coalesce_seconds: float = pydantic.Field(
-        default=1.0,
+        default=5.0,
         ge=0,
         le=60,
         description="Progress within one phase is written to status at most once per this "

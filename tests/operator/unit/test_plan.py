@@ -158,8 +158,9 @@ def test_progress_within_a_phase_is_coalesced(config: settings.OperatorSettings)
     soon = seen(starting, jobs=(job_view(config, cj),), pods=pending, since_last_write=0.25)
     decided = plan.plan(soon, at(7), config)
     assert decided.actions == ()
-    assert decided.later == pytest.approx(0.75)
-    later = seen(starting, jobs=(job_view(config, cj),), pods=pending, since_last_write=1.5)
+    assert decided.later == pytest.approx(config.status_coalesce_seconds - 0.25)
+    since = config.status_coalesce_seconds + 0.5
+    later = seen(starting, jobs=(job_view(config, cj),), pods=pending, since_last_write=since)
     assert kinds(plan.plan(later, at(8), config)) == ["WriteStatus"]
 
 
