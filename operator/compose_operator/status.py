@@ -563,6 +563,147 @@ def lost(cj: models.CompositionJob, job_name: str, *, now: datetime.datetime) ->
     return Outcome(status, transitions)
 
 
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """The child Job and its pods, read once for :func:`compute` and its condition functions."""
+
+    job_name: str
+    job_suspended: bool
+    job_complete: bool
+    job_started: datetime.datetime | None  # the Job's startTime, else its creation
+    attempts: list[models.Attempt]
+    latest: Mapping[str, Any] | None  # the newest pod
+    view: PodView | None  # of the newest pod
+    failed: list[PodView]  # the views of the pods that failed, oldest first
+    success: PodView | None  # the newest pod that succeeded with a readable result
+    start_time: datetime.datetime | None  # when a pod first ran
+    result: models.Result | None
+
+    @property
+    def last_failed(self) -> PodView | None:
+        return self.failed[-1] if self.failed else None
+
+
+def read_run(
+    cj: models.CompositionJob,
+    job: Mapping[str, Any],
+    pods: Sequence[Mapping[str, Any]],
+    nodes: Mapping[str, Mapping[str, str]],
+    settings: OperatorSettings,
+) -> Run:
+    previous = cj.status
+    job_name = _name(job)
+    own_pods = sorted(pods, key=_pod_order(previous.attempts))
+    views = [view_pod(p) for p in own_pods]
+    start_time = previous.start_time
+    if start_time is None:
+        for pod in own_pods:
+            state = _container(pod).get("state") or {}
+            began = parse_time(
+                (state.get("running") or state.get("terminated") or {}).get("startedAt")
+            )
+            if began is not None:
+                start_time = began if start_time is None else min(start_time, began)
+    success = next((v for v in reversed(views) if v.outcome == "Succeeded"), None)
+    result = previous.result
+    found = success.report.result if success is not None and success.report else None
+    if found is not None:
+        result = found.model_copy(update={"url": found.url or result_url(found.s3_uri, settings)})
+    return Run(
+        job_name=job_name,
+        job_suspended=bool((job.get("spec") or {}).get("suspend")),
+        job_complete=_is_true(job, "Complete") is not None
+        or _is_true(job, "SuccessCriteriaMet") is not None,
+        job_started=parse_time((job.get("status") or {}).get("startTime")) or _created(job),
+        attempts=_attempts(previous.attempts, job_name, own_pods, nodes),
+        latest=own_pods[-1] if own_pods else None,
+        view=views[-1] if views else None,
+        failed=[v for v in views if v.outcome == "Failed"],
+        success=success,
+        start_time=start_time,
+        result=result,
+    )
+
+
+def _queued(cj: models.CompositionJob, run: Run, queue: Queue | None) -> Wanted:
+    """Queued: behind the caps (a resumed Job held), waiting for Kueue, or admitted."""
+    if queue is not None:
+        return _waiting_for_capacity(cj, queue)
+    name = cj.spec.execution.queue_name
+    if name and run.job_suspended and not cj.spec.suspend:
+        message = f"waiting for Kueue to admit job {run.job_name} (queue {name})"
+        return Wanted(CT.QUEUED, TRUE, Reason.WAITING_FOR_ADMISSION, message)
+    return Wanted(CT.QUEUED, FALSE, Reason.ADMITTED, "")
+
+
+def _succeeded(run: Run, failure: tuple[str, str] | None) -> Wanted | None:
+    """Succeeded: a pod finished with a readable result (that wins over a Job failure that
+    raced it), or the Job completed and the result is known."""
+    if run.success is None and not (run.job_complete and failure is None):
+        return None
+    done = f"stored at {run.result.s3_uri}" if run.result else "completed"
+    return Wanted(CT.SUCCEEDED, TRUE, Reason.COMPLETED, done)
+
+
+def _failure(run: Run, job: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Why the run failed for good, if it did: the Job failed, the last pod's exit code is
+    one no retry can fix, or the Job completed without a result to read."""
+    failure = _job_failure(job, run.last_failed, len(run.failed))
+    view = run.view
+    if failure is None and view is not None and view.outcome == "Failed":
+        code = view.exit_code
+        if code is not None and code in contract.PERMANENT_EXIT_CODES:
+            failure = (str(view.reason), view.message or "")
+        elif view.reason == Reason.RESULT_UNREADABLE:  # exit 0: the Job completes, no retry
+            failure = (Reason.RESULT_UNREADABLE, view.message or "")
+    if failure is None and run.job_complete and run.result is None:
+        # The Job completed, but no pod is left to read the result from (pods are listed
+        # afresh before a terminal status is written): success without a result is not one.
+        failure = (
+            Reason.RESULT_UNREADABLE,
+            f"job {run.job_name} completed, but no pod with its result is left",
+        )
+    return failure
+
+
+def _progress(run: Run) -> tuple[str, str]:
+    """The Started reason and message while no outcome is known."""
+    view = run.view
+    if view is None:
+        return Reason.JOB_CREATED, f"job {run.job_name} created"
+    if view.outcome == "Interrupted":
+        return Reason.SPOT_INTERRUPTED, (view.message or "") + "; a replacement pod will be created"
+    if view.outcome == "Failed":
+        failed = f"attempt {len(run.attempts) - 1} failed: {view.reason}: {view.message or ''}"
+        return Reason.RETRYING, failed
+    return str(view.reason), view.message or ""
+
+
+def _start_deadline(
+    cj: models.CompositionJob, run: Run, now: datetime.datetime, reason: str, message: str
+) -> Wanted | None:
+    """Failed: no pod has run ``startDeadlineSeconds`` after the Job started (strictly after:
+    at the deadline itself the job still has its chance). Unschedulable and image pull
+    back-off name themselves as the reason; anything else is StartDeadlineExceeded."""
+    deadline = cj.spec.execution.start_deadline_seconds
+    ever_ran = run.start_time is not None or any(a.exit_code is not None for a in run.attempts)
+    origin = run.job_started
+    if ever_ran or origin is None or (now - origin).total_seconds() <= deadline:
+        return None
+    specific = reason in (Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_BACK_OFF)
+    text = f"no pod running {deadline}s after the job started" + (f": {message}" if message else "")
+    return Wanted(CT.FAILED, TRUE, reason if specific else Reason.START_DEADLINE_EXCEEDED, text)
+
+
+def _resumed_at_the_end(cj: models.CompositionJob, finished: bool) -> list[Wanted]:
+    """Suspended: as the spec says while running; a finished job is no longer suspended."""
+    if not finished:
+        return _suspension(cj)
+    if any(c.type == CT.SUSPENDED and c.status == TRUE for c in cj.status.conditions):
+        return [Wanted(CT.SUSPENDED, FALSE, Reason.RESUMED, "")]
+    return []
+
+
 def compute(
     cj: models.CompositionJob,
     job: Mapping[str, Any],
@@ -574,135 +715,48 @@ def compute(
     nodes: Mapping[str, Mapping[str, str]] | None = None,
     queue: Queue | None = None,
 ) -> Outcome:
-    """The status of a CompositionJob whose child Job exists.
+    """The status of a CompositionJob whose child Job exists: one function per condition.
 
-    ``queue`` is set when the Job is held suspended behind the namespace cap (a resumed job
-    waiting for a slot)."""
-    previous = cj.status
-    job_name = _name(job)
-    attempts = _attempts(previous.attempts, job_name, pods, nodes or {})
-    own_pods = sorted(pods, key=_pod_order(previous.attempts))
-    latest = own_pods[-1] if own_pods else None
-    view = view_pod(latest) if latest is not None else None
-    failed_views = [v for v in (view_pod(p) for p in own_pods) if v.outcome == "Failed"]
-    last_failed = failed_views[-1] if failed_views else None
-
-    wanted: list[Wanted] = [Wanted(CT.ACCEPTED, TRUE, Reason.VALID, "")]
-    job_suspended = bool((job.get("spec") or {}).get("suspend"))
-    if queue is not None:
-        wanted.append(_waiting_for_capacity(cj, queue))
-    elif cj.spec.execution.queue_name and job_suspended and not cj.spec.suspend:
-        wanted.append(
-            Wanted(
-                CT.QUEUED,
-                TRUE,
-                Reason.WAITING_FOR_ADMISSION,
-                f"waiting for Kueue to admit job {job_name} (queue {cj.spec.execution.queue_name})",
-            )
-        )
-    else:
-        wanted.append(Wanted(CT.QUEUED, FALSE, Reason.ADMITTED, ""))
-
-    start_time = previous.start_time
-    if start_time is None:
-        for pod in own_pods:
-            state = _container(pod).get("state") or {}
-            began = parse_time(
-                (state.get("running") or state.get("terminated") or {}).get("startedAt")
-            )
-            if began is not None:
-                start_time = began if start_time is None else min(start_time, began)
-
-    succeeded = _is_true(job, "Complete") or _is_true(job, "SuccessCriteriaMet")
-    success_view = next(
-        (v for v in (view_pod(p) for p in reversed(own_pods)) if v.outcome == "Succeeded"), None
-    )
-    failure = _job_failure(job, last_failed, len(failed_views))
-    if failure is None and view is not None and view.outcome == "Failed":
-        code = view.exit_code
-        if code is not None and code in contract.PERMANENT_EXIT_CODES:
-            failure = (str(view.reason), view.message or "")
-        elif view.reason == Reason.RESULT_UNREADABLE:  # exit 0: the Job completes, no retry
-            failure = (Reason.RESULT_UNREADABLE, view.message or "")
-    report = None
-    result = previous.result
+    ``queue`` is set when the Job is held suspended behind the caps (a resumed job waiting for
+    a slot)."""
+    run = read_run(cj, job, pods, nodes or {}, settings)
+    wanted: list[Wanted] = [Wanted(CT.ACCEPTED, TRUE, Reason.VALID, ""), _queued(cj, run, queue)]
+    failure = _failure(run, job)
+    succeeded = _succeeded(run, failure)
     stop_job = False
-    if success_view is not None and success_view.report is not None:
-        found = success_view.report.result
-        if found is not None:
-            result = found.model_copy(
-                update={"url": found.url or result_url(found.s3_uri, settings)}
-            )
-    if failure is None and succeeded and result is None:
-        # The Job completed, but no pod is left to read the result from (pods are listed
-        # afresh before a terminal status is written): success without a result is not one.
-        failure = (
-            Reason.RESULT_UNREADABLE,
-            f"job {job_name} completed, but no pod with its result is left",
-        )
-
-    if success_view is not None or (succeeded and failure is None):
-        report = success_view.report if success_view else None
-        done = f"stored at {result.s3_uri}" if result else "completed"
-        wanted.append(Wanted(CT.STARTED, TRUE, Reason.RUNNING, ""))
-        wanted.append(Wanted(CT.SUCCEEDED, TRUE, Reason.COMPLETED, done))
+    report = None
+    if succeeded is not None:
+        report = run.success.report if run.success else None
+        wanted += [Wanted(CT.STARTED, TRUE, Reason.RUNNING, ""), succeeded]
     elif failure is not None:
-        report = last_failed.report if last_failed else None
-        if start_time is not None:
+        report = run.last_failed.report if run.last_failed else None
+        if run.start_time is not None:
             wanted.append(Wanted(CT.STARTED, TRUE, Reason.RUNNING, ""))
         wanted.append(Wanted(CT.FAILED, TRUE, failure[0], failure[1]))
     elif cj.spec.suspend:
-        wanted.append(Wanted(CT.STARTED, FALSE, Reason.JOB_CREATED, f"job {job_name} suspended"))
-    elif job_suspended:
-        pass  # waiting for Kueue; the Queued condition says so
-    else:
-        origin = parse_time((job.get("status") or {}).get("startTime")) or _created(job)
-        deadline = cj.spec.execution.start_deadline_seconds
-        reason: str
-        ever_ran = start_time is not None or any(a.exit_code is not None for a in attempts)
-        message: str
-        if view is None:
-            reason, message = Reason.JOB_CREATED, f"job {job_name} created"
-        elif view.outcome == "Interrupted":
-            reason = Reason.SPOT_INTERRUPTED
-            message = (view.message or "") + "; a replacement pod will be created"
-        elif view.outcome == "Failed":
-            reason = Reason.RETRYING
-            message = f"attempt {len(attempts) - 1} failed: {view.reason}: {view.message or ''}"
-        else:
-            reason, message = str(view.reason), view.message or ""
-        if not ever_ran and origin is not None and (now - origin).total_seconds() > deadline:
-            specific = reason in (Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_BACK_OFF)
-            text = f"no pod running {deadline}s after the job started" + (
-                f": {message}" if message else ""
-            )
-            wanted.append(
-                Wanted(
-                    CT.FAILED, TRUE, reason if specific else Reason.START_DEADLINE_EXCEEDED, text
-                )
-            )
-            stop_job = True
-        else:
-            wanted.append(Wanted(CT.STARTED, TRUE, reason, message))
-
-    if not any(w.type in (CT.SUCCEEDED, CT.FAILED) for w in wanted):
-        wanted.extend(_suspension(cj))
-    elif any(c.type == CT.SUSPENDED and c.status == TRUE for c in previous.conditions):
-        wanted.append(Wanted(CT.SUSPENDED, FALSE, Reason.RESUMED, ""))
-    if report is None and view is not None:
-        report = view.report
+        message = f"job {run.job_name} suspended"
+        wanted.append(Wanted(CT.STARTED, FALSE, Reason.JOB_CREATED, message))
+    elif not run.job_suspended:  # a suspended Job waits for Kueue: the Queued condition says so
+        reason, message = _progress(run)
+        late = _start_deadline(cj, run, now, reason, message)
+        stop_job = late is not None
+        wanted.append(late or Wanted(CT.STARTED, TRUE, reason, message))
+    finished = any(w.type in (CT.SUCCEEDED, CT.FAILED) for w in wanted)
+    wanted.extend(_resumed_at_the_end(cj, finished))
+    if report is None and run.view is not None:
+        report = run.view.report
     status, transitions = _finish(
         cj.status,
         cj.metadata.generation,
         wanted,
         now,
         seed=seed,
-        attempt=(len(attempts) - 1) if attempts else None,
-        attempts=attempts,
+        attempt=(len(run.attempts) - 1) if run.attempts else None,
+        attempts=run.attempts,
         queue_position=queue.position if queue else None,
-        start_time=start_time,
-        timings=_timings(cj, job, latest, report, previous.timings),
-        result=result,
+        start_time=run.start_time,
+        timings=_timings(cj, job, run.latest, report, cj.status.timings),
+        result=run.result,
     )
     return Outcome(status, transitions, stop_job=stop_job)
 
