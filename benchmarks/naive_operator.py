@@ -1,14 +1,20 @@
-"""The baseline for benchmarks/operator_bench.py: the naive one-handler kopf operator.
+"""The baseline for benchmarks/operator_bench.py: the naive kopf operator, whole lifecycle.
 
-``on.create`` -> create a batch/v1 Job -> patch the CompositionJob's status, and nothing else:
-no Job or Pod tracking, no retries, no queueing, no events beyond kopf's own. The benchmark runs
-it as a subprocess (``python benchmarks/naive_operator.py``) against the emulator at
-COMPOSE_KUBE_URL, exactly as it runs ``compose-operator``, so both are measured the same way.
+What a first kopf operator for this CRD looks like, and no more: ``on.create`` creates a
+batch/v1 Job (kopf records the handler's result in status: one more patch), and a Job event
+handler waits for the Job to finish, reads its pod's termination message and writes the final
+status (phase and result) on the CompositionJob. No queueing, no retries of its own, no deadlines,
+no Events beyond kopf's. So it runs the same lifecycle as ``compose-operator`` (Job created,
+followed to the end, final status with the result), and per-job costs compare like for like.
+
+The benchmark runs it as a subprocess (``python -m benchmarks.naive_operator``) against the API
+at COMPOSE_KUBE_URL, exactly as it runs ``compose-operator``, so both are measured the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from typing import Any
@@ -81,6 +87,51 @@ async def create_job(name: str, namespace: str | None, uid: str, **_: Any) -> di
             raise kopf.TemporaryError(f"job creation failed: HTTP {response.status}", delay=5)
     # kopf stores the result under status.create_job (one more status patch).
     return {"job": job["metadata"]["name"]}
+
+
+def _finished(status: dict[str, Any]) -> str | None:
+    for item in status.get("conditions") or []:
+        if item.get("type") in ("Complete", "Failed") and item.get("status") == "True":
+            return "Succeeded" if item["type"] == "Complete" else "Failed"
+    return None
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={"compose.nextunicorn.dev/job": kopf.PRESENT})
+async def job_finished(event: kopf.RawEvent, **_: Any) -> None:
+    """When the Job is finished: read the pod's result, write the CompositionJob's status."""
+    job: dict[str, Any] = dict(event["object"])
+    phase = _finished(job.get("status") or {})
+    if event.get("type") == "DELETED" or phase is None:
+        return
+    meta = job["metadata"]
+    namespace = meta["namespace"]
+    owner = next(
+        (r["name"] for r in meta.get("ownerReferences") or [] if r["kind"] == "CompositionJob"),
+        None,
+    )
+    if owner is None:
+        return
+    base = _kube_url()
+    result: Any = None
+    async with aiohttp.ClientSession() as session:
+        pods_url = f"{base}/api/v1/namespaces/{namespace}/pods"
+        params = {"labelSelector": f"job-name={meta['name']}"}
+        async with session.get(pods_url, params=params) as response:
+            pods = (await response.json()).get("items") or []
+        for pod in pods:
+            for container in (pod.get("status") or {}).get("containerStatuses") or []:
+                message = ((container.get("state") or {}).get("terminated") or {}).get("message")
+                if message:
+                    try:
+                        result = json.loads(message).get("result")
+                    except ValueError:
+                        result = None
+        url = f"{base}/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}/{owner}/status"
+        patch = {"status": {"phase": phase, "result": result}}
+        headers = {"Content-Type": "application/merge-patch+json"}
+        async with session.patch(url, json=patch, headers=headers) as response:
+            if response.status >= 400:
+                raise kopf.TemporaryError(f"status patch failed: HTTP {response.status}", delay=5)
 
 
 def main() -> None:

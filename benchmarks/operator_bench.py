@@ -12,11 +12,20 @@ baseline, then ``compose-operator``), in the same run and on the same machine:
    profiles file, and wait until it watches CompositionJobs;
 3. create N CompositionJobs and play the Job controller and the kubelet for every Job the
    operator creates (pod scheduled on a g5 node, running, terminated with a successful
-   termination message, Job Complete), until every CompositionJob is done (the naive operator:
-   its status written once; compose-operator: phase Succeeded or Failed);
-4. print, for the operator process alone: API requests per job (from the emulator's request log,
-   the benchmark's own requests excluded by User-Agent), CPU milliseconds per job (user+system,
-   psutil), peak RSS, and create-to-Job latency p50/p99 -- with ratios to the baseline.
+   termination message, Job Complete), until every CompositionJob is done (phase Succeeded or
+   Failed: both operators follow the Job to the end and write the result);
+4. print, for the operator process alone: API requests per job (from the API's request log,
+   the benchmark's own requests excluded by User-Agent), object writes and Events per job, CPU
+   milliseconds per job (user+system, psutil), peak RSS, and create-to-Job latency p50/p99 --
+   with ratios to the baseline.
+
+``--cap N`` runs compose-operator with COMPOSE_MAX_RUNNING_PER_NAMESPACE=N (the chart's default
+is 4); ``--step-delay S`` makes the played kubelet take S seconds per pod transition (a slow
+cluster: pod states last longer than the operator's coalescing window).
+
+All cluster access goes through :class:`Cluster` (start, URL, request log, the server's CPU):
+:class:`EmulatorCluster` is the one implementation today; pointing the benchmark at a real API
+server means another implementation of that seam (its request counts from the audit log).
 
 The emulator is a correctness substrate, not a performance one: it is single-threaded Python,
 and it serves the benchmark's own requests too (about ten per job), so latencies include its
@@ -41,7 +50,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import psutil
@@ -74,11 +83,7 @@ class OperatorKind:
     done: Callable[[Mapping[str, Any]], bool]
 
 
-def _naive_done(cj: Mapping[str, Any]) -> bool:
-    return "create_job" in (cj.get("status") or {})
-
-
-def _compose_done(cj: Mapping[str, Any]) -> bool:
+def _done(cj: Mapping[str, Any]) -> bool:
     return (cj.get("status") or {}).get("phase") in (models.Phase.SUCCEEDED, models.Phase.FAILED)
 
 
@@ -87,13 +92,13 @@ OPERATORS = {
         "naive",
         "naive kopf",
         (sys.executable, "-m", "benchmarks.naive_operator"),
-        _naive_done,
+        _done,
     ),
     "compose": OperatorKind(
         "compose",
         "compose-operator",
         (sys.executable, "-m", "compose_operator"),
-        _compose_done,
+        _done,
     ),
 }
 
@@ -105,7 +110,8 @@ class Result:
     done: int
     succeeded: int
     requests: int
-    writes: int
+    writes: int  # object writes: creates, patches and deletes, Events not counted
+    events: int
     requests_by_verb: dict[str, int]
     cpu_ms: float
     peak_rss_mib: float
@@ -118,6 +124,7 @@ class Result:
         return {
             "requests_per_job": self.requests / self.jobs,
             "writes_per_job": self.writes / self.jobs,
+            "events_per_job": self.events / self.jobs,
             "cpu_ms_per_job": self.cpu_ms / self.jobs,
             "peak_rss_mib": self.peak_rss_mib,
             "create_to_job_p50_ms": _percentile(self.create_to_job_ms, 50),
@@ -143,15 +150,38 @@ def _percentile(values: Sequence[float], pct: float) -> float:
 # -- processes --------------------------------------------------------------------------------
 
 
+class Cluster(Protocol):
+    """The benchmark's one seam to the cluster: where it is, what was asked of it, its CPU."""
+
+    @property
+    def url(self) -> str:
+        """The plain http URL the operators and the driver use."""
+
+    def request_log(self, since: int = 0) -> list[kube_emulator.RequestRecord]:
+        """Every API request since the ``since``-th, in arrival order."""
+
+    def cpu_seconds(self) -> float:
+        """The API server's own CPU time so far (user + system)."""
+
+
 @dataclasses.dataclass(frozen=True)
-class Emulator:
+class EmulatorCluster:
+    """The repository's API emulator, in a process of its own."""
+
     url: str
     pid: int
 
+    def request_log(self, since: int = 0) -> list[kube_emulator.RequestRecord]:
+        return kube_emulator.fetch_request_log(self.url, since)
+
+    def cpu_seconds(self) -> float:
+        times = psutil.Process(self.pid).cpu_times()
+        return float(times.user + times.system)
+
 
 @contextlib.contextmanager
-def emulator_process() -> Iterator[Emulator]:
-    """Run the emulator in its own process; yields its URL and process id."""
+def emulator_process() -> Iterator[Cluster]:
+    """Run the emulator in its own process; yields it as a :class:`Cluster`."""
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.support.kube_emulator", "--port", "0"],
         cwd=ROOT,
@@ -164,7 +194,7 @@ def emulator_process() -> Iterator[Emulator]:
         line = process.stdout.readline().strip()
         if not line.startswith("KUBE_EMULATOR_URL="):
             raise RuntimeError(f"the emulator did not start: {line!r}")
-        yield Emulator(url=line.split("=", 1)[1], pid=process.pid)
+        yield EmulatorCluster(url=line.split("=", 1)[1], pid=process.pid)
     finally:
         _stop(process)
 
@@ -181,7 +211,7 @@ def _stop(process: subprocess.Popen[Any]) -> None:
 
 @contextlib.contextmanager
 def operator_process(
-    kind: OperatorKind, url: str, workdir: pathlib.Path
+    kind: OperatorKind, url: str, workdir: pathlib.Path, cap: int = 0
 ) -> Iterator[subprocess.Popen[bytes]]:
     profiles = workdir / "profiles.yaml"
     profiles.write_text(PROFILES_YAML)
@@ -194,6 +224,7 @@ def operator_process(
         COMPOSE_OUTPUT_BUCKET="results-bucket",
         COMPOSE_METRICS_PORT="0",
         COMPOSE_HEALTH_PORT="0",
+        COMPOSE_MAX_RUNNING_PER_NAMESPACE=str(cap),
     )
     log_path = workdir / f"{kind.key}.log"
     with log_path.open("wb") as log:
@@ -249,8 +280,11 @@ def success_message(name: str) -> str:
 class Driver:
     """Creates the CompositionJobs and plays the controllers; records the times it sees."""
 
-    def __init__(self, kube: KubeClient, kind: OperatorKind, jobs: int) -> None:
+    def __init__(
+        self, kube: KubeClient, kind: OperatorKind, jobs: int, step_delay: float = 0.0
+    ) -> None:
         self.kube = kube
+        self.step_delay = step_delay
         self.kind = kind
         self.names = [f"cj-{index:05d}" for index in range(jobs)]
         self.created_at: dict[str, float] = {}
@@ -307,7 +341,9 @@ class Driver:
             pod = await kube_cluster.create_pod_for_job(
                 self.kube, job, node=f"ip-10-0-{index % 16}-1", capacity_type="on-demand"
             )
+            await asyncio.sleep(self.step_delay)
             pod = await kube_cluster.mark_running(self.kube, pod)
+            await asyncio.sleep(self.step_delay)
             await kube_cluster.mark_terminated(
                 self.kube, pod, exit_code=0, message=success_message(owner)
             )
@@ -342,15 +378,15 @@ async def _watch_forever(kube: KubeClient, spec: kube_emulator.ResourceSpec) -> 
 
 
 async def _wait_ready(
-    url: str, process: subprocess.Popen[bytes], deadline_s: float, kind: OperatorKind
+    cluster: Cluster, process: subprocess.Popen[bytes], deadline_s: float, kind: OperatorKind
 ) -> None:
-    """Until the operator watches CompositionJobs (seen in the emulator's request log)."""
+    """Until the operator watches CompositionJobs (seen in the API's request log)."""
     deadline = time.monotonic() + deadline_s
     seen = 0
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{kind.title} exited with {process.returncode}")
-        records = await asyncio.to_thread(kube_emulator.fetch_request_log, url, seen)
+        records = await asyncio.to_thread(cluster.request_log, seen)
         seen += len(records)
         if any(
             r.verb == "watch"
@@ -381,15 +417,25 @@ def _peak_rss_mib(process: psutil.Process, sampled: float) -> float:
     return sampled
 
 
-async def run_one(kind: OperatorKind, jobs: int, concurrency: int, timeout_s: float) -> Result:
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    jobs: int
+    concurrency: int
+    timeout_s: float
+    cap: int = 0
+    step_delay: float = 0.0
+
+
+async def run_one(kind: OperatorKind, scenario: Scenario) -> Result:
     with tempfile.TemporaryDirectory(prefix=f"bench-{kind.key}-") as tmp:
         workdir = pathlib.Path(tmp)
+        cap = scenario.cap if kind.key == "compose" else 0  # the naive operator has no cap
         with (
-            emulator_process() as emulator,
-            operator_process(kind, emulator.url, workdir) as process,
+            emulator_process() as cluster,
+            operator_process(kind, cluster.url, workdir, cap) as process,
         ):
             try:
-                return await _measure(kind, emulator, process, jobs, concurrency, timeout_s)
+                return await _measure(kind, cluster, process, scenario)
             except Exception:
                 sys.stderr.write(f"--- {kind.title} log ---\n{_log_tail(workdir, kind)}\n")
                 raise
@@ -397,18 +443,16 @@ async def run_one(kind: OperatorKind, jobs: int, concurrency: int, timeout_s: fl
 
 async def _measure(
     kind: OperatorKind,
-    emulator: Emulator,
+    cluster: Cluster,
     process: subprocess.Popen[bytes],
-    jobs: int,
-    concurrency: int,
-    timeout_s: float,
+    scenario: Scenario,
 ) -> Result:
-    url = emulator.url
-    await _wait_ready(url, process, 60, kind)
+    url = cluster.url
+    jobs, concurrency, timeout_s = scenario.jobs, scenario.concurrency, scenario.timeout_s
+    await _wait_ready(cluster, process, 60, kind)
     observed = psutil.Process(process.pid)
-    emulator_process_ = psutil.Process(emulator.pid)
     async with KubeClient(url, namespace=NAMESPACE) as kube:
-        driver = Driver(kube, kind, jobs)
+        driver = Driver(kube, kind, jobs, scenario.step_delay)
         followers = [
             asyncio.create_task(driver.follow_jobs()),
             asyncio.create_task(driver.follow_compositions()),
@@ -416,9 +460,9 @@ async def _measure(
         peak = [0.0]
         stop_sampling = asyncio.Event()
         sampler = asyncio.create_task(_sample_rss(observed, peak, stop_sampling))
-        log_start = len(await asyncio.to_thread(kube_emulator.fetch_request_log, url))
+        log_start = len(await asyncio.to_thread(cluster.request_log))
         cpu_start = observed.cpu_times()
-        emulator_cpu_start = emulator_process_.cpu_times()
+        cluster_cpu_start = cluster.cpu_seconds()
         started = time.monotonic()
         try:
             await driver.create_all(concurrency)
@@ -431,7 +475,7 @@ async def _measure(
         finally:
             wall = time.monotonic() - started
             cpu_end = observed.cpu_times()
-            emulator_cpu_end = emulator_process_.cpu_times()
+            cluster_cpu_end = cluster.cpu_seconds()
             stop_sampling.set()
             await sampler
             # Let the Job controller finish what it started (outside the measured window).
@@ -441,7 +485,7 @@ async def _measure(
             for task in followers:
                 task.cancel()
             await asyncio.gather(*followers, return_exceptions=True)
-        records = await asyncio.to_thread(kube_emulator.fetch_request_log, url, log_start)
+        records = await asyncio.to_thread(cluster.request_log, log_start)
     if driver.errors:
         sys.stderr.write("benchmark driver errors:\n  " + "\n  ".join(driver.errors[:10]) + "\n")
     mine = [r for r in records if r.user_agent != kube_emulator.TEST_CLIENT_USER_AGENT]
@@ -451,7 +495,8 @@ async def _measure(
         done=len(driver.done_at),
         succeeded=len(driver.succeeded),
         requests=len(mine),
-        writes=sum(1 for r in mine if r.verb in _WRITES),
+        writes=sum(1 for r in mine if r.verb in _WRITES and r.resource != "events"),
+        events=sum(1 for r in mine if r.verb == "create" and r.resource == "events"),
         requests_by_verb=dict(Counter(f"{r.verb} {r.resource}{_sub(r)}" for r in mine)),
         cpu_ms=1000 * (cpu_end.user + cpu_end.system - cpu_start.user - cpu_start.system),
         peak_rss_mib=_peak_rss_mib(observed, peak[0]),
@@ -466,10 +511,7 @@ async def _measure(
             if n in driver.done_at and n in driver.created_at
         ],
         wall_s=wall,
-        emulator_cpu_s=emulator_cpu_end.user
-        + emulator_cpu_end.system
-        - emulator_cpu_start.user
-        - emulator_cpu_start.system,
+        emulator_cpu_s=cluster_cpu_end - cluster_cpu_start,
     )
 
 
@@ -481,7 +523,8 @@ def _sub(record: kube_emulator.RequestRecord) -> str:
 
 _ROWS = (
     ("requests_per_job", "API requests per job", "{:.2f}"),
-    ("writes_per_job", "  of which writes", "{:.2f}"),
+    ("writes_per_job", "  object writes", "{:.2f}"),
+    ("events_per_job", "  Events posted", "{:.2f}"),
     ("cpu_ms_per_job", "CPU ms per job (user+sys)", "{:.1f}"),
     ("peak_rss_mib", "peak RSS (MiB)", "{:.1f}"),
     ("create_to_job_p50_ms", "create->Job p50 (ms)", "{:.0f}"),
@@ -533,7 +576,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--operators",
         default="naive,compose",
-        help="comma-separated, the first is the baseline (naive, compose)",
+        help="comma-separated, the first is the baseline: naive, compose, or compose:N "
+        "(compose-operator with a namespace cap of N)",
+    )
+    parser.add_argument(
+        "--step-delay",
+        type=float,
+        default=0.0,
+        help="seconds the played kubelet takes per pod transition (a slow cluster)",
     )
     parser.add_argument("--concurrency", type=int, default=10, help="creates in flight")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per operator")
@@ -541,14 +591,25 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not 1 <= args.jobs <= 1000:
         parser.error("--jobs: must be between 1 and 1000")
-    unknown = [k for k in args.operators.split(",") if k not in OPERATORS]
-    if unknown:
-        parser.error(f"--operators: unknown {unknown}; choose from {sorted(OPERATORS)}")
-    timeout_s = args.timeout or 60 + args.jobs * 1.5
+    chosen: list[tuple[OperatorKind, int]] = []
+    for item in args.operators.split(","):
+        key, _, cap = item.partition(":")
+        if key not in OPERATORS or (cap and (key != "compose" or not cap.isdigit())):
+            parser.error(f"--operators: unknown {item!r}; choose from naive, compose, compose:N")
+        kind = OPERATORS[key]
+        if cap:
+            kind = dataclasses.replace(kind, title=f"{kind.title} cap {cap}")
+        chosen.append((kind, int(cap or 0)))
+    timeout_s = args.timeout or 60 + args.jobs * (1.5 + 3 * args.step_delay)
 
     results = [
-        asyncio.run(run_one(OPERATORS[key], args.jobs, args.concurrency, timeout_s))
-        for key in args.operators.split(",")
+        asyncio.run(
+            run_one(
+                kind,
+                Scenario(args.jobs, args.concurrency, timeout_s, cap, args.step_delay),
+            )
+        )
+        for kind, cap in chosen
     ]
     print(report(results, args.jobs), flush=True)
     if args.json is not None:

@@ -142,5 +142,5 @@ class TerminationMessage(_Wire):
         try:
             data: Any = json.loads(text)
             return cls.model_validate(data)
-        except (ValueError, pydantic.ValidationError):
-            return None
+        except (ValueError, RecursionError, pydantic.ValidationError):
+            return None  # RecursionError: JSON nested deeper than the parser's recursion limit

@@ -386,6 +386,7 @@ class Reason(enum.StrEnum):
     START_DEADLINE_EXCEEDED = "StartDeadlineExceeded"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
     CONTAINER_FAILED = "ContainerFailed"
+    RESULT_UNREADABLE = "ResultUnreadable"  # exit 0, but no result in the termination message
     JOB_LOST = "JobLost"
     # Suspended
     SUSPENDED_BY_USER = "SuspendedByUser"

@@ -16,7 +16,6 @@ import secrets
 import socket
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import kopf
 
@@ -34,6 +33,8 @@ environment (all optional unless marked):
   COMPOSE_AWS_REGION               region of the bucket (default us-east-1)
   COMPOSE_S3_ENDPOINT_URL          S3 endpoint passed to the pods (MinIO)
   COMPOSE_MAX_RUNNING_PER_NAMESPACE  running jobs per namespace; 0: no cap
+  COMPOSE_MAX_RUNNING_PER_OWNER    running jobs per owner label and namespace; 0: no limit
+  COMPOSE_QUEUE_POSITION_REFRESH_SECONDS  rewrite a changed queue position at most this often
   COMPOSE_JOB_TTL_SECONDS          ttlSecondsAfterFinished of the child Jobs
   COMPOSE_METRICS_PORT             Prometheus /metrics port (default 8080; 0: off)
   COMPOSE_HEALTH_PORT              liveness /healthz port (default 8081; 0: off)
@@ -44,7 +45,7 @@ environment (all optional unless marked):
   COMPOSE_MODEL_CACHE              model cache: an absolute node path or a PVC name
   COMPOSE_KUBE_URL                 plain http URL of the API (tests, benchmarks)
   COMPOSE_RECONCILE_INTERVAL_SECONDS  safety-net sweep interval (default 10)
-  COMPOSE_STATUS_COALESCE_SECONDS  same-phase status progress written at most this often (1)
+  COMPOSE_STATUS_COALESCE_SECONDS  same-phase status progress written at most this often (5)
   COMPOSE_LOG_LEVEL                DEBUG, INFO, WARNING or ERROR
   COMPOSE_SETTINGS_FILE            KEY=VALUE file (a mounted ConfigMap); the environment wins
 """
@@ -68,10 +69,6 @@ def _pod_name() -> str:
 def _identity() -> str:
     """This instance in kopf's peering object."""
     return f"{_pod_name()}/{os.getpid()}/{secrets.token_hex(3)}"
-
-
-def _emit(body: Mapping[str, Any], *, type: str, reason: str, message: str) -> None:
-    kopf.event(dict(body), type=type, reason=reason, message=message[:1024])  # type: ignore[arg-type]
 
 
 async def _ensure_peering(
@@ -102,7 +99,7 @@ async def run(config: settings.OperatorSettings) -> None:
     client = kube.KubeClient(login)
     runtime = handlers.Runtime(
         settings=config,
-        reconciler=reconciler.Reconciler(config, client, emit=_emit, metrics_=metrics.Metrics()),
+        reconciler=reconciler.Reconciler(config, client, metrics_=metrics.Metrics()),
         identity=_identity(),
         priority=peering.effective_priority(config, _pod_name()),
     )

@@ -187,7 +187,7 @@ async def composition_job_event(event: Mapping[str, Any], memo: Any, **_: Any) -
     echo = runtime.reconciler.inventory.is_status_echo(body)
     uid = runtime.reconciler.inventory.put(body)
     if echo:
-        return  # our own status patch coming back: nothing the reconciler reads has changed
+        return  # our own status patch coming back, or a finished job: nothing to decide
     await runtime.reconciler.reconcile(uid)
 
 
@@ -195,7 +195,7 @@ async def composition_job_event(event: Mapping[str, Any], memo: Any, **_: Any) -
 async def job_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
     runtime = _runtime(memo)
     deleted = event.get("type") == "DELETED"
-    owner = runtime.reconciler.inventory.put_child("job", event["object"], deleted=deleted)
+    owner = runtime.reconciler.child_changed("job", event["object"], deleted=deleted)
     if owner is not None:
         await runtime.reconciler.reconcile(owner)
 
@@ -204,6 +204,6 @@ async def job_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
 async def pod_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
     runtime = _runtime(memo)
     deleted = event.get("type") == "DELETED"
-    owner = runtime.reconciler.inventory.put_child("pod", event["object"], deleted=deleted)
+    owner = runtime.reconciler.child_changed("pod", event["object"], deleted=deleted)
     if owner is not None:
         await runtime.reconciler.reconcile(owner)

@@ -3,89 +3,86 @@
 Fed by the watch handlers in :mod:`compose_operator.handlers` (kopf streams every change), read
 by :mod:`compose_operator.reconciler`, so that reconciling a job costs no API reads. It also
 remembers the status this process last wrote for each job (the operator is the only writer of
-status, so that is the newest one even before the watch echoes it back) and holds the locks
-that keep two reconciliations of one job, or two admissions in one namespace, from overlapping.
-Plain data and no I/O.
+status, so that is the newest one even before the watch echoes it back) and what each job means
+to the queue, so that an admission reads small records, never bodies. Plain data and no I/O.
+
+Finished jobs are kept light: no body, no status, no pods; only their Job while the Job
+controller has not finished it (it still holds a slot under the caps).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import pydantic
 
 from compose_api import models
-from compose_operator import names, queueing, status
+from compose_operator import observed, queueing, status
 
 _VOLATILE_METADATA = frozenset({"resourceVersion", "managedFields"})
+_TERMINAL = frozenset(str(phase) for phase in models.TERMINAL_PHASES)
 
 
 def _uid(obj: Mapping[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("uid") or "")
 
 
-_KEPT_SPEC = ("suspend", "nodeName")  # all the reconciler reads of a Job's or Pod's spec
+@dataclasses.dataclass
+class Tracked:
+    """One CompositionJob: its body while it is active, what the queue reads, and its state."""
 
-
-def slim(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """A child as the reconciler reads it: without managedFields and without its pod template
-    (which carries the job document), so that thousands of them stay small in memory."""
-    kept = dict(obj)
-    meta = kept.get("metadata")
-    if isinstance(meta, Mapping) and "managedFields" in meta:
-        kept["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
-    spec = kept.get("spec")
-    if isinstance(spec, Mapping):
-        kept["spec"] = {k: spec[k] for k in _KEPT_SPEC if k in spec}
-    return kept
-
-
-def owner_uid(obj: Mapping[str, Any]) -> str | None:
-    """The CompositionJob a child belongs to, from its label."""
-    labels = (obj.get("metadata") or {}).get("labels") or {}
-    value = labels.get(names.UID_LABEL)
-    return str(value) if value else None
-
-
-def job_attempt(job: Mapping[str, Any]) -> int:
-    """The attempt number a child Job was built for (from its label)."""
-    labels = (job.get("metadata") or {}).get("labels") or {}
-    try:
-        return int(labels.get(names.ATTEMPT_LABEL, 0))
-    except (TypeError, ValueError):
-        return 0
-
-
-def _held_by_operator(job: Mapping[str, Any]) -> bool:
-    """A Job the operator suspended for the user and has not unsuspended yet."""
-    annotations = (job.get("metadata") or {}).get("annotations") or {}
-    suspended = bool((job.get("spec") or {}).get("suspend"))
-    return suspended and names.SUSPENDED_ANNOTATION in annotations
+    uid: str
+    fields: observed.QueueFields
+    body: dict[str, Any] | None  # None once finished
+    finished: bool = False
+    rejected: bool = False  # Accepted=False: never admitted
+    admitted: bool = False  # may start: its Job is being (or was) created, or it was resumed
+    written: models.CompositionJobStatus | None = None  # what this process last wrote
+    parsed: models.CompositionJobStatus | None = None  # the body's status, parsed on demand
 
 
 class Inventory:
     """Latest known objects, keyed by the CompositionJob's uid."""
 
     def __init__(self) -> None:
-        self.jobs_by_uid: dict[str, dict[str, Any]] = {}
-        self.children: dict[str, dict[str, dict[str, Any]]] = collections.defaultdict(dict)
+        self.tracked: dict[str, Tracked] = {}
+        self.jobs: dict[str, dict[str, observed.JobView]] = collections.defaultdict(dict)
         self.pods: dict[str, dict[str, dict[str, Any]]] = collections.defaultdict(dict)
-        self.written: dict[str, models.CompositionJobStatus] = {}
-        self.finished: set[str] = set()  # terminal: their children are no longer kept
+        # Per namespace, the jobs the queue must look at: not finished, or a Job still running.
+        self._active: dict[str, set[str]] = collections.defaultdict(set)
         # Jobs this process unsuspended on resume, until the watch shows it: an event from before
         # the patch must not make them look held (and free their slot) in the meantime.
         self.unsuspended: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
-        self._namespace_locks: dict[str, asyncio.Lock] = {}
 
     # -- CompositionJobs --------------------------------------------------------------------
 
     def put(self, body: Mapping[str, Any]) -> str:
         uid = _uid(body)
-        self.jobs_by_uid[uid] = dict(body)
+        fields = observed.queue_fields(body)
+        found = self.tracked.get(uid)
+        if found is not None and found.finished:
+            found.fields = fields
+            return uid  # terminal stays terminal: nothing more is kept or decided
+        phase = (body.get("status") or {}).get("phase")
+        if found is None:
+            found = Tracked(uid=uid, fields=fields, body=dict(body))
+            self.tracked[uid] = found
+            conditions = (body.get("status") or {}).get("conditions") or []
+            found.admitted = any(
+                c.get("type") == models.ConditionType.QUEUED and c.get("status") == "False"
+                for c in conditions
+            )
+        else:
+            found.fields, found.body, found.parsed = fields, dict(body), None
+        if found.written is None and phase in _TERMINAL:
+            self.finish(uid)  # finished before this process saw it (a restart)
+            return uid
+        self._active[fields.namespace].add(uid)
         return uid
 
     def is_status_echo(self, body: Mapping[str, Any]) -> bool:
@@ -95,9 +92,11 @@ class Inventory:
         Such an event is the echo of our own status patch: the reconciler reads the status it
         wrote, not the one in the body, so reconciling again would only recompute the same.
         """
-        uid = _uid(body)
-        stored = self.jobs_by_uid.get(uid)
-        if stored is None or uid not in self.written:
+        found = self.tracked.get(_uid(body))
+        if found is None or found.finished:
+            return found is not None  # a finished job: nothing to reconcile either
+        stored = found.body
+        if stored is None or found.written is None:
             return False
         if stored.get("spec") != body.get("spec"):
             return False
@@ -109,64 +108,120 @@ class Inventory:
         return all(stored.get(key) == body.get(key) for key in others)
 
     def forget(self, uid: str) -> None:
-        self.jobs_by_uid.pop(uid, None)
-        self.children.pop(uid, None)
+        found = self.tracked.pop(uid, None)
+        if found is not None:
+            self._active[found.fields.namespace].discard(uid)
+        self.jobs.pop(uid, None)
         self.pods.pop(uid, None)
-        self.written.pop(uid, None)
-        self.finished.discard(uid)
         self.unsuspended.discard(uid)
         self._locks.pop(uid, None)
 
     def finish(self, uid: str) -> None:
-        """The job reached a terminal phase: drop its children, and keep none from now on."""
-        self.finished.add(uid)
-        self.children.pop(uid, None)
+        """The job reached a terminal phase: drop its body, status and pods; keep only its Jobs
+        that the Job controller has not finished, as long as they hold a slot."""
+        found = self.tracked.get(uid)
+        if found is None:
+            return
+        found.finished, found.body, found.written, found.parsed = True, None, None, None
+        found.admitted = False
         self.pods.pop(uid, None)
+        self._prune(uid)
+
+    def _prune(self, uid: str) -> None:
+        found = self.tracked.get(uid)
+        if found is None or not found.finished:
+            return
+        jobs = {name: job for name, job in self.jobs.get(uid, {}).items() if job.live}
+        if jobs:
+            self.jobs[uid] = jobs
+        else:
+            self.jobs.pop(uid, None)
+            self._active[found.fields.namespace].discard(uid)
 
     def body(self, uid: str) -> dict[str, Any] | None:
-        return self.jobs_by_uid.get(uid)
+        found = self.tracked.get(uid)
+        return found.body if found is not None else None
+
+    def is_finished(self, uid: str) -> bool:
+        found = self.tracked.get(uid)
+        return found is not None and found.finished
 
     def status_of(self, uid: str) -> models.CompositionJobStatus:
         """What this process last wrote, else what the API server last showed."""
-        if uid in self.written:
-            return self.written[uid]
-        body = self.jobs_by_uid.get(uid) or {}
-        try:
-            return models.CompositionJobStatus.model_validate(body.get("status") or {})
-        except pydantic.ValidationError:
+        found = self.tracked.get(uid)
+        if found is None or found.finished:
             return models.CompositionJobStatus()
+        if found.written is not None:
+            return found.written
+        if found.parsed is None:
+            try:
+                found.parsed = models.CompositionJobStatus.model_validate(
+                    (found.body or {}).get("status") or {}
+                )
+            except pydantic.ValidationError:
+                found.parsed = models.CompositionJobStatus()
+        return found.parsed
+
+    def record_write(self, uid: str, written: models.CompositionJobStatus) -> None:
+        found = self.tracked.get(uid)
+        if found is None or found.finished:
+            return
+        found.written = written
+        found.rejected = any(
+            c.type == models.ConditionType.ACCEPTED and c.status == status.FALSE
+            for c in written.conditions
+        )
+        if written.phase in models.TERMINAL_PHASES:
+            self.finish(uid)
+
+    def admit(self, uid: str) -> None:
+        """The job takes a slot now (before any await), so that no other admission sees it
+        free while its Job is being created."""
+        found = self.tracked.get(uid)
+        if found is not None:
+            found.admitted = True
+
+    def release(self, uid: str) -> None:
+        """An admission that did not lead to a Job (its write failed): the slot is free."""
+        found = self.tracked.get(uid)
+        if found is not None and not self.jobs.get(uid):
+            found.admitted = False
 
     def lock(self, uid: str) -> asyncio.Lock:
         return self._locks.setdefault(uid, asyncio.Lock())
-
-    def namespace_lock(self, namespace: str) -> asyncio.Lock:
-        return self._namespace_locks.setdefault(namespace, asyncio.Lock())
 
     # -- children ---------------------------------------------------------------------------
 
     def put_child(self, kind: str, body: Mapping[str, Any], *, deleted: bool) -> str | None:
         """Record a Job or Pod event; returns the owning CompositionJob's uid."""
-        owner = owner_uid(body)
+        owner = observed.owner_uid(body)
         if owner is None:
             return None
-        store = self.children if kind == "job" else self.pods
         name = str((body.get("metadata") or {}).get("name") or "")
-        if kind == "job" and not deleted and not _held_by_operator(body):
+        found = self.tracked.get(owner)
+        if kind != "job":
+            if deleted:
+                self.pods.get(owner, {}).pop(name, None)
+            elif found is None or not found.finished:
+                self.pods[owner][name] = observed.slim(body)
+            return owner
+        view = observed.view_job(body)
+        if not deleted and not view.held_by_operator:
             self.unsuspended.discard(owner)  # the watch has caught up
-        if deleted:
-            store[owner].pop(name, None)
-        elif owner in self.finished:
-            pass  # a finished job is never reconciled again: its children need not be kept
+        if deleted or (found is not None and found.finished and not view.live):
+            self.jobs.get(owner, {}).pop(name, None)  # gone, or finished and of no more use
         else:
-            store[owner][name] = slim(body)
+            self.jobs[owner][name] = view
+        if found is not None and found.finished:
+            self._prune(owner)
         return owner
 
-    def job(self, uid: str, name: str) -> dict[str, Any] | None:
-        return self.children.get(uid, {}).get(name)
+    def job(self, uid: str, name: str) -> observed.JobView | None:
+        return self.jobs.get(uid, {}).get(name)
 
-    def jobs_of(self, uid: str) -> list[dict[str, Any]]:
+    def jobs_of(self, uid: str) -> list[observed.JobView]:
         """The CompositionJob's child Jobs, latest attempt first."""
-        return sorted(self.children.get(uid, {}).values(), key=job_attempt, reverse=True)
+        return sorted(self.jobs.get(uid, {}).values(), key=lambda j: j.attempt, reverse=True)
 
     def pods_of(self, uid: str, job_name: str) -> list[dict[str, Any]]:
         return [
@@ -177,42 +232,67 @@ class Inventory:
 
     # -- queueing ---------------------------------------------------------------------------
 
+    def holds_slot(self, uid: str) -> bool:
+        found = self.tracked.get(uid)
+        return found is not None and self._entry(found) is not None and self._holds(found)
+
+    def _parked(self, found: Tracked) -> bool:
+        """Resumed, but its Job is still suspended by the operator: it waits for a slot again
+        (unless this process has just unsuspended it and the watch has not caught up)."""
+        if found.uid in self.unsuspended:
+            return False
+        jobs = self.jobs.get(found.uid) or {}
+        return any(j.held_by_operator and j.live for j in jobs.values())
+
+    def _holds(self, found: Tracked) -> bool:
+        """A slot is held by a live Job (one the Job controller has not finished), or by an
+        admission whose Job is being created. A Job the user suspended holds none."""
+        jobs = self.jobs.get(found.uid) or {}
+        if found.fields.suspend and not found.finished:
+            return False
+        if self._parked(found):
+            return False
+        if any(j.live for j in jobs.values()):
+            return True
+        return found.admitted and not found.finished and not jobs
+
+    def _entry(self, found: Tracked) -> queueing.Entry | None:
+        if found.fields.kueue:
+            return None
+        jobs = self.jobs.get(found.uid) or {}
+        running = self._holds(found)
+        parked = self._parked(found)
+        idle = not jobs and not found.admitted
+        waiting = (
+            not (found.finished or found.rejected or found.fields.suspend)
+            and not running
+            and (parked or idle)
+        )
+        if not (running or waiting):
+            return None
+        return queueing.Entry(
+            uid=found.uid,
+            name=found.fields.name,
+            priority=found.fields.priority,
+            created=found.fields.created,
+            running=running,
+            waiting=waiting,
+            owner=found.fields.owner,
+        )
+
     def queue_entries(self, namespace: str) -> list[queueing.Entry]:
-        """The namespace's jobs under the operator's cap (Kueue-queued ones are not)."""
+        """The namespace's jobs that hold or want a slot under the operator's caps (Kueue's
+        are not); finished jobs whose Jobs are finished are not even looked at."""
         entries = []
-        for uid, body in self.jobs_by_uid.items():
-            meta = body.get("metadata") or {}
-            if meta.get("namespace") != namespace or meta.get("deletionTimestamp"):
+        for uid in self._active.get(namespace, ()):
+            found = self.tracked.get(uid)
+            if found is None:
                 continue
-            spec = body.get("spec") or {}
-            execution = spec.get("execution") or {}
-            if execution.get("queueName"):
-                continue
-            current = self.status_of(uid)
-            finished = current.phase in models.TERMINAL_PHASES
-            rejected = any(
-                c.type == models.ConditionType.ACCEPTED and c.status == status.FALSE
-                for c in current.conditions
-            )
-            admitted = any(
-                c.type == models.ConditionType.QUEUED and c.status == status.FALSE
-                for c in current.conditions
-            )
-            children = self.children.get(uid) or {}
-            holds = bool(children) or admitted
-            suspended = bool(spec.get("suspend"))
-            # A resumed job whose Job the operator still holds suspended waits for a slot again.
-            parked = uid not in self.unsuspended and any(
-                _held_by_operator(job) for job in children.values()
-            )
-            entries.append(
-                queueing.Entry(
-                    uid=uid,
-                    name=str(meta.get("name") or ""),
-                    priority=int(execution.get("priority") or 0),
-                    created=status.parse_time(meta.get("creationTimestamp")),
-                    running=holds and not (finished or suspended or parked),
-                    waiting=not (finished or rejected or suspended) and (parked or not holds),
-                )
-            )
+            entry = self._entry(found)
+            if entry is not None:
+                entries.append(entry)
         return entries
+
+    def active_uids(self) -> list[str]:
+        """Jobs not finished (the sweep's candidates)."""
+        return [uid for uid, found in self.tracked.items() if not found.finished]

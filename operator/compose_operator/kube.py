@@ -10,6 +10,8 @@ labels. Every verb it uses is listed in :mod:`compose_operator.permissions`.
 from __future__ import annotations
 
 import base64
+import datetime
+import secrets
 import ssl
 import tempfile
 import urllib.parse
@@ -26,6 +28,9 @@ CJ_PATH = f"/apis/{models.GROUP}/{models.VERSION}/namespaces/{{namespace}}/{mode
 JOB_PATH = "/apis/batch/v1/namespaces/{namespace}/jobs"
 POD_PATH = "/api/v1/namespaces/{namespace}/pods"
 NODE_PATH = "/api/v1/nodes"
+EVENT_PATH = "/api/v1/namespaces/{namespace}/events"
+EVENT_COMPONENT = "compose-operator"
+EVENT_MESSAGE_LIMIT = 1024  # what kopf keeps of an Event message, and plenty for a person
 
 LoginFn = Callable[[], Awaitable[kopf.ConnectionInfo]]
 
@@ -210,6 +215,52 @@ class KubeClient:
             body={"status": patch},
             content_type=MERGE_PATCH,
         )
+
+    # -- Events -----------------------------------------------------------------------------
+
+    async def post_event(
+        self,
+        involved: Mapping[str, Any],
+        *,
+        type: str,
+        reason: str,
+        message: str,
+        now: datetime.datetime,
+    ) -> None:
+        """Post a core/v1 Event about ``involved`` (a CompositionJob body), from any task.
+
+        kopf's ``kopf.event`` works only inside a kopf handler's context; the sweep and the
+        timers are not, so the operator posts its own Events here."""
+        meta = involved.get("metadata") or {}
+        namespace = str(meta.get("namespace") or "default")
+        stamp = now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{meta.get('name')}.{secrets.token_hex(8)}",
+                "namespace": namespace,
+            },
+            "involvedObject": {
+                "apiVersion": models.API_VERSION,
+                "kind": models.KIND,
+                "name": meta.get("name"),
+                "namespace": namespace,
+                "uid": meta.get("uid"),
+            },
+            "type": type,
+            "reason": reason,
+            "message": message[:EVENT_MESSAGE_LIMIT],
+            "source": {"component": EVENT_COMPONENT},
+            "reportingComponent": EVENT_COMPONENT,
+            "reportingInstance": EVENT_COMPONENT,
+            # A legacy (count/firstTimestamp) Event, as kopf posts them: no eventTime, so the
+            # API server does not ask for the events.k8s.io fields.
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        await self._request("POST", EVENT_PATH.format(namespace=namespace), body=event)
 
     # -- kopf peering -----------------------------------------------------------------------
 

@@ -23,6 +23,9 @@ PROFILE_LABEL = f"{GROUP}/profile"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "compose-operator"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# Put on a CompositionJob by the gateway (compose_gateway.naming.OWNER_LABEL, the API key id):
+# the tenant the queue's per-owner fairness and limit count by.
+OWNER_LABEL = f"{GROUP}/owner"
 CONTAINER_NAME = "compose"
 # Set on a Job the operator suspended because of spec.suspend; only such a Job is unsuspended
 # when the user resumes (a Job held for Kueue admission is Kueue's to unsuspend).

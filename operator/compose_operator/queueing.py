@@ -1,15 +1,33 @@
-"""Pure admission for the operator-level cap on running jobs per namespace.
+"""Pure admission under the operator's caps: running jobs per namespace and per owner.
 
-Used by :mod:`compose_operator.reconciler` when ``COMPOSE_MAX_RUNNING_PER_NAMESPACE`` is set and
-a CompositionJob has no ``execution.queueName`` (with a queue name, Kueue admits instead: the Job
-is created suspended and Kueue unsuspends it). Waiting jobs are ordered by ``execution.priority``
-(higher first), then creation time, then name, so the order is total and stable.
+Used by :mod:`compose_operator.reconciler` when ``COMPOSE_MAX_RUNNING_PER_NAMESPACE`` or
+``COMPOSE_MAX_RUNNING_PER_OWNER`` is set and a CompositionJob has no ``execution.queueName``
+(with a queue name, Kueue admits instead: the Job is created suspended and Kueue unsuspends it).
+
+The order is total and stable:
+
+1. ``execution.priority``, higher first;
+2. within one priority, fair share across owners (the gateway's owner label; jobs without one
+   share the owner ``""``): the next slot goes to the owner with the fewest jobs holding a slot
+   (running, and those already picked ahead in this order), so owners take turns and one owner's
+   burst cannot hold every slot;
+3. within one owner, creation time, then name.
+
+An owner at ``COMPOSE_MAX_RUNNING_PER_OWNER`` is admitted nothing more until one of its jobs
+finishes; its waiting jobs keep their places at the end of the queue.
+
+What holds a slot (see :class:`Entry`) is what a cluster admin reads: a child Job that exists,
+is not suspended and is not finished as the Job controller sees it (neither Complete nor Failed),
+plus a job admitted whose Job is being created. So a composition whose pod succeeded keeps its
+slot until the Job controller marks the Job Complete, and the cap is never exceeded, even by one.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
+import heapq
 from collections.abc import Iterable, Mapping
 
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
@@ -23,8 +41,21 @@ class Entry:
     name: str
     priority: int
     created: datetime.datetime | None
-    running: bool  # holds a slot: a Job exists and the CR is not finished
-    waiting: bool  # wants a slot: accepted, not suspended, not finished, no Job yet
+    running: bool  # holds a slot: an unfinished, unsuspended Job, or admitted and being created
+    waiting: bool  # wants a slot: accepted, not suspended, not finished, no Job running
+    owner: str = ""  # the gateway's owner label; "" for jobs created without one
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """The caps: 0 means none."""
+
+    per_namespace: int = 0
+    per_owner: int = 0
+
+    @property
+    def any(self) -> bool:
+        return self.per_namespace > 0 or self.per_owner > 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,14 +71,63 @@ def order_key(entry: Entry) -> tuple[int, datetime.datetime, str]:
     return (-entry.priority, entry.created or _EPOCH, entry.name)
 
 
-def decide(entries: Iterable[Entry], cap: int) -> Decision:
-    """Admit waiting jobs into free slots (``cap`` 0: no cap, every waiting job is admitted)."""
+def fair_order(waiting: Iterable[Entry], holding: Mapping[str, int]) -> list[Entry]:
+    """Waiting jobs in admission order: priority, then fair share across owners, then age.
+
+    ``holding`` counts each owner's jobs that already hold a slot. O(n log n)."""
+    by_level: dict[int, dict[str, list[Entry]]] = collections.defaultdict(
+        lambda: collections.defaultdict(list)
+    )
+    for entry in waiting:
+        by_level[entry.priority][entry.owner].append(entry)
+    counts = collections.Counter(holding)
+    order: list[Entry] = []
+    for priority in sorted(by_level, reverse=True):
+        queues = by_level[priority]
+        heap: list[tuple[int, datetime.datetime, str, str, int]] = []
+        for owner, items in queues.items():
+            items.sort(key=order_key)
+            head = items[0]
+            heap.append((counts[owner], head.created or _EPOCH, head.name, owner, 0))
+        heapq.heapify(heap)
+        while heap:
+            _, _, _, owner, index = heapq.heappop(heap)
+            items = queues[owner]
+            order.append(items[index])
+            counts[owner] += 1
+            if index + 1 < len(items):
+                following = items[index + 1]
+                heapq.heappush(
+                    heap,
+                    (counts[owner], following.created or _EPOCH, following.name, owner, index + 1),
+                )
+    return order
+
+
+def decide(entries: Iterable[Entry], caps: Limits) -> Decision:
+    """Admit waiting jobs into free slots (no caps: every waiting job is admitted)."""
     items = list(entries)
-    waiting = sorted((e for e in items if e.waiting and not e.running), key=order_key)
-    if cap <= 0:
+    waiting = [e for e in items if e.waiting and not e.running]
+    if not caps.any:
         return Decision(frozenset(e.uid for e in waiting), {}, 0)
-    free = max(0, cap - sum(1 for e in items if e.running))
-    admitted = waiting[:free]
-    rest = waiting[free:]
-    positions = {e.uid: index for index, e in enumerate(rest, start=1)}
-    return Decision(frozenset(e.uid for e in admitted), positions, len(rest))
+    holding = collections.Counter(e.owner for e in items if e.running)
+    running = sum(holding.values())
+    # max(0, ...): more jobs than the cap can hold slots when the cap was lowered, or when
+    # jobs resumed outside the queue; that must admit nothing, not a negative slice.
+    free = max(0, caps.per_namespace - running) if caps.per_namespace > 0 else len(waiting)
+    order = fair_order(waiting, holding)
+    admitted: list[Entry] = []
+    rest: list[Entry] = []
+    blocked: list[Entry] = []  # their owner is at its own limit
+    taken = collections.Counter(holding)
+    for entry in order:
+        if caps.per_owner > 0 and taken[entry.owner] >= caps.per_owner:
+            blocked.append(entry)
+        elif len(admitted) < free:
+            admitted.append(entry)
+            taken[entry.owner] += 1
+        else:
+            rest.append(entry)
+    queued = rest + blocked
+    positions = {e.uid: index for index, e in enumerate(queued, start=1)}
+    return Decision(frozenset(e.uid for e in admitted), positions, len(queued))

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import pydantic
 
 from compose_api import profiles as profiles_module
+from compose_operator import queueing
 
 PREFIX = "COMPOSE_"
 SETTINGS_FILE_VARIABLE = "COMPOSE_SETTINGS_FILE"
@@ -48,7 +49,22 @@ class OperatorSettings(pydantic.BaseModel):
     result_url_base: str | None = pydantic.Field(default=None, pattern=r"^https://\S+$")
     aws_region: str = "us-east-1"
     s3_endpoint_url: str | None = pydantic.Field(default=None, pattern=r"^https?://\S+$")
-    max_running_per_namespace: int = pydantic.Field(default=0, ge=0)
+    max_running_per_namespace: int = pydantic.Field(
+        default=0, ge=0, description="Child Jobs not finished per namespace; 0: no cap."
+    )
+    max_running_per_owner: int = pydantic.Field(
+        default=0,
+        ge=0,
+        description="Child Jobs not finished per owner (the gateway's owner label) and "
+        "namespace; 0: no limit. Jobs without the label share one owner.",
+    )
+    queue_position_refresh_seconds: float = pydantic.Field(
+        default=60.0,
+        ge=0,
+        le=86400,
+        description="A waiting job's status.queuePosition is rewritten at most this often "
+        "when it has changed (it is written when the job starts waiting); 0: never refreshed.",
+    )
     job_ttl_seconds: int = pydantic.Field(default=3600, ge=0)
     metrics_port: int = pydantic.Field(default=8080, ge=0, le=65535)
     health_port: int = pydantic.Field(default=8081, ge=0, le=65535)
@@ -67,7 +83,7 @@ class OperatorSettings(pydantic.BaseModel):
     kube_url: str | None = pydantic.Field(default=None, pattern=r"^https?://\S+$")
     reconcile_interval_seconds: float = pydantic.Field(default=10.0, gt=0, le=3600)
     status_coalesce_seconds: float = pydantic.Field(
-        default=1.0,
+        default=5.0,
         ge=0,
         le=60,
         description="Progress within one phase is written to status at most once per this "
@@ -102,6 +118,12 @@ class OperatorSettings(pydantic.BaseModel):
     @property
     def clusterwide(self) -> bool:
         return not self.namespaces
+
+    @property
+    def limits(self) -> queueing.Limits:
+        return queueing.Limits(
+            per_namespace=self.max_running_per_namespace, per_owner=self.max_running_per_owner
+        )
 
 
 def _read_env_file(path: pathlib.Path) -> dict[str, str]:

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+import pydantic
 
 from compose_api import contract, models
 from compose_operator import names
@@ -35,6 +38,7 @@ WARNING_REASONS = frozenset(
         Reason.IMAGE_PULL_BACK_OFF,
         Reason.RETRYING,
         Reason.SPOT_INTERRUPTED,
+        Reason.RESULT_UNREADABLE,
     }
 )
 _CONDITION_ORDER = list(CT)
@@ -154,8 +158,14 @@ def view_pod(pod: Mapping[str, Any]) -> PodView:
     exit_code = terminated.get("exitCode") if terminated else None
     ran = bool(state.get("running") or terminated)
     # A pod that finished its work succeeded, even when a drain raced its completion and marked
-    # it as a disruption target: its result is in the termination message.
+    # it as a disruption target: its result is in the termination message. Exit 0 without a
+    # result that can be read is a failure of its own: success means a result to hand out.
     if phase == "Succeeded" or (terminated is not None and exit_code == 0):
+        problem = unreadable_result(terminated)
+        if problem is not None:
+            return PodView(
+                models.AttemptOutcome.FAILED, Reason.RESULT_UNREADABLE, problem, 0, None, True
+            )
         return PodView(models.AttemptOutcome.SUCCEEDED, Reason.COMPLETED, None, 0, report, True)
     disrupted = _is_true(pod, "DisruptionTarget")
     if disrupted is not None:
@@ -211,6 +221,39 @@ def view_pod(pod: Mapping[str, Any]) -> PodView:
     if scheduled is not None and scheduled.get("status") == "True":
         return PodView(models.AttemptOutcome.PENDING, Reason.IMAGE_PULLING, None, None, None, False)
     return PodView(models.AttemptOutcome.PENDING, Reason.SCHEDULING, None, None, None, False)
+
+
+def unreadable_result(terminated: Mapping[str, Any] | None) -> str | None:
+    """What is wrong with the termination message of a container that exited 0 (None: it
+    carries a result). The kubelet keeps at most ``TERMINATION_MESSAGE_LIMIT`` bytes, so a
+    message cut there is told apart from one that was never JSON."""
+    if terminated is None:
+        return "the pod succeeded but shows no terminated container, so no result"
+    text = terminated.get("message")
+    if not text:
+        return "exit code 0 without a termination message, so no result"
+    size = len(str(text).encode())
+    try:
+        data = json.loads(str(text))
+    except json.JSONDecodeError as error:
+        if size >= contract.TERMINATION_MESSAGE_LIMIT:
+            return (
+                f"the termination message was cut at the kubelet's "
+                f"{contract.TERMINATION_MESSAGE_LIMIT}-byte limit ({size} bytes kept), "
+                "so its result cannot be read"
+            )
+        return f"the termination message is not JSON ({error.msg} at character {error.pos})"
+    except RecursionError:
+        return "the termination message is not JSON the contract allows (nested too deeply)"
+    try:
+        message = contract.TerminationMessage.model_validate(data)
+    except pydantic.ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the message"
+        return f"the termination message does not follow the contract: {where}: {first['msg']}"
+    if message.result is None:
+        return "the termination message reports success but carries no result"
+    return None
 
 
 def _name(obj: Mapping[str, Any]) -> str:
@@ -477,11 +520,7 @@ def waiting(
     from one that finished and was deleted while the operator was down."""
     wanted = [Wanted(CT.ACCEPTED, TRUE, Reason.VALID, "")]
     if queue is not None:
-        text = (
-            f"position {queue.position} of {queue.depth} waiting "
-            f"in namespace {cj.metadata.namespace}"
-        )
-        wanted.append(Wanted(CT.QUEUED, TRUE, Reason.WAITING_FOR_CAPACITY, text))
+        wanted.append(_waiting_for_capacity(cj, queue))
     else:
         wanted.append(Wanted(CT.QUEUED, FALSE, Reason.ADMITTED, ""))
     if creating is not None and queue is None and not cj.spec.suspend:
@@ -496,6 +535,15 @@ def waiting(
         queue_position=queue.position if queue else None,
     )
     return Outcome(status, transitions)
+
+
+def _waiting_for_capacity(cj: models.CompositionJob, queue: Queue) -> Wanted:
+    """Queued behind the caps. The depth is left out of the message: it changes with every
+    job that arrives or starts, and a waiting job's status is rewritten only when its own
+    position is refreshed (see :mod:`compose_operator.plan`)."""
+    namespace = cj.metadata.namespace
+    text = f"waiting for a free slot in namespace {namespace}: position {queue.position}"
+    return Wanted(CT.QUEUED, TRUE, Reason.WAITING_FOR_CAPACITY, text)
 
 
 def _suspension(cj: models.CompositionJob) -> list[Wanted]:
@@ -515,6 +563,147 @@ def lost(cj: models.CompositionJob, job_name: str, *, now: datetime.datetime) ->
     return Outcome(status, transitions)
 
 
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """The child Job and its pods, read once for :func:`compute` and its condition functions."""
+
+    job_name: str
+    job_suspended: bool
+    job_complete: bool
+    job_started: datetime.datetime | None  # the Job's startTime, else its creation
+    attempts: list[models.Attempt]
+    latest: Mapping[str, Any] | None  # the newest pod
+    view: PodView | None  # of the newest pod
+    failed: list[PodView]  # the views of the pods that failed, oldest first
+    success: PodView | None  # the newest pod that succeeded with a readable result
+    start_time: datetime.datetime | None  # when a pod first ran
+    result: models.Result | None
+
+    @property
+    def last_failed(self) -> PodView | None:
+        return self.failed[-1] if self.failed else None
+
+
+def read_run(
+    cj: models.CompositionJob,
+    job: Mapping[str, Any],
+    pods: Sequence[Mapping[str, Any]],
+    nodes: Mapping[str, Mapping[str, str]],
+    settings: OperatorSettings,
+) -> Run:
+    previous = cj.status
+    job_name = _name(job)
+    own_pods = sorted(pods, key=_pod_order(previous.attempts))
+    views = [view_pod(p) for p in own_pods]
+    start_time = previous.start_time
+    if start_time is None:
+        for pod in own_pods:
+            state = _container(pod).get("state") or {}
+            began = parse_time(
+                (state.get("running") or state.get("terminated") or {}).get("startedAt")
+            )
+            if began is not None:
+                start_time = began if start_time is None else min(start_time, began)
+    success = next((v for v in reversed(views) if v.outcome == "Succeeded"), None)
+    result = previous.result
+    found = success.report.result if success is not None and success.report else None
+    if found is not None:
+        result = found.model_copy(update={"url": found.url or result_url(found.s3_uri, settings)})
+    return Run(
+        job_name=job_name,
+        job_suspended=bool((job.get("spec") or {}).get("suspend")),
+        job_complete=_is_true(job, "Complete") is not None
+        or _is_true(job, "SuccessCriteriaMet") is not None,
+        job_started=parse_time((job.get("status") or {}).get("startTime")) or _created(job),
+        attempts=_attempts(previous.attempts, job_name, own_pods, nodes),
+        latest=own_pods[-1] if own_pods else None,
+        view=views[-1] if views else None,
+        failed=[v for v in views if v.outcome == "Failed"],
+        success=success,
+        start_time=start_time,
+        result=result,
+    )
+
+
+def _queued(cj: models.CompositionJob, run: Run, queue: Queue | None) -> Wanted:
+    """Queued: behind the caps (a resumed Job held), waiting for Kueue, or admitted."""
+    if queue is not None:
+        return _waiting_for_capacity(cj, queue)
+    name = cj.spec.execution.queue_name
+    if name and run.job_suspended and not cj.spec.suspend:
+        message = f"waiting for Kueue to admit job {run.job_name} (queue {name})"
+        return Wanted(CT.QUEUED, TRUE, Reason.WAITING_FOR_ADMISSION, message)
+    return Wanted(CT.QUEUED, FALSE, Reason.ADMITTED, "")
+
+
+def _succeeded(run: Run, failure: tuple[str, str] | None) -> Wanted | None:
+    """Succeeded: a pod finished with a readable result (that wins over a Job failure that
+    raced it), or the Job completed and the result is known."""
+    if run.success is None and not (run.job_complete and failure is None):
+        return None
+    done = f"stored at {run.result.s3_uri}" if run.result else "completed"
+    return Wanted(CT.SUCCEEDED, TRUE, Reason.COMPLETED, done)
+
+
+def _failure(run: Run, job: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Why the run failed for good, if it did: the Job failed, the last pod's exit code is
+    one no retry can fix, or the Job completed without a result to read."""
+    failure = _job_failure(job, run.last_failed, len(run.failed))
+    view = run.view
+    if failure is None and view is not None and view.outcome == "Failed":
+        code = view.exit_code
+        if code is not None and code in contract.PERMANENT_EXIT_CODES:
+            failure = (str(view.reason), view.message or "")
+        elif view.reason == Reason.RESULT_UNREADABLE:  # exit 0: the Job completes, no retry
+            failure = (Reason.RESULT_UNREADABLE, view.message or "")
+    if failure is None and run.job_complete and run.result is None:
+        # The Job completed, but no pod is left to read the result from (pods are listed
+        # afresh before a terminal status is written): success without a result is not one.
+        failure = (
+            Reason.RESULT_UNREADABLE,
+            f"job {run.job_name} completed, but no pod with its result is left",
+        )
+    return failure
+
+
+def _progress(run: Run) -> tuple[str, str]:
+    """The Started reason and message while no outcome is known."""
+    view = run.view
+    if view is None:
+        return Reason.JOB_CREATED, f"job {run.job_name} created"
+    if view.outcome == "Interrupted":
+        return Reason.SPOT_INTERRUPTED, (view.message or "") + "; a replacement pod will be created"
+    if view.outcome == "Failed":
+        failed = f"attempt {len(run.attempts) - 1} failed: {view.reason}: {view.message or ''}"
+        return Reason.RETRYING, failed
+    return str(view.reason), view.message or ""
+
+
+def _start_deadline(
+    cj: models.CompositionJob, run: Run, now: datetime.datetime, reason: str, message: str
+) -> Wanted | None:
+    """Failed: no pod has run ``startDeadlineSeconds`` after the Job started (strictly after:
+    at the deadline itself the job still has its chance). Unschedulable and image pull
+    back-off name themselves as the reason; anything else is StartDeadlineExceeded."""
+    deadline = cj.spec.execution.start_deadline_seconds
+    ever_ran = run.start_time is not None or any(a.exit_code is not None for a in run.attempts)
+    origin = run.job_started
+    if ever_ran or origin is None or (now - origin).total_seconds() <= deadline:
+        return None
+    specific = reason in (Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_BACK_OFF)
+    text = f"no pod running {deadline}s after the job started" + (f": {message}" if message else "")
+    return Wanted(CT.FAILED, TRUE, reason if specific else Reason.START_DEADLINE_EXCEEDED, text)
+
+
+def _resumed_at_the_end(cj: models.CompositionJob, finished: bool) -> list[Wanted]:
+    """Suspended: as the spec says while running; a finished job is no longer suspended."""
+    if not finished:
+        return _suspension(cj)
+    if any(c.type == CT.SUSPENDED and c.status == TRUE for c in cj.status.conditions):
+        return [Wanted(CT.SUSPENDED, FALSE, Reason.RESUMED, "")]
+    return []
+
+
 def compute(
     cj: models.CompositionJob,
     job: Mapping[str, Any],
@@ -526,130 +715,101 @@ def compute(
     nodes: Mapping[str, Mapping[str, str]] | None = None,
     queue: Queue | None = None,
 ) -> Outcome:
-    """The status of a CompositionJob whose child Job exists.
+    """The status of a CompositionJob whose child Job exists: one function per condition.
 
-    ``queue`` is set when the Job is held suspended behind the namespace cap (a resumed job
-    waiting for a slot)."""
-    previous = cj.status
-    job_name = _name(job)
-    attempts = _attempts(previous.attempts, job_name, pods, nodes or {})
-    own_pods = sorted(pods, key=_pod_order(previous.attempts))
-    latest = own_pods[-1] if own_pods else None
-    view = view_pod(latest) if latest is not None else None
-    failed_views = [v for v in (view_pod(p) for p in own_pods) if v.outcome == "Failed"]
-    last_failed = failed_views[-1] if failed_views else None
-
-    wanted: list[Wanted] = [Wanted(CT.ACCEPTED, TRUE, Reason.VALID, "")]
-    job_suspended = bool((job.get("spec") or {}).get("suspend"))
-    if queue is not None:
-        text = (
-            f"position {queue.position} of {queue.depth} waiting "
-            f"in namespace {cj.metadata.namespace}"
-        )
-        wanted.append(Wanted(CT.QUEUED, TRUE, Reason.WAITING_FOR_CAPACITY, text))
-    elif cj.spec.execution.queue_name and job_suspended and not cj.spec.suspend:
-        wanted.append(
-            Wanted(
-                CT.QUEUED,
-                TRUE,
-                Reason.WAITING_FOR_ADMISSION,
-                f"waiting for Kueue to admit job {job_name} (queue {cj.spec.execution.queue_name})",
-            )
-        )
-    else:
-        wanted.append(Wanted(CT.QUEUED, FALSE, Reason.ADMITTED, ""))
-
-    start_time = previous.start_time
-    if start_time is None:
-        for pod in own_pods:
-            state = _container(pod).get("state") or {}
-            began = parse_time(
-                (state.get("running") or state.get("terminated") or {}).get("startedAt")
-            )
-            if began is not None:
-                start_time = began if start_time is None else min(start_time, began)
-
-    succeeded = _is_true(job, "Complete") or _is_true(job, "SuccessCriteriaMet")
-    success_view = next(
-        (v for v in (view_pod(p) for p in reversed(own_pods)) if v.outcome == "Succeeded"), None
-    )
-    failure = _job_failure(job, last_failed, len(failed_views))
-    if failure is None and view is not None and view.outcome == "Failed":
-        code = view.exit_code
-        if code is not None and code in contract.PERMANENT_EXIT_CODES:
-            failure = (str(view.reason), view.message or "")
-    report = None
-    result = previous.result
+    ``queue`` is set when the Job is held suspended behind the caps (a resumed job waiting for
+    a slot)."""
+    run = read_run(cj, job, pods, nodes or {}, settings)
+    wanted: list[Wanted] = [Wanted(CT.ACCEPTED, TRUE, Reason.VALID, ""), _queued(cj, run, queue)]
+    failure = _failure(run, job)
+    succeeded = _succeeded(run, failure)
     stop_job = False
-
-    if succeeded or success_view is not None:
-        report = success_view.report if success_view else None
-        if report is not None and report.result is not None:
-            result = report.result.model_copy(
-                update={"url": report.result.url or result_url(report.result.s3_uri, settings)}
-            )
-        done = f"stored at {result.s3_uri}" if result else "completed"
-        wanted.append(Wanted(CT.STARTED, TRUE, Reason.RUNNING, ""))
-        wanted.append(Wanted(CT.SUCCEEDED, TRUE, Reason.COMPLETED, done))
+    report = None
+    if succeeded is not None:
+        report = run.success.report if run.success else None
+        wanted += [Wanted(CT.STARTED, TRUE, Reason.RUNNING, ""), succeeded]
     elif failure is not None:
-        report = last_failed.report if last_failed else None
-        if start_time is not None:
+        report = run.last_failed.report if run.last_failed else None
+        if run.start_time is not None:
             wanted.append(Wanted(CT.STARTED, TRUE, Reason.RUNNING, ""))
         wanted.append(Wanted(CT.FAILED, TRUE, failure[0], failure[1]))
     elif cj.spec.suspend:
-        wanted.append(Wanted(CT.STARTED, FALSE, Reason.JOB_CREATED, f"job {job_name} suspended"))
-    elif job_suspended:
-        pass  # waiting for Kueue; the Queued condition says so
-    else:
-        origin = parse_time((job.get("status") or {}).get("startTime")) or _created(job)
-        deadline = cj.spec.execution.start_deadline_seconds
-        reason: str
-        ever_ran = start_time is not None or any(a.exit_code is not None for a in attempts)
-        message: str
-        if view is None:
-            reason, message = Reason.JOB_CREATED, f"job {job_name} created"
-        elif view.outcome == "Interrupted":
-            reason = Reason.SPOT_INTERRUPTED
-            message = (view.message or "") + "; a replacement pod will be created"
-        elif view.outcome == "Failed":
-            reason = Reason.RETRYING
-            message = f"attempt {len(attempts) - 1} failed: {view.reason}: {view.message or ''}"
-        else:
-            reason, message = str(view.reason), view.message or ""
-        if not ever_ran and origin is not None and (now - origin).total_seconds() > deadline:
-            specific = reason in (Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_BACK_OFF)
-            text = f"no pod running {deadline}s after the job started" + (
-                f": {message}" if message else ""
-            )
-            wanted.append(
-                Wanted(
-                    CT.FAILED, TRUE, reason if specific else Reason.START_DEADLINE_EXCEEDED, text
-                )
-            )
-            stop_job = True
-        else:
-            wanted.append(Wanted(CT.STARTED, TRUE, reason, message))
-
-    if not any(w.type in (CT.SUCCEEDED, CT.FAILED) for w in wanted):
-        wanted.extend(_suspension(cj))
-    elif any(c.type == CT.SUSPENDED and c.status == TRUE for c in previous.conditions):
-        wanted.append(Wanted(CT.SUSPENDED, FALSE, Reason.RESUMED, ""))
-    if report is None and view is not None:
-        report = view.report
+        message = f"job {run.job_name} suspended"
+        wanted.append(Wanted(CT.STARTED, FALSE, Reason.JOB_CREATED, message))
+    elif not run.job_suspended:  # a suspended Job waits for Kueue: the Queued condition says so
+        reason, message = _progress(run)
+        late = _start_deadline(cj, run, now, reason, message)
+        stop_job = late is not None
+        wanted.append(late or Wanted(CT.STARTED, TRUE, reason, message))
+    finished = any(w.type in (CT.SUCCEEDED, CT.FAILED) for w in wanted)
+    wanted.extend(_resumed_at_the_end(cj, finished))
+    if report is None and run.view is not None:
+        report = run.view.report
     status, transitions = _finish(
         cj.status,
         cj.metadata.generation,
         wanted,
         now,
         seed=seed,
-        attempt=(len(attempts) - 1) if attempts else None,
-        attempts=attempts,
+        attempt=(len(run.attempts) - 1) if run.attempts else None,
+        attempts=run.attempts,
         queue_position=queue.position if queue else None,
-        start_time=start_time,
-        timings=_timings(cj, job, latest, report, previous.timings),
-        result=result,
+        start_time=run.start_time,
+        timings=_timings(cj, job, run.latest, report, cj.status.timings),
+        result=run.result,
     )
     return Outcome(status, transitions, stop_job=stop_job)
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """One Kubernetes Event about a CompositionJob."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+def event_for(previous: models.CompositionJobStatus, outcome: Outcome) -> Event | None:
+    """The Event a status write posts, if any: the transitions a user reads.
+
+    Those are the first status of a job (created, queued or rejected), the start of its run,
+    its end, a suspension or resumption, and every warning (no GPU capacity, image pull
+    back-off, a retry, a spot interruption). Progress within a phase (the Job created, the pod
+    scheduled, the image pulling) is in status only. So a successful job posts three Events.
+    The reason is the most telling transition's; the message lists them all."""
+    items = outcome.transitions
+    if not items:
+        return None
+    phase = outcome.status.phase
+    finished = outcome.terminal and previous.phase not in models.TERMINAL_PHASES
+    started = phase == models.Phase.RUNNING and previous.phase != models.Phase.RUNNING
+    warnings = [t for t in items if t.warning]
+    suspension = any(t.type == CT.SUSPENDED for t in items)
+    if not (not previous.conditions or finished or started or warnings or suspension):
+        return None
+    ending = [t for t in items if t.type in (CT.SUCCEEDED, CT.FAILED) and t.status == TRUE]
+    named = (ending or warnings or items)[-1]
+    text = "; ".join(
+        f"{t.type}={t.status} {t.reason}" + (f": {t.message}" if t.message else "") for t in items
+    )
+    return Event("Warning" if warnings else "Normal", named.reason, text)
+
+
+def start_deadline_at(
+    cj: models.CompositionJob, job: Mapping[str, Any], outcome: Outcome
+) -> datetime.datetime | None:
+    """When the start deadline of a Job whose pod has not run yet falls due (None: it does
+    not apply): the first whole second past ``startDeadlineSeconds`` after the Job started."""
+    if outcome.status.phase != models.Phase.STARTING or outcome.status.start_time is not None:
+        return None
+    if (job.get("spec") or {}).get("suspend"):
+        return None
+    origin = parse_time((job.get("status") or {}).get("startTime")) or _created(job)
+    if origin is None:
+        return None
+    seconds = cj.spec.execution.start_deadline_seconds + 1
+    return origin + datetime.timedelta(seconds=seconds)
 
 
 def to_patch(

@@ -384,9 +384,7 @@ class ControlPlane:
                     events.append(event)
         return events
 
-    def request_records(
-        self, *, user: str | None = None, since: int = 0
-    ) -> list[RequestRecord]:
+    def request_records(self, *, user: str | None = None, since: int = 0) -> list[RequestRecord]:
         """The audit events as the emulator's request records (the same fields tests read)."""
         records = []
         for event in self.audit_events(user=user, since=since):

@@ -20,7 +20,8 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 def operator_settings() -> dict[str, str]:
-    return {"COMPOSE_MAX_RUNNING_PER_NAMESPACE": "2"}
+    # Positions that moved are rewritten at most once a second here (a minute by default).
+    return {"COMPOSE_MAX_RUNNING_PER_NAMESPACE": "2", "COMPOSE_QUEUE_POSITION_REFRESH_SECONDS": "1"}
 
 
 async def _finish(client: kube_client.KubeClient, cj_name: str) -> None:
@@ -69,7 +70,7 @@ async def test_jobs_beyond_the_cap_wait_in_priority_then_creation_order(
     assert condition(third, "Queued")["reason"] == "WaitingForCapacity"  # type: ignore[index]
     urgent = await wait_status(client, "wait-urgent", phase="Queued")
     fourth = await wait_status(client, "wait-b", phase="Queued")
-    # Positions settle as the sweep revisits waiting jobs. Creation times have one-second
+    # Positions that moved are refreshed by the sweep. Creation times have one-second
     # resolution, so equal times fall back to the name: the names sort in creation order.
     for name, position in (("wait-urgent", 1), ("wait-a", 2), ("wait-b", 3)):
         await client.wait_for(COMPOSITION_JOBS, name, _at_position(position))

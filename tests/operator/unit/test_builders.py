@@ -17,6 +17,7 @@ from tests.operator.conftest import PROFILES_YAML, cj_body
 from tests.operator.unit import expected_yaml
 
 UID = "0b9d4c1e-2f1a-4a57-9f0e-6c1d2e3f4a5b"
+INSTANCE_TYPE = "node.kubernetes.io/instance-type"
 
 
 def make_cj(name: str = "portrait", **spec: Any) -> models.CompositionJob:
@@ -63,6 +64,39 @@ def test_default_job(tmp_path: pathlib.Path) -> None:
     cj = make_cj()
     job = builders.build_job(cj, config.profiles["instantid-sdxl"], config, 0, 42)
     check_job("job_default", job)
+    # The fields that matter, asserted on their own so that refreshing the snapshot cannot
+    # bless a regression in them.
+    spec = job["spec"]
+    pod = spec["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == 1
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0] == {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    }
+    assert rules[1]["action"] == "FailJob"
+    assert rules[1]["onExitCodes"]["values"] == sorted(contract.PERMANENT_EXIT_CODES)
+    assert pod["activeDeadlineSeconds"] == 600  # the spec's activeDeadlineSeconds, per pod
+    assert spec["activeDeadlineSeconds"] == 60 + 600 * (2 + 1 + builders.INTERRUPTION_ALLOWANCE)
+    assert spec["suspend"] is False
+    assert pod["restartPolicy"] == "Never"
+    (owner,) = job["metadata"]["ownerReferences"]
+    assert owner == {
+        "apiVersion": models.API_VERSION,
+        "kind": models.KIND,
+        "name": "portrait",
+        "uid": UID,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+    document = _document(job)
+    assert document["seed"] == 42
+    assert document["spec"]["output"]["bucket"] == "results-bucket"
 
 
 def test_spot_kueue_job_with_cache_and_endpoint(tmp_path: pathlib.Path) -> None:
@@ -86,6 +120,53 @@ def test_spot_kueue_job_with_cache_and_endpoint(tmp_path: pathlib.Path) -> None:
     )
     job = builders.build_job(cj, config.profiles["instantid-sdxl"], config, 2, 7)
     check_job("job_spot_kueue", job)
+    spec = job["spec"]
+    pod = spec["template"]["spec"]
+    assert spec["suspend"] is True  # Kueue unsuspends it on admission
+    assert job["metadata"]["labels"][names.KUEUE_QUEUE_LABEL] == "gpu-queue"
+    assert job["metadata"]["name"].endswith("-2")  # the attempt
+    assert spec["ttlSecondsAfterFinished"] == 120
+    assert spec["backoffLimit"] == 1
+    assert pod["activeDeadlineSeconds"] == 900
+    assert spec["activeDeadlineSeconds"] == 300 + 900 * (1 + 1 + builders.INTERRUPTION_ALLOWANCE)
+    assert pod["priorityClassName"] == "batch-high"
+    assert pod["serviceAccountName"] == "composer"
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    spot = [e for term in terms for e in term["matchExpressions"] if e["key"] != INSTANCE_TYPE]
+    assert spot == [
+        {"key": "karpenter.sh/capacity-type", "operator": "In", "values": ["spot"]},
+        {"key": "eks.amazonaws.com/capacityType", "operator": "In", "values": ["SPOT"]},
+    ]
+    assert pod["containers"][0]["resources"]["requests"]["nvidia.com/gpu"] == 1
+    assert pod["volumes"][2] == {
+        "name": "model-cache",
+        "hostPath": {"path": "/var/cache/models", "type": "DirectoryOrCreate"},
+    }
+    assert job["metadata"]["ownerReferences"][0]["uid"] == UID
+    document = _document(job)
+    assert document["seed"] == 7
+    assert document["spec"]["output"]["bucket"] == "own-bucket"
+    assert document["outputKeyPrefix"] == f"team/studio/portrait/{UID}/"
+
+
+def test_an_explicit_seed_of_zero_is_kept() -> None:
+    assert builders.choose_seed(make_cj(params={"seed": 0})) == 0
+    assert builders.choose_seed(make_cj(params={"seed": 1})) == 1
+
+
+@pytest.mark.parametrize("attempt", [0, 1])
+def test_a_suspended_composition_gets_a_suspended_job_on_every_attempt(
+    attempt: int, tmp_path: pathlib.Path
+) -> None:
+    # Attempt 1 is the rebuild after a spec change: it must not start a held job.
+    config = make_settings(tmp_path)
+    cj = make_cj(suspend=True)
+    job = builders.build_job(cj, config.profiles["instantid-sdxl"], config, attempt, 42)
+    assert job["spec"]["suspend"] is True
+    running = builders.build_job(make_cj(), config.profiles["instantid-sdxl"], config, attempt, 1)
+    assert running["spec"]["suspend"] is False
 
 
 def test_job_document_round_trips_through_the_contract(tmp_path: pathlib.Path) -> None:

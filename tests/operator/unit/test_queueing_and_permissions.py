@@ -31,20 +31,24 @@ def test_free_slots_go_by_priority_then_creation_then_name() -> None:
         entry("a-same-second", second=2),
         entry("urgent", priority=5, second=9),
     ]
-    decision = queueing.decide(entries, cap=3)
+    decision = queueing.decide(entries, queueing.Limits(per_namespace=3))
     assert decision.admitted == {"uid-urgent", "uid-old"}
     assert decision.positions == {"uid-a-same-second": 1, "uid-b-same-second": 2}
     assert decision.depth == 2
 
 
 def test_a_full_namespace_admits_nothing() -> None:
-    decision = queueing.decide([entry("x", running=True), entry("y", second=1)], cap=1)
+    decision = queueing.decide(
+        [entry("x", running=True), entry("y", second=1)], queueing.Limits(per_namespace=1)
+    )
     assert decision.admitted == frozenset()
     assert decision.positions == {"uid-y": 1}
 
 
 def test_no_cap_admits_everything() -> None:
-    decision = queueing.decide([entry("x", running=True), entry("y"), entry("z")], cap=0)
+    decision = queueing.decide(
+        [entry("x", running=True), entry("y"), entry("z")], queueing.Limits(per_namespace=0)
+    )
     assert decision.admitted == {"uid-y", "uid-z"}
     assert decision.positions == {}
 
@@ -74,10 +78,9 @@ def test_a_resumed_job_held_by_the_operator_waits_for_a_slot_again() -> None:
     entries = {e.name: (e.running, e.waiting) for e in store.queue_entries("studio")}
     assert entries == {
         "running": (True, False),
-        "paused": (False, False),  # suspended by the user: neither holds nor wants a slot
         "resumed": (False, True),  # resumed, its Job still suspended by the operator
         "other": (True, False),  # a Job suspended by someone else still holds its slot
-    }
+    }  # "paused", suspended by the user, neither holds nor wants a slot: the queue skips it
 
 
 def test_permissions_cover_kopf_and_the_operator() -> None:

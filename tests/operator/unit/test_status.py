@@ -295,6 +295,49 @@ SITUATIONS: dict[str, tuple[dict[str, Any] | None, list[dict[str, Any]], float]]
 }
 
 
+# What matters in each snapshot, asserted on its own (so that refreshing the expected YAML
+# cannot silently bless a regression): phase, the deciding condition, whether the Job is
+# stopped, whether a result is reported, and the attempts' outcomes.
+FACTS: dict[str, tuple[str, tuple[str, str], bool, bool, list[str]]] = {
+    "created": ("Starting", ("Started", "JobCreated"), False, False, []),
+    "scheduling": ("Starting", ("Started", "Scheduling"), False, False, ["Pending"]),
+    "unschedulable": ("Starting", ("Started", "Unschedulable"), False, False, ["Pending"]),
+    "image_pulling": ("Starting", ("Started", "ImagePulling"), False, False, ["Pending"]),
+    "image_pull_back_off": ("Starting", ("Started", "ImagePullBackOff"), False, False, ["Pending"]),
+    "running": ("Running", ("Started", "Running"), False, False, ["Running"]),
+    "succeeded": ("Succeeded", ("Succeeded", "Completed"), False, True, ["Succeeded"]),
+    "succeeded_before_job_condition": (
+        "Succeeded", ("Succeeded", "Completed"), False, True, ["Succeeded"]
+    ),
+    "no_face": ("Failed", ("Failed", "NoFaceFound"), False, False, ["Failed"]),
+    "retrying_after_model_load_failure": (
+        "Starting", ("Started", "Retrying"), False, False, ["Failed"]
+    ),
+    "backoff_limit_after_model_load_failures": (
+        "Failed", ("Failed", "ModelLoadFailed"), False, False, ["Failed", "Failed"]
+    ),
+    "crashed_without_message": (
+        "Failed", ("Failed", "BackoffLimitExceeded"), False, False, ["Failed"]
+    ),
+    "spot_interrupted": ("Starting", ("Started", "SpotInterrupted"), False, False, ["Interrupted"]),
+    "retried_after_spot_then_succeeded": (
+        "Succeeded", ("Succeeded", "Completed"), False, True, ["Interrupted", "Succeeded"]
+    ),
+    "deadline_exceeded": ("Failed", ("Failed", "DeadlineExceeded"), False, False, []),
+    "start_deadline_exceeded": (
+        "Failed", ("Failed", "StartDeadlineExceeded"), True, False, ["Pending"]
+    ),
+    "start_deadline_while_unschedulable": (
+        "Failed", ("Failed", "Unschedulable"), True, False, ["Pending"]
+    ),
+    "waiting_for_kueue": ("Queued", ("Queued", "WaitingForAdmission"), False, False, []),
+}  # fmt: skip
+
+
+def test_every_situation_has_its_facts() -> None:
+    assert set(FACTS) == set(SITUATIONS)
+
+
 @pytest.mark.parametrize("situation", sorted(SITUATIONS))
 def test_status_from_the_cluster(situation: str, tmp_path: pathlib.Path) -> None:
     child, pods, now = SITUATIONS[situation]
@@ -314,6 +357,19 @@ def test_status_from_the_cluster(situation: str, tmp_path: pathlib.Path) -> None
             "events": [f"{t.type}={t.status} {t.reason}" for t in outcome.transitions],
         },
     )
+    phase, (kind, reason), stop_job, has_result, outcomes = FACTS[situation]
+    assert outcome.status.phase == phase
+    deciding = next(c for c in outcome.status.conditions if c.type == kind)
+    assert deciding.reason == reason
+    assert outcome.stop_job is stop_job
+    assert (outcome.status.result is not None) is has_result
+    assert [a.outcome for a in outcome.status.attempts] == outcomes
+    assert outcome.status.seed == 42
+    if has_result:
+        assert outcome.status.result is not None
+        assert outcome.status.result.url == (
+            "https://results-bucket.s3.eu-west-1.amazonaws.com/compose/studio/portrait/u/result.png"
+        )
 
 
 def test_rejected_and_queued_and_lost(tmp_path: pathlib.Path) -> None:
@@ -330,6 +386,20 @@ def test_rejected_and_queued_and_lost(tmp_path: pathlib.Path) -> None:
             "queued": queued.status.to_api(),
             "lost": lost.status.to_api(),
         },
+    )
+    assert rejected.status.phase == models.Phase.FAILED
+    assert [(c.type, c.status, c.reason) for c in rejected.status.conditions] == [
+        ("Accepted", "False", "InvalidSpec"),
+        ("Failed", "True", "InvalidSpec"),
+    ]
+    assert queued.status.phase == models.Phase.QUEUED
+    assert queued.status.queue_position == 2
+    assert status.intent(queued.status.conditions) is None  # no Job is about to be created
+    assert lost.status.phase == models.Phase.FAILED
+    failed = next(c for c in lost.status.conditions if c.type == "Failed")
+    assert (failed.reason, failed.message) == (
+        "JobLost",
+        f"job {JOB} disappeared before it finished",
     )
 
 
@@ -437,19 +507,33 @@ def test_an_unfinished_attempt_whose_pod_vanished_is_interrupted(tmp_path: pathl
     assert attempt.instance_type == "g5.2xlarge"
 
 
-def test_a_pod_that_succeeded_while_marked_for_disruption_keeps_its_result() -> None:
+@pytest.mark.parametrize("phase", ["Failed", "Running"])
+def test_a_pod_that_succeeded_while_marked_for_disruption_keeps_its_result(phase: str) -> None:
+    # The container exited 0, but the drain won the race for the pod's phase: the branch for
+    # exit code 0 while the phase is not Succeeded decides, not the phase.
     raced = pod(
         "p0",
         1,
-        phase="Succeeded",
+        phase=phase,
         node="gpu-1",
         conditions=[scheduled(2), cond("DisruptionTarget", "EvictionByEvictionAPI", "drain")],
         state=terminated(0, 3, 9, report(contract.ExitCode.OK, result=True)),
     )
     view = status.view_pod(raced)
     assert view.outcome == models.AttemptOutcome.SUCCEEDED
+    assert view.exit_code == 0
     assert view.report is not None
     assert view.report.result is not None
+    # The same pod without the exit code is the interruption it looks like.
+    unfinished = pod(
+        "p0",
+        1,
+        phase=phase,
+        node="gpu-1",
+        conditions=[scheduled(2), cond("DisruptionTarget", "EvictionByEvictionAPI", "drain")],
+        state=terminated(143, 3, 9, None),
+    )
+    assert status.view_pod(unfinished).outcome == models.AttemptOutcome.INTERRUPTED
 
 
 def test_the_intent_to_create_the_job_is_recorded_and_then_replaced(tmp_path: pathlib.Path) -> None:
@@ -498,4 +582,4 @@ def test_a_resumed_job_held_behind_the_cap_is_queued(tmp_path: pathlib.Path) -> 
     assert outcome.status.queue_position == 2
     queued = next(c for c in outcome.status.conditions if c.type == "Queued")
     assert queued.reason == "WaitingForCapacity"
-    assert queued.message == "position 2 of 3 waiting in namespace studio"
+    assert queued.message == "waiting for a free slot in namespace studio: position 2"

@@ -1,0 +1,322 @@
+"""The decision for one CompositionJob: ``plan(observed, now, settings) -> Plan``, pure.
+
+:mod:`compose_operator.reconciler` reads the observed objects into an
+:class:`~compose_operator.observed.Observed`, calls :func:`plan`, and only executes what comes
+back, in order: status writes, Job creates, deletes and suspensions. A plan may instead ask for
+something it needs first (a fresh list of the children, or a moment for the pod watch to catch
+up); the reconciler gets it and plans again. Time comes in as ``now`` (and ``since_last_write``
+in the observation), so every path is unit-tested without a cluster or a clock.
+
+Restart safety comes from the order of the actions: the seed, the admission and the intent to
+create the Job are written to status before the Job is created, so a restart that finds no Job
+can tell one never created (create it) from one that finished and was TTL-deleted meanwhile
+(lost, never run twice); the Job's name is deterministic, so a create after a crash gets 409 and
+adopts the Job it finds; a terminal status is never recomputed.
+
+Writes per job are few by design: a waiting job is written when it starts waiting and then only
+when its position has changed and ``queue_position_refresh_seconds`` have passed; progress within
+a phase is coalesced (``status_coalesce_seconds``); Events go with the transitions a user reads
+(:func:`compose_operator.status.event_for`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from compose_api import models, profiles
+from compose_operator import builders, names, status
+from compose_operator.observed import JobView, Observed
+from compose_operator.settings import OperatorSettings
+
+# How long a finished Job waits for the pod watch to show its pods finished before the pods are
+# listed from the API server instead (the Job's and the pods' watches are separate streams).
+POD_CATCH_UP_SECONDS = 5.0
+
+
+@dataclasses.dataclass(frozen=True)
+class WriteStatus:
+    """Merge-patch the status (nothing when it did not change), then post the Event, if any."""
+
+    outcome: status.Outcome
+    event: status.Event | None
+
+
+@dataclasses.dataclass(frozen=True)
+class CreateJob:
+    manifest: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class DeleteJob:
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class SuspendJob:
+    """Suspend the Job for the user (marked as the operator's doing), or undo that."""
+
+    name: str
+    suspended: bool
+
+
+Action = WriteStatus | CreateJob | DeleteJob | SuspendJob
+
+
+class Need(enum.Enum):
+    """Something the plan must see before it can decide."""
+
+    LIST = "list"  # the children from the API server, not only from the watch
+    PODS = "pods"  # a moment for the pod watch to catch up with a finished Job
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What to do, in order. ``admit``: the plan takes a slot under the caps (the reconciler
+    marks it taken before acting); ``later``: plan again in that many seconds (a coalesced
+    write); ``recheck_at``: a time-based decision (the start deadline) falls due then."""
+
+    actions: tuple[Action, ...] = ()
+    need: Need | None = None
+    admit: bool = False
+    later: float | None = None
+    recheck_at: datetime.datetime | None = None
+
+
+def plan(observed: Observed, now: datetime.datetime, settings: OperatorSettings) -> Plan:
+    previous = observed.previous
+    if previous.phase in models.TERMINAL_PHASES:
+        return Plan()  # terminal stays terminal, whatever happens to the children
+    generation = observed.meta.generation
+    if observed.spec is None:
+        message = observed.spec_error or "spec: invalid"
+        reason = models.Reason.INVALID_SPEC
+        return _written(previous, status.rejected(previous, generation, reason, message, now=now))
+    cj = observed.composition()
+    profile = settings.profiles.get(cj.spec.profile)
+    problem = _problem(cj, profile, settings)
+    if problem is not None or profile is None:
+        reason, message = problem or (models.Reason.UNKNOWN_PROFILE, "")
+        return _written(previous, status.rejected(previous, generation, reason, message, now=now))
+    seed = builders.choose_seed(cj)
+    job = observed.job
+    if job is None:
+        if previous.attempts or _has(previous, models.ConditionType.STARTED):
+            if not observed.listed:
+                return Plan(need=Need.LIST)  # the Job watch may lag behind the status
+            if not _never_created(previous, now, settings):
+                last = previous.attempts[-1].job_name if previous.attempts else None
+                lost = last or names.job_name(cj.metadata.name, cj.metadata.uid or "", 0)
+                return _written(previous, status.lost(cj, lost, now=now))
+        return _start(observed, cj, profile, seed, now, settings)
+    return _follow(observed, cj, profile, job, seed, now, settings)
+
+
+def _start(
+    observed: Observed,
+    cj: models.CompositionJob,
+    profile: profiles.ModelProfile,
+    seed: int,
+    now: datetime.datetime,
+    settings: OperatorSettings,
+) -> Plan:
+    """No Job yet: wait (held by the user or behind the caps), or record the intent and
+    create it."""
+    job_name = names.job_name(cj.metadata.name, cj.metadata.uid or "", 0)
+    queue = observed.queue
+    outcome = status.waiting(cj, seed=seed, queue=queue, now=now, creating=job_name)
+    if queue is not None or cj.spec.suspend:
+        if _position_only(observed, outcome, settings):
+            return Plan()
+        return _written(observed.previous, outcome)
+    started = cj.model_copy(update={"status": outcome.status})
+    manifest = builders.build_job(started, profile, settings, 0, seed)
+    write = WriteStatus(outcome, status.event_for(observed.previous, outcome))
+    return Plan((write, CreateJob(manifest)), admit=observed.capped)
+
+
+def _follow(
+    observed: Observed,
+    cj: models.CompositionJob,
+    profile: profiles.ModelProfile,
+    job: JobView,
+    seed: int,
+    now: datetime.datetime,
+    settings: OperatorSettings,
+) -> Plan:
+    """A Job exists: keep it in line with the spec, and map what it shows to status."""
+    previous = observed.previous
+    actions: list[Action] = [DeleteJob(stale.name) for stale in observed.jobs[1:]]
+    if _needs_rebuild(cj, job, observed.pods):
+        # The spec changed before any pod ran: the next attempt runs the new spec. Create
+        # first, then delete, so that a crash in between leaves a Job to adopt.
+        manifest = builders.build_job(cj, profile, settings, job.attempt + 1, seed)
+        return Plan((*actions, CreateJob(manifest), DeleteJob(job.name)))
+    body: Mapping[str, Any] = job.body
+    held_back: status.Queue | None = None  # a resumed Job waiting for a slot under the caps
+    admit = False
+    if cj.spec.suspend and not job.suspended:
+        actions.append(SuspendJob(job.name, True))
+        body = suspended(body, True)
+    elif not cj.spec.suspend and job.held_by_operator:
+        # Resuming undoes only a suspension the operator made: a Job that Kueue holds stays
+        # suspended until Kueue admits it. Under the caps it waits for a slot like any job.
+        if observed.queue is not None:
+            held_back = observed.queue
+        else:
+            actions.append(SuspendJob(job.name, False))
+            body = suspended(body, False)
+            admit = observed.capped
+    if job.seed is not None:
+        seed = job.seed  # the seed the Job runs with, which later spec edits do not change
+    elif previous.seed is not None:
+        seed = previous.seed
+    pods = observed.pods
+    if not pods and previous.attempts and not observed.listed:
+        return Plan(need=Need.LIST)  # right after a restart the pod watch may lag
+    outcome = status.compute(
+        cj, body, pods, now=now, settings=settings, seed=seed, nodes=observed.nodes, queue=held_back
+    )
+    if outcome.terminal and not settled(pods, outcome):
+        # A terminal status is final: decide it on fresh pods, not on a watch that may lag
+        # behind the Job's (the result and the exit code live in the pods). The pods' own
+        # events are usually a moment behind the Job's: wait for them rather than list, unless
+        # the wait is over or the Job is ours to stop.
+        if pods and not outcome.stop_job and not observed.pods_waited:
+            return Plan(need=Need.PODS)
+        if not observed.listed:
+            return Plan(need=Need.LIST)
+    if outcome.stop_job:
+        actions.append(DeleteJob(job.name))
+    recheck = status.start_deadline_at(cj, body, outcome)
+    if held_back is not None and _position_only(observed, outcome, settings):
+        return Plan(tuple(actions), admit=admit, recheck_at=recheck)
+    wait = _coalesce_wait(observed, outcome, settings)
+    if wait is not None:
+        return Plan(tuple(actions), admit=admit, later=wait, recheck_at=recheck)
+    write = WriteStatus(outcome, status.event_for(previous, outcome))
+    return Plan((*actions, write), admit=admit, recheck_at=recheck)
+
+
+def _written(previous: models.CompositionJobStatus, outcome: status.Outcome) -> Plan:
+    return Plan((WriteStatus(outcome, status.event_for(previous, outcome)),))
+
+
+def _position_only(observed: Observed, outcome: status.Outcome, settings: OperatorSettings) -> bool:
+    """A job that was already waiting and still is, whose only change is its position: not
+    written until ``queue_position_refresh_seconds`` have passed since its last write."""
+    previous = observed.previous
+    if previous.phase != models.Phase.QUEUED or outcome.status.phase != models.Phase.QUEUED:
+        return False
+    if outcome.transitions or previous.queue_position is None:
+        return False
+    refresh = settings.queue_position_refresh_seconds
+    if refresh <= 0:
+        return True
+    since = observed.since_last_write
+    return since is not None and since < refresh
+
+
+def _coalesce_wait(
+    observed: Observed, outcome: status.Outcome, settings: OperatorSettings
+) -> float | None:
+    """Seconds to defer a progress-only write (same phase, not terminal) that comes within
+    ``status_coalesce_seconds`` of the job's last write, so that a pod going through several
+    states in quick succession costs one status patch, not one each. Phase changes, terminal
+    outcomes and stopped Jobs are written at once. None: write now."""
+    window = settings.status_coalesce_seconds
+    since = observed.since_last_write
+    if (
+        window <= 0
+        or since is None
+        or outcome.terminal
+        or outcome.stop_job
+        or outcome.status.phase != observed.previous.phase
+        or any(t.warning for t in outcome.transitions)
+    ):
+        return None
+    wait = window - since
+    if wait <= 0 or status.to_patch(outcome.status, observed.previous) is None:
+        return None
+    return wait
+
+
+def _problem(
+    cj: models.CompositionJob, profile: profiles.ModelProfile | None, settings: OperatorSettings
+) -> tuple[models.Reason, str] | None:
+    if profile is None:
+        known = ", ".join(sorted(settings.profiles)) or "none configured"
+        return (
+            models.Reason.UNKNOWN_PROFILE,
+            f"spec.profile: unknown profile {cj.spec.profile!r} (known: {known})",
+        )
+    try:
+        builders.output_bucket(cj, settings)
+    except builders.BuildError as error:
+        return models.Reason.INVALID_SPEC, str(error)
+    return None
+
+
+def _never_created(
+    previous: models.CompositionJobStatus, now: datetime.datetime, settings: OperatorSettings
+) -> bool:
+    """No Job is found although status records the intent to create one: whether it was
+    never created (a crash between the intent and the create), so creating it is safe.
+
+    A Job created after the intent was recorded finishes later still, and its TTL deletes
+    it no sooner than ``job_ttl_seconds`` after that: within that time a missing Job was
+    never created. Later, it may have run to the end and been deleted: the job is lost."""
+    found = status.intent(previous.conditions)
+    if found is None or previous.attempts:
+        return False
+    return (now - found.last_transition_time).total_seconds() < settings.job_ttl_seconds
+
+
+def _needs_rebuild(
+    cj: models.CompositionJob, job: JobView, pods: Sequence[Mapping[str, Any]]
+) -> bool:
+    """Params or execution changed, and no pod of the Job has started yet."""
+    if job.spec_hash is None or job.spec_hash == builders.spec_hash(cj.spec):
+        return False
+    if cj.status.start_time is not None:
+        return False
+    return not any(status.view_pod(pod).ran for pod in pods)
+
+
+def suspended(job: Mapping[str, Any], value: bool) -> dict[str, Any]:
+    """``job`` as :class:`SuspendJob` leaves it (the merge patch of the reconciler)."""
+    meta = dict(job.get("metadata") or {})
+    annotations = dict(meta.get("annotations") or {})
+    if value:
+        annotations[names.SUSPENDED_ANNOTATION] = "true"
+    else:
+        annotations.pop(names.SUSPENDED_ANNOTATION, None)
+    meta["annotations"] = annotations
+    return {**job, "metadata": meta, "spec": {**(job.get("spec") or {}), "suspend": value}}
+
+
+def suspend_patch(value: bool) -> dict[str, Any]:
+    """The merge patch that :func:`suspended` describes."""
+    mark = "true" if value else None
+    return {
+        "metadata": {"annotations": {names.SUSPENDED_ANNOTATION: mark}},
+        "spec": {"suspend": value},
+    }
+
+
+def settled(pods: Sequence[Mapping[str, Any]], outcome: status.Outcome) -> bool:
+    """Whether the watched pods already tell the whole story of a terminal outcome."""
+    if not pods:
+        return False
+    if outcome.status.phase == models.Phase.SUCCEEDED and outcome.status.result is None:
+        return False
+    finished = {models.AttemptOutcome.SUCCEEDED, models.AttemptOutcome.FAILED,
+                models.AttemptOutcome.INTERRUPTED}  # fmt: skip
+    return all(status.view_pod(pod).outcome in finished for pod in pods)
+
+
+def _has(current: models.CompositionJobStatus, kind: models.ConditionType) -> bool:
+    return any(c.type == kind for c in current.conditions)

@@ -1,0 +1,220 @@
+"""The pure decision: what the reconciler is told to do, in which order, for each situation."""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import pydantic
+import pytest
+
+from compose_api import contract, models
+from compose_operator import builders, names, observed, plan, settings, status
+from tests.operator.unit.test_builders import make_cj, make_settings
+from tests.operator.unit.test_status import at, pod, report, scheduled, terminated, ts
+
+
+@pytest.fixture
+def config(tmp_path: pathlib.Path) -> settings.OperatorSettings:
+    return make_settings(tmp_path, COMPOSE_JOB_TTL_SECONDS="600")
+
+
+def job_view(
+    config: settings.OperatorSettings,
+    cj: models.CompositionJob,
+    *,
+    attempt: int = 0,
+    conditions: list[dict[str, Any]] | None = None,
+    started: float | None = 5,
+) -> observed.JobView:
+    body = builders.build_job(cj, config.profiles["instantid-sdxl"], config, attempt, 42)
+    body["metadata"]["creationTimestamp"] = ts(5)
+    body["status"] = {"conditions": conditions or []}
+    if started is not None:
+        body["status"]["startTime"] = ts(started)
+    return observed.view_job(body)
+
+
+def seen(cj: models.CompositionJob, **fields: Any) -> observed.Observed:
+    return observed.Observed(
+        meta=cj.metadata, previous=cj.status, spec=cj.spec, spec_error=None, **fields
+    )
+
+
+def kinds(decided: plan.Plan) -> list[str]:
+    return [type(action).__name__ for action in decided.actions]
+
+
+def test_the_intent_is_written_before_the_job_is_created(
+    config: settings.OperatorSettings,
+) -> None:
+    decided = plan.plan(seen(make_cj()), at(1), config)
+    assert kinds(decided) == ["WriteStatus", "CreateJob"]
+    write, create = decided.actions
+    assert isinstance(write, plan.WriteStatus) and isinstance(create, plan.CreateJob)
+    assert status.intent(write.outcome.status.conditions) is not None
+    assert create.manifest["metadata"]["name"] == status.intent(
+        write.outcome.status.conditions
+    ).message.removeprefix("creating job ")  # type: ignore[union-attr]
+    assert write.event is not None and write.event.reason == "JobCreated"
+    assert not decided.admit  # no caps: nothing to take
+    capped = plan.plan(seen(make_cj(), capped=True), at(1), config)
+    assert capped.admit
+
+
+def test_a_job_behind_the_cap_is_written_queued_and_nothing_is_created(
+    config: settings.OperatorSettings,
+) -> None:
+    decided = plan.plan(seen(make_cj(), queue=status.Queue(3, 7), capped=True), at(1), config)
+    assert kinds(decided) == ["WriteStatus"]
+    (write,) = decided.actions
+    assert isinstance(write, plan.WriteStatus)
+    assert write.outcome.status.phase == models.Phase.QUEUED
+    assert write.outcome.status.queue_position == 3
+    assert not decided.admit
+
+
+def test_a_waiting_job_costs_no_write_until_its_moved_position_is_due(
+    config: settings.OperatorSettings, tmp_path: pathlib.Path
+) -> None:
+    first = plan.plan(seen(make_cj(), queue=status.Queue(5, 9)), at(1), config).actions[0]
+    assert isinstance(first, plan.WriteStatus)
+    waiting = make_cj().model_copy(update={"status": first.outcome.status})
+    same = seen(waiting, queue=status.Queue(5, 12), since_last_write=1.0)
+    assert plan.plan(same, at(2), config).actions == ()  # depth changed, position did not
+    moved = seen(waiting, queue=status.Queue(2, 9), since_last_write=59.0)
+    assert plan.plan(moved, at(60), config).actions == ()  # not due yet (60 s by default)
+    due = seen(waiting, queue=status.Queue(2, 9), since_last_write=60.0)
+    (write,) = plan.plan(due, at(61), config).actions
+    assert isinstance(write, plan.WriteStatus)
+    assert write.outcome.status.queue_position == 2
+    assert write.event is None  # a position is no transition a user is told about
+    never = make_settings(tmp_path, COMPOSE_QUEUE_POSITION_REFRESH_SECONDS="0")
+    assert plan.plan(due, at(61), never).actions == ()
+
+
+def test_terminal_stays_terminal(config: settings.OperatorSettings) -> None:
+    done = status.lost(make_cj(), "gone", now=at(1)).status
+    cj = make_cj().model_copy(update={"status": done})
+    assert plan.plan(seen(cj, queue=None), at(2), config) == plan.Plan()
+
+
+def test_an_invalid_spec_is_rejected_naming_the_field(config: settings.OperatorSettings) -> None:
+    cj = make_cj()
+    with pytest.raises(pydantic.ValidationError) as caught:
+        models.CompositionJobSpec.model_validate(
+            {**cj.spec.model_dump(by_alias=True), "params": {"steps": 0}}
+        )
+    error = models.describe_validation_error(caught.value)
+    bad = observed.Observed(meta=cj.metadata, previous=cj.status, spec=None, spec_error=error)
+    (write,) = plan.plan(bad, at(1), config).actions
+    assert isinstance(write, plan.WriteStatus)
+    failed = next(c for c in write.outcome.status.conditions if c.type == "Failed")
+    assert failed.reason == "InvalidSpec"
+    assert "spec.params.steps" in failed.message
+    assert write.event is not None and write.event.type == "Warning"
+
+
+def test_a_missing_job_is_listed_then_created_or_lost(config: settings.OperatorSettings) -> None:
+    name = names.job_name("portrait", make_cj().metadata.uid or "", 0)
+    intent = status.waiting(make_cj(), seed=42, queue=None, now=at(0), creating=name).status
+    cj = make_cj().model_copy(update={"status": intent})
+    assert plan.plan(seen(cj), at(10), config).need is plan.Need.LIST
+    recent = plan.plan(seen(cj, listed=True), at(10), config)
+    assert kinds(recent) == ["WriteStatus", "CreateJob"]
+    rewrite = recent.actions[0]
+    assert isinstance(rewrite, plan.WriteStatus)
+    assert status.to_patch(rewrite.outcome.status, intent) is None  # already written: no patch
+    old = plan.plan(seen(cj, listed=True), at(601), config)
+    (write,) = old.actions
+    assert isinstance(write, plan.WriteStatus)
+    assert write.outcome.status.phase == models.Phase.FAILED
+    assert next(c for c in write.outcome.status.conditions if c.type == "Failed").reason == (
+        "JobLost"
+    )
+
+
+def test_a_starting_job_names_when_its_start_deadline_falls_due(
+    config: settings.OperatorSettings,
+) -> None:
+    cj = make_cj()
+    decided = plan.plan(seen(cj, jobs=(job_view(config, cj),), pods=(pod("p1", 6),)), at(7), config)
+    assert kinds(decided) == ["WriteStatus"]
+    assert decided.recheck_at == at(66)  # the Job started at 5 s, startDeadlineSeconds 60
+    late = plan.plan(seen(cj, jobs=(job_view(config, cj),), pods=(pod("p1", 6),)), at(66), config)
+    assert late.need is plan.Need.LIST  # a terminal status is decided on fresh pods
+    fresh = seen(cj, jobs=(job_view(config, cj),), pods=(pod("p1", 6),), listed=True)
+    late = plan.plan(fresh, at(66), config)
+    assert kinds(late) == ["DeleteJob", "WriteStatus"]  # stop the Job, then say why
+    assert late.recheck_at is None
+
+
+def test_progress_within_a_phase_is_coalesced(config: settings.OperatorSettings) -> None:
+    cj = make_cj()
+    created = plan.plan(seen(cj, jobs=(job_view(config, cj),)), at(6), config).actions[0]
+    assert isinstance(created, plan.WriteStatus)
+    starting = cj.model_copy(update={"status": created.outcome.status})
+    pending = (pod("p1", 6, node="gpu-1", conditions=[scheduled(7)], state={"waiting": {}}),)
+    soon = seen(starting, jobs=(job_view(config, cj),), pods=pending, since_last_write=0.25)
+    decided = plan.plan(soon, at(7), config)
+    assert decided.actions == ()
+    assert decided.later == pytest.approx(config.status_coalesce_seconds - 0.25)
+    since = config.status_coalesce_seconds + 0.5
+    later = seen(starting, jobs=(job_view(config, cj),), pods=pending, since_last_write=since)
+    assert kinds(plan.plan(later, at(8), config)) == ["WriteStatus"]
+
+
+def test_a_spec_change_before_the_start_runs_as_a_new_attempt(
+    config: settings.OperatorSettings,
+) -> None:
+    before = make_cj()
+    edited = make_cj(params={"seed": 42, "steps": 20})
+    decided = plan.plan(seen(edited, jobs=(job_view(config, before),)), at(6), config)
+    assert kinds(decided) == ["CreateJob", "DeleteJob"]  # create first: a crash leaves one
+    create, delete = decided.actions
+    assert isinstance(create, plan.CreateJob) and isinstance(delete, plan.DeleteJob)
+    assert create.manifest["metadata"]["name"].endswith("-1")
+    assert delete.name.endswith("-0")
+
+
+def test_a_finished_job_waits_for_its_pods_then_lists_them(
+    config: settings.OperatorSettings,
+) -> None:
+    cj = make_cj()
+    complete = job_view(
+        config, cj, conditions=[{"type": "Complete", "status": "True", "reason": "Done"}]
+    )
+    running = pod("p1", 6, phase="Running", node="gpu-1", state={"running": {"startedAt": ts(9)}})
+    assert plan.plan(seen(cj, jobs=(complete,), pods=(running,)), at(30), config).need is (
+        plan.Need.PODS
+    )
+    waited = seen(cj, jobs=(complete,), pods=(running,), pods_waited=True)
+    assert plan.plan(waited, at(30), config).need is plan.Need.LIST
+    done = pod(
+        "p1",
+        6,
+        phase="Succeeded",
+        node="gpu-1",
+        state=terminated(0, 9, 29, report(contract.ExitCode.OK, result=True)),
+    )
+    decided = plan.plan(seen(cj, jobs=(complete,), pods=(done,)), at(30), config)
+    (write,) = decided.actions
+    assert isinstance(write, plan.WriteStatus)
+    assert write.outcome.status.phase == models.Phase.SUCCEEDED
+    assert write.event is not None and write.event.reason == "Completed"
+
+
+def test_resuming_under_the_cap_waits_for_a_slot_then_unsuspends(
+    config: settings.OperatorSettings,
+) -> None:
+    cj = make_cj()
+    parked = observed.view_job(plan.suspended(job_view(config, cj, started=None).body, True))
+    assert parked.held_by_operator
+    held = plan.plan(seen(cj, jobs=(parked,), queue=status.Queue(1, 1), capped=True), at(9), config)
+    assert kinds(held) == ["WriteStatus"]
+    assert not held.admit
+    free = plan.plan(seen(cj, jobs=(parked,), capped=True), at(9), config)
+    assert kinds(free)[0] == "SuspendJob"
+    assert free.admit
+    suspend = free.actions[0]
+    assert isinstance(suspend, plan.SuspendJob) and suspend.suspended is False
