@@ -14,9 +14,11 @@ at COMPOSE_KUBE_URL, exactly as it runs ``compose-operator``, so both are measur
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
+import ssl
 from typing import Any
 
 import aiohttp
@@ -25,11 +27,25 @@ import kopf
 GROUP, VERSION, PLURAL = "compose.nextunicorn.dev", "v1alpha1", "compositionjobs"
 
 
+_CONNECTION: list[kopf.ConnectionInfo] = []  # the login's result, for the raw requests below
+
+
 def _kube_url() -> str:
-    url = os.environ.get("COMPOSE_KUBE_URL", "").rstrip("/")
-    if not url:
-        raise SystemExit("COMPOSE_KUBE_URL: required (the plain http URL of the API server)")
-    return url
+    return _CONNECTION[0].server.rstrip("/")
+
+
+def _session() -> aiohttp.ClientSession:
+    """A session with the login's credentials (a bearer token and CA from a kubeconfig)."""
+    info = _CONNECTION[0]
+    headers = {"Authorization": f"Bearer {info.token}"} if info.token else {}
+    context: ssl.SSLContext | bool = False
+    if info.server.startswith("https://"):
+        context = (
+            ssl.create_default_context(cafile=str(info.ca_path))
+            if info.ca_path
+            else ssl.create_default_context(cadata=base64.b64decode(info.ca_data or b"").decode())
+        )
+    return aiohttp.ClientSession(headers=headers, connector=aiohttp.TCPConnector(ssl=context))
 
 
 @kopf.on.startup()
@@ -40,8 +56,18 @@ async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
 
 
 @kopf.on.login()
-async def login(**_: Any) -> kopf.ConnectionInfo:
-    return kopf.ConnectionInfo(server=_kube_url(), insecure=True)
+async def login(logger: Any, settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    """COMPOSE_KUBE_URL (plain http, the emulator), else the kubeconfig (a real API server)."""
+    url = os.environ.get("COMPOSE_KUBE_URL", "").rstrip("/")
+    info = (
+        kopf.ConnectionInfo(server=url, insecure=True)
+        if url
+        else kopf.login_with_kubeconfig(logger=logger, settings=settings)
+    )
+    if info is None:
+        raise kopf.LoginError("neither COMPOSE_KUBE_URL nor a kubeconfig")
+    _CONNECTION[:] = [info]
+    return info
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)
@@ -70,6 +96,8 @@ async def create_job(name: str, namespace: str | None, uid: str, **_: Any) -> di
             "template": {
                 "spec": {
                     "restartPolicy": "Never",
+                    # GPU nodes are tainted; even a naive operator must tolerate that.
+                    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
                     "containers": [
                         {
                             "name": "inference",
@@ -82,7 +110,7 @@ async def create_job(name: str, namespace: str | None, uid: str, **_: Any) -> di
         },
     }
     url = f"{_kube_url()}/apis/batch/v1/namespaces/{namespace}/jobs"
-    async with aiohttp.ClientSession() as session, session.post(url, json=job) as response:
+    async with _session() as session, session.post(url, json=job) as response:
         if response.status >= 400:
             raise kopf.TemporaryError(f"job creation failed: HTTP {response.status}", delay=5)
     # kopf stores the result under status.create_job (one more status patch).
@@ -113,7 +141,7 @@ async def job_finished(event: kopf.RawEvent, **_: Any) -> None:
         return
     base = _kube_url()
     result: Any = None
-    async with aiohttp.ClientSession() as session:
+    async with _session() as session:
         pods_url = f"{base}/api/v1/namespaces/{namespace}/pods"
         params = {"labelSelector": f"job-name={meta['name']}"}
         async with session.get(pods_url, params=params) as response:

@@ -6,7 +6,10 @@
 For each operator (the naive one-handler kopf operator in benchmarks/naive_operator.py as the
 baseline, then ``compose-operator``), in the same run and on the same machine:
 
-1. start a fresh API emulator in its own process (tests/support/kube_emulator.py), so the
+1. start a fresh API emulator in its own process (tests/support/kube_emulator.py), or with
+   ``--cluster real`` the real test control plane (tests/support/control_plane.py: the real
+   Job controller and scheduler make and place the pods, kwok runs them, the driver plays only
+   each container's end, and requests are counted from the API server's audit log), so the
    operator's CPU and memory figures are its own;
 2. start the operator as a subprocess with COMPOSE_KUBE_URL, COMPOSE_STANDALONE=true and a
    profiles file, and wait until it watches CompositionJobs;
@@ -48,17 +51,19 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import aiohttp
 import psutil
+import yaml
 
 from compose_api import contract, models
-from tests.support import kube_cluster, kube_emulator
+from tests.support import control_plane, kube_cluster, kube_emulator
 from tests.support.kube_client import KubeApiError, KubeClient
-from tests.support.kube_emulator import COMPOSITION_JOBS, JOBS
+from tests.support.kube_emulator import COMPOSITION_JOBS, JOBS, PODS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NAMESPACE = "bench"
@@ -179,6 +184,93 @@ class EmulatorCluster:
         return float(times.user + times.system)
 
 
+@dataclasses.dataclass
+class RealCluster:
+    """The real test control plane (tests/support/control_plane.py), started per operator run.
+
+    The operators log in with a kubeconfig holding the token of the ``bench-operator`` service
+    account (bound to cluster-admin, so that both operators run unchanged); their requests are
+    read from the API server's audit log by that user. The driver is the cluster admin; the real
+    Job controller and scheduler create and place the pods, kwok runs them, and the driver plays
+    only each container's end.
+    """
+
+    plane: control_plane.ControlPlane
+    user: str
+    kubeconfig: pathlib.Path
+
+    @property
+    def url(self) -> str:
+        return self.plane.url
+
+    def request_log(self, since: int = 0) -> list[kube_emulator.RequestRecord]:
+        return self.plane.request_records(user=self.user)[since:]
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for process in self.plane.processes:
+            if process.name in {"kube-apiserver", "etcd"}:
+                with contextlib.suppress(psutil.Error):
+                    times = psutil.Process(process.popen.pid).cpu_times()
+                    total += float(times.user + times.system)
+        return total
+
+    def client(self) -> KubeClient:
+        return self.plane.admin(NAMESPACE)
+
+
+@contextlib.contextmanager
+def real_cluster(workdir: pathlib.Path, jobs: int) -> Iterator[Cluster]:
+    with control_plane.start() as plane:
+        _apply_crds(plane)
+        for index in range(4):
+            plane.ensure_gpu_node(f"gpu-{index}", capacity_type="on-demand", gpus=max(8, jobs // 2))
+        plane.create_namespace(NAMESPACE)
+        # The operator's and the inference pods' (compose-operator's default) accounts.
+        for account in ("bench-operator", "compose-inference"):
+            plane.request(
+                "POST",
+                f"/api/v1/namespaces/{NAMESPACE}/serviceaccounts",
+                {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": account}},
+            )
+        plane.request(
+            "POST",
+            "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": "bench-operator"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                            "name": "cluster-admin"},
+                "subjects": [{"kind": "ServiceAccount", "name": "bench-operator",
+                              "namespace": NAMESPACE}],
+            },
+        )  # fmt: skip
+        kubeconfig = plane.service_account_kubeconfig(
+            NAMESPACE, "bench-operator", workdir / "operator.kubeconfig"
+        )
+        yield RealCluster(plane, f"system:serviceaccount:{NAMESPACE}:bench-operator", kubeconfig)
+
+
+def _apply_crds(plane: control_plane.ControlPlane) -> None:
+    for path in sorted((ROOT / "crds").glob("*.yaml")):
+        plane.request(
+            "POST",
+            "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+            yaml.safe_load(path.read_text()),
+        )
+    deadline = time.monotonic() + 60
+    path = f"/apis/{models.GROUP}/{models.VERSION}/namespaces/default/{models.PLURAL}"
+    while True:
+        try:
+            plane.request("GET", path)
+            return
+        except urllib.error.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 @contextlib.contextmanager
 def emulator_process() -> Iterator[Cluster]:
     """Run the emulator in its own process; yields it as a :class:`Cluster`."""
@@ -211,7 +303,11 @@ def _stop(process: subprocess.Popen[Any]) -> None:
 
 @contextlib.contextmanager
 def operator_process(
-    kind: OperatorKind, url: str, workdir: pathlib.Path, cap: int = 0
+    kind: OperatorKind,
+    url: str,
+    workdir: pathlib.Path,
+    cap: int = 0,
+    kubeconfig: pathlib.Path | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     profiles = workdir / "profiles.yaml"
     profiles.write_text(PROFILES_YAML)
@@ -226,6 +322,9 @@ def operator_process(
         COMPOSE_HEALTH_PORT="0",
         COMPOSE_MAX_RUNNING_PER_NAMESPACE=str(cap),
     )
+    if kubeconfig is not None:  # a real API server: log in as its service account
+        del env["COMPOSE_KUBE_URL"]
+        env["KUBECONFIG"] = str(kubeconfig)
     log_path = workdir / f"{kind.key}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -355,6 +454,51 @@ class Driver:
             self.errors.append(f"{owner}: {exc!r}")
 
 
+class RealDriver(Driver):
+    """The driver on the real control plane: the Job controller makes the pods and kwok runs
+    them; this plays only each container's end (success with a termination message)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._job_owner: dict[str, str] = {}
+        self._finished: set[str] = set()
+
+    async def follow_jobs(self) -> None:
+        async for event in _watch_forever(self.kube, JOBS):
+            job = event["object"]
+            owner = _owner_name(job)
+            if owner is not None:
+                self._job_owner[job["metadata"]["name"]] = owner
+                self.job_seen_at.setdefault(owner, time.monotonic())
+
+    async def follow_pods(self) -> None:
+        async for event in _watch_forever(self.kube, PODS):
+            pod = event["object"]
+            uid = pod["metadata"]["uid"]
+            if uid in self._finished or (pod.get("status") or {}).get("phase") != "Running":
+                continue
+            self._finished.add(uid)
+            task = asyncio.create_task(self._finish(pod))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _finish(self, pod: Obj) -> None:
+        job_name = (pod["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name", "")
+        try:
+            owner = self._job_owner.get(job_name)
+            if owner is None:
+                owner = _owner_name(await self.kube.get(JOBS, job_name)) or job_name
+            await asyncio.sleep(self.step_delay)
+            await control_plane.finish_pod(
+                self.kube, pod, exit_code=0, message=success_message(owner)
+            )
+        except KubeApiError as exc:
+            if exc.status != 404:
+                self.errors.append(f"{job_name}: {exc}")
+        except aiohttp.ClientError as exc:
+            self.errors.append(f"{job_name}: {exc!r}")
+
+
 def _owner_name(obj: Mapping[str, Any]) -> str | None:
     for ref in obj["metadata"].get("ownerReferences") or []:
         if ref.get("kind") == "CompositionJob":
@@ -374,7 +518,8 @@ async def _watch_forever(kube: KubeClient, spec: kube_emulator.ResourceSpec) -> 
                 since = None
                 break
             since = event["object"]["metadata"].get("resourceVersion", since)
-            yield event
+            if event["type"] != "BOOKMARK":  # a real API server's progress marks
+                yield event
 
 
 async def _wait_ready(
@@ -424,16 +569,21 @@ class Scenario:
     timeout_s: float
     cap: int = 0
     step_delay: float = 0.0
+    real: bool = False  # the real test control plane instead of the emulator
 
 
 async def run_one(kind: OperatorKind, scenario: Scenario) -> Result:
     with tempfile.TemporaryDirectory(prefix=f"bench-{kind.key}-") as tmp:
         workdir = pathlib.Path(tmp)
         cap = scenario.cap if kind.key == "compose" else 0  # the naive operator has no cap
-        with (
-            emulator_process() as cluster,
-            operator_process(kind, cluster.url, workdir, cap) as process,
-        ):
+        with contextlib.ExitStack() as stack:
+            cluster = stack.enter_context(
+                real_cluster(workdir, scenario.jobs) if scenario.real else emulator_process()
+            )
+            kubeconfig = cluster.kubeconfig if isinstance(cluster, RealCluster) else None
+            process = stack.enter_context(
+                operator_process(kind, cluster.url, workdir, cap, kubeconfig)
+            )
             try:
                 return await _measure(kind, cluster, process, scenario)
             except Exception:
@@ -451,12 +601,19 @@ async def _measure(
     jobs, concurrency, timeout_s = scenario.jobs, scenario.concurrency, scenario.timeout_s
     await _wait_ready(cluster, process, 60, kind)
     observed = psutil.Process(process.pid)
-    async with KubeClient(url, namespace=NAMESPACE) as kube:
-        driver = Driver(kube, kind, jobs, scenario.step_delay)
+    client = (
+        cluster.client()
+        if isinstance(cluster, RealCluster)
+        else KubeClient(url, namespace=NAMESPACE)
+    )
+    async with client as kube:
+        driver = (RealDriver if scenario.real else Driver)(kube, kind, jobs, scenario.step_delay)
         followers = [
             asyncio.create_task(driver.follow_jobs()),
             asyncio.create_task(driver.follow_compositions()),
         ]
+        if isinstance(driver, RealDriver):
+            followers.append(asyncio.create_task(driver.follow_pods()))
         peak = [0.0]
         stop_sampling = asyncio.Event()
         sampler = asyncio.create_task(_sample_rss(observed, peak, stop_sampling))
@@ -532,17 +689,23 @@ _ROWS = (
     ("create_to_done_p50_ms", "create->done p50 (ms)", "{:.0f}"),
     ("wall_s", "wall time (s)", "{:.1f}"),
     ("jobs_per_s", "jobs done per second", "{:.1f}"),
-    ("emulator_busy", "emulator CPU share of wall", "{:.2f}"),
+    ("emulator_busy", "API server CPU share of wall", "{:.2f}"),
 )
 
 
-def report(results: Sequence[Result], jobs: int) -> str:
+def report(results: Sequence[Result], jobs: int, *, real: bool = False) -> str:
+    where = (
+        "the real test control plane (kube-apiserver, etcd, controllers, kwok)"
+        if real
+        else "emulator in its own process"
+    )
     lines = [
         f"operator benchmark: {jobs} CompositionJobs,"
-        f" {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M}Z, {os.cpu_count()} CPUs;"
-        " emulator in its own process",
-        "note: the emulator is single-threaded Python serving the benchmark's own requests too;"
-        " latencies are relative, not real API-server figures",
+        f" {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M}Z, {os.cpu_count()} CPUs; {where}",
+        "note: the API server, etcd, the controllers and kwok share these CPUs with the operator"
+        if real
+        else "note: the emulator is single-threaded Python serving the benchmark's own requests"
+        " too; latencies are relative, not real API-server figures",
         "",
     ]
     baseline = results[0].summary() if results else {}
@@ -585,6 +748,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         default=0.0,
         help="seconds the played kubelet takes per pod transition (a slow cluster)",
     )
+    parser.add_argument(
+        "--cluster",
+        choices=("emulator", "real"),
+        default="emulator",
+        help="the API emulator, or the real test control plane (scripts/build_k8s.sh)",
+    )
     parser.add_argument("--concurrency", type=int, default=10, help="creates in flight")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per operator")
     parser.add_argument("--json", type=pathlib.Path, default=None, help="also write results here")
@@ -606,12 +775,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         asyncio.run(
             run_one(
                 kind,
-                Scenario(args.jobs, args.concurrency, timeout_s, cap, args.step_delay),
+                Scenario(
+                    args.jobs,
+                    args.concurrency,
+                    timeout_s,
+                    cap,
+                    args.step_delay,
+                    real=args.cluster == "real",
+                ),
             )
         )
         for kind, cap in chosen
     ]
-    print(report(results, args.jobs), flush=True)
+    print(report(results, args.jobs, real=args.cluster == "real"), flush=True)
     if args.json is not None:
         payload = [dict(dataclasses.asdict(r), summary=r.summary()) for r in results]
         args.json.write_text(json.dumps(payload, indent=2))

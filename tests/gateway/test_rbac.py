@@ -26,7 +26,8 @@ async def test_the_gateway_uses_exactly_its_permissions(
 ) -> None:
     since = gateway_cluster.plane.audit_offset()
     gateway = await make_gateway(callback_allow_cidrs="127.0.0.0/8", callback_allow_http=True)
-    assert (await gateway.client.get("/readyz")).status_code == 200
+    ready = await gateway.client.get("/readyz")
+    assert ready.status_code == 200, ready.text
     created = (await gateway.post(original_request(callbackUrl=receiver.url))).json()
     await gateway.post(original_request(), headers={"Idempotency-Key": "k"})
     await gateway.post(original_request(), headers={"Idempotency-Key": "k"})

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
+import urllib.error
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
+from compose_api import models
 from tests.support import control_plane as cp
 
 GPU_NODES = (
@@ -62,6 +65,17 @@ def control_plane() -> Iterator[cp.ControlPlane]:
             check=True,
             timeout=90,
         )
+        # Established is not yet servable: the API server answers 429 "storage is
+        # (re)initializing" until its watch cache for the new resource is filled.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                cluster.request("GET", f"/apis/{models.GROUP}/{models.VERSION}/{models.PLURAL}")
+                break
+            except urllib.error.HTTPError as error:
+                if error.code != 429 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         cluster.ensure_system_node()
         for name, instance_type, capacity_type in GPU_NODES:
             cluster.ensure_gpu_node(name, instance_type=instance_type, capacity_type=capacity_type)

@@ -385,9 +385,14 @@ class ControlPlane:
         return events
 
     def request_records(self, *, user: str | None = None, since: int = 0) -> list[RequestRecord]:
-        """The audit events as the emulator's request records (the same fields tests read)."""
+        """The audit events as the emulator's request records (the same fields tests read), one
+        per request: a watch counts from its start (status 0 while it streams)."""
         records = []
+        seen: set[str] = set()
         for event in self.audit_events(user=user, since=since):
+            if event.get("auditID") in seen:
+                continue
+            seen.add(event.get("auditID", ""))
             ref = event.get("objectRef") or {}
             resource = ref.get("resource")
             records.append(
@@ -402,7 +407,9 @@ class ControlPlane:
                     name=ref.get("name"),
                     path=event.get("requestURI", ""),
                     user_agent=event.get("userAgent", ""),
-                    status=int((event.get("responseStatus") or {}).get("code") or 0),
+                    status=0
+                    if event.get("stage") == "ResponseStarted"
+                    else int((event.get("responseStatus") or {}).get("code") or 0),
                     at=0.0,
                 )
             )
@@ -507,6 +514,8 @@ class ControlPlane:
         gpus: int = 1,
         zone: str = "us-east-1a",
         extra_labels: Mapping[str, str] | None = None,
+        cpu: str = "4",
+        memory: str = "16Gi",
     ) -> Obj:
         """A kwok node labelled and tainted as EKS/Karpenter GPU nodes are (created if absent)."""
         labels = {
@@ -522,7 +531,7 @@ class ControlPlane:
             **dict(extra_labels or {}),
         }
         taints = [{"key": GPU, "value": "true", "effect": "NoSchedule"}] if gpus else []
-        capacity = {"cpu": "4", "memory": "16Gi", "pods": "110", "ephemeral-storage": "200Gi"}
+        capacity = {"cpu": cpu, "memory": memory, "pods": "1000", "ephemeral-storage": "200Gi"}
         if gpus:
             capacity[GPU] = str(gpus)
         return self._ensure_node(name, labels, taints, capacity)
@@ -649,7 +658,9 @@ def start(directory: Path | None = None) -> Iterator[ControlPlane]:
                 {
                     "apiVersion": "audit.k8s.io/v1",
                     "kind": "Policy",
-                    "omitStages": ["RequestReceived", "ResponseStarted"],
+                    # ResponseStarted is kept: a watch is logged when it starts, not only when
+                    # it ends (request_records counts each request once).
+                    "omitStages": ["RequestReceived"],
                     "rules": [{"level": "Metadata"}],
                 }
             )
