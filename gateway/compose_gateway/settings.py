@@ -218,7 +218,8 @@ class Settings(pydantic_settings.BaseSettings):
 
     # --- callbacks
     callback_secret_file: pathlib.Path | None = pydantic.Field(
-        default=None, description="File holding the HMAC-SHA256 key callbacks are signed with."
+        default=None,
+        description="File holding the master secret each key's callback secret derives from.",
     )
     callback_allow_cidrs: CommaList = pydantic.Field(
         default_factory=list,
