@@ -249,7 +249,11 @@ def build_job(
     if errors:
         raise RequestError(_unique(errors))
 
-    labels = {naming.OWNER_LABEL: owner, naming.CREATED_BY_LABEL: naming.CREATED_BY}
+    labels = {
+        naming.OWNER_LABEL: owner,
+        naming.CREATED_BY_LABEL: naming.CREATED_BY,
+        naming.OUTSTANDING_LABEL: "true",
+    }
     annotations = {naming.REQUEST_HASH_ANNOTATION: request_hash}
     if idempotency_key is not None:
         annotations[naming.IDEMPOTENCY_ANNOTATION] = hashlib.sha256(
