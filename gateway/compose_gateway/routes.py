@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
@@ -268,19 +269,31 @@ async def _submit(
     if media == MULTIPART:
         if not svc.store.inputs_bucket:
             raise ApiError(415, "UploadsDisabled", "this gateway takes image URLs only (JSON)")
+        if not idempotent:
+            # Refused before any byte is stored (a replay of an idempotent request is never).
+            await svc.jobs.check_quotas(owner)
         with svc.uploads.admit(owner):
             sink = svc.store.upload_sink(owner=owner, job_name=name)
-            received = await uploads.receive(
-                request.stream(),
-                content_type=content_type,
-                declared_length=request.headers.get("content-length"),
-                limits=uploads.Limits(
-                    max_request_bytes=svc.settings.max_request_bytes,
-                    max_file_bytes=svc.settings.max_upload_bytes,
-                ),
-                sink=sink,
-                remove_on_error=not idempotent,
-            )
+            try:
+                async with asyncio.timeout(svc.settings.upload_timeout_seconds):
+                    received = await uploads.receive(
+                        request.stream(),
+                        content_type=content_type,
+                        declared_length=request.headers.get("content-length"),
+                        limits=uploads.Limits(
+                            max_request_bytes=svc.settings.max_request_bytes,
+                            max_file_bytes=svc.settings.max_upload_bytes,
+                        ),
+                        sink=sink,
+                        remove_on_error=not idempotent,
+                    )
+            except TimeoutError:
+                raise ApiError(
+                    408,
+                    "RequestTimeout",
+                    f"the upload took longer than {svc.settings.upload_timeout_seconds:g} s; "
+                    "nothing was kept",
+                ) from None
         try:
             parsed = translate.parse_request(received.payload)
             body = svc.jobs.build(parsed, owner=owner, name=name, idempotency_key=idempotency_key)
