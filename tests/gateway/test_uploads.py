@@ -338,3 +338,41 @@ async def test_a_key_over_its_quota_uploads_nothing(
     assert refused.status_code == 429
     assert refused.json()["reason"] == "QuotaExceeded"
     assert _leftovers(s3_env, buckets["inputs"]) == stored
+
+
+async def test_a_chunked_body_without_length_is_cut_at_the_limit(
+    make_gateway: MakeGateway, s3_env: s3.S3Server, buckets: dict[str, str]
+) -> None:
+    gateway = await make_gateway(max_request_bytes=storage.PART_BYTES + 512 * 1024)
+    files = _files([("a.png", _png_of(storage.PART_BYTES + 1024 * 1024, seed=4), "image/png")])
+    request = httpx.Request("POST", "http://gateway.test/generate", files=files)
+    body = request.read()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 64 * 1024):
+            yield body[start : start + 64 * 1024]
+
+    response = await gateway.client.post(
+        "/generate",
+        content=chunks(),  # no Content-Length: only the streaming count can stop it
+        headers={"X-API-Key": ALICE_KEY, "Content-Type": request.headers["content-type"]},
+    )
+
+    assert response.status_code == 413
+    assert response.json()["message"].startswith(
+        f"body: larger than {storage.PART_BYTES + 512 * 1024}"
+    )
+    assert _leftovers(s3_env, buckets["inputs"]) == ([], [])
+
+
+async def test_a_file_of_exactly_the_limit_passes_and_one_byte_more_does_not(
+    make_gateway: MakeGateway,
+) -> None:
+    gateway = await make_gateway(max_upload_bytes=8192)
+    exact = _files([("a.png", _png_of(8192, seed=5), "image/png")])
+    over = _files([("a.png", _png_of(8193, seed=6), "image/png")])
+
+    assert (await _upload(gateway, exact)).status_code == 202
+    refused = await _upload(gateway, over)
+    assert refused.status_code == 413
+    assert "clothingImages[0]: larger than 8192 bytes" in refused.json()["message"]
