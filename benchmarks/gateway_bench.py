@@ -129,6 +129,9 @@ def gateway_process(
         "COMPOSE_GATEWAY_PORT": str(port),
         "COMPOSE_GATEWAY_API_KEYS_FILE": str(keys),
         "COMPOSE_GATEWAY_RATE_LIMIT_PER_MINUTE": "0",
+        # No operator runs the jobs, so none ever finishes: the outstanding quota is off. The
+        # retained quota stays on (one count of the key's jobs per minute).
+        "COMPOSE_GATEWAY_MAX_OUTSTANDING_JOBS_PER_KEY": "0",
         "COMPOSE_GATEWAY_LOG_LEVEL": "warning",
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ACCESS_KEY_ID": "bench",

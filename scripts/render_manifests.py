@@ -10,8 +10,10 @@ it would write differs from what is committed. It does three things:
 2. writes the chart's RBAC rule files (``files/operator-rbac.yaml``, ``files/gateway-rbac.yaml``)
    from ``compose_operator.permissions`` and ``compose_gateway.permissions``, the code's own lists
    of every Kubernetes API call it makes;
-3. renders the chart with its default values (``helm template --include-crds``, release and
-   namespace ``nextunicorn-compose``) into ``manifests/``: one file per kind, the CRDs under
+3. renders the chart with its default values, plus ``scripts/manifests-values.yaml`` (what the
+   chart requires and has no default for: the API server's CIDRs of the NetworkPolicies),
+   (``helm template --include-crds``, release and namespace ``nextunicorn-compose``) into
+   ``manifests/``: one file per kind, the CRDs under
    ``manifests/crds/``, a Namespace, and a ``kustomization.yaml`` for ``kubectl apply -k``.
 
 The CRD itself is copied into the chart by ``scripts/gen_crds.py``, not here. ``helm`` comes from
@@ -38,6 +40,7 @@ import yaml
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "nextunicorn-compose"
 MANIFESTS = ROOT / "manifests"
+MANIFEST_VALUES = ROOT / "scripts" / "manifests-values.yaml"
 PROFILES_SOURCE = ROOT / "inference_image" / "compose_inference" / "profiles" / "default.yaml"
 RELEASE = "nextunicorn-compose"
 NAMESPACE = "nextunicorn-compose"
@@ -223,7 +226,10 @@ def _kind_file(kind: str) -> str:
 
 def manifest_files(objects: Sequence[dict[str, Any]]) -> dict[str, str]:
     """manifests/-relative path -> content: a file per kind, CRDs apart, and a kustomization."""
-    header = f"{GENERATED} from charts/nextunicorn-compose (default values); do not edit.\n"
+    header = (
+        f"{GENERATED} from charts/nextunicorn-compose (default values and "
+        "scripts/manifests-values.yaml); do not edit.\n"
+    )
     by_kind: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     crds: dict[str, dict[str, Any]] = {}
     for obj in [namespace_object(), *objects]:
@@ -321,7 +327,7 @@ def render(*, check: bool) -> list[str]:
         shutil.copytree(CHART, chart_copy)
         for relative, content in chart_wanted.items():
             (chart_copy / relative).write_text(content)
-        objects = helm_template(chart_copy)
+        objects = helm_template(chart_copy, values=[MANIFEST_VALUES])
     wanted = manifest_files(objects)
     stale = _generated_manifest_paths()
     if check:

@@ -8,13 +8,14 @@ caller's key reads as absent (404), so another key can neither see nor cancel it
 Lists are paged by the API server (the owner's label selector, ``limit`` and ``continue``), so a
 page costs one page of objects however many jobs a key has; the order is the API server's name
 order, which ``naming`` makes newest first. Before creating, the key's quotas are checked: jobs
-not yet finished (outstanding) and jobs kept in the cluster (retained), counted by paging
-through at most ``max_retained + 1`` of the key's jobs.
+not yet finished (outstanding, one label selector: ``naming.OUTSTANDING_LABEL``) and jobs kept
+in the cluster (retained, counted now and then, see :meth:`JobService.check_quotas`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,11 @@ import pydantic
 
 from compose_api import models, netguard
 from compose_gateway import kube, naming, storage, translate, views
+
+# Pages of the retained count, and how long a count serves before the key's jobs are counted
+# again (meanwhile this replica adds its own creations and removes its own cancellations).
+RETAINED_PAGE = 100
+RETAINED_RECOUNT_SECONDS = 60.0
 
 
 class JobNotFound(Exception):
@@ -85,6 +91,9 @@ class JobService:
         self._callback_policy = callback_policy
         self._poll = poll_seconds
         self._quotas = quotas
+        # owner -> (retained jobs, monotonic time of the next recount)
+        self._retained_counts: dict[str, tuple[int, float]] = {}
+        self._count_locks: dict[str, asyncio.Lock] = {}
         self._ttl = ttl_seconds_after_finished
         self._resolver = resolver
         self._clock = clock
@@ -164,10 +173,13 @@ class JobService:
             except kube.NotFound:
                 raise refused from None
         try:
-            return views.parse(await self._kube.create(body)), True
+            created = views.parse(await self._kube.create(body))
         except kube.Conflict:
             if not idempotent:
                 raise
+        else:
+            self._counted(owner, +1)
+            return created, True
         return await self._replayed(body, owner=owner), False
 
     async def _replayed(self, body: dict[str, Any], *, owner: str) -> models.CompositionJob:
@@ -185,41 +197,72 @@ class JobService:
     async def check_quotas(self, owner: str) -> None:
         """QuotaExceeded when ``owner`` has as many outstanding or retained jobs as it may.
 
-        Reads at most ``max_retained + 1`` of the key's jobs, in pages; only their phase is
-        looked at. Concurrent requests may each pass before either job exists: the limit can
-        be passed by the number of requests in flight at once.
+        Outstanding: the key's jobs still labelled outstanding, at most ``max_outstanding + 1``
+        of them read; those found finished lose the label on the way (so the count is exact
+        and the list stays short). Retained: counted in pages of the key's jobs, at most
+        ``max_retained + 1``, once per RETAINED_RECOUNT_SECONDS per key and replica, and kept
+        up to date in between by this replica's own creations and cancellations. Requests in
+        flight at the same moment (and other replicas, until the next count) may pass together.
         """
         quotas = self._quotas
-        if not (quotas.max_outstanding or quotas.max_retained):
-            return
-        retained = outstanding = 0
-        token: str | None = None
-        while True:
-            chunk = kube.LIST_CHUNK
-            if quotas.max_retained:
-                chunk = min(chunk, quotas.max_retained + 1 - retained)
-            items, token = await self._kube.list_page(
-                label_selector=naming.owner_selector(owner), limit=chunk, continue_=token
-            )
-            for item in items:
-                retained += 1
-                phase = (item.get("status") or {}).get("phase")
-                if phase not in models.TERMINAL_PHASES:
-                    outstanding += 1
-            if quotas.max_retained and retained >= quotas.max_retained:
+        if quotas.max_outstanding:
+            outstanding = await self._count_outstanding(owner, quotas.max_outstanding + 1)
+            if outstanding >= quotas.max_outstanding:
+                raise QuotaExceeded(
+                    f"this API key has {outstanding} jobs queued or running, the most it may: "
+                    "wait for one to finish",
+                    retry_after=quotas.outstanding_retry_after_seconds,
+                )
+        if quotas.max_retained:
+            retained = await self._retained(owner, quotas.max_retained + 1)
+            if retained >= quotas.max_retained:
                 raise QuotaExceeded(
                     f"this API key keeps {quotas.max_retained} jobs, the most it may: delete "
                     "finished ones (DELETE /jobs/{id}) or wait until they expire",
                     retry_after=None,
                 )
-            if not token:
-                break
-        if quotas.max_outstanding and outstanding >= quotas.max_outstanding:
-            raise QuotaExceeded(
-                f"this API key has {outstanding} jobs queued or running, the most it may: wait "
-                "for one to finish",
-                retry_after=quotas.outstanding_retry_after_seconds,
-            )
+
+    async def _count_outstanding(self, owner: str, limit: int) -> int:
+        items, _ = await self._kube.list_page(
+            label_selector=naming.outstanding_selector(owner), limit=limit
+        )
+        count = 0
+        for item in items:
+            if (item.get("status") or {}).get("phase") not in models.TERMINAL_PHASES:
+                count += 1
+                continue
+            name = str((item.get("metadata") or {}).get("name", ""))
+            patch = {"metadata": {"labels": {naming.OUTSTANDING_LABEL: None}}}
+            with contextlib.suppress(kube.KubeError):  # else settled next time
+                await self._kube.patch(name, patch)
+        return count
+
+    async def _retained(self, owner: str, limit: int) -> int:
+        # One count at a time per key: concurrent submissions wait for it instead of each
+        # paging through the same jobs.
+        async with self._count_locks.setdefault(owner, asyncio.Lock()):
+            now = self._monotonic()
+            cached = self._retained_counts.get(owner)
+            if cached is not None and now < cached[1]:
+                return cached[0]
+            count = 0
+            token: str | None = None
+            while count < limit:
+                items, token = await self._kube.list_page(
+                    label_selector=naming.owner_selector(owner),
+                    limit=min(RETAINED_PAGE, limit - count),
+                    continue_=token,
+                )
+                count += len(items)
+                if not token:
+                    break
+            self._retained_counts[owner] = (count, now + RETAINED_RECOUNT_SECONDS)
+            return count
+
+    def _counted(self, owner: str, change: int) -> None:
+        cached = self._retained_counts.get(owner)
+        if cached is not None:
+            self._retained_counts[owner] = (max(0, cached[0] + change), cached[1])
 
     async def wait(
         self,
@@ -289,6 +332,7 @@ class JobService:
             await self._kube.delete(name)
         except kube.NotFound:
             raise JobNotFound(name) from None
+        self._counted(owner, -1)
 
     def image_url(self, job: models.CompositionJob) -> str | None:
         if job.status.result is None:

@@ -20,6 +20,9 @@ OWNER_LABEL = f"{PREFIX}/owner"
 CREATED_BY_LABEL = "app.kubernetes.io/created-by"
 CREATED_BY = "compose-gateway"
 CALLBACK_LABEL = f"{PREFIX}/callback"
+# On every job the gateway creates until it sees the job finished (then removed), so that a
+# key's jobs not yet finished are one label selector away, however long its history.
+OUTSTANDING_LABEL = f"{PREFIX}/outstanding"
 CALLBACK_PENDING = "pending"
 CALLBACK_DELIVERED = "delivered"
 CALLBACK_FAILED = "failed"
@@ -65,6 +68,11 @@ def is_job_name(text: str) -> bool:
 def owner_selector(owner: str) -> str:
     """The label selector of one key's jobs."""
     return f"{OWNER_LABEL}={owner}"
+
+
+def outstanding_selector(owner: str) -> str:
+    """The label selector of one key's jobs not yet seen finished."""
+    return f"{OWNER_LABEL}={owner},{OUTSTANDING_LABEL}=true"
 
 
 def pending_callbacks_selector() -> str:

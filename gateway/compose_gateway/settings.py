@@ -180,6 +180,13 @@ class Settings(pydantic_settings.BaseSettings):
             "part), so the default admits 18 at once; beyond, 503 with Retry-After."
         ),
     )
+    upload_timeout_seconds: float = pydantic.Field(
+        default=120.0,
+        gt=0,
+        le=3600,
+        description="Longest time to receive one multipart body (408 beyond), so a slow client "
+        "cannot hold an upload slot for ever.",
+    )
     max_concurrent_uploads_per_key: int = pydantic.Field(
         default=4, ge=1, le=1000, description="Uploads one key may have in progress (429 beyond)."
     )
@@ -218,7 +225,8 @@ class Settings(pydantic_settings.BaseSettings):
 
     # --- callbacks
     callback_secret_file: pathlib.Path | None = pydantic.Field(
-        default=None, description="File holding the HMAC-SHA256 key callbacks are signed with."
+        default=None,
+        description="File holding the master secret each key's callback secret derives from.",
     )
     callback_allow_cidrs: CommaList = pydantic.Field(
         default_factory=list,

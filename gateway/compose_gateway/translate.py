@@ -10,6 +10,7 @@ the client spelled it (``clothingImages[1]``, ``steps``), never the CRD's path.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import ipaddress
@@ -73,7 +74,7 @@ class _Request(pydantic.BaseModel):
 class ClothingImage(_Request):
     """A garment photo with an optional category (where it is worn)."""
 
-    url: str = pydantic.Field(max_length=models.MAX_URI_LENGTH, description=IMAGE_MESSAGE)
+    url: models.ImageUri = pydantic.Field(description=IMAGE_MESSAGE)
     category: models.ClothingCategory | None = pydantic.Field(
         default=None, description="upper, lower, dress, outerwear, shoes or accessory."
     )
@@ -95,11 +96,25 @@ _CLOTHING_ITEM_SCHEMA: dict[str, Any] = {
 }
 
 
-class GenerateRequest(_Request):
-    """The original request body, plus optional parameters. Unknown fields are refused."""
+def _param(name: str) -> Any:
+    """The field ``models.Params.<name>`` (type bounds, description) with no default: unset in a
+    request means the API's default."""
+    field = copy.copy(models.Params.model_fields[name])
+    field.default = None
+    field.default_factory = None
+    return field
 
-    person_image: str = pydantic.Field(
-        max_length=models.MAX_URI_LENGTH, description=f"The person photo; {IMAGE_MESSAGE}."
+
+class GenerateRequest(_Request):
+    """The original request body, plus optional parameters. Unknown fields are refused.
+
+    Image URLs and parameters have the API's own annotated types (``models.ImageUri``, the fields
+    of ``models.Params``), so their problems are found here and named as the client sent them;
+    what only the whole spec can tell (a dress with an upper garment, the s3 prefix) comes from
+    :func:`build_job`."""
+
+    person_image: models.ImageUri = pydantic.Field(
+        description=f"The person photo; {IMAGE_MESSAGE}."
     )
     clothing_images: Annotated[
         list[ClothingImage],
@@ -115,19 +130,19 @@ class GenerateRequest(_Request):
         description=f"1 to {models.MAX_CLOTHING_ITEMS} garment photos: URL strings or "
         "{url, category} objects.",
     )
-    place_image: str = pydantic.Field(
-        max_length=models.MAX_URI_LENGTH, description=f"The place photo; {IMAGE_MESSAGE}."
-    )
-    prompt: str | None = pydantic.Field(default=None, description="Text prompt.")
-    negative_prompt: str | None = pydantic.Field(default=None, description="What not to show.")
-    seed: int | None = pydantic.Field(default=None, description="0 to 4294967295.")
-    steps: int | None = pydantic.Field(default=None, description="Denoising steps, 1 to 100.")
-    guidance: float | None = pydantic.Field(default=None, description="Guidance scale, 0 to 20.")
-    width: int | None = pydantic.Field(default=None, description="256 to 2048, multiple of 64.")
-    height: int | None = pydantic.Field(default=None, description="256 to 2048, multiple of 64.")
-    identity_strength: float | None = pydantic.Field(default=None, description="0 to 1.5.")
-    clothing_strength: float | None = pydantic.Field(default=None, description="0 to 1.5.")
-    place_strength: float | None = pydantic.Field(default=None, description="0 to 1.5.")
+    place_image: models.ImageUri = pydantic.Field(description=f"The place photo; {IMAGE_MESSAGE}.")
+    # The generation parameters carry the API's own types and bounds (models.Params), so a bad
+    # value is refused here, named as the client sent it, with the CRD's limits.
+    prompt: str | None = _param("prompt")
+    negative_prompt: str | None = _param("negative_prompt")
+    seed: int | None = _param("seed")
+    steps: int | None = _param("steps")
+    guidance: float | None = _param("guidance")
+    width: int | None = _param("width")
+    height: int | None = _param("height")
+    identity_strength: float | None = _param("identity_strength")
+    clothing_strength: float | None = _param("clothing_strength")
+    place_strength: float | None = _param("place_strength")
     format: Literal["png", "jpeg", "webp"] | None = pydantic.Field(
         default=None, description="png (default), jpeg or webp."
     )
@@ -234,7 +249,11 @@ def build_job(
     if errors:
         raise RequestError(_unique(errors))
 
-    labels = {naming.OWNER_LABEL: owner, naming.CREATED_BY_LABEL: naming.CREATED_BY}
+    labels = {
+        naming.OWNER_LABEL: owner,
+        naming.CREATED_BY_LABEL: naming.CREATED_BY,
+        naming.OUTSTANDING_LABEL: "true",
+    }
     annotations = {naming.REQUEST_HASH_ANNOTATION: request_hash}
     if idempotency_key is not None:
         annotations[naming.IDEMPOTENCY_ANNOTATION] = hashlib.sha256(
@@ -322,9 +341,23 @@ def _field_errors(
     found = []
     for item in error.errors():
         loc = tuple(item["loc"])
+        if not crd and _was_string(loc, raw_clothing):
+            loc = loc[:2]  # a garment sent as a URL string: name the item, not its .url
         field = _crd_field(loc, raw_clothing) if crd else _request_field(loc)
         found.append(FieldError(field, _message(item, field)))
     return _unique(found)
+
+
+def _was_string(loc: tuple[int | str, ...], raw_clothing: Any) -> bool:
+    if len(loc) != 3 or loc[0] != "clothingImages" or loc[2] != "url":
+        return False
+    index = loc[1]
+    return (
+        isinstance(index, int)
+        and isinstance(raw_clothing, list)
+        and index < len(raw_clothing)
+        and isinstance(raw_clothing[index], str)
+    )
 
 
 def _request_field(loc: tuple[int | str, ...]) -> str:

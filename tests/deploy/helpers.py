@@ -17,6 +17,9 @@ CHART = ROOT / "charts" / "nextunicorn-compose"
 MANIFESTS = ROOT / "manifests"
 EXAMPLES = MANIFESTS / "examples"
 VALUES = pathlib.Path(__file__).resolve().parent / "values"
+# What the chart requires and has no default for (the API server's CIDRs of the NetworkPolicies,
+# on by default); manifests/ is rendered with it too. "The defaults" below mean these plus it.
+REQUIRED_VALUES = ROOT / "scripts" / "manifests-values.yaml"
 RELEASE = "nextunicorn-compose"
 NAMESPACE = "nextunicorn-compose"
 # A recent Kubernetes release that EKS runs and kubernetes-validate ships schemas for.
@@ -24,6 +27,7 @@ KUBERNETES_VERSION = "1.33"
 # Value sets under values/ rendered by the parametrised tests (besides the defaults, None).
 VALUE_SETS: tuple[str | None, ...] = (
     None,
+    "cluster-wide",
     "namespaced",
     "networkpolicy",
     "metrics-off",
@@ -58,12 +62,18 @@ class Tools:
 
 
 def helm_template(
-    tools: Tools, values: Sequence[pathlib.Path] = (), *, include_crds: bool = False
+    tools: Tools,
+    values: Sequence[pathlib.Path] = (),
+    *,
+    include_crds: bool = False,
+    bare: bool = False,
 ) -> subprocess.CompletedProcess[str]:
+    """``helm template`` with REQUIRED_VALUES and then ``values`` (``bare``: without
+    REQUIRED_VALUES, the chart's defaults alone)."""
     command = [tools.helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE]
     if include_crds:
         command.append("--include-crds")
-    for path in values:
+    for path in values if bare else [REQUIRED_VALUES, *values]:
         command += ["--values", str(path)]
     return subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
 

@@ -22,6 +22,7 @@ Render = Callable[[str | None], list[Obj]]
 @pytest.mark.parametrize("values", helpers.VALUE_SETS)
 def test_helm_lint_passes(tools: helpers.Tools, values: str | None) -> None:
     command = [tools.helm, "lint", "--strict", str(helpers.CHART), "--namespace", "lint"]
+    command += ["--values", str(helpers.REQUIRED_VALUES)]
     if values:
         command += ["--values", str(helpers.VALUES / f"{values}.yaml")]
     done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
@@ -66,8 +67,8 @@ def test_pods_are_hardened(render: Render, values: str | None) -> None:
             assert len(tmp) == 1 and "emptyDir" in volumes[tmp[0]["name"]], name
 
 
-def test_defaults_run_cluster_wide_active_standby(render: Render) -> None:
-    objects = render(None)
+def test_cluster_wide_mode_runs_active_standby(render: Render) -> None:
+    objects = render("cluster-wide")
     deployment = helpers.one(objects, "Deployment", "-operator")
     assert deployment["spec"]["replicas"] == 2
     container = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -97,8 +98,32 @@ def test_defaults_run_cluster_wide_active_standby(render: Render) -> None:
     assert inference["automountServiceAccountToken"] is False
     service = helpers.one(objects, "Service", "-metrics")
     assert service["spec"]["ports"][0]["port"] == int(env["COMPOSE_METRICS_PORT"]) == 8080
-    assert helpers.of_kind(objects, "NetworkPolicy") == []
     assert helpers.of_kind(objects, "ServiceMonitor") == []
+
+
+def test_defaults_are_namespaced_with_network_policies(render: Render) -> None:
+    objects = render(None)
+    container = helpers.one(objects, "Deployment", "-operator")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    assert helpers.env_of(container)["COMPOSE_NAMESPACES"] == helpers.NAMESPACE
+    # The operator creates its KopfPeering itself (the chart ships no custom resource).
+    assert helpers.of_kind(objects, "ClusterKopfPeering") == []
+    assert helpers.of_kind(objects, "KopfPeering") == []
+    roles = helpers.of_kind(objects, "Role")
+    assert [o["metadata"]["namespace"] for o in roles] == [helpers.NAMESPACE]
+    # No cluster-wide rule reaches CompositionJobs, Jobs or Pods.
+    for role in helpers.of_kind(objects, "ClusterRole"):
+        for rule in role["rules"]:
+            assert not {"compositionjobs", "jobs", "pods"} & set(rule.get("resources", [])), rule
+    policies = {o["metadata"]["name"] for o in helpers.of_kind(objects, "NetworkPolicy")}
+    assert {"nextunicorn-compose-operator", "nextunicorn-compose-inference"} <= policies
+
+
+def test_bare_defaults_require_the_api_server_cidrs(tools: helpers.Tools) -> None:
+    done = helpers.helm_template(tools, bare=True)
+    assert done.returncode != 0
+    assert "apiServerCidrs" in done.stderr
 
 
 def test_namespaced_mode_grants_only_the_watched_namespaces(render: Render) -> None:
@@ -253,14 +278,29 @@ def test_gateway(render: Render, monkeypatch: pytest.MonkeyPatch) -> None:
     binding = helpers.one(objects, "RoleBinding", "-gateway")
     assert binding["metadata"]["namespace"] == settings.namespace
     assert binding["subjects"][0]["name"] == account["metadata"]["name"]
+    # /metrics on its own port and its own ClusterIP Service; the Ingress routes only "http".
+    env = helpers.env_of(deployment["spec"]["template"]["spec"]["containers"][0])
+    assert settings.metrics_port == int(env["COMPOSE_GATEWAY_METRICS_PORT"]) == 9090
+    assert settings.metrics_port != settings.port
+    metrics_service = helpers.one(objects, "Service", "-gateway-metrics")
+    assert metrics_service["spec"]["type"] == "ClusterIP"
+    assert [p["name"] for p in metrics_service["spec"]["ports"]] == ["metrics"]
+    api_service = helpers.one(objects, "Service", "-gateway")
+    assert [p["name"] for p in api_service["spec"]["ports"]] == ["http"]
+    ingress = helpers.one(objects, "Ingress", "-gateway")
+    backends = [path["backend"]["service"] for rule in ingress["spec"]["rules"]
+                for path in rule["http"]["paths"]]  # fmt: skip
+    assert backends == [{"name": api_service["metadata"]["name"], "port": {"name": "http"}}]
     monitor = helpers.one(objects, "ServiceMonitor", "-gateway")
-    assert monitor["spec"]["endpoints"][0]["port"] == "http"
-    assert (
-        monitor["spec"]["selector"]["matchLabels"]
-        == (helpers.one(objects, "Service", "-gateway")["spec"]["selector"])
-    )
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    selected = monitor["spec"]["selector"]["matchLabels"]
+    assert selected.items() <= metrics_service["metadata"]["labels"].items()
+    assert not selected.items() <= api_service["metadata"]["labels"].items()
     policy = helpers.one(objects, "NetworkPolicy", "-gateway")
-    assert policy["spec"]["ingress"] == [{"ports": [{"port": "http", "protocol": "TCP"}]}]
+    assert policy["spec"]["ingress"] == [
+        {"ports": [{"port": "http", "protocol": "TCP"}]},
+        {"ports": [{"port": "metrics", "protocol": "TCP"}]},
+    ]
 
 
 def test_gateway_is_off_by_default(render: Render) -> None:

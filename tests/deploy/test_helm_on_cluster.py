@@ -18,6 +18,9 @@ from tests.deploy import helpers
 from tests.support import control_plane as cp
 
 pytestmark = pytest.mark.timeout(300)
+# The one value the chart requires and has no default for: the API server's address range, for
+# the operator's NetworkPolicy egress (the test server listens on loopback).
+REQUIRED = ("--set", "networkPolicy.apiServerCidrs[0]=127.0.0.1/32")
 
 
 def run(tools: helpers.Tools, cluster: cp.ControlPlane, *args: str) -> str:
@@ -54,7 +57,7 @@ def test_install_upgrade_uninstall_with_default_values(
     release, namespace = "nextunicorn-compose", "compose-default"
     run(
         tools, control_plane, tools.helm, "install", release, str(helpers.CHART),
-        "--namespace", namespace, "--create-namespace", "--wait", "--timeout", "120s",
+        "--namespace", namespace, "--create-namespace", "--wait", "--timeout", "120s", *REQUIRED,
     )  # fmt: skip
     deployment = objects(tools, control_plane, "deployment", "-n", namespace)
     assert [d["metadata"]["name"] for d in deployment] == [f"{release}-operator"]
@@ -64,6 +67,7 @@ def test_install_upgrade_uninstall_with_default_values(
     run(
         tools, control_plane, tools.helm, "upgrade", release, str(helpers.CHART),
         "--namespace", namespace, "--set", "operator.replicas=1", "--wait", "--timeout", "120s",
+        *REQUIRED,
     )  # fmt: skip
     upgraded = objects(tools, control_plane, "deployment", "-n", namespace)[0]
     assert upgraded["spec"]["replicas"] == 1
@@ -91,6 +95,7 @@ def test_install_namespaced_grants_roles_only_in_the_watched_namespaces(
             tools, control_plane, tools.helm, "install", release, str(helpers.CHART),
             "--namespace", namespace, "--create-namespace",
             "--values", str(helpers.VALUES / "namespaced.yaml"), "--wait", "--timeout", "120s",
+            *REQUIRED,
         )  # fmt: skip
         roles = released(tools, control_plane, "role", release)
         assert roles == [f"team-a/{release}-operator", f"team-b/{release}-operator"]
@@ -105,7 +110,7 @@ def test_install_namespaced_grants_roles_only_in_the_watched_namespaces(
         run(
             tools, control_plane, tools.helm, "upgrade", release, str(helpers.CHART),
             "--namespace", namespace, "--values", str(helpers.VALUES / "namespaced.yaml"),
-            "--set", "operator.replicas=1", "--wait", "--timeout", "120s",
+            "--set", "operator.replicas=1", "--wait", "--timeout", "120s", *REQUIRED,
         )  # fmt: skip
         run(tools, control_plane, tools.helm, "uninstall", release, "-n", namespace, "--wait")
         assert released(tools, control_plane, "role", release) == []

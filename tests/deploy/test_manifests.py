@@ -45,7 +45,8 @@ def test_the_check_reports_a_drifted_file(
 ) -> None:
     copy = tmp_path / "manifests"
     shutil.copytree(helpers.MANIFESTS, copy, ignore=shutil.ignore_patterns("examples"))
-    wanted = render_script.manifest_files(render_script.helm_template(helpers.CHART))
+    objects = render_script.helm_template(helpers.CHART, values=[helpers.REQUIRED_VALUES])
+    wanted = render_script.manifest_files(objects)
     monkeypatch.setattr(render_script, "ROOT", tmp_path)
     assert render_script._differences(copy, wanted, ()) == []
     deployment = copy / "deployment.yaml"

@@ -213,6 +213,7 @@ def operator(installed: cp.ControlPlane, tmp_path: pathlib.Path) -> Iterator[Ope
     # Active/standby as the chart runs it: the operator creates its ClusterKopfPeering.
     env["COMPOSE_STANDALONE"] = "false"
     env["COMPOSE_PEERING_NAME"] = "nextunicorn-compose"
+    env["COMPOSE_NAMESPACES"] = NS  # the manifests install the operator namespaced
     process = OperatorProcess(env, tmp_path / "operator.log")
     process.start()
     yield process
@@ -321,7 +322,9 @@ def test_applied_job_succeeds_through_the_real_job_controller(
     described = kubectl(tools, installed, "describe", "cjob", "through", "-n", NS).stdout
     assert "Events:" in described
     assert "Succeeded" in described.split("Events:")[1]
-    peering = installed.request("GET", "/apis/kopf.dev/v1/clusterkopfpeerings/nextunicorn-compose")
+    peering = installed.request(
+        "GET", f"/apis/kopf.dev/v1/namespaces/{NS}/kopfpeerings/nextunicorn-compose"
+    )
     assert peering["status"], "no operator is registered in the peering object"
     row = kubectl(tools, installed, "get", "cjob", "through", "-n", NS).stdout.splitlines()[1]
     assert row.split()[1] == "Succeeded"

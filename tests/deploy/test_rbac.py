@@ -56,7 +56,7 @@ def _operator_account(objects: list[Obj]) -> dict[str, str]:
 
 
 def test_cluster_wide_rules_equal_the_operator_permissions(render: Render) -> None:
-    objects = render(None)
+    objects = render("cluster-wide")
     cluster, namespace = _expected(clusterwide=True)
     assert namespace == set()
     (role,) = _operator_objects(objects, "ClusterRole")
@@ -97,7 +97,7 @@ def test_namespaced_rules_equal_the_operator_permissions(render: Render) -> None
 
 def test_every_operator_call_is_granted_in_its_mode(render: Render) -> None:
     """The operator's own coverage check (``allows``) agrees with what the chart grants."""
-    for values, clusterwide in ((None, True), ("namespaced", False)):
+    for values, clusterwide in (("cluster-wide", True), (None, False), ("namespaced", False)):
         objects = render(values)
         granted: Triples = set()
         for kind in ("ClusterRole", "Role"):

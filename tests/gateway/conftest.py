@@ -26,7 +26,7 @@ from aiohttp import web
 
 from compose_api import models
 from compose_gateway import app as app_module
-from compose_gateway import auth
+from compose_gateway import auth, routes
 from compose_gateway import settings as settings_module
 from tests.support import control_plane as cp
 from tests.support import kube_client, s3
@@ -147,7 +147,7 @@ class Gateway:
     app: Any
     client: httpx.AsyncClient
     settings: settings_module.Settings
-    services: app_module.Services
+    services: routes.Services
 
     async def post(self, body: Any, *, key: str = ALICE_KEY, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {key}", **kwargs.pop("headers", {})}

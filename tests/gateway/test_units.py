@@ -11,7 +11,7 @@ import pydantic
 import pytest
 
 from compose_gateway import __main__ as gateway_main
-from compose_gateway import app, callbacks, naming, settings, signing
+from compose_gateway import app, callbacks, naming, routes, settings, signing
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -85,7 +85,7 @@ def test_a_signature_covers_the_time_the_key_id_and_the_body() -> None:
 def test_the_wait_comes_from_the_query_or_prefer(
     query: float | None, prefer: str | None, expected: tuple[float, bool]
 ) -> None:
-    assert app.wait_seconds(query, prefer, 60.0) == expected
+    assert routes.wait_seconds(query, prefer, 60.0) == expected
 
 
 def test_backoff_doubles_up_to_the_cap() -> None:

@@ -300,3 +300,79 @@ async def test_an_upload_s3_refuses_is_a_502_naming_storage(make_gateway: MakeGa
     assert response.status_code == 502
     assert response.json()["reason"] == "StorageError"
     assert gateway.services.uploads.in_flight_bytes == 0
+
+
+async def test_a_body_that_never_finishes_is_408_and_frees_its_slot(
+    make_gateway: MakeGateway, s3_env: s3.S3Server, buckets: dict[str, str]
+) -> None:
+    gateway = await make_gateway(upload_timeout_seconds=0.5, max_concurrent_uploads_per_key=1)
+    files = _files([("a.png", _png_of(storage.PART_BYTES + 1024, seed=3), "image/png")])
+    held = HeldBody(files)  # never released: the second half never comes
+
+    response = await gateway.client.post(
+        "/generate",
+        content=held.chunks(),
+        headers={"X-API-Key": ALICE_KEY, "Content-Type": held.content_type},
+    )
+    after = await _upload(gateway, _files([("b.png", _image("PNG", "white"), "image/png")]))
+
+    assert response.status_code == 408
+    assert response.json()["reason"] == "RequestTimeout"
+    assert after.status_code == 202  # the key's only slot came back
+    assert gateway.services.uploads.in_flight_bytes == 0
+    objects, pending = _leftovers(s3_env, buckets["inputs"])
+    assert pending == []  # the multipart upload of the unfinished file was aborted
+    assert len(objects) == 3  # only the second request's files
+
+
+async def test_a_key_over_its_quota_uploads_nothing(
+    make_gateway: MakeGateway, s3_env: s3.S3Server, buckets: dict[str, str]
+) -> None:
+    gateway = await make_gateway(max_retained_jobs_per_key=1)
+    files = _files([("a.png", _image("PNG", "white"), "image/png")])
+    assert (await _upload(gateway, files)).status_code == 202
+    stored = _leftovers(s3_env, buckets["inputs"])
+
+    refused = await _upload(gateway, _files([("b.png", _image("PNG", "green"), "image/png")]))
+
+    assert refused.status_code == 429
+    assert refused.json()["reason"] == "QuotaExceeded"
+    assert _leftovers(s3_env, buckets["inputs"]) == stored
+
+
+async def test_a_chunked_body_without_length_is_cut_at_the_limit(
+    make_gateway: MakeGateway, s3_env: s3.S3Server, buckets: dict[str, str]
+) -> None:
+    gateway = await make_gateway(max_request_bytes=storage.PART_BYTES + 512 * 1024)
+    files = _files([("a.png", _png_of(storage.PART_BYTES + 1024 * 1024, seed=4), "image/png")])
+    request = httpx.Request("POST", "http://gateway.test/generate", files=files)
+    body = request.read()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 64 * 1024):
+            yield body[start : start + 64 * 1024]
+
+    response = await gateway.client.post(
+        "/generate",
+        content=chunks(),  # no Content-Length: only the streaming count can stop it
+        headers={"X-API-Key": ALICE_KEY, "Content-Type": request.headers["content-type"]},
+    )
+
+    assert response.status_code == 413
+    assert response.json()["message"].startswith(
+        f"body: larger than {storage.PART_BYTES + 512 * 1024}"
+    )
+    assert _leftovers(s3_env, buckets["inputs"]) == ([], [])
+
+
+async def test_a_file_of_exactly_the_limit_passes_and_one_byte_more_does_not(
+    make_gateway: MakeGateway,
+) -> None:
+    gateway = await make_gateway(max_upload_bytes=8192)
+    exact = _files([("a.png", _png_of(8192, seed=5), "image/png")])
+    over = _files([("a.png", _png_of(8193, seed=6), "image/png")])
+
+    assert (await _upload(gateway, exact)).status_code == 202
+    refused = await _upload(gateway, over)
+    assert refused.status_code == 413
+    assert "clothingImages[0]: larger than 8192 bytes" in refused.json()["message"]

@@ -120,12 +120,27 @@ The peering object's name.
 {{- end }}
 
 {{/*
+Namespaces the operator watches, as a JSON list: [] in cluster-wide mode (clusterWide: true),
+else watchNamespaces, else the release namespace alone (the default: namespaced).
+*/}}
+{{- define "nextunicorn-compose.watchNamespaces" -}}
+{{- if .Values.clusterWide }}
+{{- if .Values.watchNamespaces }}
+{{- fail "watchNamespaces: must be empty when clusterWide is true (cluster-wide mode watches every namespace)" }}
+{{- end }}
+{{- toJson (list) }}
+{{- else }}
+{{- toJson (uniq (default (list .Release.Namespace) .Values.watchNamespaces)) }}
+{{- end }}
+{{- end }}
+
+{{/*
 Namespaces the inference ServiceAccount is created in.
 */}}
 {{- define "nextunicorn-compose.inferenceNamespaces" -}}
 {{- $ns := .Values.inference.serviceAccount.namespaces }}
 {{- if not $ns }}
-{{- $ns = .Values.watchNamespaces }}
+{{- $ns = include "nextunicorn-compose.watchNamespaces" . | fromJsonArray }}
 {{- end }}
 {{- if not $ns }}
 {{- $ns = list .Release.Namespace }}
@@ -174,6 +189,14 @@ NetworkPolicy egress rules: DNS, and the Kubernetes API server.
 {{- end }}
 
 {{- define "nextunicorn-compose.apiServerEgress" -}}
+{{- if not .Values.networkPolicy.apiServerCidrs }}
+{{- fail "networkPolicy.apiServerCidrs: required while networkPolicy.enabled is true: the CIDRs the Kubernetes API server is reached at (EKS: the VPC CIDR of the control-plane ENIs, e.g. 192.168.0.0/16); 0.0.0.0/0 is refused. Or set networkPolicy.enabled=false." }}
+{{- end }}
+{{- range .Values.networkPolicy.apiServerCidrs }}
+{{- if eq . "0.0.0.0/0" "::/0" }}
+{{- fail (printf "networkPolicy.apiServerCidrs: %q opens egress to every address; give the API server's CIDRs" .) }}
+{{- end }}
+{{- end }}
 - to:
     {{- range .Values.networkPolicy.apiServerCidrs }}
     - ipBlock:
