@@ -74,7 +74,8 @@ def _chart_gateway_rbac() -> list[dict[str, Any]]:
     done = subprocess.run(
         [helm, "template", "nextunicorn-compose", str(cp.REPO / "charts" / "nextunicorn-compose"),
          "--namespace", NAMESPACE, "--set", "gateway.enabled=true",
-         "--set", "gateway.apiKeysSecret.name=keys"],
+         "--set", "gateway.apiKeysSecret.name=keys",
+         "--set", "networkPolicy.apiServerCidrs[0]=127.0.0.1/32"],
         capture_output=True, text=True, check=True, timeout=120,
     )  # fmt: skip
     return [

@@ -163,9 +163,9 @@ async def test_retained_jobs_beyond_the_quota_are_429_until_one_is_deleted(
 
 
 async def test_the_retained_count_is_taken_again_after_a_while(
-    make_gateway: MakeGateway, kube_url: str, cluster: kube_client.KubeClient
+    make_gateway: MakeGateway, gateway_cluster: GatewayCluster, cluster: kube_client.KubeClient
 ) -> None:
-    gateway = await _gateway(make_gateway, kube_url, max_retained_jobs_per_key=2)
+    gateway = await _gateway(make_gateway, gateway_cluster, max_retained_jobs_per_key=2)
     names = await _submit(gateway, 2)
     assert (await gateway.post(original_request())).status_code == 429
     # Deleted behind this replica's back (another replica, the operator's retention).

@@ -44,7 +44,8 @@ def chart_rbac(namespace: str, release: str) -> list[Obj]:
     """The chart's RBAC objects (and service accounts) for an operator watching ``namespace``."""
     done = subprocess.run(
         [_helm(), "template", release, str(CHART), "--namespace", namespace,
-         "--set", f"watchNamespaces[0]={namespace}"],
+         "--set", f"watchNamespaces[0]={namespace}",
+         "--set", "networkPolicy.apiServerCidrs[0]=127.0.0.1/32"],
         capture_output=True, text=True, check=True, timeout=120,
     )  # fmt: skip
     return [d for d in yaml.safe_load_all(done.stdout) if d and d["kind"] in RBAC_KINDS]
