@@ -259,8 +259,13 @@ class ComposePipeline:
         dtype: str,
         device: str,
         options: Mapping[str, Any],
+        variants: Mapping[str, str | None] | None = None,
     ) -> ComposePipeline:
         """Load every component from its folder/file (the names of ``ModelProfile.models``).
+
+        ``variants`` (component name -> ``ModelSource.variant``) picks the weights files: the
+        ``fp16`` variant of ``base`` loads ``unet/diffusion_pytorch_model.fp16.safetensors`` and
+        both text encoders' ``model.fp16.safetensors``, half the download of the fp32 files.
 
         Needs ``base``, ``identitynet`` and ``face_adapter``; ``vae`` replaces the base's VAE (an
         fp16-fixed VAE); ``image_encoder`` with ``clothing_adapter`` enables clothing and place;
@@ -293,20 +298,28 @@ class ComposePipeline:
         placement: dict[str, Any] = {"low_cpu_mem_usage": True}
         if device.startswith("cuda"):
             placement["device_map"] = device
+        chosen = dict(variants or {})
         base = str(components["base"])
+        base_variant = chosen.get("base")
         unet = UNet2DConditionModel.from_pretrained(
-            base, subfolder="unet", torch_dtype=torch_dtype, **placement
+            base, subfolder="unet", torch_dtype=torch_dtype, variant=base_variant, **placement
         )
         if "vae" in components:
             vae = AutoencoderKL.from_pretrained(
-                str(components["vae"]), torch_dtype=vae_dtype, **placement
+                str(components["vae"]),
+                torch_dtype=vae_dtype,
+                variant=chosen.get("vae"),
+                **placement,
             )
         else:
             vae = AutoencoderKL.from_pretrained(
-                base, subfolder="vae", torch_dtype=vae_dtype, **placement
+                base, subfolder="vae", torch_dtype=vae_dtype, variant=base_variant, **placement
             )
         controlnet = ControlNetModel.from_pretrained(
-            str(components["identitynet"]), torch_dtype=torch_dtype, **placement
+            str(components["identitynet"]),
+            torch_dtype=torch_dtype,
+            variant=chosen.get("identitynet"),
+            **placement,
         )
         if "lora" in components:
             _fuse_lora(unet, components["lora"], scale=parsed.few_step_lora_scale)
@@ -316,17 +329,19 @@ class ComposePipeline:
             if not {"clothing_adapter", "image_encoder"} <= set(components):
                 raise ValueError("models: image_encoder and clothing_adapter come together")
             image_encoder = CLIPVisionModelWithProjection.from_pretrained(
-                str(components["image_encoder"]), dtype=torch_dtype
+                str(components["image_encoder"]),
+                dtype=torch_dtype,
+                variant=chosen.get("image_encoder"),
             )
             clothing_adapter = adapters.load_adapter_file(Path(components["clothing_adapter"]))
         return cls(
             unet=unet,
             vae=vae,
             text_encoder=CLIPTextModel.from_pretrained(
-                base, subfolder="text_encoder", dtype=torch_dtype
+                base, subfolder="text_encoder", dtype=torch_dtype, variant=base_variant
             ),
             text_encoder_2=CLIPTextModelWithProjection.from_pretrained(
-                base, subfolder="text_encoder_2", dtype=torch_dtype
+                base, subfolder="text_encoder_2", dtype=torch_dtype, variant=base_variant
             ),
             tokenizer=CLIPTokenizer.from_pretrained(base, subfolder="tokenizer"),
             tokenizer_2=CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2"),

@@ -378,7 +378,11 @@ class Worker:
         dtype = profile.dtype if device.startswith("cuda") else "float32"
         try:
             slot.pipeline = pipeline_module.ComposePipeline.load(
-                components, dtype=dtype, device=device, options=profile.options
+                components,
+                dtype=dtype,
+                device=device,
+                options=profile.options,
+                variants={name: source.variant for name, source in profile.models.items()},
             )
         except Exception as error:
             if errors.is_out_of_memory(error):
