@@ -597,14 +597,31 @@ class ComposePipeline:
 
 
 def _fuse_lora(unet: Any, path: Path, *, scale: float) -> None:
-    """Fuse a few-step LoRA (SDXL-Lightning, LCM, Hyper-SD) into the UNet."""
+    """Fuse a few-step LoRA (SDXL-Lightning, LCM, Hyper-SD) into the UNet, as diffusers'
+    ``load_lora_weights`` + ``fuse_lora`` would: with the LoRA's ``network_alphas`` (a kohya
+    LoRA of rank 4 and alpha 1 acts at 1/4 of its raw product) and the UNet's config (SDXL
+    checkpoints in the SGM block layout are mapped onto diffusers' blocks)."""
     from diffusers import StableDiffusionXLPipeline
 
     try:
         import peft  # noqa: F401  (diffusers needs it for load_lora_adapter)
     except ImportError:
         raise ValueError("models.lora: the few-step LoRA needs the 'peft' package") from None
-    state = StableDiffusionXLPipeline.lora_state_dict(str(path))[0]
-    unet.load_lora_adapter(state, prefix="unet", adapter_name="few_step")
+    state, alphas, metadata = StableDiffusionXLPipeline.lora_state_dict(
+        str(path), unet_config=unet.config, return_lora_metadata=True
+    )
+    foreign = sorted({key.split(".", 1)[0] for key in state if not key.startswith("unet.")})
+    if foreign:
+        # A few-step LoRA adapts the UNet only; text-encoder layers would be silently dropped.
+        raise ValueError(f"models.lora: layers for {foreign} are not supported (UNet LoRAs only)")
+    if not state:
+        raise ValueError(f"models.lora: {path.name} holds no LoRA layers")
+    unet.load_lora_adapter(
+        state,
+        prefix="unet",
+        network_alphas=alphas,
+        metadata=metadata,
+        adapter_name="few_step",
+    )
     unet.fuse_lora(lora_scale=scale)
     unet.unload_lora()

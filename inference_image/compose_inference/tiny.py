@@ -274,6 +274,38 @@ def build_lora(base: Path, folder: Path, *, rank: int = 4) -> Path:
     return folder / "pytorch_lora_weights.safetensors"
 
 
+def build_kohya_lora(base: Path, path: Path, *, rank: int = 4, alpha: float = 1.0) -> Path:
+    """A random LoRA for the tiny UNet in the kohya-ss layout (``lora_unet_*.lora_down/up`` with
+    an ``.alpha`` per module), as many community few-step LoRAs ship: its scale is
+    ``alpha / rank``, which a loader that drops the alphas gets wrong."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(str(base), subfolder="unet")
+    generator = torch.Generator().manual_seed(SEED + 7)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, module in unet.named_modules():
+        if not isinstance(module, torch.nn.Linear) or name.rsplit(".", 1)[-1] not in {
+            "to_q",
+            "to_k",
+            "to_v",
+        }:
+            continue
+        if ".attentions." not in name:
+            continue
+        key = "lora_unet_" + name.replace(".", "_")
+        tensors[f"{key}.lora_down.weight"] = (
+            torch.randn((rank, module.in_features), generator=generator) * 0.1
+        )
+        tensors[f"{key}.lora_up.weight"] = (
+            torch.randn((module.out_features, rank), generator=generator) * 0.1
+        )
+        tensors[f"{key}.alpha"] = torch.tensor(float(alpha))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+    return path
+
+
 # --- face models ------------------------------------------------------------------------------
 
 # Box (left, top, right, bottom distances) and keypoints (x, y pairs) of a detection, in units of
