@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from compose_api import models
 from compose_inference import adapters, faces, pipeline, tiny
 
 TARGET_SECONDS = 15.0
@@ -277,11 +278,15 @@ def run_benchmark(
     request = pipeline.GenerationRequest(
         face=face,
         person=_photo(4),
-        clothing=[(_photo(5), "upper"), (_photo(6), "lower")],
+        clothing=[
+            (_photo(5), models.ClothingCategory.UPPER),
+            (_photo(6), models.ClothingCategory.LOWER),
+        ],
         place=_photo(7),
-        steps=steps,
-        width=size,
-        height=size,
+        # The API's Params; the tiny size is below a job's minimum, so set as a profile pins it.
+        params=models.Params().model_copy(
+            update={"seed": 0, "steps": steps, "width": size, "height": size}
+        ),
     )
     rows: list[Row] = []
 
@@ -302,11 +307,11 @@ def run_benchmark(
         measure(
             "diffusers SDXL+ControlNet (reference)",
             lambda: reference(
-                prompt=request.prompt,
-                negative_prompt=request.negative_prompt,
+                prompt=request.params.prompt,
+                negative_prompt=request.params.negative_prompt,
                 image=control,
                 num_inference_steps=steps,
-                guidance_scale=request.guidance,
+                guidance_scale=request.params.guidance,
                 width=size,
                 height=size,
                 controlnet_conditioning_scale=0.8,
@@ -360,7 +365,10 @@ def run_benchmark(
         )
         job = request
         if "few-step" in name:
-            job = dataclasses.replace(request, steps=min(4, steps), guidance=1.0)
+            job = dataclasses.replace(
+                request,
+                params=request.params.model_copy(update={"steps": min(4, steps), "guidance": 1.0}),
+            )
         extra = 1 if options.get("compile") else 0
         rows.append(
             measure(
