@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from compose_api import models
-from compose_inference import errors, layout
+from compose_inference import errors
 
 SCHEDULERS = ("euler", "euler_trailing", "ddim", "dpmpp_2m", "lcm")
 DEFAULT_BUCKETS = ((1024, 1024), (896, 1152), (1152, 896), (832, 1216), (1216, 832))
@@ -70,9 +70,11 @@ class PipelineOptions:
         if scheduler not in SCHEDULERS:
             raise ValueError(f"options.scheduler: expected one of {SCHEDULERS}, got {scheduler!r}")
         framing = options.get("framing", "full_body")
-        if framing not in layout.FRAMINGS:
+        # layout (numpy) is imported only to check a framing other than the default: the
+        # default path of a refusal stays free of numpy, cv2 and torch.
+        if framing != "full_body" and framing not in _layout().FRAMINGS:
             raise ValueError(
-                f"options.framing: expected one of {sorted(layout.FRAMINGS)}, got {framing!r}"
+                f"options.framing: expected one of {sorted(_layout().FRAMINGS)}, got {framing!r}"
             )
         raw_buckets = options.get("size_buckets", DEFAULT_BUCKETS)
         try:
@@ -113,6 +115,12 @@ class PipelineOptions:
         )
 
 
+def _layout() -> Any:
+    from compose_inference import layout
+
+    return layout
+
+
 def check_request(
     params: models.Params,
     categories: Sequence[models.ClothingCategory | str | None],
@@ -150,7 +158,8 @@ def check_request(
                 " image_encoder; set it to 0"
             )
     for index, category in enumerate(categories):
-        if category is not None and category not in layout.CATEGORY_BANDS:
+        # The layout's table is keyed on this same enum (tests/inference/models/test_layout.py).
+        if category is not None and category not in set(models.ClothingCategory):
             problems.append(
                 f"spec.inputs.clothing[{index}].category: expected one of"
                 f" {[str(c) for c in models.ClothingCategory]} or none, got {category!r}"

@@ -39,7 +39,6 @@ import dataclasses
 import math
 from typing import Literal
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
@@ -155,6 +154,8 @@ def background_mask(canvas: Canvas) -> FloatArray:
 
 def draw_keypoints(canvas: Canvas) -> Image.Image:
     """IdentityNet's control image: the five keypoints and their limbs drawn on black."""
+    import cv2  # here, not at the top: the request checks import this module, and must be cheap
+
     stick = max(1, round(4 * canvas.width / 1024))
     image = np.zeros((canvas.height, canvas.width, 3), dtype=np.uint8)
     kps = canvas.kps.astype(np.float64)

@@ -352,6 +352,7 @@ class Worker:
             raise errors.ModelLoadFailed(f"profile {profile.name}: no {FACE_COMPONENT!r} model")
         path = self.store.resolve_source(FACE_COMPONENT, source)
         policy = profile.options.get("multiple_faces", "largest")
+        detector = profile.options.get("face_detector", "insightface")
         providers = ["CPUExecutionProvider"]
         if self.device_for(profile).startswith("cuda"):
             import onnxruntime
@@ -365,7 +366,7 @@ class Worker:
             ]
         try:
             slot.analyzer = faces.FaceAnalyzer.load(
-                path, providers=providers, multiple_faces=policy
+                path, providers=providers, multiple_faces=policy, detector=detector
             )
         except Exception as error:
             raise errors.ModelLoadFailed(

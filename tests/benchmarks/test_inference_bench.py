@@ -31,7 +31,11 @@ def test_inference_bench_runs_tiny_on_the_cpu() -> None:
     assert completed.returncode == 0, completed.stderr[-3000:]
     lines = completed.stdout.splitlines()
     assert lines[0].startswith("inference benchmark: tiny random weights, 64x64, 2 steps")
-    rows = {line[:42].strip(): line[42:].split() for line in lines[2:]}
+    refusal = lines[-1]
+    assert refusal.startswith("cheap refusal (30000x30000 PNG, fresh process): ")
+    ratio = float(refusal.rsplit("ratio ", 1)[1].removesuffix("x"))
+    assert 0 < ratio < 1  # refusing costs less than importing torch and diffusers first
+    rows = {line[:42].strip(): line[42:].split() for line in lines[2:-1]}
     assert list(rows) == [
         "diffusers SDXL+ControlNet (reference)",
         "ours: math attention, fp32 VAE",

@@ -134,7 +134,13 @@ def test_unsupported_format(case: Case, fmt: str) -> None:
 def test_no_face(case: Case) -> None:
     flat = np.full((256, 256, 3), 128, dtype=np.uint8)
     person = case.put("person.png", encode(Image.fromarray(flat), "PNG"))
-    check_failed(case, case.job(person=person), contract.ExitCode.NO_FACE, "NoFaceFound", "no face")
+    check_failed(
+        case,
+        case.job(person=person),
+        contract.ExitCode.NO_FACE,
+        "NoFaceFound",
+        "spec.inputs.person.uri: no face",
+    )
 
 
 def test_unreachable_url(case: Case) -> None:
