@@ -170,11 +170,32 @@ def test_every_api_category_is_placed(
         ({"framing": "sideways"}, "options.framing"),
         ({"sdpa": "yes"}, "options.sdpa: expected true or false"),
         ({"size_buckets": [[1024]]}, "options.size_buckets"),
+        ({"refine_face": 1}, "options.refine_face: expected true or false"),
+        ({"refine_strength": 0}, r"options.refine_strength: expected a number in \(0, 1\]"),
+        ({"refine_strength": 1.5}, "options.refine_strength"),
+        ({"refine_strength": True}, "options.refine_strength"),
+        ({"refine_size": 1020}, "options.refine_size: must be a multiple of 8"),
+        ({"refine_size": -8}, "options.refine_size: expected a positive integer"),
+        ({"vae_tile_pixels": 0}, "options.vae_tile_pixels: expected a positive integer"),
     ],
 )
 def test_bad_options_are_named(options: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         pipeline.PipelineOptions.parse(options, dtype="float16")
+
+
+def test_refinement_options_default_off_and_parse() -> None:
+    default = pipeline.PipelineOptions.parse({}, dtype="float16")
+    assert (default.refine_face, default.refine_strength, default.refine_size) == (
+        False,
+        0.35,
+        1024,
+    )
+    assert default.vae_tile_pixels == 1024 * 1024
+    chosen = pipeline.PipelineOptions.parse(
+        {"refine_face": True, "refine_strength": 1, "refine_size": 512}, dtype="float16"
+    )
+    assert (chosen.refine_face, chosen.refine_strength, chosen.refine_size) == (True, 1.0, 512)
 
 
 def test_half_precision_defaults_to_an_fp32_vae_decode() -> None:
