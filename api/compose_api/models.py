@@ -455,6 +455,9 @@ class Timings(_StatusModel):
     face_analysis: float | None = None
     model_load: float | None = None
     inference: float | None = None
+    refine: float | None = pydantic.Field(
+        default=None, description="The face-refinement pass (not counted in inference)."
+    )
     postprocess: float | None = None
     upload: float | None = None
     total: float | None = None
@@ -471,7 +474,17 @@ class Result(_StatusModel):
     format: ImageFormat | None = None
     bytes: int | None = None
     seed: int
+    steps: int | None = pydantic.Field(
+        default=None, description="Denoising steps used (the profile may pin them)."
+    )
+    guidance: float | None = pydantic.Field(
+        default=None, description="Guidance scale used (the profile may pin it)."
+    )
     identity_similarity: float | None = None
+    identity_similarity_before_refinement: float | None = pydantic.Field(
+        default=None,
+        description="Identity similarity of the first pass, before the face was refined.",
+    )
 
 
 class CompositionJobStatus(_StatusModel):

@@ -9,7 +9,8 @@ learn where its weights are.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import fnmatch
+from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
@@ -44,11 +45,61 @@ class ModelSource(_Model):
     filename: str | None = pydantic.Field(
         default=None, description="A single file inside the source, when the component is one file."
     )
+    allow_patterns: list[Annotated[str, pydantic.Field(min_length=1, max_length=200)]] | None = (
+        pydantic.Field(
+            default=None,
+            min_length=1,
+            max_length=64,
+            description="Only the files matching one of these glob patterns (relative to the "
+            "subfolder when one is given, fnmatch rules: '*' also matches '/') are downloaded. "
+            "Empty: every file of the folder.",
+        )
+    )
+    variant: str | None = pydantic.Field(
+        default=None,
+        pattern=r"^[a-z0-9_]+$",
+        max_length=32,
+        description="Weights variant loaded from the folder ('fp16': "
+        "diffusion_pytorch_model.fp16.safetensors, model.fp16.safetensors).",
+    )
     sha256: str | None = pydantic.Field(
         default=None,
         pattern=r"^[0-9a-f]{64}$",
         description="Checksum of the downloaded file (tarball or single file).",
     )
+
+    @pydantic.model_validator(mode="after")
+    def _patterns_select_inside_a_folder(self) -> ModelSource:
+        if self.allow_patterns is not None:
+            if self.filename:
+                raise ValueError("allowPatterns: not with filename (one file is already selected)")
+            for pattern in self.allow_patterns:
+                if pattern.startswith("/") or ".." in pattern.split("/"):
+                    raise ValueError(f"allowPatterns: {pattern!r} must be relative, without '..'")
+        return self
+
+    def selects(self, path: str) -> bool:
+        """True when ``path`` (relative to the source root) is one of the files to download."""
+        relative = path
+        if self.subfolder:
+            prefix = self.subfolder.strip("/") + "/"
+            if not path.startswith(prefix):
+                return False
+            relative = path[len(prefix) :]
+        if self.filename:
+            return relative == self.filename
+        if self.allow_patterns is None:
+            return True
+        return any(fnmatch.fnmatchcase(relative, pattern) for pattern in self.allow_patterns)
+
+    def download_patterns(self) -> list[str] | None:
+        """The patterns relative to the repository root (huggingface_hub's ``allow_patterns``)."""
+        prefix = self.subfolder.strip("/") + "/" if self.subfolder else ""
+        if self.filename:
+            return [prefix + self.filename]
+        if self.allow_patterns is None:
+            return [f"{prefix}*"] if prefix else None
+        return [prefix + pattern for pattern in self.allow_patterns]
 
 
 class Licence(_Model):

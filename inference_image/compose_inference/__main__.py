@@ -15,7 +15,6 @@ Wiring only: settings come from the environment and the command line, the work i
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -27,7 +26,7 @@ from typing import Any
 
 import pydantic
 
-from compose_api import contract, models, profiles
+from compose_api import contract, models, parameters, profiles
 from compose_inference import (
     catalogue,
     errors,
@@ -106,6 +105,8 @@ def run_job(argv: Sequence[str], *, environ: Mapping[str, str] | None = None) ->
     watch = runner.Stopwatch()
     outcome: runner.Outcome | None = None
     failure: errors.ComposeError | None = None
+    job: runner.Job | None = None
+    pinned: parameters.Pinned | None = None
     try:
         document = _read_document(options.job_file, env)
         log.info(
@@ -122,13 +123,19 @@ def run_job(argv: Sequence[str], *, environ: Mapping[str, str] | None = None) ->
             profile = catalogue.lookup(document.profile.name, store=worker.store)
             document = document.model_copy(update={"profile": profile})
         job = runner.Job.from_document(document, default_bucket=env.get(RESULTS_BUCKET_ENV))
+        pinned = parameters.Pinned(job.params, job.pinned)
         outcome = worker.run(job, watch=watch)
     except errors.ComposeError as error:
         failure = error
     except Exception as error:  # the process must still report why it stopped
         log.exception("unexpected failure")
         failure = errors.classify(error)
-    message = runner.termination_message(outcome=outcome, error=failure, watch=watch)
+    message = runner.termination_message(
+        outcome=outcome,
+        error=failure,
+        watch=watch,
+        pinned=pinned.describe(job.profile.name) if job is not None and pinned else "",
+    )
     _write_termination_log(message, env)
     if failure is not None:
         log.error("failed (exit %d, %s): %s", message.exit_code, message.reason, failure.message)
@@ -191,24 +198,61 @@ def _local_parser() -> argparse.ArgumentParser:
     group.add_argument("--profile-file", type=Path, help="YAML file with one or more profiles")
     parser.add_argument("--profile-name", help="which profile of --profile-file (default: first)")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    defaults = models.Params()
-    parser.add_argument("--prompt", default=defaults.prompt)
-    parser.add_argument("--negative-prompt", default=defaults.negative_prompt)
-    parser.add_argument("--seed", type=int, help="default: random (printed)")
-    parser.add_argument("--steps", type=int, help=f"default: {defaults.steps} (profile may pin)")
-    parser.add_argument("--guidance", type=float, help=f"default: {defaults.guidance}")
-    parser.add_argument("--width", type=int, help=f"default: {defaults.width}")
-    parser.add_argument("--height", type=int, help=f"default: {defaults.height}")
-    parser.add_argument("--identity-strength", type=float, default=defaults.identity_strength)
-    parser.add_argument("--clothing-strength", type=float, default=defaults.clothing_strength)
-    parser.add_argument("--place-strength", type=float, default=defaults.place_strength)
+    # One flag per field of the API's Params, generated: names, types, defaults and bounds are
+    # the API's. Unset flags take the API's default; a profile's pins win over both.
+    flags = parser.add_argument_group(
+        "generation parameters (spec.params; a profile may pin steps, guidance and size)"
+    )
+    for field in parameters.fields():
+        if field.name == "seed":
+            default = "random (printed)"
+        elif field.default is None:
+            default = "none"
+        else:
+            default = repr(field.default) if field.kind is str else str(field.default)
+        bounds = ""
+        if field.minimum is not None or field.maximum is not None:
+            bounds = f" [{_number(field.minimum)}..{_number(field.maximum)}]"
+        if field.multiple_of:
+            bounds += f" (multiple of {field.multiple_of})"
+        flags.add_argument(
+            field.flag,
+            dest=field.name,
+            type=field.kind,
+            default=None,
+            metavar=field.kind.__name__.upper(),
+            help=f"{field.description}{bounds} Default: {default}.",
+        )
     return parser
 
 
-def _clothing_item(text: str) -> tuple[str, str | None]:
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _params(options: argparse.Namespace, *, seed: int) -> models.Params:
+    """The API's Params from the flags given (the rest: the API's defaults); errors name the
+    flag."""
+    given = {
+        field.name: getattr(options, field.name)
+        for field in parameters.fields()
+        if getattr(options, field.name) is not None
+    }
+    given["seed"] = seed
+    try:
+        return parameters.build(given, root="")
+    except ValueError as error:
+        flags = {field.name: field.flag for field in parameters.fields()}
+        message = str(error)
+        for name, flag in flags.items():
+            message = message.replace(f".{name}:", f"{flag}:")
+        raise errors.InputRejected(message) from None
+
+
+def _clothing_item(text: str) -> tuple[str, models.ClothingCategory | None]:
     path, sep, category = text.rpartition("#")
     if sep and category in {str(item) for item in models.ClothingCategory}:
-        return path, category
+        return path, models.ClothingCategory(category)
     return text, None
 
 
@@ -239,29 +283,18 @@ def local(argv: Sequence[str], *, environ: Mapping[str, str] | None = None) -> i
                 file=sys.stderr,
             )
         seed = options.seed if options.seed is not None else secrets.randbelow(2**32)
-        # Steps, guidance and size: the API's defaults, then the profile's pins, then the flags.
-        params = runner.Params(
-            prompt=options.prompt,
-            negative_prompt=options.negative_prompt,
-            seed=seed,
-            identity_strength=options.identity_strength,
-            clothing_strength=options.clothing_strength,
-            place_strength=options.place_strength,
-        ).pinned_by(profile.options)
-        # Explicit command-line values win over the profile's pins.
-        explicit = {
-            name: getattr(options, name)
-            for name in ("steps", "guidance", "width", "height")
-            if getattr(options, name) is not None
-        }
-        params = dataclasses.replace(params, **explicit)
+        # One rule in both modes: the profile's pins win over the flags, and say so.
+        pinned = runner.pin_profile(_params(options, seed=seed), profile)
+        if pinned.changed:
+            print(f"NOTE: {pinned.describe(profile.name)}", file=sys.stderr)
         job = runner.Job(
             label="local",
             profile=profile,
             person=options.person,
             clothing=[_clothing_item(item) for item in options.clothing],
             place=options.place,
-            params=params,
+            params=pinned.params,
+            pinned=pinned.changed,
             output_format=_output_format(options.out, options.format),
             target=runner.LocalTarget(path=options.out),
         )
@@ -280,8 +313,12 @@ def local(argv: Sequence[str], *, environ: Mapping[str, str] | None = None) -> i
         "height": outcome.height,
         "format": outcome.format,
         "seed": outcome.seed,
+        "steps": outcome.steps,
+        "guidance": outcome.guidance,
+        "pinnedByProfile": {name: used for name, (_, used) in job.pinned.items()},
         "sha256": outcome.sha256,
         "identitySimilarity": outcome.identity_similarity,
+        "identitySimilarityBeforeRefinement": outcome.identity_similarity_before_refinement,
         "timings": {key: round(value, 3) for key, value in outcome.timings.items()},
     }
     print(json.dumps(summary, indent=2))

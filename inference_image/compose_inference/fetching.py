@@ -1,9 +1,18 @@
 """Stage 1: fetch the input images' bytes from S3, HTTPS, or (local mode only) the file system.
 
 The runner calls ``Fetcher.fetch`` once per input. Every source is read with a byte limit (the
-read stops as soon as it is passed), timeouts, and retries with exponential backoff for transient
-errors only (5xx, throttling, timeouts, dropped connections); a missing object or a 4xx fails at
-once with INPUT_UNAVAILABLE.
+read stops as soon as it is passed, with or without a Content-Length), timeouts, and retries with
+exponential backoff for transient errors only (5xx, 408/425/429, timeouts, dropped connections,
+names that do not resolve); a missing object or another 4xx fails at once with INPUT_UNAVAILABLE.
+
+Each input also has an overall deadline (``COMPOSE_FETCH_DEADLINE_SECONDS``, 120) covering every
+attempt and wait, and a minimum transfer rate (``COMPOSE_FETCH_MIN_BYTES_PER_SECOND``, 64 KiB/s,
+judged after ``rate_grace`` seconds of a transfer). The classification: a short outage (refused
+connections, 5xx, throttling, a stalled read) is retried while the deadline leaves time for the
+next attempt; a server that trickles bytes below the minimum rate, or a transfer still running at
+the deadline, is hopeless and fails at once, not retried. Either way the failure is
+INPUT_UNAVAILABLE, which the operator does not retry: one slow input costs at most the
+deadline of GPU time, not the Job's deadline times its retries.
 
 HTTPS URLs go through ``compose_api.netguard`` before every connection: the host is resolved, every
 address checked, and the connection made to the checked address (Host header and TLS SNI keep the
@@ -14,6 +23,7 @@ a time, each hop checked the same way.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 import urllib.parse
@@ -30,6 +40,8 @@ from compose_inference import errors, retrying, storage
 MAX_BYTES_ENV = "COMPOSE_MAX_INPUT_BYTES"
 ATTEMPTS_ENV = "COMPOSE_FETCH_ATTEMPTS"
 BACKOFF_ENV = "COMPOSE_FETCH_BACKOFF_SECONDS"
+DEADLINE_ENV = "COMPOSE_FETCH_DEADLINE_SECONDS"
+MIN_RATE_ENV = "COMPOSE_FETCH_MIN_BYTES_PER_SECOND"
 CA_BUNDLE_ENV = "COMPOSE_FETCH_CA_BUNDLE"
 DEFAULT_MAX_BYTES = 25 * 1024 * 1024
 _CHUNK = 64 * 1024
@@ -43,6 +55,9 @@ class FetchSettings:
     connect_timeout: float = 5.0
     read_timeout: float = 30.0
     max_redirects: int = 5
+    deadline: float = 120.0  # seconds per input, every attempt and wait included
+    min_rate: int = 64 * 1024  # bytes per second, averaged; 0 switches the check off
+    rate_grace: float = 5.0  # seconds of a transfer before its rate is judged
     backoff: retrying.Backoff = dataclasses.field(default_factory=retrying.Backoff)
     policy: netguard.Policy = dataclasses.field(default_factory=netguard.Policy)
     # Local mode: plain paths are read from the file system. Never in pod mode.
@@ -57,6 +72,8 @@ class FetchSettings:
         env = dict(os.environ if environ is None else environ)
         return cls(
             max_bytes=_int_env(env, MAX_BYTES_ENV, DEFAULT_MAX_BYTES),
+            deadline=_float_env(env, DEADLINE_ENV, 120.0, positive=True),
+            min_rate=_int_env(env, MIN_RATE_ENV, 64 * 1024, minimum=0),
             backoff=retrying.Backoff(
                 attempts=_int_env(env, ATTEMPTS_ENV, 4),
                 base=_float_env(env, BACKOFF_ENV, 0.5),
@@ -67,23 +84,29 @@ class FetchSettings:
         )
 
 
-def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
+def _int_env(env: Mapping[str, str], name: str, default: int, *, minimum: int = 1) -> int:
     raw = env.get(name, "").strip()
     try:
         value = int(raw) if raw else default
     except ValueError:
         raise ValueError(f"{name}: {raw!r} is not an integer") from None
-    if value < 1:
-        raise ValueError(f"{name}: must be at least 1, got {value}")
+    if value < minimum:
+        raise ValueError(f"{name}: must be at least {minimum}, got {value}")
     return value
 
 
-def _float_env(env: Mapping[str, str], name: str, default: float) -> float:
+def _float_env(
+    env: Mapping[str, str], name: str, default: float, *, positive: bool = False
+) -> float:
     raw = env.get(name, "").strip()
     try:
         value = float(raw) if raw else default
     except ValueError:
         raise ValueError(f"{name}: {raw!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: must be a finite number, got {raw!r}")
+    if positive and value <= 0:
+        raise ValueError(f"{name}: must be more than 0, got {value}")
     if value < 0:
         raise ValueError(f"{name}: must not be negative, got {value}")
     return value
@@ -91,6 +114,17 @@ def _float_env(env: Mapping[str, str], name: str, default: float) -> float:
 
 class _Transient(Exception):
     """An HTTP failure worth retrying (5xx, 429, timeouts, resets)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Budget:
+    """The time one input may take: every attempt and wait end by ``deadline`` (a clock time)."""
+
+    deadline: float
+    clock: Callable[[], float]
+
+    def remaining(self) -> float:
+        return self.deadline - self.clock()
 
 
 class Fetcher:
@@ -103,19 +137,22 @@ class Fetcher:
         s3_client: Any | None = None,
         resolver: netguard.Resolver = netguard.system_resolver,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self._s3 = s3_client
         self._resolver = resolver
         self._sleep = sleep
+        self._clock = clock
 
     def fetch(self, uri: str, *, field: str) -> bytes:
         """The bytes behind ``uri``; ``field`` (``spec.inputs.person.uri``) names it in errors."""
         scheme = urllib.parse.urlsplit(uri).scheme.lower()
+        budget = _Budget(self._clock() + self.settings.deadline, self._clock)
         if scheme == "s3":
-            return self._fetch_s3(uri, field=field)
+            return self._fetch_s3(uri, field=field, budget=budget)
         if scheme in ("https", "http"):
-            return self._fetch_http(uri, field=field)
+            return self._fetch_http(uri, field=field, budget=budget)
         if not scheme and self.settings.allow_local_paths:
             return self._fetch_local(Path(uri), field=field)
         raise errors.InputRejected(
@@ -133,7 +170,7 @@ class Fetcher:
             )
         return self._s3
 
-    def _fetch_s3(self, uri: str, *, field: str) -> bytes:
+    def _fetch_s3(self, uri: str, *, field: str, budget: _Budget) -> bytes:
         try:
             location = storage.parse_uri(uri)
         except ValueError as error:
@@ -151,12 +188,11 @@ class Fetcher:
                     raise errors.InputRejected(
                         f"{field}: {uri} is {size} bytes, more than the limit of {limit}"
                     )
-                data: bytes = body.read(limit + 1)
+                return self._read_limited(
+                    lambda: body.read(_CHUNK), uri, field=field, budget=budget
+                )
             finally:
                 body.close()
-            if len(data) > limit:
-                raise errors.InputRejected(f"{field}: {uri} is larger than the limit of {limit}")
-            return data
 
         try:
             return retrying.call(
@@ -164,10 +200,13 @@ class Fetcher:
                 transient=storage.is_transient,
                 backoff=self.settings.backoff,
                 sleep=self._sleep,
+                deadline=budget.deadline,
+                clock=self._clock,
             )
         except retrying.RetriesExhausted as error:
             raise errors.InputUnavailable(
-                f"{field}: {uri} could not be read after {error.attempts} attempts: {error.last}"
+                f"{field}: {uri} could not be read after {error.attempts} attempts"
+                f"{self._why(error)}: {error.last}"
             ) from error
         except errors.ComposeError:
             raise
@@ -183,23 +222,33 @@ class Fetcher:
 
     # -- HTTPS ------------------------------------------------------------------------------
 
-    def _fetch_http(self, uri: str, *, field: str) -> bytes:
+    def _fetch_http(self, uri: str, *, field: str, budget: _Budget) -> bytes:
         def transient(error: BaseException) -> bool:
             return isinstance(error, _Transient)
 
         try:
             return retrying.call(
-                lambda: self._follow(uri, field=field),
+                lambda: self._follow(uri, field=field, budget=budget),
                 transient=transient,
                 backoff=self.settings.backoff,
                 sleep=self._sleep,
+                deadline=budget.deadline,
+                clock=self._clock,
             )
         except retrying.RetriesExhausted as error:
             raise errors.InputUnavailable(
-                f"{field}: {_safe(uri)} unreachable after {error.attempts} attempts: {error.last}"
+                f"{field}: {_safe(uri)} unreachable after {error.attempts} attempts"
+                f"{self._why(error)}: {error.last}"
             ) from error
 
-    def _follow(self, uri: str, *, field: str) -> bytes:
+    def _why(self, error: retrying.RetriesExhausted) -> str:
+        return (
+            f" (the fetch deadline of {self.settings.deadline:g} s left no time for another)"
+            if error.deadline
+            else ""
+        )
+
+    def _follow(self, uri: str, *, field: str, budget: _Budget) -> bytes:
         url = uri
         for _hop in range(self.settings.max_redirects + 1):
             try:
@@ -209,7 +258,7 @@ class Fetcher:
                 raise errors.InputRejected(f"{field}: refused {error}{via}") from None
             except OSError as error:  # the name did not resolve: DNS may recover, so retry
                 raise _Transient(f"{destination_name(url)} did not resolve: {error}") from error
-            status, location, body = self._request(destination, field=field)
+            status, location, body = self._request(destination, field=field, budget=budget)
             if status in _REDIRECTS:
                 if not location:
                     raise errors.InputUnavailable(
@@ -227,10 +276,14 @@ class Fetcher:
         )
 
     def _request(
-        self, destination: netguard.Destination, *, field: str
+        self, destination: netguard.Destination, *, field: str, budget: _Budget
     ) -> tuple[int, str | None, bytes]:
         settings = self.settings
-        timeout = urllib3.Timeout(connect=settings.connect_timeout, read=settings.read_timeout)
+        # No single connect or read may wait past the input's deadline.
+        left = max(0.05, budget.remaining())
+        timeout = urllib3.Timeout(
+            connect=min(settings.connect_timeout, left), read=min(settings.read_timeout, left)
+        )
         pool: urllib3.HTTPConnectionPool
         if destination.scheme == "https":
             pool = urllib3.HTTPSConnectionPool(
@@ -268,7 +321,19 @@ class Fetcher:
                 status = response.status
                 if status in _REDIRECTS or not 200 <= status < 300:
                     return status, response.headers.get("Location"), b""
-                return status, None, self._read_limited(response, destination.url, field=field)
+                declared = response.headers.get("Content-Length")
+                limit = self.settings.max_bytes
+                if declared is not None and declared.isdigit() and int(declared) > limit:
+                    raise errors.InputRejected(
+                        f"{field}: {_safe(destination.url)} is {declared} bytes, more than the"
+                        f" limit of {limit}"
+                    )
+                # read1: whatever has arrived, so a trickling server is measured as it trickles
+                # instead of blocking a 64 KiB read for hours.
+                body = self._read_limited(
+                    lambda: response.read1(_CHUNK), destination.url, field=field, budget=budget
+                )
+                return status, None, body
             finally:
                 response.release_conn()
         except (urllib3_exceptions.TimeoutError, urllib3_exceptions.ProtocolError) as error:
@@ -284,23 +349,40 @@ class Fetcher:
         finally:
             pool.close()
 
-    def _read_limited(self, response: Any, url: str, *, field: str) -> bytes:
-        limit = self.settings.max_bytes
-        declared = response.headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise errors.InputRejected(
-                f"{field}: {_safe(url)} is {declared} bytes, more than the limit of {limit}"
-            )
+    def _read_limited(
+        self, read: Callable[[], bytes], url: str, *, field: str, budget: _Budget
+    ) -> bytes:
+        """Read chunks until the end, refusing more than ``max_bytes`` (whatever the headers
+        said), and failing a transfer that is too slow or runs past the deadline."""
+        settings = self.settings
+        limit = settings.max_bytes
         chunks: list[bytes] = []
         total = 0
-        for chunk in response.stream(_CHUNK):
+        started = self._clock()
+        while True:
+            chunk = read()
+            if not chunk:
+                return b"".join(chunks)
             total += len(chunk)
             if total > limit:
                 raise errors.InputRejected(
                     f"{field}: {_safe(url)} is larger than the limit of {limit} bytes"
                 )
             chunks.append(chunk)
-        return b"".join(chunks)
+            now = self._clock()
+            elapsed = now - started
+            if now > budget.deadline:
+                raise errors.InputUnavailable(
+                    f"{field}: {_safe(url)} too slow: {total} bytes when the fetch deadline of"
+                    f" {settings.deadline:g} s passed"
+                )
+            if settings.min_rate and elapsed > settings.rate_grace:
+                rate = total / elapsed
+                if rate < settings.min_rate:
+                    raise errors.InputUnavailable(
+                        f"{field}: {_safe(url)} too slow: {rate:.0f} bytes/s over {elapsed:.0f} s,"
+                        f" below the minimum of {settings.min_rate} ({MIN_RATE_ENV})"
+                    )
 
     # -- local ------------------------------------------------------------------------------
 

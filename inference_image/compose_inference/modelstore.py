@@ -3,15 +3,17 @@
 The runner calls ``ModelStore.resolve(profile)`` before loading a pipeline; the result (component
 name -> local path) goes to ``pipeline.ComposePipeline.load``. Sources:
 
-- ``hf://org/repo`` with ``revision``, ``subfolder`` and ``filename``: through huggingface_hub
-  (``snapshot_download`` for folders, ``hf_hub_download`` for one file) into ``<cache>/hf``, the
-  hub's own cache layout, so a cache filled by ``huggingface-cli download`` works too.
+- ``hf://org/repo`` with ``revision``, ``subfolder``, ``filename`` and ``allowPatterns``: through
+  huggingface_hub (``snapshot_download`` of the matching files for folders, ``hf_hub_download``
+  for one file) into ``<cache>/hf``, the hub's own cache layout, so a cache filled by
+  ``huggingface-cli download`` works too.
 - ``s3://bucket/…/model.tar.gz`` (or ``.tgz``/``.tar``): downloaded to the cache, checked against
   ``sha256`` when given, extracted safely (no absolute paths, ``..``, links leaving the folder or
   device files), then renamed into place atomically; later jobs reuse the extracted folder.
   ``subfolder``/``filename`` select inside it, so one tarball can hold every component, as the
   original design stored its model.
-- ``s3://bucket/prefix/`` (ending in '/'): every object under the prefix; ``s3://bucket/key``: one
+- ``s3://bucket/prefix/`` (ending in '/'): every object under the prefix (those matching
+  ``allowPatterns`` when given); ``s3://bucket/key``: one
   file (``sha256`` checked).
 - ``/local/path``: used in place (``sha256`` checked when the path is a file).
 - ``builtin:smoke``: tiny random-weight components built by ``compose_inference.tiny``.
@@ -165,7 +167,9 @@ class ModelStore:
                 if source.sha256:
                     _verify(path, source.sha256, label=label)
                 return path
-            patterns = [f"{source.subfolder.strip('/')}/*"] if source.subfolder else None
+            # Only the files the loader reads (allowPatterns under the subfolder): a whole SDXL
+            # repository holds every format (fp32, fp16, single files, Flax, ONNX, OpenVINO).
+            patterns = source.download_patterns()
             root = huggingface_hub.snapshot_download(
                 repo_id,
                 revision=source.revision,
@@ -201,7 +205,11 @@ class ModelStore:
 
     def _s3_source(self, source: profiles.ModelSource, *, label: str) -> Path:
         location = storage.parse_uri(source.uri)
-        entry = self.settings.cache_dir / "s3" / location.bucket / _entry_name(location.key)
+        selection = location.key
+        if location.key.endswith("/") and source.allow_patterns is not None:
+            # A prefix with a file selection is its own cache entry.
+            selection = f"{location.key}?{source.subfolder or ''}:{','.join(source.allow_patterns)}"
+        entry = self.settings.cache_dir / "s3" / location.bucket / _entry_name(selection)
         with _locked(entry):
             if location.key.endswith("/") or not location.key:
                 root = self._s3_prefix(location, entry, source, label=label)
@@ -279,8 +287,13 @@ class ModelStore:
         staging = _staging_dir(entry)
         try:
             keys = self._list(location, label=label)
+            if source.allow_patterns is not None:
+                keys = [key for key in keys if source.selects(key[len(location.key) :])]
             if not keys:
-                raise errors.ModelLoadFailed(f"{label}: no objects under the prefix")
+                raise errors.ModelLoadFailed(
+                    f"{label}: no objects under the prefix"
+                    + (" match allowPatterns" if source.allow_patterns is not None else "")
+                )
             for key in keys:
                 relative = key[len(location.key) :]
                 _check_member_name(relative, label=label)

@@ -33,13 +33,18 @@ A strength of zero skips its branch entirely (no ControlNet call, no attention t
 contributes exactly nothing. A fixed seed gives the same image: the initial noise and every
 scheduler draw come from one ``torch.Generator`` on the pipeline's device.
 
-Options (``ModelProfile.options``; other keys belong to other stages and are ignored here):
-``sdpa`` (true), ``channels_last`` (false), ``vae_fp32_decode`` (default: true unless the dtype
-is float32), ``compile`` (false; with ``size_buckets`` the only allowed sizes, since
-``torch.compile`` recompiles per resolution, and per number of garments), ``scheduler``
-(euler, euler_trailing, ddim, dpmpp_2m, lcm), ``framing`` (full_body, half_body, portrait),
-``control_mask`` (true), ``few_step_lora_scale`` (1.0; a ``lora`` component is fused into the
-UNet when present).
+Face refinement (option ``refine_face``): at full-body framing the face is about 1/9 of the
+canvas (~114 px at 1024²), too small for IdentityNet, whose checkpoints are made for portraits.
+So, as ADetailer-style tools do for InstantID, a second pass crops the face region of the first
+result, upscales it to ``refine_size``, runs InstantID img2img on it (same face tokens, keypoints
+moved into the crop, ``refine_strength`` of the schedule) and blends it back with a feathered
+mask. Its time is reported apart (``timings["refine"]``), and the unrefined image is returned too
+so that the runner can report the identity similarity before and after.
+
+Large sizes: above ``vae_tile_pixels`` (1024² by default) the VAE decodes in overlapping tiles
+(diffusers' tiled decoding), so 2048² needs about the decoder memory of 1024² instead of 4x.
+
+Options and request checks live in ``checks`` (no torch there, so refusals stay cheap).
 """
 
 from __future__ import annotations
@@ -56,96 +61,48 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from compose_api import models
-from compose_inference import adapters, faces, layout
+from compose_inference import adapters, checks, faces, layout
 
-# The API's defaults are the pipeline's: one source for every way a job arrives.
-_DEFAULTS = models.Params()
+# Re-exported: the options are parsed (without torch) in ``checks``.
+PipelineOptions = checks.PipelineOptions
+SCHEDULERS = checks.SCHEDULERS
+DEFAULT_BUCKETS = checks.DEFAULT_BUCKETS
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-SCHEDULERS = ("euler", "euler_trailing", "ddim", "dpmpp_2m", "lcm")
-DEFAULT_BUCKETS = ((1024, 1024), (896, 1152), (1152, 896), (832, 1216), (1216, 832))
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-MAX_STRENGTH = 2.0
+# The face crop of the refinement pass: the placed face box grown by this factor (a square), and
+# the feathered edge of the blend, as a share of the crop side.
+REFINE_CROP_GROW = 2.0
+REFINE_FEATHER = 0.12
 
 
 @dataclasses.dataclass
 class GenerationRequest:
-    """One image to generate. Strengths in [0, 2]; 0 switches a conditioning off."""
+    """One image to generate: the inputs, and the job's ``models.Params`` (the only parameter
+    type: its fields, defaults and bounds are the API's). ``params.seed`` must be set."""
 
     face: faces.Face
     person: Image.Image
-    clothing: list[tuple[Image.Image, str | None]]
+    clothing: list[tuple[Image.Image, models.ClothingCategory | None]]
     place: Image.Image
-    prompt: str = _DEFAULTS.prompt
-    negative_prompt: str = _DEFAULTS.negative_prompt
-    seed: int = 0
-    steps: int = _DEFAULTS.steps
-    guidance: float = _DEFAULTS.guidance
-    width: int = _DEFAULTS.width
-    height: int = _DEFAULTS.height
-    identity_strength: float = _DEFAULTS.identity_strength
-    clothing_strength: float = _DEFAULTS.clothing_strength
-    place_strength: float = _DEFAULTS.place_strength
+    params: models.Params = dataclasses.field(default_factory=lambda: models.Params(seed=0))
+
+    @property
+    def seed(self) -> int:
+        if self.params.seed is None:
+            raise ValueError("spec.params.seed: not chosen")
+        return self.params.seed
+
+    def with_seed(self, seed: int) -> GenerationRequest:
+        return dataclasses.replace(self, params=self.params.model_copy(update={"seed": seed}))
 
 
 @dataclasses.dataclass
 class GenerationResult:
     image: Image.Image
     seed: int
-    timings: dict[str, float]  # seconds per step: encode, denoise, decode
-
-
-def _bool(options: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = options.get(key, default)
-    if not isinstance(value, bool):
-        raise ValueError(f"options.{key}: expected true or false, got {value!r}")
-    return value
-
-
-@dataclasses.dataclass(frozen=True)
-class PipelineOptions:
-    sdpa: bool = True
-    channels_last: bool = False
-    vae_fp32_decode: bool = True
-    compile: bool = False
-    size_buckets: tuple[tuple[int, int], ...] = DEFAULT_BUCKETS
-    scheduler: str = "euler"
-    framing: str = "full_body"
-    control_mask: bool = True
-    few_step_lora_scale: float = 1.0
-
-    @classmethod
-    def parse(cls, options: Mapping[str, Any], *, dtype: str) -> PipelineOptions:
-        """Validate the pipeline's options; errors name the option and the reason."""
-        scheduler = options.get("scheduler", "euler")
-        if scheduler not in SCHEDULERS:
-            raise ValueError(f"options.scheduler: expected one of {SCHEDULERS}, got {scheduler!r}")
-        framing = options.get("framing", "full_body")
-        if framing not in layout.FRAMINGS:
-            raise ValueError(
-                f"options.framing: expected one of {sorted(layout.FRAMINGS)}, got {framing!r}"
-            )
-        raw_buckets = options.get("size_buckets", DEFAULT_BUCKETS)
-        try:
-            buckets = tuple((int(w), int(h)) for w, h in raw_buckets)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"options.size_buckets: expected a list of [width, height], got {raw_buckets!r}"
-            ) from None
-        lora_scale = options.get("few_step_lora_scale", 1.0)
-        if not isinstance(lora_scale, int | float) or isinstance(lora_scale, bool):
-            raise ValueError(f"options.few_step_lora_scale: expected a number, got {lora_scale!r}")
-        return cls(
-            sdpa=_bool(options, "sdpa", True),
-            channels_last=_bool(options, "channels_last", False),
-            vae_fp32_decode=_bool(options, "vae_fp32_decode", dtype != "float32"),
-            compile=_bool(options, "compile", False),
-            size_buckets=buckets,
-            scheduler=scheduler,
-            framing=framing,
-            control_mask=_bool(options, "control_mask", True),
-            few_step_lora_scale=float(lora_scale),
-        )
+    timings: dict[str, float]  # seconds per step: encode, denoise, decode (and refine)
+    unrefined: Image.Image | None = None  # the first pass, when the face was refined
 
 
 def _make_scheduler(base: Any, name: str) -> Any:
@@ -259,8 +216,13 @@ class ComposePipeline:
         dtype: str,
         device: str,
         options: Mapping[str, Any],
+        variants: Mapping[str, str | None] | None = None,
     ) -> ComposePipeline:
         """Load every component from its folder/file (the names of ``ModelProfile.models``).
+
+        ``variants`` (component name -> ``ModelSource.variant``) picks the weights files: the
+        ``fp16`` variant of ``base`` loads ``unet/diffusion_pytorch_model.fp16.safetensors`` and
+        both text encoders' ``model.fp16.safetensors``, half the download of the fp32 files.
 
         Needs ``base``, ``identitynet`` and ``face_adapter``; ``vae`` replaces the base's VAE (an
         fp16-fixed VAE); ``image_encoder`` with ``clothing_adapter`` enables clothing and place;
@@ -293,20 +255,28 @@ class ComposePipeline:
         placement: dict[str, Any] = {"low_cpu_mem_usage": True}
         if device.startswith("cuda"):
             placement["device_map"] = device
+        chosen = dict(variants or {})
         base = str(components["base"])
+        base_variant = chosen.get("base")
         unet = UNet2DConditionModel.from_pretrained(
-            base, subfolder="unet", torch_dtype=torch_dtype, **placement
+            base, subfolder="unet", torch_dtype=torch_dtype, variant=base_variant, **placement
         )
         if "vae" in components:
             vae = AutoencoderKL.from_pretrained(
-                str(components["vae"]), torch_dtype=vae_dtype, **placement
+                str(components["vae"]),
+                torch_dtype=vae_dtype,
+                variant=chosen.get("vae"),
+                **placement,
             )
         else:
             vae = AutoencoderKL.from_pretrained(
-                base, subfolder="vae", torch_dtype=vae_dtype, **placement
+                base, subfolder="vae", torch_dtype=vae_dtype, variant=base_variant, **placement
             )
         controlnet = ControlNetModel.from_pretrained(
-            str(components["identitynet"]), torch_dtype=torch_dtype, **placement
+            str(components["identitynet"]),
+            torch_dtype=torch_dtype,
+            variant=chosen.get("identitynet"),
+            **placement,
         )
         if "lora" in components:
             _fuse_lora(unet, components["lora"], scale=parsed.few_step_lora_scale)
@@ -316,17 +286,19 @@ class ComposePipeline:
             if not {"clothing_adapter", "image_encoder"} <= set(components):
                 raise ValueError("models: image_encoder and clothing_adapter come together")
             image_encoder = CLIPVisionModelWithProjection.from_pretrained(
-                str(components["image_encoder"]), dtype=torch_dtype
+                str(components["image_encoder"]),
+                dtype=torch_dtype,
+                variant=chosen.get("image_encoder"),
             )
             clothing_adapter = adapters.load_adapter_file(Path(components["clothing_adapter"]))
         return cls(
             unet=unet,
             vae=vae,
             text_encoder=CLIPTextModel.from_pretrained(
-                base, subfolder="text_encoder", dtype=torch_dtype
+                base, subfolder="text_encoder", dtype=torch_dtype, variant=base_variant
             ),
             text_encoder_2=CLIPTextModelWithProjection.from_pretrained(
-                base, subfolder="text_encoder_2", dtype=torch_dtype
+                base, subfolder="text_encoder_2", dtype=torch_dtype, variant=base_variant
             ),
             tokenizer=CLIPTokenizer.from_pretrained(base, subfolder="tokenizer"),
             tokenizer_2=CLIPTokenizer.from_pretrained(base, subfolder="tokenizer_2"),
@@ -343,44 +315,14 @@ class ComposePipeline:
     # --- steps ----------------------------------------------------------------------------------
 
     def check_request(self, request: GenerationRequest) -> None:
-        """Concise errors naming the field, rather than silent correction."""
-        for name in ("width", "height"):
-            value = getattr(request, name)
-            if value <= 0 or value % self.size_multiple:
-                raise ValueError(
-                    f"{name}: {value} is not a positive multiple of {self.size_multiple}"
-                )
-        if (
-            self.options.compile
-            and (request.width, request.height) not in self.options.size_buckets
-        ):
-            raise ValueError(
-                f"width/height: {request.width}x{request.height} is not one of the compiled size"
-                f" buckets {list(self.options.size_buckets)}"
-            )
-        if request.steps < 1:
-            raise ValueError(f"steps: must be at least 1, got {request.steps}")
-        if request.guidance < 0:
-            raise ValueError(f"guidance: must not be negative, got {request.guidance}")
-        if not 0 <= request.seed < 2**32:
-            raise ValueError(f"seed: must be in [0, 2**32), got {request.seed}")
-        for name in ("identity_strength", "clothing_strength", "place_strength"):
-            value = getattr(request, name)
-            if not 0.0 <= value <= MAX_STRENGTH:
-                raise ValueError(f"{name}: must be in [0, {MAX_STRENGTH}], got {value}")
-        if self.image_encoder is None and (
-            (request.clothing_strength > 0 and request.clothing) or request.place_strength > 0
-        ):
-            raise ValueError(
-                "clothing_strength/place_strength: this profile has no clothing_adapter and"
-                " image_encoder; set the strengths to 0"
-            )
-        for index, (_, category) in enumerate(request.clothing):
-            if category not in layout.CATEGORY_BANDS:
-                raise ValueError(
-                    f"clothing[{index}].category: expected one of {list(layout.CATEGORIES)} or"
-                    f" none, got {category!r}"
-                )
+        """Concise errors naming the field (``checks.check_request``), not silent correction."""
+        checks.check_request(
+            request.params,
+            [category for _, category in request.clothing],
+            options=self.options,
+            has_image_encoder=self.image_encoder is not None,
+            size_multiple=self.size_multiple,
+        )
 
     def encode_prompt(
         self, prompt: str, negative: str, *, cfg: bool
@@ -464,8 +406,9 @@ class ComposePipeline:
 
         # 1. Check inputs.
         self.check_request(request)
-        cfg = request.guidance > 1.0
-        width, height = request.width, request.height
+        params = request.params
+        cfg = params.guidance > 1.0
+        width, height = params.width, params.height
         latent_hw = (height // self.vae_scale_factor, width // self.vae_scale_factor)
 
         # 2. Lay out the canvas: the face's place, the control image, the regions.
@@ -478,39 +421,32 @@ class ComposePipeline:
         )
 
         # 3. Encode the prompt.
-        text_embeds, pooled = self.encode_prompt(request.prompt, request.negative_prompt, cfg=cfg)
-        batch = text_embeds.shape[0]
-        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=self.dtype)
-        added_cond = {"text_embeds": pooled, "time_ids": time_ids.to(self.device).repeat(batch, 1)}
+        text_embeds, pooled = self.encode_prompt(params.prompt, params.negative_prompt, cfg=cfg)
 
         # 4. Encode the images: face tokens, keypoint image, garments, place.
-        streams: list[adapters.ImageStream] = []
-        face_tokens = control = control_masks = None
-        if request.identity_strength > 0:
-            face_tokens = self.encode_face(request.face.embedding, cfg=cfg)
-            streams.append(adapters.ImageStream("face", face_tokens, request.identity_strength))
-            keypoints = np.asarray(layout.draw_keypoints(canvas), dtype=np.float32) / 255.0
-            control = torch.from_numpy(keypoints).permute(2, 0, 1)[None]
-            control = control.to(self.device, self.dtype).repeat(batch, 1, 1, 1)
-            if self.options.control_mask:
-                control_masks = torch.from_numpy(layout.face_mask(canvas))[None, None]
-                control_masks = control_masks.to(self.device, self.dtype)
-        if request.clothing_strength > 0:
+        face_tokens = (
+            self.encode_face(request.face.embedding, cfg=cfg)
+            if params.identity_strength > 0
+            else None
+        )
+        identity = self._identity(face_tokens, canvas, latent_hw, params.identity_strength, cfg)
+        streams = list(identity.streams)
+        if params.clothing_strength > 0:
             for garment, category in request.clothing:
                 streams.append(
                     adapters.ImageStream(
                         "clothing",
                         self.encode_image(garment, cfg=cfg),
-                        request.clothing_strength,
+                        params.clothing_strength,
                         self._level_masks(layout.garment_mask(canvas, category), latent_hw),
                     )
                 )
-        if request.place_strength > 0:
+        if params.place_strength > 0:
             streams.append(
                 adapters.ImageStream(
                     "clothing",
                     self.encode_image(request.place, cfg=cfg),
-                    request.place_strength,
+                    params.place_strength,
                     self._level_masks(layout.background_mask(canvas), latent_hw),
                 )
             )
@@ -522,36 +458,116 @@ class ComposePipeline:
 
         started = time.perf_counter()
         generator = torch.Generator(device=self.device).manual_seed(request.seed)
-        self.scheduler.set_timesteps(request.steps, device=self.device)
+        self.scheduler.set_timesteps(params.steps, device=self.device)
         channels = self.unet.config.in_channels
         latents = randn_tensor(
             (1, channels, *latent_hw), generator=generator, device=self.device, dtype=self.dtype
         )
         latents = latents * self.scheduler.init_noise_sigma
-        attention_kwargs = {"image_streams": streams} if streams else None
 
         # 6. Denoise.
-        for timestep in self.scheduler.timesteps:
+        latents = self._denoise(
+            latents,
+            self.scheduler.timesteps,
+            _Conditioning(text_embeds, pooled, (height, width), identity, streams),
+            guidance=params.guidance,
+            cfg=cfg,
+            generator=generator,
+        )
+        _synchronize(self.device)
+        timings["denoise"] = time.perf_counter() - started
+
+        # 7. Decode.
+        started = time.perf_counter()
+        image = self._decode(latents)
+        _synchronize(self.device)
+        timings["decode"] = time.perf_counter() - started
+
+        # 8. Refine the face (its own pass and timing).
+        unrefined = None
+        if self.options.refine_face and face_tokens is not None:
+            started = time.perf_counter()
+            unrefined = image
+            image = self._refine_face(
+                image, canvas, face_tokens, text_embeds, pooled, params, generator, cfg=cfg
+            )
+            _synchronize(self.device)
+            timings["refine"] = time.perf_counter() - started
+        return GenerationResult(
+            image=image, seed=request.seed, timings=timings, unrefined=unrefined
+        )
+
+    # --- the parts both passes share ------------------------------------------------------
+
+    def _identity(
+        self,
+        face_tokens: torch.Tensor | None,
+        canvas: layout.Canvas,
+        latent_hw: tuple[int, int],
+        strength: float,
+        cfg: bool,
+    ) -> _Identity:
+        """IdentityNet's control image and region, and the face adapter's stream: both masked
+        to the face region when ``control_mask`` is on (InstantID's face-region mode), so the
+        face tokens do not pull the body, the clothes and the place toward a close-up."""
+        if face_tokens is None:
+            return _Identity()
+        batch = face_tokens.shape[0]
+        keypoints = np.asarray(layout.draw_keypoints(canvas), dtype=np.float32) / 255.0
+        control = torch.from_numpy(keypoints).permute(2, 0, 1)[None]
+        control = control.to(self.device, self.dtype).repeat(batch, 1, 1, 1)
+        control_masks = None
+        stream_masks = None
+        if self.options.control_mask:
+            region = layout.face_mask(canvas)
+            control_masks = torch.from_numpy(region)[None, None].to(self.device, self.dtype)
+            stream_masks = self._level_masks(region, latent_hw)
+        stream = adapters.ImageStream("face", face_tokens, strength, stream_masks)
+        return _Identity(face_tokens, control, control_masks, strength, (stream,))
+
+    def _denoise(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        conditioning: _Conditioning,
+        *,
+        guidance: float,
+        cfg: bool,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        text_embeds = conditioning.text_embeds
+        batch = text_embeds.shape[0]
+        height, width = conditioning.size
+        time_ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=self.dtype)
+        added_cond = {
+            "text_embeds": conditioning.pooled,
+            "time_ids": time_ids.to(self.device).repeat(batch, 1),
+        }
+        streams = conditioning.streams
+        attention_kwargs = {"image_streams": streams} if streams else None
+        identity = conditioning.identity
+        for timestep in timesteps:
             model_input = torch.cat([latents] * 2) if cfg else latents
             model_input = self.scheduler.scale_model_input(model_input, timestep)
             down_residuals = mid_residual = None
-            if face_tokens is not None and control is not None:
+            if identity.tokens is not None and identity.control is not None:
                 down_residuals, mid_residual = self._controlnet_call(
                     model_input,
                     timestep,
-                    encoder_hidden_states=face_tokens,
-                    controlnet_cond=control,
-                    conditioning_scale=request.identity_strength,
+                    encoder_hidden_states=identity.tokens,
+                    controlnet_cond=identity.control,
+                    conditioning_scale=identity.strength,
                     added_cond_kwargs=added_cond,
                     return_dict=False,
                 )
-                if control_masks is not None:
+                masks = identity.control_masks
+                if masks is not None:
                     down_residuals = [
-                        r * F.interpolate(control_masks, size=r.shape[-2:], mode="area")
+                        r * F.interpolate(masks, size=r.shape[-2:], mode="area")
                         for r in down_residuals
                     ]
                     mid_residual = mid_residual * F.interpolate(
-                        control_masks, size=mid_residual.shape[-2:], mode="area"
+                        masks, size=mid_residual.shape[-2:], mode="area"
                     )
             noise = self._unet_call(
                 model_input,
@@ -565,31 +581,129 @@ class ComposePipeline:
             )[0]
             if cfg:
                 negative, positive = noise.chunk(2)
-                noise = negative + request.guidance * (positive - negative)
+                noise = negative + guidance * (positive - negative)
             latents = self.scheduler.step(noise, timestep, latents, generator=generator).prev_sample
-        _synchronize(self.device)
-        timings["denoise"] = time.perf_counter() - started
+        return latents
 
-        # 7. Decode.
-        started = time.perf_counter()
-        latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
-        decoded = self.vae.decode(latents, return_dict=False)[0]
+    @torch.no_grad()
+    def _decode(self, latents: torch.Tensor) -> Image.Image:
+        """Latents to an image; in tiles above ``vae_tile_pixels`` (bounded decoder memory)."""
+        pixels_out = latents.shape[-2] * latents.shape[-1] * self.vae_scale_factor**2
+        tiled = pixels_out > self.options.vae_tile_pixels
+        if tiled:
+            self.vae.enable_tiling()
+        try:
+            latents = latents.to(self.vae.dtype) / self.vae.config.scaling_factor
+            decoded = self.vae.decode(latents, return_dict=False)[0]
+        finally:
+            if tiled:
+                self.vae.disable_tiling()
         pixels = (decoded / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).float().cpu().numpy()
-        image = Image.fromarray(np.round(pixels * 255).astype(np.uint8))
-        _synchronize(self.device)
-        timings["decode"] = time.perf_counter() - started
-        return GenerationResult(image=image, seed=request.seed, timings=timings)
+        return Image.fromarray(np.round(pixels * 255).astype(np.uint8))
+
+    def _encode_latents(self, image: Image.Image) -> torch.Tensor:
+        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+        pixels = torch.from_numpy(array).permute(2, 0, 1)[None].to(self.device, self.vae.dtype)
+        latents: torch.Tensor = self.vae.encode(pixels).latent_dist.mode()
+        scaled: torch.Tensor = latents * float(self.vae.config.scaling_factor)
+        return scaled.to(self.dtype)
+
+    def _refine_face(
+        self,
+        image: Image.Image,
+        canvas: layout.Canvas,
+        face_tokens: torch.Tensor,
+        text_embeds: torch.Tensor,
+        pooled: torch.Tensor,
+        params: models.Params,
+        generator: torch.Generator,
+        *,
+        cfg: bool,
+    ) -> Image.Image:
+        """Crop the face region, upscale it, run InstantID img2img on it, blend it back."""
+        box = layout.face_crop(canvas, grow=REFINE_CROP_GROW)
+        size = self.options.refine_size - self.options.refine_size % self.size_multiple
+        crop = image.crop(box).resize((size, size), Image.Resampling.LANCZOS)
+        crop_canvas = layout.crop_canvas(canvas, box, size=size)
+        latent_hw = (size // self.vae_scale_factor, size // self.vae_scale_factor)
+        identity = self._identity(
+            face_tokens, crop_canvas, latent_hw, params.identity_strength, cfg
+        )
+        # img2img as diffusers does it: the last ``strength`` of the schedule, from the crop.
+        self.scheduler.set_timesteps(params.steps, device=self.device)
+        kept = min(params.steps, max(1, round(params.steps * self.options.refine_strength)))
+        begin = (params.steps - kept) * self.scheduler.order
+        timesteps = self.scheduler.timesteps[begin:]
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(begin)
+        from diffusers.utils.torch_utils import randn_tensor
+
+        clean = self._encode_latents(crop)
+        noise = randn_tensor(clean.shape, generator=generator, device=self.device, dtype=self.dtype)
+        latents = self.scheduler.add_noise(clean, noise, timesteps[:1])
+        latents = self._denoise(
+            latents,
+            timesteps,
+            _Conditioning(text_embeds, pooled, (size, size), identity, identity.streams),
+            guidance=params.guidance,
+            cfg=cfg,
+            generator=generator,
+        )
+        refined = self._decode(latents).resize(
+            (box[2] - box[0], box[3] - box[1]), Image.Resampling.LANCZOS
+        )
+        mask = layout.feathered_mask(refined.size, feather=REFINE_FEATHER)
+        result = image.copy()
+        result.paste(refined, box[:2], mask)
+        return result
+
+
+@dataclasses.dataclass(frozen=True)
+class _Identity:
+    """The identity conditioning of one pass (nothing when the identity strength is 0)."""
+
+    tokens: torch.Tensor | None = None
+    control: torch.Tensor | None = None
+    control_masks: torch.Tensor | None = None
+    strength: float = 0.0
+    streams: tuple[adapters.ImageStream, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Conditioning:
+    text_embeds: torch.Tensor
+    pooled: torch.Tensor
+    size: tuple[int, int]  # (height, width) of the pass
+    identity: _Identity
+    streams: list[adapters.ImageStream] | tuple[adapters.ImageStream, ...]
 
 
 def _fuse_lora(unet: Any, path: Path, *, scale: float) -> None:
-    """Fuse a few-step LoRA (SDXL-Lightning, LCM, Hyper-SD) into the UNet."""
+    """Fuse a few-step LoRA (SDXL-Lightning, LCM, Hyper-SD) into the UNet, as diffusers'
+    ``load_lora_weights`` + ``fuse_lora`` would: with the LoRA's ``network_alphas`` (a kohya
+    LoRA of rank 4 and alpha 1 acts at 1/4 of its raw product) and the UNet's config (SDXL
+    checkpoints in the SGM block layout are mapped onto diffusers' blocks)."""
     from diffusers import StableDiffusionXLPipeline
 
     try:
         import peft  # noqa: F401  (diffusers needs it for load_lora_adapter)
     except ImportError:
         raise ValueError("models.lora: the few-step LoRA needs the 'peft' package") from None
-    state = StableDiffusionXLPipeline.lora_state_dict(str(path))[0]
-    unet.load_lora_adapter(state, prefix="unet", adapter_name="few_step")
+    state, alphas, metadata = StableDiffusionXLPipeline.lora_state_dict(
+        str(path), unet_config=unet.config, return_lora_metadata=True
+    )
+    foreign = sorted({key.split(".", 1)[0] for key in state if not key.startswith("unet.")})
+    if foreign:
+        # A few-step LoRA adapts the UNet only; text-encoder layers would be silently dropped.
+        raise ValueError(f"models.lora: layers for {foreign} are not supported (UNet LoRAs only)")
+    if not state:
+        raise ValueError(f"models.lora: {path.name} holds no LoRA layers")
+    unet.load_lora_adapter(
+        state,
+        prefix="unet",
+        network_alphas=alphas,
+        metadata=metadata,
+        adapter_name="few_step",
+    )
     unet.fuse_lora(lora_scale=scale)
     unet.unload_lora()

@@ -28,12 +28,15 @@ class Backoff:
 
 
 class RetriesExhausted(Exception):
-    """Every attempt failed with a transient error; ``last`` is the final one."""
+    """Every attempt failed with a transient error; ``last`` is the final one. ``deadline``
+    is true when the retries stopped because the next one would end past the deadline."""
 
-    def __init__(self, attempts: int, last: BaseException) -> None:
-        super().__init__(f"failed after {attempts} attempts: {last}")
+    def __init__(self, attempts: int, last: BaseException, *, deadline: bool = False) -> None:
+        why = "the deadline left no time for another attempt" if deadline else "no attempts left"
+        super().__init__(f"failed after {attempts} attempts ({why}): {last}")
         self.attempts = attempts
         self.last = last
+        self.deadline = deadline
 
 
 def call(
@@ -42,8 +45,11 @@ def call(
     transient: Callable[[BaseException], bool],
     backoff: Backoff = Backoff(),
     sleep: Callable[[float], None] = time.sleep,
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> T:
-    """Run ``operation``; retry it after transient errors; raise RetriesExhausted at the end."""
+    """Run ``operation``; retry it after transient errors; raise RetriesExhausted at the end,
+    or as soon as waiting for the next attempt would pass ``deadline`` (a ``clock()`` time)."""
     delays = backoff.delays()
     attempt = 0
     while True:
@@ -54,5 +60,7 @@ def call(
                 raise
             if attempt >= len(delays):
                 raise RetriesExhausted(attempt + 1, error) from error
+            if deadline is not None and clock() + delays[attempt] >= deadline:
+                raise RetriesExhausted(attempt + 1, error, deadline=True) from error
             sleep(delays[attempt])
             attempt += 1

@@ -2,15 +2,24 @@
 
 ``__main__`` builds a :class:`Worker` once and calls :meth:`Worker.run` per job (one job in a pod,
 any number in a long-lived worker). The order puts cheap checks first, so bad input fails in
-seconds instead of after a minute of model loading:
+a fraction of a second instead of after a minute of model loading; torch and diffusers are not
+even imported until step 5:
 
-1. fetch      every input's bytes (``fetching``)
-2. validate   decode and check every image (``images``)
-3. face       resolve the face models only, find the face (``modelstore``, ``faces``)
-4. load       resolve and load the generation pipeline, once per profile (``pipeline``)
-5. generate   the image, with the identity check and retries on a new seed (``quality``)
-6. encode     to the requested format (``images.encode``)
-7. upload     to S3 with metadata (``upload``), or write a local file in local mode
+1. check      the request against the profile's pipeline (``checks``), no input read yet
+2. fetch      every input's bytes (``fetching``)
+3. validate   decode and check every image (``images``)
+4. face       resolve the face models only, find the face (``modelstore``, ``faces``)
+5. load       resolve and load the generation pipeline, once per profile (``pipeline``)
+6. generate   the image (and the face refinement, timed as ``refine``), with the identity check
+              and retries on a new seed (``quality``)
+7. encode     to the requested format (``images.encode``)
+8. upload     to S3 with metadata (``upload``), or write a local file in local mode
+
+Parameters: the job's ``models.Params`` are the only parameter type, from the job document or
+from the command-line flags generated from the same model (``compose_api.parameters``). A
+profile's ``options`` that pin parameters win, in both modes (``parameters.pin``); what they
+changed is said in the termination message, and the values used (size, steps, guidance) are in
+the result.
 
 Loaded face analyzers and pipelines are kept per profile, so a warm worker loads once and runs
 many. Every failure is a ``errors.ComposeError`` carrying its exit code.
@@ -23,65 +32,24 @@ import dataclasses
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from compose_api import contract, models, profiles
-from compose_inference import errors, fetching, images, modelstore, upload
+from compose_api import contract, models, parameters, profiles
+from compose_inference import checks, errors, fetching, images, modelstore, upload
 
 log = logging.getLogger("compose_inference")
 
 FACE_COMPONENT = "face_analysis"
-# Profile options that pin a job parameter (the smoke profile pins 64x64 and 2 steps).
-PINNED_PARAMS = ("steps", "width", "height")
 
 
-_DEFAULTS = models.Params()
-
-
-@dataclasses.dataclass(frozen=True)
-class Params:
-    """Generation parameters, as the job or the command line gives them."""
-
-    prompt: str = _DEFAULTS.prompt
-    negative_prompt: str = _DEFAULTS.negative_prompt
-    seed: int = 0
-    steps: int = _DEFAULTS.steps
-    guidance: float = _DEFAULTS.guidance
-    width: int = _DEFAULTS.width
-    height: int = _DEFAULTS.height
-    identity_strength: float = _DEFAULTS.identity_strength
-    clothing_strength: float = _DEFAULTS.clothing_strength
-    place_strength: float = _DEFAULTS.place_strength
-
-    @classmethod
-    def from_spec(cls, params: models.Params, *, seed: int) -> Params:
-        # The same fields as the API's Params, with the seed the job runs with.
-        return cls(**{**params.model_dump(), "seed": seed})
-
-    def pinned_by(self, options: Mapping[str, Any]) -> Params:
-        """These parameters with the profile's pinned values (``options.steps``, ``width``,
-        ``height``, ``guidance``): a few-step profile pins its steps and guidance, the smoke
-        profile its tiny size."""
-        changes: dict[str, Any] = {}
-        for name in PINNED_PARAMS:
-            value = options.get(name)
-            if value is None:
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise errors.ModelLoadFailed(
-                    f"profile.options.{name}: expected a positive integer, got {value!r}"
-                )
-            changes[name] = value
-        guidance = options.get("guidance")
-        if guidance is not None:
-            if not isinstance(guidance, int | float) or isinstance(guidance, bool) or guidance < 0:
-                raise errors.ModelLoadFailed(
-                    f"profile.options.guidance: expected a number >= 0, got {guidance!r}"
-                )
-            changes["guidance"] = float(guidance)
-        return dataclasses.replace(self, **changes)
+def pin_profile(params: models.Params, profile: profiles.ModelProfile) -> parameters.Pinned:
+    """``parameters.pin`` with a bad pin reported as the profile's fault."""
+    try:
+        return parameters.pin(params, profile.options)
+    except ValueError as error:
+        raise errors.ModelLoadFailed(f"profile {profile.name}: {error}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,14 +69,16 @@ class Job:
 
     label: str  # "namespace/name" in a pod, "local" on the command line
     profile: profiles.ModelProfile
-    # Final parameters: the profile's pinned values (Params.pinned_by) are already applied.
     person: str
-    clothing: list[tuple[str, str | None]]
+    clothing: list[tuple[str, models.ClothingCategory | None]]
     place: str
-    params: Params
+    # Final parameters, seed set: the profile's pins (parameters.pin) are already applied.
+    params: models.Params
     output_format: str
     target: S3Target | LocalTarget
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
+    # What the profile's pins changed: name -> (asked, used).
+    pinned: dict[str, tuple[Any, Any]] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_document(cls, document: contract.JobDocument, *, default_bucket: str | None) -> Job:
@@ -120,18 +90,20 @@ class Job:
             )
         fmt = str(spec.output.format)
         identity = document.job
+        pinned = pin_profile(
+            spec.params.model_copy(update={"seed": document.seed}), document.profile
+        )
         return cls(
             label=f"{identity.namespace}/{identity.name}",
             profile=document.profile,
             person=spec.inputs.person.uri,
             clothing=[
-                (item.uri, str(item.category) if item.category else None)
+                (item.uri, models.ClothingCategory(item.category) if item.category else None)
                 for item in spec.inputs.clothing
             ],
             place=spec.inputs.place.uri,
-            params=Params.from_spec(spec.params, seed=document.seed).pinned_by(
-                document.profile.options
-            ),
+            params=pinned.params,
+            pinned=pinned.changed,
             output_format=fmt,
             target=S3Target(bucket=bucket, key=upload.result_key(document.output_key_prefix, fmt)),
             metadata={
@@ -156,6 +128,9 @@ class Outcome:
     identity_similarity: float | None
     timings: dict[str, float]
     attempts: int
+    steps: int | None = None
+    guidance: float | None = None
+    identity_similarity_before_refinement: float | None = None
 
     def result(self) -> models.Result:
         return models.Result(
@@ -166,10 +141,17 @@ class Outcome:
             format=models.ImageFormat(self.format),
             bytes=self.bytes,
             seed=self.seed,
-            identity_similarity=(
-                None if self.identity_similarity is None else round(self.identity_similarity, 4)
+            steps=self.steps,
+            guidance=self.guidance,
+            identity_similarity=_round4(self.identity_similarity),
+            identity_similarity_before_refinement=_round4(
+                self.identity_similarity_before_refinement
             ),
         )
+
+
+def _round4(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 class Stopwatch:
@@ -202,6 +184,7 @@ class Stopwatch:
             face_analysis=_round(s.get("face")),
             model_load=_round(s.get("load")),
             inference=_round(s.get("generate")),
+            refine=_round(s.get("refine")),
             postprocess=_round(s.get("encode")),
             upload=_round(s.get("upload")),
             total=_round(self.total()),
@@ -210,6 +193,16 @@ class Stopwatch:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Generated:
+    image: Any
+    seed: int
+    similarity: float | None
+    similarity_before_refinement: float | None
+    attempts: int
+    refine_seconds: float | None
 
 
 @dataclasses.dataclass
@@ -251,10 +244,11 @@ class Worker:
             raise errors.classify(error) from error
 
     def _run(self, job: Job, watch: Stopwatch) -> Outcome:
-        from compose_inference import pipeline as pipeline_module
-
         params = job.params
-        # 1. fetch
+        # 1. check the request against the profile's pipeline, before reading any input
+        with watch.stage("check"):
+            self.check(job)
+        # 2. fetch
         with watch.stage("fetch"):
             person_bytes = self.fetcher.fetch(job.person, field="spec.inputs.person.uri")
             clothing_bytes = [
@@ -262,7 +256,7 @@ class Worker:
                 for index, (uri, _) in enumerate(job.clothing)
             ]
             place_bytes = self.fetcher.fetch(job.place, field="spec.inputs.place.uri")
-        # 2. validate
+        # 3. validate
         with watch.stage("validate"):
             person = images.decode(person_bytes, field="spec.inputs.person.uri", limits=self.limits)
             clothing = [
@@ -275,34 +269,33 @@ class Worker:
                 for index, data in enumerate(clothing_bytes)
             ]
             place = images.decode(place_bytes, field="spec.inputs.place.uri", limits=self.limits)
-        # 3. face analysis, with only the (small) face models resolved
+        # 4. face analysis, with only the (small) face models resolved
         with watch.stage("face"):
             analyzer = self._analyzer(job.profile)
             face = analyzer.analyze(person.image)
-        # 4. load the pipeline (once per profile)
+        # 5. load the pipeline (once per profile); torch and diffusers are imported here
+        from compose_inference import pipeline as pipeline_module
+
         with watch.stage("load"):
             pipe = self._pipeline(job.profile)
         request = pipeline_module.GenerationRequest(
-            face=face,
-            person=person.image,
-            clothing=clothing,
-            place=place.image,
-            **dataclasses.asdict(params),
+            face=face, person=person.image, clothing=clothing, place=place.image, params=params
         )
-        try:
-            pipe.check_request(request)
-        except ValueError as error:
-            raise errors.InputRejected(f"spec.params.{error}") from None
-        # 5. generate, with the identity gate
+        pipe.check_request(request)  # the loaded model's own size multiple
+        # 6. generate, with the identity gate (the refinement pass is timed apart)
         with watch.stage("generate"):
-            image, seed, similarity, attempts = self._generate(job.profile, pipe, analyzer, request)
-        # 6. encode
+            generated = self._generate(job.profile, pipe, analyzer, request)
+        if generated.refine_seconds is not None:
+            watch.seconds["generate"] -= generated.refine_seconds
+            watch.seconds["refine"] = generated.refine_seconds
+        image = generated.image
+        # 7. encode
         with watch.stage("encode"):
             data = images.encode(image, job.output_format)
             digest = hashlib.sha256(data).hexdigest()
-        # 7. upload (or write the local file)
+        # 8. upload (or write the local file)
         with watch.stage("upload"):
-            uri = self._store(job, data, seed=seed, similarity=similarity)
+            uri = self._store(job, data, seed=generated.seed, similarity=generated.similarity)
         watch.seconds["total"] = watch.total()
         return Outcome(
             uri=uri,
@@ -311,10 +304,27 @@ class Worker:
             width=image.width,
             height=image.height,
             format=job.output_format,
-            seed=seed,
-            identity_similarity=similarity,
+            seed=generated.seed,
+            identity_similarity=generated.similarity,
             timings=dict(watch.seconds),
-            attempts=attempts,
+            attempts=generated.attempts,
+            steps=params.steps,
+            guidance=params.guidance,
+            identity_similarity_before_refinement=generated.similarity_before_refinement,
+        )
+
+    def check(self, job: Job) -> None:
+        """The request checks that need no input and no model (``checks.check_request``)."""
+        profile = job.profile
+        try:
+            options = checks.PipelineOptions.parse(profile.options, dtype=profile.dtype)
+        except ValueError as error:
+            raise errors.ModelLoadFailed(f"profile {profile.name}: {error}") from None
+        checks.check_request(
+            job.params,
+            [category for _, category in job.clothing],
+            options=options,
+            has_image_encoder={"image_encoder", "clothing_adapter"} <= set(profile.models),
         )
 
     # -- stages that keep state ---------------------------------------------------------------
@@ -342,6 +352,7 @@ class Worker:
             raise errors.ModelLoadFailed(f"profile {profile.name}: no {FACE_COMPONENT!r} model")
         path = self.store.resolve_source(FACE_COMPONENT, source)
         policy = profile.options.get("multiple_faces", "largest")
+        detector = profile.options.get("face_detector", "insightface")
         providers = ["CPUExecutionProvider"]
         if self.device_for(profile).startswith("cuda"):
             import onnxruntime
@@ -355,7 +366,7 @@ class Worker:
             ]
         try:
             slot.analyzer = faces.FaceAnalyzer.load(
-                path, providers=providers, multiple_faces=policy
+                path, providers=providers, multiple_faces=policy, detector=detector
             )
         except Exception as error:
             raise errors.ModelLoadFailed(
@@ -378,7 +389,11 @@ class Worker:
         dtype = profile.dtype if device.startswith("cuda") else "float32"
         try:
             slot.pipeline = pipeline_module.ComposePipeline.load(
-                components, dtype=dtype, device=device, options=profile.options
+                components,
+                dtype=dtype,
+                device=device,
+                options=profile.options,
+                variants={name: source.variant for name, source in profile.models.items()},
             )
         except Exception as error:
             if errors.is_out_of_memory(error):
@@ -391,22 +406,38 @@ class Worker:
 
     def _generate(
         self, profile: profiles.ModelProfile, pipe: Any, analyzer: Any, request: Any
-    ) -> tuple[Any, int, float | None, int]:
+    ) -> _Generated:
         from compose_inference import quality
 
         minimum = profile.min_identity_similarity
-        best: tuple[Any, int, float | None] | None = None
+        best: _Generated | None = None
         tries = profile.identity_retries + 1
+        refine_seconds: float | None = None
         for attempt in range(tries):
             seed = (request.seed + attempt * 7919) % 2**32
-            result = pipe(dataclasses.replace(request, seed=seed))
+            result = pipe(request.with_seed(seed))
+            if "refine" in result.timings:
+                refine_seconds = (refine_seconds or 0.0) + result.timings["refine"]
             similarity = quality.identity_similarity(analyzer, request.face, result.image)
-            log.info("identity similarity (seed %d): %s", seed, similarity)
+            before = None
+            if result.unrefined is not None:
+                before = quality.identity_similarity(analyzer, request.face, result.unrefined)
+            log.info(
+                "identity similarity (seed %d): %s (before refinement: %s)",
+                seed,
+                similarity,
+                before,
+            )
+            generated = _Generated(result.image, seed, similarity, before, attempt + 1, None)
             if minimum <= 0 or (similarity is not None and similarity >= minimum):
-                return result.image, seed, similarity, attempt + 1
-            if best is None or (similarity or -1.0) > (best[2] or -1.0):
-                best = (result.image, seed, similarity)
-        best_text = "no face in the output" if best is None or best[2] is None else f"{best[2]:.3f}"
+                return dataclasses.replace(generated, refine_seconds=refine_seconds)
+            if best is None or (similarity or -1.0) > (best.similarity or -1.0):
+                best = generated
+        best_text = (
+            "no face in the output"
+            if best is None or best.similarity is None
+            else f"{best.similarity:.3f}"
+        )
         raise errors.IdentityCheckFailed(
             f"identity similarity below the profile minimum {minimum} after {tries} seed(s)"
             f" (best: {best_text})"
@@ -438,15 +469,21 @@ class Worker:
 
 
 def termination_message(
-    *, outcome: Outcome | None, error: errors.ComposeError | None, watch: Stopwatch
+    *,
+    outcome: Outcome | None,
+    error: errors.ComposeError | None,
+    watch: Stopwatch,
+    pinned: str = "",
 ) -> contract.TerminationMessage:
-    """The JSON the pod leaves in /dev/termination-log for the operator."""
+    """The JSON the pod leaves in /dev/termination-log for the operator; ``pinned`` says what the
+    profile's pins changed (``parameters.Pinned.describe``)."""
     if outcome is not None:
         code = contract.ExitCode.OK
         return contract.TerminationMessage(
             exit_code=int(code),
             reason=str(code.reason),
-            message=f"composed {outcome.width}x{outcome.height} {outcome.format}",
+            message=f"composed {outcome.width}x{outcome.height} {outcome.format}"
+            + (f"; {pinned}" if pinned else ""),
             result=outcome.result(),
             timings=watch.timings(),
         )

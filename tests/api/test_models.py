@@ -95,3 +95,41 @@ def test_exit_codes_split_into_permanent_and_retryable() -> None:
     assert not contract.ExitCode.NO_FACE.retryable
     assert contract.ExitCode.OUT_OF_GPU_MEMORY.retryable
     assert contract.reason_for_exit_code(137) == models.Reason.CONTAINER_FAILED
+
+
+def test_a_full_success_message_stays_well_under_the_kubelet_limit() -> None:
+    """Every result and timing field set, a 580-character URI, a long pin note: the message
+    keeps more than half of the 4096 bytes free, so it is never shortened on success."""
+    result = models.Result(
+        s3_uri="s3://" + "b" * 63 + "/" + "p/" * 250 + "result.webp",
+        url="https://cdn.example.com/" + "x" * 200,
+        sha256="0" * 64,
+        width=2048,
+        height=2048,
+        format=models.ImageFormat.WEBP,
+        bytes=25 * 1024 * 1024,
+        seed=2**32 - 1,
+        steps=100,
+        guidance=20.0,
+        identity_similarity=-0.1234,
+        identity_similarity_before_refinement=-0.1234,
+    )
+    timings = models.Timings(**{name: 12345.678 for name in models.Timings.model_fields})
+    note = (
+        "composed 2048x2048 webp; profile "
+        + "p" * 63
+        + " pins "
+        + ", ".join(
+            f"{name}=2048 (asked 1024)" for name in ("steps", "guidance", "width", "height")
+        )
+    )
+    message = contract.TerminationMessage(
+        exit_code=0, reason="Completed", message=note, result=result, timings=timings
+    )
+    text = message.to_json()
+    assert len(text.encode()) < contract.TERMINATION_MESSAGE_LIMIT // 2  # 1.6 kB today
+    parsed = contract.TerminationMessage.parse(text)
+    assert parsed is not None and parsed.message == note  # not shortened
+    assert parsed.result is not None
+    assert parsed.result.identity_similarity_before_refinement == -0.1234
+    assert parsed.timings is not None and parsed.timings.refine == 12345.678

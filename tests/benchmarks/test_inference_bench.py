@@ -31,13 +31,27 @@ def test_inference_bench_runs_tiny_on_the_cpu() -> None:
     assert completed.returncode == 0, completed.stderr[-3000:]
     lines = completed.stdout.splitlines()
     assert lines[0].startswith("inference benchmark: tiny random weights, 64x64, 2 steps")
-    rows = {line[:42].strip(): line[42:].split() for line in lines[2:]}
+    refusal = lines[-1]
+    assert refusal.startswith("cheap refusal (30000x30000 PNG, fresh process): ")
+    ratio = float(refusal.rsplit("ratio ", 1)[1].removesuffix("x"))
+    assert 0 < ratio < 1  # refusing costs less than importing torch and diffusers first
+    table = [line for line in lines[2:-1] if not line.startswith("stages of ")]
+    stages = {
+        line.removeprefix("stages of ").rsplit(": ", 1)[0]: line
+        for line in lines
+        if line.startswith("stages of ")
+    }
+    refined = stages["ours: + face refinement (default profile)"]
+    assert "refine " in refined and "denoise " in refined
+    assert "refine " not in stages["ours: + SDPA"]
+    rows = {line[:42].strip(): line[42:].split() for line in table}
     assert list(rows) == [
         "diffusers SDXL+ControlNet (reference)",
         "ours: math attention, fp32 VAE",
         "ours: + SDPA",
         "ours: + channels-last",
         "ours: + fp16 VAE decode",
+        "ours: + face refinement (default profile)",
         "ours: few-step (4 steps, no CFG)",
     ]
     assert rows["diffusers SDXL+ControlNet (reference)"][1] == "1.00x"

@@ -7,6 +7,7 @@ import dataclasses
 import http.server
 import io
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -24,6 +25,10 @@ class Reply:
     status: int = 200
     body: bytes = b""
     headers: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Chunked transfer encoding (no Content-Length): the body in pieces of this size, each
+    # flushed on its own after ``chunk_delay`` seconds.
+    chunk_size: int | None = None
+    chunk_delay: float = 0.0
 
 
 Route = Callable[[], Reply]
@@ -35,6 +40,7 @@ class HttpServer:
     def __init__(self) -> None:
         self.routes: dict[str, Route] = {}
         self.hits: dict[str, int] = {}
+        self.sent: dict[str, int] = {}  # body bytes written per path (chunked replies)
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -46,9 +52,24 @@ class HttpServer:
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
-                self.send_header("Content-Length", str(len(reply.body)))
+                if reply.chunk_size is None:
+                    self.send_header("Content-Length", str(len(reply.body)))
+                    self.end_headers()
+                    self.wfile.write(reply.body)
+                    return
+                self.send_header("Transfer-Encoding", "chunked")
                 self.end_headers()
-                self.wfile.write(reply.body)
+                try:
+                    for start in range(0, len(reply.body), reply.chunk_size):
+                        piece = reply.body[start : start + reply.chunk_size]
+                        if reply.chunk_delay:
+                            time.sleep(reply.chunk_delay)
+                        self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                        self.wfile.flush()
+                        server.sent[path] = server.sent.get(path, 0) + len(piece)
+                    self.wfile.write(b"0\r\n\r\n")
+                except (BrokenPipeError, ConnectionResetError):
+                    return  # the client stopped reading, as it should past a limit
 
             def log_message(self, format: str, *args: object) -> None:
                 return

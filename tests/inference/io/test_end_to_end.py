@@ -47,7 +47,16 @@ def tarball_profile(
         "name": "tiny-packed",
         "dtype": "float32",
         "models": models,
-        "options": {"device": "cpu", "steps": 2, "width": 64, "height": 64},
+        # The face refinement on (as in the default profile), at the tiny models' size.
+        "options": {
+            "device": "cpu",
+            "steps": 2,
+            "width": 64,
+            "height": 64,
+            "refine_face": True,
+            "refine_size": 64,
+            "refine_strength": 0.5,
+        },
         "licence": {"name": "Apache-2.0", "commercialUse": True},
     }
 
@@ -136,5 +145,17 @@ def test_job_runs_end_to_end_from_s3_to_s3(
         value = getattr(timings, stage)
         assert value is not None and value >= 0, stage
     assert timings.total is not None and timings.total >= (timings.inference or 0) > 0
+    assert timings.refine is not None and timings.refine > 0  # its own stage
+    # The values used are in the result, and what the profile's pins changed is said.
+    assert (message.result.steps, message.result.guidance) == (2, 5.0)
+    assert message.message == (
+        "composed 64x64 png; profile tiny-packed pins steps=2 (asked 30),"
+        " width=64 (asked 1024), height=64 (asked 1024)"
+    )
+    # Identity similarity before and after the refinement pass (the tiny detector may find no
+    # face in noise, so each is a number or absent, never invented).
+    raw = json.loads(log.read_text())["result"]
+    assert set(raw) >= {"steps", "guidance"}
+    assert len(log.read_bytes()) < contract.TERMINATION_MESSAGE_LIMIT
     # The same JSON went to stdout, for `kubectl logs`.
     assert json.loads(completed.stdout.strip().splitlines()[-1])["result"]["sha256"] == sha

@@ -1,4 +1,4 @@
-"""Failures map to the operator's exit codes; profile pins override job parameters."""
+"""Failures map to the operator's exit codes."""
 
 from __future__ import annotations
 
@@ -37,14 +37,6 @@ def test_unexpected_errors_are_internal_and_named() -> None:
 def test_each_failure_carries_its_code(error: errors.ComposeError, code: int) -> None:
     assert errors.classify(error) is error
     assert error.exit_code == code
-
-
-def test_profile_pins_override_job_parameters() -> None:
-    params = runner.Params(steps=30, width=1024, height=1024, guidance=5.0)
-    pinned = params.pinned_by({"steps": 4, "guidance": 1, "sdpa": True})
-    assert (pinned.steps, pinned.width, pinned.guidance) == (4, 1024, 1.0)
-    with pytest.raises(errors.ModelLoadFailed, match=r"options\.width: expected a positive"):
-        params.pinned_by({"width": "big"})
 
 
 def test_failure_termination_message_has_no_result() -> None:

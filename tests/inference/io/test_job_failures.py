@@ -134,7 +134,13 @@ def test_unsupported_format(case: Case, fmt: str) -> None:
 def test_no_face(case: Case) -> None:
     flat = np.full((256, 256, 3), 128, dtype=np.uint8)
     person = case.put("person.png", encode(Image.fromarray(flat), "PNG"))
-    check_failed(case, case.job(person=person), contract.ExitCode.NO_FACE, "NoFaceFound", "no face")
+    check_failed(
+        case,
+        case.job(person=person),
+        contract.ExitCode.NO_FACE,
+        "NoFaceFound",
+        "spec.inputs.person.uri: no face",
+    )
 
 
 def test_unreachable_url(case: Case) -> None:
@@ -213,3 +219,36 @@ def test_invalid_job_document(case: Case) -> None:
         "InputRejected",
         "invalid job document: jobDocument.job.namespace: Field required",
     )
+
+
+def test_request_checks_come_before_any_fetch_and_name_the_field(
+    case: Case, local_profile: dict[str, object]
+) -> None:
+    """Sizes outside the compiled buckets and clothing without a clothing adapter are refused
+    before an input is read (the inputs here do not even exist) or a model loaded."""
+    options = dict(local_profile["options"])  # type: ignore[call-overload]
+    compiled = {
+        **local_profile,
+        "options": {**options, "compile": True, "size_buckets": [[128, 128]]},
+    }
+    missing = f"s3://{case.inputs}/missing.png"
+    document = case.job(profile=compiled, person=missing)
+    check_failed(
+        case,
+        document,
+        contract.ExitCode.INPUT_REJECTED,
+        "InputRejected",
+        "spec.params.width/height: 64x64 is not one of the compiled size buckets [[128, 128]]",
+    )
+    models_ = dict(local_profile["models"])  # type: ignore[call-overload]
+    del models_["image_encoder"], models_["clothing_adapter"]
+    no_adapter = {**local_profile, "models": models_}
+    check_failed(
+        case,
+        case.job(profile=no_adapter, person=missing),
+        contract.ExitCode.INPUT_REJECTED,
+        "InputRejected",
+        "spec.params.clothingStrength: this profile has no clothing_adapter",
+        "spec.params.placeStrength",
+    )
+    assert not (case.tmp_path / "cache" / "builtin").exists()

@@ -45,6 +45,7 @@ def test_smoke_profile_runs_the_readme_command(tmp_path: Path) -> None:
             "--place", str(samples / "place.png"),
             "--out", str(out),
             "--seed", "5",
+            "--steps", "30",
         ],
         env=env,
         capture_output=True,
@@ -58,6 +59,10 @@ def test_smoke_profile_runs_the_readme_command(tmp_path: Path) -> None:
     assert summary["profile"] == "smoke"
     assert summary["seed"] == 5
     assert summary["format"] == "webp"
+    # The one rule: the profile's pins win over the flags too, and it is said.
+    assert "NOTE: profile smoke pins steps=2 (asked 30)" in completed.stderr
+    assert summary["steps"] == 2
+    assert summary["pinnedByProfile"] == {"steps": 2, "width": 64, "height": 64}
     with Image.open(out) as image:
         assert image.format == "WEBP"
         assert image.size == (64, 64)  # the smoke profile pins 64x64
@@ -120,3 +125,60 @@ def test_packaged_profiles_say_non_commercial() -> None:
         assert profile.licence.commercial_use is False
         assert "non-commercial" in profile.licence.name
         assert profile.models["identitynet"].uri == "hf://InstantX/InstantID"
+
+
+@pytest.mark.slow
+def test_smoke_profile_finds_no_face_in_a_coffee_cup(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from skimage import data
+
+    samples = entrypoint.write_samples(tmp_path / "samples")
+    cup = tmp_path / "coffee.png"
+    Image.fromarray(data.coffee()).save(cup)
+    code = run_local(
+        ["--person", str(cup), "--clothing", str(samples[1]), "--place", str(samples[3]),
+         "--out", str(tmp_path / "o.png")],
+        tmp_path,
+    )  # fmt: skip
+    assert code == contract.ExitCode.NO_FACE
+    assert "spec.inputs.person.uri: no face found" in capsys.readouterr().err
+
+
+def test_a_decompression_bomb_is_refused_without_importing_torch(tmp_path: Path) -> None:
+    """Cheap refusals stay cheap: the request checks and the image validation come before
+    torch, diffusers, numpy, OpenCV and insightface are imported (their import alone takes
+    seconds; benchmarks/inference_bench.py times the refusal)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    bomb = tmp_path / "bomb.png"
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    bomb.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )  # fmt: skip
+    samples = entrypoint.write_samples(tmp_path / "samples")
+    script = (
+        "import sys; from compose_inference import __main__ as m; code = m.main(sys.argv[1:]);"
+        " heavy = ('torch', 'diffusers', 'transformers', 'numpy', 'cv2', 'insightface', 'onnx');"
+        " print(sorted(name for name in heavy if name in sys.modules)); sys.exit(code)"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", script, "--person", str(bomb), "--clothing", str(samples[1]),
+         "--place", str(samples[3]), "--out", str(tmp_path / "o.png")],
+        env=dict(os.environ, COMPOSE_MODEL_CACHE=str(tmp_path / "cache")),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )  # fmt: skip
+    assert completed.returncode == contract.ExitCode.INPUT_REJECTED, completed.stderr
+    assert "spec.inputs.person.uri" in completed.stderr
+    assert "900000000 pixels" in completed.stderr
+    assert completed.stdout.strip().splitlines()[-1] == "[]"

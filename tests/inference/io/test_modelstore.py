@@ -166,6 +166,38 @@ def test_s3_prefix_downloads_every_object(s3_env: s3.S3Server, tmp_path: Path) -
     ]
 
 
+def test_s3_prefix_downloads_only_the_allowed_patterns(s3_env: s3.S3Server, tmp_path: Path) -> None:
+    bucket = s3_env.new_bucket("models")
+    client = s3_env.client()
+    for key in (
+        "sdxl/unet/config.json",
+        "sdxl/unet/diffusion_pytorch_model.fp16.safetensors",
+        "sdxl/unet/diffusion_pytorch_model.safetensors",
+        "sdxl/unet/diffusion_flax_model.msgpack",
+        "sdxl/sd_xl_base_1.0.safetensors",
+    ):
+        client.put_object(Bucket=bucket, Key=key, Body=b"w")
+    models = store(tmp_path)
+    selective = profiles.ModelSource(
+        uri=f"s3://{bucket}/sdxl/",
+        allow_patterns=["unet/config.json", "unet/*.fp16.safetensors"],
+    )
+    root = models.resolve_source("base", selective)
+    files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    assert files == [
+        ".complete",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+    ]
+    assert models.downloads == 2
+    # The same prefix without a selection is another cache entry: it is not served the subset.
+    whole = models.resolve_source("base", source(f"s3://{bucket}/sdxl/"))
+    assert (whole / "sd_xl_base_1.0.safetensors").exists()
+    nothing = profiles.ModelSource(uri=f"s3://{bucket}/sdxl/", allow_patterns=["*.ckpt"])
+    with pytest.raises(errors.ModelLoadFailed, match="no objects under the prefix match"):
+        models.resolve_source("base", nothing)
+
+
 def test_s3_single_file_with_checksum(s3_env: s3.S3Server, tmp_path: Path) -> None:
     bucket = s3_env.new_bucket("models")
     s3_env.client().put_object(Bucket=bucket, Key="lora/fast.safetensors", Body=b"lora")

@@ -37,7 +37,7 @@ def test_astronaut_has_one_face_in_the_face_region(person_face: faces.Face) -> N
 def test_photos_without_a_person_have_no_face(
     analyzer: faces.FaceAnalyzer, image: Image.Image
 ) -> None:
-    with pytest.raises(faces.NoFaceError, match="personImage: no face") as caught:
+    with pytest.raises(faces.NoFaceError, match=r"^spec\.inputs\.person\.uri: no face") as caught:
         analyzer.analyze(image)
     assert caught.value.exit_code == contract.ExitCode.NO_FACE
 
@@ -88,3 +88,50 @@ def test_identity_similarity(
     flat = Image.new("RGB", (256, 256), (90, 90, 90))
     assert quality.identity_similarity(analyzer, person_face, flat) is None
     assert np.isfinite(faces.cosine_similarity(person_face.embedding, person_face.embedding))
+
+
+@pytest.fixture(scope="module")
+def cascade(tiny_models: dict[str, Path]) -> faces.FaceAnalyzer:
+    """The smoke profile's analyzer: the frontal-face cascade shipped in scikit-image."""
+    return faces.FaceAnalyzer.load(tiny_models["face_analysis"], detector="cascade")
+
+
+def test_the_cascade_detector_finds_the_astronaut_with_aligned_keypoints(
+    cascade: faces.FaceAnalyzer, astronaut: Image.Image, analyzer: faces.FaceAnalyzer
+) -> None:
+    face = cascade.analyze(astronaut)
+    x1, y1, x2, y2 = face.bbox.tolist()
+    assert 180 < (x1 + x2) / 2 < 270 and 70 < (y1 + y2) / 2 < 170
+    assert face.faces_found == 1
+    assert all(x1 <= x <= x2 and y1 <= y <= y2 for x, y in face.kps.tolist())
+    left_eye, right_eye = face.kps[0], face.kps[1]
+    assert left_eye[0] < right_eye[0] and abs(left_eye[1] - right_eye[1]) < 2
+    assert face.embedding.shape == (512,) and float(np.linalg.norm(face.embedding)) > 0
+    # The same photo twice gives the same embedding; a larger copy finds the face scaled.
+    assert np.allclose(cascade.analyze(astronaut).embedding, face.embedding)
+    big = cascade.analyze(astronaut.resize((2048, 2048)))
+    assert np.allclose(big.bbox / 4, face.bbox, atol=25)
+
+
+@pytest.mark.parametrize("name", ["coffee", "rocket", "brick", "grass", "coins"])
+def test_the_cascade_detector_sees_no_face_in_things(
+    cascade: faces.FaceAnalyzer, name: str
+) -> None:
+    photo = Image.fromarray(getattr(data, name)()).convert("RGB")
+    with pytest.raises(faces.NoFaceError, match=r"^spec\.inputs\.person\.uri: no face"):
+        cascade.analyze(photo)
+
+
+def test_the_tiny_detector_is_fooled_by_a_coffee_cup_which_is_why_smoke_uses_the_cascade(
+    analyzer: faces.FaceAnalyzer,
+) -> None:
+    from compose_inference import catalogue
+
+    coffee = Image.fromarray(data.coffee())
+    assert analyzer.detect(coffee)  # the skin-colour heuristic "finds" a face
+    assert catalogue.smoke_profile(Path("/m")).options["face_detector"] == "cascade"
+
+
+def test_an_unknown_detector_is_named() -> None:
+    with pytest.raises(ValueError, match=r"options\.face_detector: expected"):
+        faces.FaceAnalyzer(object(), detector="magic")  # type: ignore[arg-type]
