@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import kopf
 
-from compose_operator import handlers, kube, metrics, peering, reconciler, settings
+from compose_operator import handlers, kube, metrics, peering, reconciler, retention, settings
 
 ENVIRONMENT_HELP = """\
 environment (all optional unless marked):
@@ -42,6 +42,11 @@ environment (all optional unless marked):
   COMPOSE_PEERING_PRIORITY         base peering priority of the instances
   COMPOSE_PEERING_PRIORITY_JITTER  true (default): add a stable 0..999 offset from the pod name
   COMPOSE_STANDALONE               true: no peering
+  COMPOSE_RETENTION_TTL_SECONDS_AFTER_FINISHED
+                                   delete finished jobs after this long unless their
+                                   spec.ttlSecondsAfterFinished says otherwise (default 7 days;
+                                   none: keep)
+  COMPOSE_RETENTION_DELETE_RESULTS true: remove the result object with the job
   COMPOSE_MODEL_CACHE              model cache: an absolute node path or a PVC name
   COMPOSE_KUBE_URL                 plain http URL of the API (tests, benchmarks)
   COMPOSE_RECONCILE_INTERVAL_SECONDS  safety-net sweep interval (default 10)
@@ -97,7 +102,17 @@ async def run(config: settings.OperatorSettings) -> None:
         return await handlers.connection(config, log)
 
     client = kube.KubeClient(login)
+    kept = retention.RetentionSettings.from_environment(os.environ)
     runtime = handlers.Runtime(
+        retention=retention.Retention(
+            kept,
+            delete_job=client.delete_composition_job,
+            delete_object=retention.s3_object_deleter(
+                region=config.aws_region, endpoint_url=config.s3_endpoint_url
+            )
+            if kept.delete_results
+            else None,
+        ),
         settings=config,
         reconciler=reconciler.Reconciler(config, client, metrics_=metrics.Metrics()),
         identity=_identity(),

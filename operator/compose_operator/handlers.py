@@ -19,10 +19,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any, cast
 
 import kopf
+import pydantic
 
 from compose_api import models
 from compose_operator import names, peering, reconciler
+from compose_operator import retention as retention_module
 from compose_operator.settings import OperatorSettings
+
+logger = logging.getLogger(__name__)
 
 CHILD_LABELS = {names.MANAGED_BY_LABEL: names.MANAGED_BY}
 
@@ -75,6 +79,52 @@ class Runtime:
     identity: str = ""  # this instance's kopf peering identity
     priority: int = 0  # this instance's kopf peering priority (peering.effective_priority)
     sweeper: asyncio.Task[None] | None = None
+    retention: retention_module.Retention | None = None
+    # uid -> the timer that reads a finished job again when its retention is due
+    retention_timers: dict[str, asyncio.TimerHandle] = dataclasses.field(default_factory=dict)
+    background: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+
+    async def enforce_retention(self, body: Mapping[str, Any]) -> None:
+        """Delete a finished CompositionJob that is due; otherwise set a timer for when it is."""
+        if self.retention is None:
+            return
+        meta = body.get("metadata") or {}
+        uid = str(meta.get("uid") or "")
+        try:
+            job = models.CompositionJob.model_validate(body)
+        except pydantic.ValidationError:
+            return  # not ours to judge: the reconciler reports it
+        wait = await self.retention.enforce(job, now=reconciler.utcnow())
+        old = self.retention_timers.pop(uid, None)
+        if old is not None:
+            old.cancel()
+        if wait is None:
+            return
+        namespace, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
+        loop = asyncio.get_running_loop()
+        self.retention_timers[uid] = loop.call_later(
+            wait, lambda: self._spawn(self._retention_due(namespace, name, uid))
+        )
+
+    async def _retention_due(self, namespace: str, name: str, uid: str) -> None:
+        self.retention_timers.pop(uid, None)
+        try:
+            body = await self.reconciler.client.get_composition_job(namespace, name)
+            if body is not None and (body.get("metadata") or {}).get("uid") == uid:
+                await self.enforce_retention(body)
+        except Exception:
+            logger.exception("retention of %s/%s failed; it is retried at the next event",
+                             namespace, name)  # fmt: skip
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    def forget_retention(self, uid: str) -> None:
+        timer = self.retention_timers.pop(uid, None)
+        if timer is not None:
+            timer.cancel()
 
     async def standing_by(self) -> bool:
         """Whether a peer with a priority >= ours is alive (kopf has paused us, then)."""
@@ -183,7 +233,13 @@ async def composition_job_event(event: Mapping[str, Any], memo: Any, **_: Any) -
     body = event["object"]
     if event.get("type") == "DELETED":
         runtime.reconciler.forget(body)
+        runtime.forget_retention(str((body.get("metadata") or {}).get("uid") or ""))
         return
+    if (body.get("status") or {}).get("phase") in models.TERMINAL_PHASES:
+        try:
+            await runtime.enforce_retention(body)
+        except Exception:
+            logger.exception("retention failed; it is tried again at the job's next event")
     echo = runtime.reconciler.inventory.is_status_echo(body)
     uid = runtime.reconciler.inventory.put(body)
     if echo:

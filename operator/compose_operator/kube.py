@@ -207,6 +207,32 @@ class KubeClient:
 
     # -- CompositionJobs --------------------------------------------------------------------
 
+    async def get_composition_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._request("GET", f"{CJ_PATH.format(namespace=namespace)}/{name}")
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def delete_composition_job(self, namespace: str, name: str, uid: str) -> None:
+        """Delete one CompositionJob (retention), only if it is still the one with ``uid``;
+        already gone (404) or replaced by a new job of that name (409) counts as done."""
+        try:
+            await self._request(
+                "DELETE",
+                f"{CJ_PATH.format(namespace=namespace)}/{name}",
+                body={
+                    "kind": "DeleteOptions",
+                    "apiVersion": "v1",
+                    "propagationPolicy": "Background",
+                    "preconditions": {"uid": uid},
+                },
+            )
+        except ApiError as error:
+            if error.status not in (404, 409):
+                raise
+
     async def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
         """Merge-patch the ``/status`` subresource (the spec is never written)."""
         await self._request(

@@ -35,8 +35,9 @@ class Permission:
 
 
 REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
-    Permission(models.GROUP, models.PLURAL, ("list", "watch"), Scope.NAMESPACED,
-               "kopf watches CompositionJobs"),
+    Permission(models.GROUP, models.PLURAL, ("list", "watch", "get", "delete"), Scope.NAMESPACED,
+               "kopf watches CompositionJobs; retention reads a finished one again when it is "
+               "due and deletes it (ttlSecondsAfterFinished)"),
     Permission(models.GROUP, f"{models.PLURAL}/status", ("patch",), Scope.NAMESPACED,
                "the operator writes status (never spec)"),
     Permission("batch", "jobs", ("list", "watch", "get", "create", "patch", "delete"),

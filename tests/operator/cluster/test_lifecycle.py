@@ -199,3 +199,30 @@ async def test_namespace_cap_holds_the_second_job_until_the_first_is_done(
     await cj_with(kube, "second", phase="Succeeded")
     stored = await kube.list(JOBS)
     assert len(stored) == 2
+
+
+@pytest.mark.parametrize(
+    "operator_settings", [{"COMPOSE_RETENTION_TTL_SECONDS_AFTER_FINISHED": "none"}]
+)
+async def test_retention_deletes_a_finished_job_after_its_own_ttl(
+    operator: OperatorProcess, kube: KubeClient, namespace: str
+) -> None:
+    """spec.ttlSecondsAfterFinished wins over the operator's default (here: keep forever); the
+    chart's Role allows the delete, and the garbage collector removes the child Job."""
+    await create(kube, namespace, "kept")
+    await create(kube, namespace, "short", ttlSecondsAfterFinished=2)
+    for name in ("kept", "short"):
+        await end(kube, await running_pod(kube, name), contract.ExitCode.OK)
+        await cj_with(kube, name, phase="Succeeded")
+
+    async def short_gone(client: KubeClient) -> bool:
+        return await client.get_or_none(COMPOSITION_JOBS, "short") is None
+
+    await wait_until(kube, short_gone, timeout=30, what="retention to delete the job")
+    assert (await kube.get(COMPOSITION_JOBS, "kept"))["status"]["phase"] == "Succeeded"
+
+    async def children_gone(client: KubeClient) -> bool:
+        jobs = await child_jobs(client)
+        return [j["metadata"]["name"].split("-")[0] for j in jobs] == ["kept"]
+
+    await wait_until(kube, children_gone, what="the garbage collector to delete the child Job")

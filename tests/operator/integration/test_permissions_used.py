@@ -58,8 +58,13 @@ async def test_every_granted_permission_is_used(
     tmp_path: pathlib.Path,
 ) -> None:
     # No peering object: the operator creates its own (the grant's "create").
+    # Retention after 3 s: a finished job is read again when due, then deleted (get, delete).
     env = operator_env(
-        kube_url, profiles_path, COMPOSE_STANDALONE="false", COMPOSE_PEERING_NAME=PEERING
+        kube_url,
+        profiles_path,
+        COMPOSE_STANDALONE="false",
+        COMPOSE_PEERING_NAME=PEERING,
+        COMPOSE_RETENTION_TTL_SECONDS_AFTER_FINISHED="3",
     )
     operator = OperatorProcess(env, tmp_path / "operator.log")
     try:
@@ -127,6 +132,10 @@ async def test_every_granted_permission_is_used(
         await cluster.sync_job(client, second)
         await wait_status(client, "edited", phase="Succeeded")
         await wait_status(client, "adopted", phase="Starting")
+        gone = await client.wait_for(
+            COMPOSITION_JOBS, "edited", lambda obj: obj is None, timeout=20
+        )
+        assert gone is None, "retention did not delete the finished job"
 
         # The safety-net sweep asks for the peering object once per interval (0.5 s here).
         peering_read = ("kopf.dev", "clusterkopfpeerings", "get")
