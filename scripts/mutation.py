@@ -47,6 +47,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -76,6 +77,7 @@ SURVIVED = "survived"
 TIMEOUT = "timeout"
 ERROR = "error"
 EQUIVALENT = "equivalent"  # a `# pragma: no mutate` line: not run
+RUNNING = "running"
 IGNORED_ANNOTATION = "ignored: in an annotation"
 IGNORED_INVALID = "ignored: not valid Python"
 IGNORED_MARKER = "ignored: a signature's * or / marker"
@@ -136,6 +138,7 @@ class ModuleResult:
     target: Target
     mutants: list[Mutant]
     baseline_seconds: float = 0.0
+    interrupted: bool = False  # Ctrl-C: the figures cover the mutants run until then
 
     def count(self, outcome: str) -> int:
         return sum(1 for mutant in self.mutants if mutant.outcome == outcome)
@@ -169,6 +172,7 @@ class ModuleResult:
             "equivalent": self.count(EQUIVALENT),
             "ignored": {reason.removeprefix("ignored: "): self.count(reason) for reason in IGNORED},
             "kill_rate": self.kill_rate,
+            "interrupted": self.interrupted,
             "survivors": [
                 {
                     "file": self.target.module,
@@ -514,33 +518,45 @@ def run_module(target: Target, copy: Path, options: Options) -> ModuleResult:
 
     source = module_path.read_text(encoding="utf-8")
     pending = [m for m in result.mutants if not m.outcome]
-    for index, mutant in enumerate(pending, start=1):
-        mutated = mutated_source(source, mutant)
-        if mutated is None:
-            mutant.outcome = IGNORED_INVALID
-            continue
-        mutant.before, mutant.after = changed_lines(source, mutated)
-        spec = MutationSpec(
-            module_path=module_path,
-            operator_name=mutant.operator,
-            occurrence=mutant.occurrence,
-            start_pos=mutant.start,
-            end_pos=mutant.end,
-        )
-        started = time.monotonic()
-        work = mutating.mutate_and_test([spec], command, run_limit)
-        mutant.seconds = time.monotonic() - started
-        mutant.outcome = classify(work.worker_outcome, work.test_outcome, work.output)
-        if mutant.outcome == ERROR:
-            mutant.output_tail = tail(work.output)
-        if not options.quiet:
-            print(
-                f"[{index:>4}/{len(pending)}] {mutant.outcome:<8} {target.module}:{mutant.line}"
-                f" {mutant.short_operator} ({mutant.seconds:.1f} s)",
-                file=sys.stderr,
-                flush=True,
-            )
+    try:
+        for index, mutant in enumerate(pending, start=1):
+            run_mutant(mutant, source, module_path, command, run_limit)
+            if not options.quiet:
+                print(
+                    f"[{index:>4}/{len(pending)}] {mutant.outcome:<8} {target.module}:{mutant.line}"
+                    f" {mutant.short_operator} ({mutant.seconds:.1f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    except KeyboardInterrupt:
+        result.interrupted = True
+        for mutant in pending:
+            if mutant.outcome == RUNNING:
+                mutant.outcome = ""
     return result
+
+
+def run_mutant(mutant: Mutant, source: str, path: Path, command: str, limit: float) -> None:
+    """Run the tests against one mutant (made in the copy, then restored) and record the outcome."""
+    mutated = mutated_source(source, mutant)
+    if mutated is None:
+        mutant.outcome = IGNORED_INVALID
+        return
+    mutant.before, mutant.after = changed_lines(source, mutated)
+    spec = MutationSpec(
+        module_path=path,
+        operator_name=mutant.operator,
+        occurrence=mutant.occurrence,
+        start_pos=mutant.start,
+        end_pos=mutant.end,
+    )
+    mutant.outcome = RUNNING
+    started = time.monotonic()
+    work = mutating.mutate_and_test([spec], command, limit)
+    mutant.seconds = time.monotonic() - started
+    mutant.outcome = classify(work.worker_outcome, work.test_outcome, work.output)
+    if mutant.outcome == ERROR:
+        mutant.output_tail = tail(work.output)
 
 
 def classify(worker: WorkerOutcome, test: TestOutcome | None, output: str | None) -> str:
@@ -610,6 +626,10 @@ def report(results: Sequence[ModuleResult], check_only: bool) -> str:
             )
         return "\n".join(out)
     out.append(table(results))
+    for r in results:
+        if r.interrupted:
+            left = sum(1 for m in r.mutants if not m.outcome)
+            out.append(f"{r.target.module}: interrupted, {left} mutants not run")
     out.append("\nignored, not run:")
     out.extend(f"  {r.target.module}: {r.ignored()}" for r in results)
     lines = list(survivors(results))
@@ -673,6 +693,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if t.planned and (root / t.module).is_file() and args.all:
             print(f"mutation: note: {t.config} is planned, but {t.module} exists", file=sys.stderr)
 
+    # Ctrl-C or a TERM (`timeout`, a closed session) stops the run and still prints the figures.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     options = Options(test_timeout=args.test_timeout, check_only=args.check, quiet=args.quiet)
     results: list[ModuleResult] = []
     failures: list[str] = []
@@ -690,6 +713,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 except RunError as exc:
                     failures.append(str(exc))
                     print(f"mutation: {exc}", file=sys.stderr)
+                if results and results[-1].interrupted:
+                    failures.append(f"{target.module}: interrupted; later modules not run")
+                    break
         finally:
             os.chdir(cwd)
             if saved is None:
