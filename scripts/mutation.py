@@ -289,12 +289,19 @@ def select(targets: dict[str, Target], names: Sequence[str], run_all: bool) -> l
 
 def copy_tree(root: Path, destination: Path) -> None:
     """Copy the files git would commit (tracked and untracked, not ignored) into destination."""
-    listing = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=root,
-        check=True,
-        capture_output=True,
-    ).stdout.decode()
+    try:
+        listing = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=root,
+            check=True,
+            capture_output=True,
+        ).stdout.decode()
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        raise RunError(
+            f"{root}: the tree to copy is listed with `git ls-files`, which failed: "
+            f"{exc} {detail.decode(errors='replace').strip()}"
+        ) from exc
     for relative in sorted(set(filter(None, listing.split("\0")))):
         source = root / relative
         if not source.exists() and not source.is_symlink():
@@ -701,9 +708,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="mutation-") as scratch:
         copy = Path(scratch) / "tree"
-        copy_tree(root, copy)
+        try:
+            copy_tree(root, copy)
+            path = python_path(copy)
+        except RunError as exc:
+            print(f"mutation: {exc}", file=sys.stderr)
+            return 2
         saved = os.environ.get("PYTHONPATH")
-        os.environ["PYTHONPATH"] = os.pathsep.join([*python_path(copy), *filter(None, [saved])])
+        os.environ["PYTHONPATH"] = os.pathsep.join([*path, *filter(None, [saved])])
         cwd = Path.cwd()
         os.chdir(copy)  # the tests' relative paths and cosmic-ray's test command run from here
         try:
