@@ -164,6 +164,7 @@ class ModuleResult:
             "config": self.target.config.name,
             "tests": list(self.target.tests),
             "baseline_seconds": round(self.baseline_seconds, 2),
+            "mutant_seconds": round(sum(m.seconds for m in self.mutants), 1),
             "mutants": self.run,
             "killed": self.count(KILLED),
             "survived": self.count(SURVIVED),
@@ -637,6 +638,16 @@ def report(results: Sequence[ModuleResult], check_only: bool) -> str:
         if r.interrupted:
             left = sum(1 for m in r.mutants if not m.outcome)
             out.append(f"{r.target.module}: interrupted, {left} mutants not run")
+    out.append("\ntime (one worker):")
+    for r in results:
+        spent = sum(m.seconds for m in r.mutants)
+        each = spent / r.run if r.run else 0.0
+        out.append(
+            f"  {r.target.module}: {spent / 60:.1f} min, {each:.1f} s a mutant "
+            f"({each / r.baseline_seconds:.2f} x the unmutated run of {r.baseline_seconds:.1f} s)"
+            if r.baseline_seconds
+            else f"  {r.target.module}: {spent / 60:.1f} min"
+        )
     out.append("\nignored, not run:")
     out.extend(f"  {r.target.module}: {r.ignored()}" for r in results)
     lines = list(survivors(results))
