@@ -44,6 +44,7 @@ import difflib
 import fnmatch
 import json
 import os
+import random
 import re
 import shlex
 import shutil
@@ -78,6 +79,7 @@ TIMEOUT = "timeout"
 ERROR = "error"
 EQUIVALENT = "equivalent"  # a `# pragma: no mutate` line: not run
 RUNNING = "running"
+NOT_SAMPLED = "not in the sample"
 IGNORED_ANNOTATION = "ignored: in an annotation"
 IGNORED_INVALID = "ignored: not valid Python"
 IGNORED_MARKER = "ignored: a signature's * or / marker"
@@ -139,6 +141,7 @@ class ModuleResult:
     mutants: list[Mutant]
     baseline_seconds: float = 0.0
     interrupted: bool = False  # Ctrl-C: the figures cover the mutants run until then
+    sampled_from: int = 0  # --sample: the number of mutants the sample was drawn from
 
     def count(self, outcome: str) -> int:
         return sum(1 for mutant in self.mutants if mutant.outcome == outcome)
@@ -174,6 +177,7 @@ class ModuleResult:
             "ignored": {reason.removeprefix("ignored: "): self.count(reason) for reason in IGNORED},
             "kill_rate": self.kill_rate,
             "interrupted": self.interrupted,
+            "sampled_from": self.sampled_from or None,
             "survivors": [
                 {
                     "file": self.target.module,
@@ -499,6 +503,8 @@ class Options:
     test_timeout: float | None
     check_only: bool
     quiet: bool
+    sample: int | None = None
+    seed: int = 0
 
 
 def tail(text: str | None, lines: int = 15) -> str:
@@ -526,6 +532,13 @@ def run_module(target: Target, copy: Path, options: Options) -> ModuleResult:
 
     source = module_path.read_text(encoding="utf-8")
     pending = [m for m in result.mutants if not m.outcome]
+    if options.sample is not None and options.sample < len(pending):
+        chosen = set(map(id, random.Random(options.seed).sample(pending, options.sample)))
+        for mutant in pending:
+            if id(mutant) not in chosen:
+                mutant.outcome = NOT_SAMPLED
+        result.sampled_from = len(pending)
+        pending = [m for m in pending if id(m) in chosen]
     try:
         for index, mutant in enumerate(pending, start=1):
             run_mutant(mutant, source, module_path, command, run_limit)
@@ -638,6 +651,11 @@ def report(results: Sequence[ModuleResult], check_only: bool) -> str:
         if r.interrupted:
             left = sum(1 for m in r.mutants if not m.outcome)
             out.append(f"{r.target.module}: interrupted, {left} mutants not run")
+        if r.sampled_from:
+            out.append(
+                f"{r.target.module}: a random sample of {r.sampled_from - r.count(NOT_SAMPLED)} of "
+                f"{r.sampled_from} mutants; its kill rate estimates the module's"
+            )
     out.append("\ntime (one worker):")
     for r in results:
         spent = sum(m.seconds for m in r.mutants)
@@ -691,9 +709,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--fail-under", type=float, help="exit 1 if a module's kill rate (percent) is below this"
     )
     parser.add_argument("--quiet", action="store_true", help="no line per mutant on stderr")
+    parser.add_argument(
+        "--sample",
+        type=int,
+        help="run only this many mutants per module, drawn at random (for a quick estimate)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of --sample's draw (default 0)")
     args = parser.parse_args(argv)
     if args.test_timeout is not None and args.test_timeout <= 0:
         parser.error("--test-timeout: must be a positive number of seconds")
+    if args.sample is not None and args.sample < 1:
+        parser.error("--sample: must be a positive number of mutants")
 
     root = args.root.resolve()
     try:
@@ -714,7 +740,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Ctrl-C or a TERM (`timeout`, a closed session) stops the run and still prints the figures.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    options = Options(test_timeout=args.test_timeout, check_only=args.check, quiet=args.quiet)
+    options = Options(
+        test_timeout=args.test_timeout,
+        check_only=args.check,
+        quiet=args.quiet,
+        sample=args.sample,
+        seed=args.seed,
+    )
     results: list[ModuleResult] = []
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="mutation-") as scratch:

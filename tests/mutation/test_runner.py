@@ -81,6 +81,27 @@ def test_fixture_figures_survivors_and_the_checkout_untouched(tmp_path: pathlib.
     assert (FIXTURE / "pricing.py").read_bytes() == source_before
 
 
+def test_a_sample_runs_that_many_mutants_drawn_at_random(tmp_path: pathlib.Path) -> None:
+    report = tmp_path / "report.json"
+    runs = [
+        mutation("--config-dir", FIXTURE / "configs", "pricing", "--sample", "3", "--seed", seed)
+        for seed in ("1", "2")
+    ]
+    done = mutation(
+        "--config-dir", FIXTURE / "configs", "pricing", "--sample", "3", "--json", report
+    )
+
+    assert done.returncode == 0, done.stderr
+    (module,) = json.loads(report.read_text())["modules"]
+    assert (module["mutants"], module["sampled_from"]) == (3, 25)
+    assert module["killed"] + module["survived"] + module["timeout"] == 3
+    assert f"{MODULE}: a random sample of 3 of 25 mutants" in done.stdout
+    # The draw depends on the seed (and only on it): two seeds, two different sets of mutants.
+    drawn = [{line for line in run.stderr.splitlines() if line.startswith("[")} for run in runs]
+    assert all(len(lines) == 3 for lines in drawn)
+    assert drawn[0] != drawn[1]
+
+
 def test_every_real_config_names_a_module_and_tests_that_exist() -> None:
     done = mutation("--all", "--check")
 
