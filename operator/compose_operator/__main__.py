@@ -94,7 +94,9 @@ async def _ensure_peering(
             log.info("created the peering object %s %s", config.peering_name, where)
 
 
-async def run(config: settings.OperatorSettings) -> None:
+async def run(
+    config: settings.OperatorSettings, kept: retention.RetentionSettings | None = None
+) -> None:
     """Run the operator until it is stopped (SIGINT/SIGTERM)."""
     log = logging.getLogger("compose_operator")
 
@@ -102,7 +104,7 @@ async def run(config: settings.OperatorSettings) -> None:
         return await handlers.connection(config, log)
 
     client = kube.KubeClient(login)
-    kept = retention.RetentionSettings.from_environment(os.environ)
+    kept = kept or retention.RetentionSettings()
     runtime = handlers.Runtime(
         retention=retention.Retention(
             kept,
@@ -140,7 +142,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     _parser().parse_args(argv)
     try:
         config = settings.from_environment(os.environ if environ is None else environ)
-    except settings.SettingsError as error:
+        kept = retention.RetentionSettings.from_environment(
+            os.environ if environ is None else environ
+        )
+    except (settings.SettingsError, ValueError) as error:
         print(f"compose-operator: invalid settings:\n{error}", file=sys.stderr)
         return 2
     logging.basicConfig(
@@ -151,7 +156,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         # operator logs (and posts Events for) the status transitions instead.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     try:
-        asyncio.run(run(config))
+        asyncio.run(run(config, kept))
     except KeyboardInterrupt:
         return 0
     return 0

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from compose_api import profiles as profiles_module
+from compose_operator import retention
 from tests.deploy import helpers
 from tests.deploy.helpers import Obj
 
@@ -79,6 +80,10 @@ def test_cluster_wide_mode_runs_active_standby(render: Render) -> None:
     # Replicas get distinct priorities: the operator adds its own per-pod offset, no shell.
     assert container["command"] == ["compose-operator"]
     assert env["COMPOSE_PEERING_PRIORITY_JITTER"] == "true"
+    # Retention: the chart's default is the operator's own, and results are kept.
+    kept = retention.RetentionSettings.from_environment(env)
+    assert kept.default_ttl_seconds_after_finished == retention.DEFAULT_TTL_SECONDS
+    assert kept.delete_results is False
     # The operator creates its peering object itself: the chart ships no custom resource, so
     # a plain `kubectl apply` of the rendered chart works before the CRDs are established.
     assert helpers.of_kind(objects, "ClusterKopfPeering") == []
@@ -318,8 +323,10 @@ def test_operator_settings_accept_the_rendered_environment(
     ][0]
     env = helpers.env_of(container)
     fields = settings_module.OperatorSettings.model_fields
+    # COMPOSE_RETENTION_* belong to the retention settings, read (and checked) on their own.
+    retention.RetentionSettings.from_environment(env)
     for name in env:
-        if name.startswith("COMPOSE_"):
+        if name.startswith("COMPOSE_") and not name.startswith("COMPOSE_RETENTION_"):
             assert name.removeprefix("COMPOSE_").lower() in fields, name
     config_map = helpers.one(objects, "ConfigMap", "-profiles")
     mount = next(m for m in container["volumeMounts"] if m["name"] == "profiles")

@@ -103,6 +103,20 @@ def test_main_exits_2_with_the_problems(capsys: pytest.CaptureFixture[str]) -> N
     assert "COMPOSE_METRICS_PORT:" in err
 
 
+def test_main_exits_2_on_bad_retention_settings(
+    capsys: pytest.CaptureFixture[str], tmp_path: pathlib.Path
+) -> None:
+    profiles = tmp_path / "profiles.yaml"
+    profiles.write_text("[]\n")
+    environ = {
+        "COMPOSE_PROFILES_PATH": str(profiles),
+        "COMPOSE_RETENTION_TTL_SECONDS_AFTER_FINISHED": "-1",
+    }
+    assert entry.main([], environ=environ) == 2
+    err = capsys.readouterr().err
+    assert "COMPOSE_RETENTION_TTL_SECONDS_AFTER_FINISHED: Input should be greater" in err
+
+
 def test_help_lists_the_variables(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as caught:
         entry.main(["--help"], environ={})
