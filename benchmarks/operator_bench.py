@@ -733,6 +733,79 @@ def report(results: Sequence[Result], jobs: int, *, real: bool = False) -> str:
     return "\n".join(lines)
 
 
+# -- memory with many finished CompositionJobs present ---------------------------------------
+
+
+def finished_status(name: str) -> Obj:
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    result = json.loads(success_message(name))["result"]
+    return {
+        "phase": "Succeeded",
+        "observedGeneration": 1,
+        "conditions": [
+            {"type": kind, "status": "True", "reason": reason, "message": reason.lower(),
+             "lastTransitionTime": now}
+            for kind, reason in (("Accepted", "Valid"), ("Started", "PodRunning"),
+                                 ("Succeeded", "Completed"))
+        ],
+        "startTime": now,
+        "completionTime": now,
+        "result": result,
+        "seed": 42,
+    }  # fmt: skip
+
+
+async def _create_finished(kube: KubeClient, count: int, concurrency: int = 16) -> None:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(index: int) -> None:
+        name = f"done-{index:05d}"
+        async with gate:
+            await kube.create(COMPOSITION_JOBS, composition_job(name))
+            await kube.patch_status(COMPOSITION_JOBS, name, finished_status(name))
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+
+
+async def _settled_rss(process: subprocess.Popen[bytes], *, quiet_s: float = 5.0) -> float:
+    """RSS (MiB) once the process has used under 2 % of a CPU for ``quiet_s`` seconds."""
+    observed = psutil.Process(process.pid)
+    deadline = time.monotonic() + 600
+    last = observed.cpu_times()
+    calm_since = time.monotonic()
+    while time.monotonic() < deadline:
+        await asyncio.sleep(1.0)
+        now = observed.cpu_times()
+        used = now.user + now.system - last.user - last.system
+        last = now
+        if used > 0.02:
+            calm_since = time.monotonic()
+        elif time.monotonic() - calm_since >= quiet_s:
+            break
+    return _peak_rss_mib(observed, observed.memory_info().rss / 2**20)
+
+
+async def finished_memory(counts: Sequence[int]) -> list[tuple[int, float]]:
+    """compose-operator's RSS on the real control plane with each count of finished jobs."""
+    kind = OPERATORS["compose"]
+    figures = []
+    for count in counts:
+        with tempfile.TemporaryDirectory(prefix="bench-finished-") as tmp:
+            workdir = pathlib.Path(tmp)
+            with real_cluster(workdir, 8) as cluster:
+                assert isinstance(cluster, RealCluster)
+                async with cluster.client() as kube:
+                    started = time.monotonic()
+                    await _create_finished(kube, count)
+                    sys.stderr.write(
+                        f"{count} finished jobs created in {time.monotonic() - started:.0f} s\n"
+                    )
+                with operator_process(kind, cluster.url, workdir, 0, cluster.kubeconfig) as op:
+                    await _wait_ready(cluster, op, 120, kind)
+                    figures.append((count, await _settled_rss(op)))
+    return figures
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="CompositionJob operator benchmark")
     parser.add_argument("--jobs", type=int, default=100, help="CompositionJobs to run (<= 1000)")
@@ -757,7 +830,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=10, help="creates in flight")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per operator")
     parser.add_argument("--json", type=pathlib.Path, default=None, help="also write results here")
+    parser.add_argument(
+        "--finished",
+        type=int,
+        default=None,
+        help="instead: compose-operator's settled RSS on the real control plane with this many"
+        " finished CompositionJobs present, against none in the same run",
+    )
     args = parser.parse_args(argv)
+    if args.finished is not None:
+        figures = asyncio.run(finished_memory([0, args.finished]))
+        (_, base), (count, rss) = figures
+        print(
+            f"compose-operator settled RSS, real control plane, {os.cpu_count()} CPUs:\n"
+            f"  no CompositionJobs:          {base:8.1f} MiB\n"
+            f"  {count} finished ones:  {rss:8.1f} MiB  ({rss / base:.2f}x,"
+            f" {(rss - base) * 1024 / max(count, 1):.1f} KiB per finished job)"
+        )
+        return
     if not 1 <= args.jobs <= 1000:
         parser.error("--jobs: must be between 1 and 1000")
     chosen: list[tuple[OperatorKind, int]] = []
