@@ -51,3 +51,12 @@ def profiles_path(tmp_path: pathlib.Path) -> pathlib.Path:
     path = tmp_path / "profiles.yaml"
     path.write_text(PROFILES_YAML)
     return path
+
+
+# Each phase's report on the item (rep_setup, rep_call, ...): the operator fixtures print the
+# operator's log when the test itself failed.
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

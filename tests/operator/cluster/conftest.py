@@ -121,13 +121,6 @@ def operator(
         sys.stderr.write(f"--- operator log ---\n{process.log()[-20000:]}\n")
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    report = yield
-    setattr(item, f"rep_{report.when}", report)
-    return report
-
-
 @pytest_asyncio.fixture
 async def kube(control_plane: cp.ControlPlane, namespace: str) -> AsyncIterator[KubeClient]:
     """A cluster-admin test client in the test's namespace (users and the kubelet's part)."""

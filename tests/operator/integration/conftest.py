@@ -107,13 +107,6 @@ def operator(
         sys.stderr.write(f"--- operator log ---\n{process.log()[-20000:]}\n")
 
 
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    report = yield
-    setattr(item, f"rep_{report.when}", report)
-    return report
-
-
 @pytest_asyncio.fixture
 async def client(kube_url: str) -> AsyncIterator[kube_client.KubeClient]:
     async with kube_client.KubeClient(kube_url) as api:
