@@ -43,6 +43,7 @@ class Tracked:
     admitted: bool = False  # may start: its Job is being (or was) created, or it was resumed
     written: models.CompositionJobStatus | None = None  # what this process last wrote
     parsed: models.CompositionJobStatus | None = None  # the body's status, parsed on demand
+    revision: int = 0  # bumped on every change the queue reads (its entry is cached by it)
 
 
 class Inventory:
@@ -58,6 +59,9 @@ class Inventory:
         # the patch must not make them look held (and free their slot) in the meantime.
         self.unsuspended: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
+        # uid -> ((revision, unsuspended), its queue entry): an admission decision reads
+        # cached entries, and only jobs that changed are looked at again.
+        self._entries: dict[str, tuple[tuple[int, bool], queueing.Entry | None]] = {}
 
     # -- CompositionJobs --------------------------------------------------------------------
 
@@ -67,6 +71,7 @@ class Inventory:
         found = self.tracked.get(uid)
         if found is not None and found.finished:
             found.fields = fields
+            found.revision += 1
             return uid  # terminal stays terminal: nothing more is kept or decided
         phase = (body.get("status") or {}).get("phase")
         if found is None:
@@ -79,6 +84,7 @@ class Inventory:
             )
         else:
             found.fields, found.body, found.parsed = fields, dict(body), None
+            found.revision += 1
         if found.written is None and phase in _TERMINAL:
             self.finish(uid)  # finished before this process saw it (a restart)
             return uid
@@ -109,6 +115,7 @@ class Inventory:
 
     def forget(self, uid: str) -> None:
         found = self.tracked.pop(uid, None)
+        self._entries.pop(uid, None)
         if found is not None:
             self._active[found.fields.namespace].discard(uid)
         self.jobs.pop(uid, None)
@@ -124,6 +131,7 @@ class Inventory:
             return
         found.finished, found.body, found.written, found.parsed = True, None, None, None
         found.admitted = False
+        found.revision += 1
         self.pods.pop(uid, None)
         self._prune(uid)
 
@@ -131,12 +139,14 @@ class Inventory:
         found = self.tracked.get(uid)
         if found is None or not found.finished:
             return
+        found.revision += 1
         jobs = {name: job for name, job in self.jobs.get(uid, {}).items() if job.live}
         if jobs:
             self.jobs[uid] = jobs
         else:
             self.jobs.pop(uid, None)
             self._active[found.fields.namespace].discard(uid)
+            self._entries.pop(uid, None)
 
     def body(self, uid: str) -> dict[str, Any] | None:
         found = self.tracked.get(uid)
@@ -167,6 +177,7 @@ class Inventory:
         if found is None or found.finished:
             return
         found.written = written
+        found.revision += 1
         found.rejected = any(
             c.type == models.ConditionType.ACCEPTED and c.status == status.FALSE
             for c in written.conditions
@@ -180,12 +191,14 @@ class Inventory:
         found = self.tracked.get(uid)
         if found is not None:
             found.admitted = True
+            found.revision += 1
 
     def release(self, uid: str) -> None:
         """An admission that did not lead to a Job (its write failed): the slot is free."""
         found = self.tracked.get(uid)
         if found is not None and not self.jobs.get(uid):
             found.admitted = False
+            found.revision += 1
 
     def lock(self, uid: str) -> asyncio.Lock:
         return self._locks.setdefault(uid, asyncio.Lock())
@@ -206,6 +219,8 @@ class Inventory:
                 self.pods[owner][name] = observed.slim(body)
             return owner
         view = observed.view_job(body)
+        if found is not None:
+            found.revision += 1
         if not deleted and not view.held_by_operator:
             self.unsuspended.discard(owner)  # the watch has caught up
         if deleted or (found is not None and found.finished and not view.live):
@@ -288,7 +303,13 @@ class Inventory:
             found = self.tracked.get(uid)
             if found is None:
                 continue
-            entry = self._entry(found)
+            key = (found.revision, uid in self.unsuspended)
+            cached = self._entries.get(uid)
+            if cached is not None and cached[0] == key:
+                entry = cached[1]
+            else:
+                entry = self._entry(found)
+                self._entries[uid] = (key, entry)
             if entry is not None:
                 entries.append(entry)
         return entries

@@ -104,8 +104,11 @@ def fair_order(waiting: Iterable[Entry], holding: Mapping[str, int]) -> list[Ent
     return order
 
 
-def decide(entries: Iterable[Entry], caps: Limits) -> Decision:
-    """Admit waiting jobs into free slots (no caps: every waiting job is admitted)."""
+def decide(entries: Iterable[Entry], caps: Limits, *, ordered: bool = True) -> Decision:
+    """Admit waiting jobs into free slots (no caps: every waiting job is admitted).
+
+    ``ordered=False``: only the admissions are wanted (a freed slot), so a full namespace
+    costs no ordering at all."""
     items = list(entries)
     waiting = [e for e in items if e.waiting and not e.running]
     if not caps.any:
@@ -115,6 +118,8 @@ def decide(entries: Iterable[Entry], caps: Limits) -> Decision:
     # max(0, ...): more jobs than the cap can hold slots when the cap was lowered, or when
     # jobs resumed outside the queue; that must admit nothing, not a negative slice.
     free = max(0, caps.per_namespace - running) if caps.per_namespace > 0 else len(waiting)
+    if not ordered and (free == 0 or not waiting):
+        return Decision(frozenset(), {}, len(waiting))
     order = fair_order(waiting, holding)
     admitted: list[Entry] = []
     rest: list[Entry] = []

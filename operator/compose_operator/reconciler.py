@@ -211,8 +211,10 @@ class Reconciler:
             return None, True
         return status.Queue(position=position, depth=decision.depth), True
 
-    def _decide(self, namespace: str) -> queueing.Decision:
-        decision = queueing.decide(self.inventory.queue_entries(namespace), self.settings.limits)
+    def _decide(self, namespace: str, *, ordered: bool = True) -> queueing.Decision:
+        decision = queueing.decide(
+            self.inventory.queue_entries(namespace), self.settings.limits, ordered=ordered
+        )
         self.metrics.queue_depth.labels(namespace).set(decision.depth)
         return decision
 
@@ -351,9 +353,9 @@ class Reconciler:
         from the sweep, the waiting jobs whose written position is due for a refresh)."""
         if not self.settings.limits.any or not namespace:
             return
-        decision = self._decide(namespace)
-        chosen = set(decision.admitted)
         refresh = self.settings.queue_position_refresh_seconds
+        decision = self._decide(namespace, ordered=refresh_positions and refresh > 0)
+        chosen = set(decision.admitted)
         if refresh_positions and refresh > 0:
             now_s = self._monotonic()
             for uid, position in decision.positions.items():

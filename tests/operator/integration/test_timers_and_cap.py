@@ -116,3 +116,23 @@ async def test_exit_zero_without_a_readable_result_fails_with_its_own_reason(
         EVENTS, lambda items: any(e.get("reason") == "ResultUnreadable" for e in items)
     )
     assert any(e["type"] == "Warning" for e in events if e.get("reason") == "ResultUnreadable")
+
+
+async def test_a_burst_never_admits_more_than_the_cap(
+    operator: OperatorProcess, client: kube_client.KubeClient
+) -> None:
+    # Admission is decided and taken before any await: concurrent events cannot both take the
+    # one free slot, although nothing is locked per namespace.
+    names = [f"burst-{index}" for index in range(6)]
+    await asyncio.gather(*(client.create(COMPOSITION_JOBS, cj_body(name)) for name in names))
+    await wait_job(client)
+    for name in names:
+        await client.wait_for(
+            COMPOSITION_JOBS,
+            name,
+            lambda obj: (obj or {}).get("status", {}).get("phase") in ("Queued", "Starting"),
+        )
+    await asyncio.sleep(1.0)
+    assert len(await client.list(JOBS)) == 1
+    phases = [(await client.get(COMPOSITION_JOBS, n))["status"]["phase"] for n in names]
+    assert sorted(phases) == ["Queued"] * 5 + ["Starting"]

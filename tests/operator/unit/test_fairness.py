@@ -115,3 +115,11 @@ def test_the_order_is_linear_in_work_not_quadratic() -> None:
     capped = queueing.decide(entries, queueing.Limits(per_namespace=50))
     assert {e.split("j")[1] for e in capped.admitted} == {f"{i:04d}" for i in range(50)}
     assert sorted(capped.positions.values()) == list(range(1, 1951))
+
+
+def test_admissions_alone_cost_no_ordering_when_the_namespace_is_full() -> None:
+    entries = [entry("run", "alice", running=True), entry("wait", "bob", second=1)]
+    full = queueing.decide(entries, queueing.Limits(per_namespace=1), ordered=False)
+    assert (full.admitted, full.positions, full.depth) == (frozenset(), {}, 1)
+    free = queueing.decide(entries, queueing.Limits(per_namespace=2), ordered=False)
+    assert free.admitted == {"wait"}
