@@ -144,3 +144,47 @@ class TerminationMessage(_Wire):
             return cls.model_validate(data)
         except (ValueError, RecursionError, pydantic.ValidationError):
             return None  # RecursionError: JSON nested deeper than the parser's recursion limit
+
+
+def job_document(
+    cj: models.CompositionJob,
+    profile: profiles.ModelProfile,
+    *,
+    attempt: int,
+    seed: int,
+    bucket: str,
+    output_key_prefix: str,
+) -> JobDocument:
+    """The resolved job document of one attempt: the spec with its bucket filled in, the seed and
+    the key prefix chosen. The operator builds it for a Job's pod; a pool worker builds the same
+    document from the job and its ``status.assignment`` (:func:`assigned_document`)."""
+    spec = cj.spec.model_copy(
+        update={"output": cj.spec.output.model_copy(update={"bucket": bucket})}
+    )
+    return JobDocument(
+        job=JobIdentity(
+            name=cj.metadata.name,
+            namespace=cj.metadata.namespace or "default",
+            uid=cj.metadata.uid or "",
+            attempt=attempt,
+        ),
+        spec=spec,
+        profile=profile,
+        seed=seed,
+        output_key_prefix=output_key_prefix,
+    )
+
+
+def assigned_document(cj: models.CompositionJob, profile: profiles.ModelProfile) -> JobDocument:
+    """Pool mode: the job document of the attempt ``cj.status.assignment`` hands to a worker."""
+    assignment = cj.status.assignment
+    if assignment is None:
+        raise ValueError("status.assignment: empty, the job is not assigned to a worker")
+    return job_document(
+        cj,
+        profile,
+        attempt=assignment.attempt,
+        seed=assignment.seed,
+        bucket=assignment.output_bucket,
+        output_key_prefix=assignment.output_key_prefix,
+    )

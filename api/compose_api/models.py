@@ -244,6 +244,11 @@ class Execution(_Model):
                     " || self.startDeadlineSeconds <= self.activeDeadlineSeconds",
                     "message": "startDeadlineSeconds must not exceed activeDeadlineSeconds",
                 },
+                {
+                    "rule": "!has(self.pool) || !has(self.queueName)",
+                    "message": "pool and queueName are exclusive: a pool's workers are not "
+                    "admitted by Kueue",
+                },
             ],
         },
     )
@@ -289,11 +294,22 @@ class Execution(_Model):
     capacity_type: CapacityType = pydantic.Field(
         default=CapacityType.ANY, description="spot, on-demand or any."
     )
+    pool: str | None = pydantic.Field(
+        default=None,
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+        description="CompositionPool (same namespace) whose warm workers run the job. Empty: the "
+        "operator's default pool for the profile, if one is configured; else a Job per attempt.",
+    )
 
     @pydantic.model_validator(mode="after")
     def _deadlines_ordered(self) -> Execution:
         if self.start_deadline_seconds > self.active_deadline_seconds:
             raise ValueError("startDeadlineSeconds must not exceed activeDeadlineSeconds")
+        if self.pool is not None and self.queue_name is not None:
+            raise ValueError(
+                "pool and queueName are exclusive: a pool's workers are not admitted by Kueue"
+            )
         return self
 
 
@@ -362,6 +378,8 @@ class Reason(enum.StrEnum):
     # Queued
     WAITING_FOR_CAPACITY = "WaitingForCapacity"  # the operator's per-namespace cap
     WAITING_FOR_ADMISSION = "WaitingForAdmission"  # Kueue has not admitted the Job
+    WAITING_FOR_WORKER = "WaitingForWorker"  # pool mode: no idle worker in the pool yet
+    POOL_NOT_FOUND = "PoolNotFound"  # pool mode: the pool does not exist (yet)
     ADMITTED = "Admitted"
     # Started
     JOB_CREATED = "JobCreated"
@@ -372,6 +390,8 @@ class Reason(enum.StrEnum):
     RUNNING = "Running"
     RETRYING = "Retrying"
     SPOT_INTERRUPTED = "SpotInterrupted"
+    ASSIGNED_TO_WORKER = "AssignedToWorker"  # pool mode: handed to a worker, not accepted yet
+    WORKER_LOST = "WorkerLost"  # pool mode: the worker's lease expired during the attempt
     # Succeeded
     COMPLETED = "Completed"
     # Failed
@@ -428,10 +448,12 @@ class AttemptOutcome(enum.StrEnum):
 
 
 class Attempt(_StatusModel):
-    """One child Job: the pod it ran as and how it ended."""
+    """One attempt: the child Job (Job mode) or the pool worker (pool mode), the pod it ran as
+    and how it ended."""
 
     index: int = pydantic.Field(ge=0)
-    job_name: str
+    job_name: str | None = pydantic.Field(default=None, description="The child Job (Job mode).")
+    pool: str | None = pydantic.Field(default=None, description="The CompositionPool (pool mode).")
     pod_name: str | None = None
     node_name: str | None = None
     instance_type: str | None = None
@@ -487,6 +509,40 @@ class Result(_StatusModel):
     )
 
 
+class WorkerAssignment(_StatusModel):
+    """Pool mode: the operator's hand-off of one attempt to one worker, with everything the
+    worker needs to build the resolved job document (``contract.job_document``)."""
+
+    pool: str
+    worker: str = pydantic.Field(description="The worker pod the attempt is assigned to.")
+    worker_instance: str = pydantic.Field(
+        description="The worker process (its Lease's holderIdentity) the attempt is assigned to."
+    )
+    attempt: int = pydantic.Field(ge=0)
+    assigned_at: datetime.datetime
+    seed: int = pydantic.Field(ge=0, le=2**32 - 1)
+    output_bucket: str
+    output_key_prefix: str
+
+
+class WorkerReport(_StatusModel):
+    """Pool mode: what the worker wrote about the assigned attempt. Accepted first (with the
+    resourceVersion the assignment was read at), then finished with the same fields a Job's pod
+    leaves in its termination message."""
+
+    attempt: int = pydantic.Field(ge=0)
+    worker: str
+    worker_instance: str
+    node_name: str | None = None
+    accepted_at: datetime.datetime
+    finished_at: datetime.datetime | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    message: str | None = pydantic.Field(default=None, max_length=4096)
+    result: Result | None = None
+    timings: Timings | None = None
+
+
 class CompositionJobStatus(_StatusModel):
     observed_generation: int | None = None
     phase: Phase | None = None
@@ -504,6 +560,8 @@ class CompositionJobStatus(_StatusModel):
     completion_time: datetime.datetime | None = None
     timings: Timings | None = None
     result: Result | None = None
+    assignment: WorkerAssignment | None = None
+    worker_report: WorkerReport | None = None
 
 
 # ---------------------------------------------------------------------------------------------

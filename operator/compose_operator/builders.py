@@ -46,6 +46,9 @@ def spec_hash(spec: models.CompositionJobSpec) -> str:
     """A digest of the parts of the spec that may change before the job starts (params and
     execution; inputs, output and profile are immutable, suspend acts on the Job itself)."""
     data = spec.model_dump(mode="json", by_alias=True, include={"params", "execution"})
+    if data["execution"].get("pool") is None:
+        # Fields added later hash as before while unset: an upgrade must not look like an edit.
+        data["execution"].pop("pool", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -73,19 +76,12 @@ def build_job_document(
     seed: int,
 ) -> contract.JobDocument:
     """The JSON document the pod reads from ``COMPOSE_JOB_DOCUMENT``; the bucket is resolved."""
-    spec = cj.spec.model_copy(
-        update={"output": cj.spec.output.model_copy(update={"bucket": output_bucket(cj, settings)})}
-    )
-    return contract.JobDocument(
-        job=contract.JobIdentity(
-            name=cj.metadata.name,
-            namespace=cj.metadata.namespace or "default",
-            uid=cj.metadata.uid or "",
-            attempt=attempt,
-        ),
-        spec=spec,
-        profile=profile,
+    return contract.job_document(
+        cj,
+        profile,
+        attempt=attempt,
         seed=seed,
+        bucket=output_bucket(cj, settings),
         output_key_prefix=output_key_prefix(cj, settings),
     )
 

@@ -180,6 +180,7 @@ def test_cel_rules_compile_and_have_bounded_cost(schema: dict[str, Any]) -> None
                 if inner["type"] == "array":
                     assert "maxItems" in inner, inner_path
     assert sorted(rules) == [
+        (".spec.execution", "!has(self.pool) || !has(self.queueName)"),
         (
             ".spec.execution",
             "!has(self.startDeadlineSeconds) || !has(self.activeDeadlineSeconds)"

@@ -91,10 +91,24 @@ def test_full_job_with_every_field_is_accepted() -> None:
         field.alias for field in models.CompositionJobSpec.model_fields.values()
     }
     assert set(FULL_SPEC["params"]) == {f.alias for f in models.Params.model_fields.values()}
-    assert set(FULL_SPEC["execution"]) == {f.alias for f in models.Execution.model_fields.values()}
+    # pool and queueName are exclusive: the pool is exercised by the pool job below.
+    assert set(FULL_SPEC["execution"]) | {"pool"} == {
+        f.alias for f in models.Execution.model_fields.values()
+    }
     assert set(FULL_SPEC["output"]) == {f.alias for f in models.Output.model_fields.values()}
     # And the models agree.
     models.CompositionJobSpec.model_validate(FULL_SPEC)
+
+
+def test_pool_job_is_accepted_and_pool_excludes_queue_name() -> None:
+    job = _job(execution={"pool": "warm-sdxl", "priority": 5})
+    assert validate_composition_job(job) == []
+    assert default_object(job)["spec"]["execution"]["pool"] == "warm-sdxl"
+    both = _job(execution={"pool": "warm-sdxl", "queueName": "team-a"})
+    errors = validate_composition_job(both)
+    assert any("pool and queueName are exclusive" in error for error in errors), errors
+    with pytest.raises(pydantic.ValidationError, match="pool and queueName are exclusive"):
+        models.Execution.model_validate({"pool": "warm-sdxl", "queueName": "team-a"})
 
 
 def _clothing(count: int) -> list[dict[str, str]]:
