@@ -1,10 +1,12 @@
-"""Writes the CompositionJob CRD generated from the pydantic models, or checks it for drift.
+"""Writes the CRDs generated from the pydantic models (CompositionJob, CompositionPool), or checks
+them for drift.
 
     python scripts/gen_crds.py           # write crds/ and the chart's crds/ copy
     python scripts/gen_crds.py --check   # exit 1, naming each file that differs (CI runs this)
 
-The CRD is built by ``compose_api.crdgen.build_crd``; the chart ships the same bytes in its
-``crds/`` folder, so both files are written by this one command and never edited by hand.
+The CRDs are built by ``compose_api.crdgen.build_crd`` and ``build_pool_crd``; the chart ships the
+same bytes in its ``crds/`` folder, so every file is written by this one command and never edited
+by hand.
 """
 
 from __future__ import annotations
@@ -19,38 +21,45 @@ import yaml
 from compose_api import crdgen
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-FILE_NAME = f"{crdgen.CRD_NAME}.yaml"
-TARGETS = (
-    pathlib.Path("crds") / FILE_NAME,
-    pathlib.Path("charts") / "nextunicorn-compose" / "crds" / FILE_NAME,
-)
+BUILDERS = {
+    f"{crdgen.CRD_NAME}.yaml": crdgen.build_crd,
+    f"{crdgen.POOL_CRD_NAME}.yaml": crdgen.build_pool_crd,
+}
+FOLDERS = (pathlib.Path("crds"), pathlib.Path("charts") / "nextunicorn-compose" / "crds")
+TARGETS = tuple(folder / name for name in BUILDERS for folder in FOLDERS)
 HEADER = (
     "# Generated from compose_api.models by `python scripts/gen_crds.py`; do not edit.\n"
     "# CI runs `python scripts/gen_crds.py --check` and fails when this file differs.\n"
 )
 
 
-def render() -> str:
-    """The CRD file's exact text: the header, then the CRD as YAML with sorted keys."""
+def render(file_name: str = f"{crdgen.CRD_NAME}.yaml") -> str:
+    """One CRD file's exact text: the header, then the CRD as YAML with sorted keys."""
     body = yaml.safe_dump(
-        crdgen.build_crd(), sort_keys=True, default_flow_style=False, width=100, allow_unicode=False
-    )
+        BUILDERS[file_name](), sort_keys=True, default_flow_style=False, width=100,
+        allow_unicode=False,
+    )  # fmt: skip
     return HEADER + "---\n" + body
 
 
-def check(root: pathlib.Path, expected: str) -> list[str]:
-    """One line per target that is missing or differs from ``expected``, with a short diff."""
+def expected_files() -> dict[pathlib.Path, str]:
+    """Every target and the text it must have."""
+    return {target: render(target.name) for target in TARGETS}
+
+
+def check(root: pathlib.Path, expected: dict[pathlib.Path, str]) -> list[str]:
+    """One line per target that is missing or differs from its expected text, with a diff."""
     problems = []
-    for target in TARGETS:
+    for target, text in expected.items():
         path = root / target
         if not path.is_file():
             problems.append(f"{target}: missing")
             continue
         actual = path.read_text(encoding="utf-8")
-        if actual != expected:
+        if actual != text:
             diff = difflib.unified_diff(
                 actual.splitlines(),
-                expected.splitlines(),
+                text.splitlines(),
                 fromfile=f"{target} (committed)",
                 tofile=f"{target} (generated)",
                 lineterm="",
@@ -60,9 +69,9 @@ def check(root: pathlib.Path, expected: str) -> list[str]:
     return problems
 
 
-def write(root: pathlib.Path, text: str) -> list[pathlib.Path]:
+def write(root: pathlib.Path, expected: dict[pathlib.Path, str]) -> list[pathlib.Path]:
     written = []
-    for target in TARGETS:
+    for target, text in expected.items():
         path = root / target
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
@@ -78,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--root", type=pathlib.Path, default=ROOT, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    text = render()
+    text = expected_files()
     if args.check:
         problems = check(args.root, text)
         for problem in problems:

@@ -17,9 +17,10 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from compose_api import models
+from compose_api import models, pools
 
 CRD_NAME = f"{models.PLURAL}.{models.GROUP}"
+POOL_CRD_NAME = f"{pools.PLURAL}.{models.GROUP}"
 
 # JSON Schema keywords that carry over unchanged into the CRD's OpenAPI v3 subset.
 _KEPT_KEYWORDS = frozenset(
@@ -77,6 +78,34 @@ PRINTER_COLUMNS: tuple[dict[str, Any], ...] = (
 )
 
 
+POOL_PRINTER_COLUMNS: tuple[dict[str, Any], ...] = (
+    {"name": "Profile", "type": "string", "jsonPath": ".spec.profile"},
+    {"name": "Min", "type": "integer", "jsonPath": ".spec.minReplicas"},
+    {"name": "Max", "type": "integer", "jsonPath": ".spec.maxReplicas"},
+    {
+        "name": "Ready",
+        "type": "integer",
+        "jsonPath": ".status.readyWorkers",
+        "description": "Workers loaded, warmed up and holding a fresh Lease.",
+    },
+    {"name": "Busy", "type": "integer", "jsonPath": ".status.busyWorkers"},
+    {
+        "name": "Queued",
+        "type": "integer",
+        "jsonPath": ".status.queued",
+        "description": "Jobs waiting for a worker of this pool.",
+    },
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {
+        "name": "Message",
+        "type": "string",
+        "jsonPath": ".status.message",
+        "priority": 1,
+        "description": "Why the pool is in its state.",
+    },
+)
+
+
 class CrdGenerationError(ValueError):
     """The models use a JSON Schema construct that has no structural OpenAPI equivalent."""
 
@@ -109,6 +138,70 @@ def build_crd() -> dict[str, Any]:
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": [dict(column) for column in PRINTER_COLUMNS],
                     "schema": {"openAPIV3Schema": build_schema()},
+                },
+            ],
+        },
+    }
+
+
+def build_pool_crd() -> dict[str, Any]:
+    """The CompositionPool CustomResourceDefinition, with a ``/scale`` subresource for KEDA or
+    an HPA (``spec.replicas``, ``status.replicas``, ``status.selector``)."""
+    spec = structural_schema(
+        pools.CompositionPoolSpec.model_json_schema(by_alias=True, mode="validation"),
+        object_defaults=True,
+    )
+    status = structural_schema(
+        pools.CompositionPoolStatus.model_json_schema(by_alias=True, mode="validation"),
+        object_defaults=False,
+    )
+    status["description"] = "Observed state, written by the operator only (status subresource)."
+    schema = {
+        "type": "object",
+        "description": "A set of warm GPU workers for one model profile; CompositionJobs that "
+        "name the pool run on its workers without a cold start.",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+    }
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": POOL_CRD_NAME,
+            "labels": {"app.kubernetes.io/part-of": "nextunicorn-compose"},
+        },
+        "spec": {
+            "group": models.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": pools.KIND,
+                "listKind": f"{pools.KIND}List",
+                "plural": pools.PLURAL,
+                "singular": pools.SINGULAR,
+                "shortNames": list(pools.SHORT_NAMES),
+                "categories": list(models.CATEGORIES),
+            },
+            "versions": [
+                {
+                    "name": models.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {
+                        "status": {},
+                        "scale": {
+                            "specReplicasPath": ".spec.replicas",
+                            "statusReplicasPath": ".status.replicas",
+                            "labelSelectorPath": ".status.selector",
+                        },
+                    },
+                    "additionalPrinterColumns": [dict(c) for c in POOL_PRINTER_COLUMNS],
+                    "schema": {"openAPIV3Schema": schema},
                 },
             ],
         },

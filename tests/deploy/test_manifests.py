@@ -80,6 +80,7 @@ def test_kubectl_kustomize_builds_valid_objects(tools: helpers.Tools) -> None:
     crds = {obj["metadata"]["name"] for obj in objects if obj["kind"] == "CustomResourceDefinition"}
     assert crds == {
         "compositionjobs.compose.nextunicorn.dev",
+        "compositionpools.compose.nextunicorn.dev",
         "kopfpeerings.kopf.dev",
         "clusterkopfpeerings.kopf.dev",
     }
@@ -98,8 +99,14 @@ def test_kubectl_kustomize_builds_valid_objects(tools: helpers.Tools) -> None:
     assert {o["metadata"]["name"] for o in _kustomize(tools, helpers.MANIFESTS / "crds")} == crds
 
 
-def test_the_chart_ships_the_generated_crd() -> None:
-    name = "compositionjobs.compose.nextunicorn.dev.yaml"
+@pytest.mark.parametrize(
+    "name",
+    [
+        "compositionjobs.compose.nextunicorn.dev.yaml",
+        "compositionpools.compose.nextunicorn.dev.yaml",
+    ],
+)
+def test_the_chart_ships_the_generated_crd(name: str) -> None:
     generated = helpers.ROOT / "crds" / name
     assert (helpers.CHART / "crds" / name).read_text() == generated.read_text()
     assert (helpers.MANIFESTS / "crds" / name).exists()
