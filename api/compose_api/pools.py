@@ -75,6 +75,18 @@ LEASE_SECONDS_ENV = "COMPOSE_WORKER_LEASE_SECONDS"
 PORT_ENV = "COMPOSE_WORKER_PORT"
 
 
+# Exactly the API permissions a worker uses, in its own namespace: (group, resource, verbs, why).
+# The chart's worker Role is checked against this list.
+WORKER_PERMISSIONS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
+    ("coordination.k8s.io", "leases", ("create", "get", "patch", "delete"),
+     "its own Lease: created when warm, renewed, marked draining, deleted on exit"),
+    (models.GROUP, models.PLURAL, ("get", "list", "watch"),
+     "the CompositionJobs labelled with its pod name (its assignments)"),
+    (models.GROUP, f"{models.PLURAL}/status", ("patch",),
+     "status.workerReport: accepted (conditional on resourceVersion), then finished"),
+)  # fmt: skip
+
+
 class Scaling(enum.StrEnum):
     OPERATOR = "operator"  # the operator scales between min and max from the demand
     EXTERNAL = "external"  # KEDA or an HPA writes spec.replicas through the /scale subresource
