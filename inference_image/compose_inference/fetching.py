@@ -44,7 +44,8 @@ DEADLINE_ENV = "COMPOSE_FETCH_DEADLINE_SECONDS"
 MIN_RATE_ENV = "COMPOSE_FETCH_MIN_BYTES_PER_SECOND"
 CA_BUNDLE_ENV = "COMPOSE_FETCH_CA_BUNDLE"
 DEFAULT_MAX_BYTES = 25 * 1024 * 1024
-_CHUNK = 64 * 1024
+# Only the size of each read: any positive size gives the same bytes and the same limits.
+_CHUNK = 64 * 1024  # pragma: no mutate
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -394,8 +395,15 @@ class Fetcher:
                 raise errors.InputRejected(
                     f"{field}: {path} is {size} bytes, more than the limit of {limit}"
                 )
+            # The size read above may be stale (a file still being written, a pipe): the read
+            # itself stops one byte past the limit and refuses.
             with path.open("rb") as handle:
-                return handle.read(limit + 1)[: limit + 1]
+                data = handle.read(limit + 1)
+            if len(data) > limit:
+                raise errors.InputRejected(
+                    f"{field}: {path} is larger than the limit of {limit} bytes"
+                )
+            return data
         except FileNotFoundError:
             raise errors.InputUnavailable(f"{field}: {path} does not exist") from None
         except IsADirectoryError:
