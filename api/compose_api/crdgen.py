@@ -137,6 +137,8 @@ def build_crd() -> dict[str, Any]:
                     "storage": True,
                     "subresources": {"status": {}},
                     "additionalPrinterColumns": [dict(column) for column in PRINTER_COLUMNS],
+                    # Pool workers watch only the jobs assigned to them (Kubernetes >= 1.32).
+                    "selectableFields": [{"jsonPath": f".{pools.ASSIGNED_WORKER_FIELD}"}],
                     "schema": {"openAPIV3Schema": build_schema()},
                 },
             ],

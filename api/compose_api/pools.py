@@ -6,25 +6,34 @@ dispatches those jobs to idle workers. The CRD is generated from these models li
 CompositionJob's (``compose_api.crdgen``).
 
 The hand-off is *push*: the operator is the one writer that decides, so priority, the per-namespace
-cap and suspend stay in one place (``compose_operator.queueing``).
+cap and suspend stay in one place (``compose_operator.queueing``). It costs no API object per job
+beyond the CompositionJob itself, and the worker's writes are two per attempt.
 
 1. **Worker ready.** A worker loads its profile, runs one warm-up generation, and only then creates
-   its ``coordination.k8s.io/v1`` Lease (named after its pod, labelled ``POOL_LABEL``,
-   ``holderIdentity`` = ``<pod>/<instance>`` where the instance is new for every process start)
-   and answers its readiness probe. It renews the Lease every ``leaseSeconds / 3``. A worker that
-   cannot renew within ``leaseSeconds`` stops taking work (fencing).
+   its ``coordination.k8s.io/v1`` Lease (:func:`lease_body`: named after its pod, owned by the pod
+   so that it goes with it, labelled ``POOL_LABEL``, ``holderIdentity`` = ``<pod>/<instance>``
+   where the instance is new for every process start) and answers its readiness probe. It renews
+   the Lease every ``leaseSeconds / 3`` (:func:`renew_patch`). A worker that has not renewed for
+   ``leaseSeconds`` takes no new work until it renews again (fencing).
 2. **Assign.** For a queued pool job and an idle worker (fresh Lease, state ``ready``, no job
-   assigned), the operator writes ``status.assignment`` (worker, instance, attempt, seed, bucket,
-   key prefix) and then sets the label ``WORKER_LABEL=<worker pod>`` on the CompositionJob.
-3. **Accept.** The worker watches only the CompositionJobs labelled with its pod name. For an
-   assignment to its own instance that has no report yet, it writes ``status.workerReport``
-   (accepted) as a merge patch carrying the ``resourceVersion`` it read: if the operator has
-   changed the job since (reassigned it), the write fails with 409 and the worker drops it. A
-   job therefore runs only on the worker whose accept won against the current assignment.
+   assigned to its instance), the operator writes ``status.assignment`` (worker, instance,
+   attempt, seed, bucket, key prefix) in one status write, conditional on the
+   ``resourceVersion`` it decided on.
+3. **Accept.** The worker watches only the CompositionJobs assigned to its pod: the CRD declares
+   ``.status.assignment.worker`` a selectable field, so the watch is a field selector
+   (:func:`assigned_selector`, Kubernetes >= 1.32). For an assignment to its own instance that it
+   has not accepted, it writes ``status.workerReport`` (accepted) with a JSON patch whose ``test``
+   operations check that the assignment still names its instance and attempt
+   (:func:`accept_patch`): if the operator has reassigned the job since, the patch fails (422) and
+   the worker drops it. Because the operator's reassignment is conditional on the
+   ``resourceVersion`` it read, an accept that lands first makes the reassignment fail instead
+   (409): a job runs only on the worker whose accept won against the current assignment.
 4. **Run and report.** The worker builds the resolved job document from the spec, the assignment
-   and its profile (``contract.job_document``), runs it without loading models, uploads the result
-   to the job's one key, and writes ``status.workerReport`` again with the exit code, reason,
-   message, result and timings: the same fields as a Job pod's termination message.
+   and its profile (``contract.assigned_document``), runs it without loading models, uploads the
+   result to the job's one key (the same for every attempt, so a job has one result object), and
+   writes ``status.workerReport`` again with the exit code, reason, message, result and timings
+   (:func:`report_patch`, under the same ``test`` operations): the same fields as a Job pod's
+   termination message. A report for an assignment that was taken away is refused the same way.
 5. **Finish.** The operator maps the report to conditions, ``attempts[]`` and the result exactly as
    it maps a Job pod's termination message; retryable failures get a new attempt on a worker.
 6. **Worker lost.** An assignment whose worker Lease is gone, expired (``renewTime`` older than
@@ -34,15 +43,22 @@ cap and suspend stay in one place (``compose_operator.queueing``).
    interruption; counted against ``backoffLimit`` otherwise) and the next attempt is assigned. The
    reassignment is a write conditional on the ``resourceVersion`` the operator decided on.
    A job is thus run again within about ``leaseSeconds`` plus one reconcile after its worker died.
-7. **Drain.** On SIGTERM a worker marks its Lease ``draining`` (no new assignments), finishes the
-   job it has, reports it, deletes its Lease and exits. An assignment it has not accepted is
-   declined: the operator assigns it elsewhere once it sees the draining Lease.
+7. **Drain.** On SIGTERM a worker marks its Lease ``draining`` (:func:`state_patch`; no new
+   assignments), finishes the job it has, reports it, deletes its Lease and exits. An assignment
+   it has not accepted is declined by not accepting it: the operator assigns it elsewhere once it
+   sees the draining Lease.
+8. **Taken back.** When the operator removes an assignment (the job was suspended or deleted),
+   the worker's watch no longer selects the job: the worker stops the run at its next stage
+   boundary and uploads nothing; a report it still sends is refused by the ``test`` operations.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import enum
+from collections.abc import Mapping
+from typing import Any
 
 import pydantic
 
@@ -53,9 +69,9 @@ PLURAL = "compositionpools"
 SINGULAR = "compositionpool"
 SHORT_NAMES = ("cpool",)
 
-# On a CompositionJob: the worker pod its current attempt is assigned to (the workers' watch
-# selects on it).
-WORKER_LABEL = f"{models.GROUP}/worker"
+# The CompositionJob's selectable field naming the worker pod its attempt is assigned to: each
+# worker watches only its own assignments (a field selector on it).
+ASSIGNED_WORKER_FIELD = "status.assignment.worker"
 # On the pool's Deployment, its pods and the workers' Leases.
 POOL_LABEL = f"{models.GROUP}/pool"
 # On a worker Lease: "ready" (takes work) or "draining" (finishes its job, takes no new one).
@@ -73,6 +89,7 @@ POOL_ENV = "COMPOSE_WORKER_POOL"
 PROFILE_ENV = "COMPOSE_WORKER_PROFILE"  # the ModelProfile as JSON
 LEASE_SECONDS_ENV = "COMPOSE_WORKER_LEASE_SECONDS"
 PORT_ENV = "COMPOSE_WORKER_PORT"
+POD_UID_ENV = "COMPOSE_WORKER_POD_UID"  # downward API: metadata.uid (the Lease's owner)
 
 
 # Exactly the API permissions a worker uses, in its own namespace: (group, resource, verbs, why).
@@ -246,3 +263,142 @@ def lease_fresh(
     if renew_time is None or not duration_seconds:
         return False
     return (now - renew_time).total_seconds() < duration_seconds
+
+
+# -- the protocol's writes ---------------------------------------------------------------------
+
+
+def assigned_selector(pod: str) -> str:
+    """The field selector of a worker's watch: the CompositionJobs assigned to its pod."""
+    return f"{ASSIGNED_WORKER_FIELD}={pod}"
+
+
+def _fenced(assignment: models.WorkerAssignment) -> list[dict[str, Any]]:
+    """JSON patch ``test`` operations: the assignment still names this instance and attempt."""
+    return [
+        {"op": "test", "path": "/status/assignment/workerInstance",
+         "value": assignment.worker_instance},
+        {"op": "test", "path": "/status/assignment/attempt", "value": assignment.attempt},
+    ]  # fmt: skip
+
+
+def accept_patch(
+    assignment: models.WorkerAssignment, report: models.WorkerReport
+) -> list[dict[str, Any]]:
+    """The worker's accept: a JSON patch for the ``/status`` subresource that writes
+    ``status.workerReport`` only while the assignment names the worker's instance and attempt
+    (the API server answers 422 otherwise)."""
+    return [*_fenced(assignment), {"op": "add", "path": "/status/workerReport",
+                                   "value": report.to_api()}]  # fmt: skip
+
+
+def report_patch(
+    assignment: models.WorkerAssignment, report: models.WorkerReport
+) -> list[dict[str, Any]]:
+    """The worker's final report, under the same condition as :func:`accept_patch`."""
+    return accept_patch(assignment, report)
+
+
+def micro_time(moment: datetime.datetime) -> str:
+    """A Kubernetes MicroTime (``2026-12-06T12:00:00.000000Z``), as Lease times are written."""
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(value: Any) -> datetime.datetime | None:
+    if not value:
+        return None
+    try:
+        found = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return found if found.tzinfo else found.replace(tzinfo=datetime.UTC)
+
+
+def lease_body(
+    *,
+    pool: str,
+    namespace: str,
+    pod: str,
+    pod_uid: str | None,
+    instance: str,
+    lease_seconds: int,
+    now: datetime.datetime,
+    state: str = STATE_READY,
+) -> dict[str, Any]:
+    """The Lease a warm worker creates: named after its pod and owned by it (the garbage collector
+    removes it with the pod), labelled with the pool, held by ``<pod>/<instance>``."""
+    meta: dict[str, Any] = {
+        "name": pod,
+        "namespace": namespace,
+        "labels": {POOL_LABEL: pool},
+        "annotations": {STATE_ANNOTATION: state},
+    }
+    if pod_uid:
+        meta["ownerReferences"] = [{"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": pod_uid}]
+    stamp = micro_time(now)
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": meta,
+        "spec": {
+            "holderIdentity": holder_identity(pod, instance),
+            "leaseDurationSeconds": lease_seconds,
+            "acquireTime": stamp,
+            "renewTime": stamp,
+        },
+    }
+
+
+def renew_patch(now: datetime.datetime) -> dict[str, Any]:
+    """A merge patch renewing a worker's Lease."""
+    return {"spec": {"renewTime": micro_time(now)}}
+
+
+def state_patch(state: str, now: datetime.datetime) -> dict[str, Any]:
+    """A merge patch setting a worker's state (``ready`` or ``draining``), renewing it too."""
+    return {"metadata": {"annotations": {STATE_ANNOTATION: state}}, **renew_patch(now)}
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerLease:
+    """One worker as its Lease shows it."""
+
+    pool: str
+    pod: str
+    instance: str
+    state: str
+    renew_time: datetime.datetime | None
+    duration_seconds: int | None
+    deleting: bool = False
+
+    def fresh(self, now: datetime.datetime) -> bool:
+        return not self.deleting and lease_fresh(self.renew_time, self.duration_seconds, now)
+
+    def expires_at(self) -> datetime.datetime | None:
+        if self.renew_time is None or not self.duration_seconds:
+            return None
+        return self.renew_time + datetime.timedelta(seconds=self.duration_seconds)
+
+    def takes_work(self, now: datetime.datetime) -> bool:
+        return self.state == STATE_READY and self.fresh(now)
+
+
+def view_lease(obj: Mapping[str, Any]) -> WorkerLease | None:
+    """A worker Lease read from the API (None: not a worker's Lease)."""
+    meta = obj.get("metadata") or {}
+    pool = (meta.get("labels") or {}).get(POOL_LABEL)
+    spec = obj.get("spec") or {}
+    holder = str(spec.get("holderIdentity") or "")
+    pod, sep, instance = holder.partition("/")
+    if not pool or not sep:
+        return None
+    duration = spec.get("leaseDurationSeconds")
+    return WorkerLease(
+        pool=str(pool),
+        pod=pod,
+        instance=instance,
+        state=str((meta.get("annotations") or {}).get(STATE_ANNOTATION) or STATE_READY),
+        renew_time=parse_time(spec.get("renewTime")),
+        duration_seconds=int(duration) if isinstance(duration, int) else None,
+        deleting=bool(meta.get("deletionTimestamp")),
+    )
