@@ -21,13 +21,16 @@ from typing import Any
 import aiohttp
 import kopf
 
-from compose_api import models
+from compose_api import models, pools
 
 MERGE_PATCH = "application/merge-patch+json"
 CJ_PATH = f"/apis/{models.GROUP}/{models.VERSION}/namespaces/{{namespace}}/{models.PLURAL}"
 JOB_PATH = "/apis/batch/v1/namespaces/{namespace}/jobs"
 POD_PATH = "/api/v1/namespaces/{namespace}/pods"
 NODE_PATH = "/api/v1/nodes"
+POOL_PATH = f"/apis/{models.GROUP}/{models.VERSION}/namespaces/{{namespace}}/{pools.PLURAL}"
+DEPLOYMENT_PATH = "/apis/apps/v1/namespaces/{namespace}/deployments"
+LEASE_PATH = "/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
 EVENT_PATH = "/api/v1/namespaces/{namespace}/events"
 EVENT_COMPONENT = "compose-operator"
 EVENT_MESSAGE_LIMIT = 1024  # what kopf keeps of an Event message, and plenty for a person
@@ -233,14 +236,74 @@ class KubeClient:
             if error.status not in (404, 409):
                 raise
 
-    async def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
-        """Merge-patch the ``/status`` subresource (the spec is never written)."""
-        await self._request(
+    async def patch_status(
+        self,
+        namespace: str,
+        name: str,
+        patch: Mapping[str, Any],
+        *,
+        resource_version: str | None = None,
+    ) -> dict[str, Any]:
+        """Merge-patch the ``/status`` subresource (the spec is never written); with
+        ``resource_version``, only if the object is still at it (409 otherwise)."""
+        body: dict[str, Any] = {"status": patch}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return await self._request(
             "PATCH",
             f"{CJ_PATH.format(namespace=namespace)}/{name}/status",
+            body=body,
+            content_type=MERGE_PATCH,
+        )
+
+    # -- pools ------------------------------------------------------------------------------
+
+    async def patch_pool_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        await self._request(
+            "PATCH",
+            f"{POOL_PATH.format(namespace=namespace)}/{name}/status",
             body={"status": patch},
             content_type=MERGE_PATCH,
         )
+
+    async def create_deployment(
+        self, deployment: Mapping[str, Any], *, owner_uid: str
+    ) -> dict[str, Any]:
+        """Create a pool's Deployment; on 409 adopt the existing one when the pool owns it."""
+        meta = deployment["metadata"]
+        path = DEPLOYMENT_PATH.format(namespace=meta["namespace"])
+        try:
+            return await self._request("POST", path, body=deployment)
+        except ApiError as error:
+            if error.status != 409:
+                raise
+        existing = await self._request("GET", f"{path}/{meta['name']}")
+        owners = {
+            r.get("uid") for r in (existing.get("metadata") or {}).get("ownerReferences") or []
+        }
+        if owner_uid not in owners:
+            raise ForeignObjectError(
+                409, "AlreadyExists", f"deployment {meta['name']} exists and is not the pool's"
+            )
+        return existing
+
+    async def patch_deployment(
+        self, *, namespace: str, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        return await self._request(
+            "PATCH",
+            f"{DEPLOYMENT_PATH.format(namespace=namespace)}/{name}",
+            body=patch,
+            content_type=MERGE_PATCH,
+        )
+
+    async def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._request("GET", f"{LEASE_PATH.format(namespace=namespace)}/{name}")
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise
 
     # -- Events -----------------------------------------------------------------------------
 
