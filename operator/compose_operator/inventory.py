@@ -96,11 +96,7 @@ class Inventory:
         if found is None:
             found = Tracked(uid=uid, fields=fields, body=dict(body))
             self.tracked[uid] = found
-            conditions = (body.get("status") or {}).get("conditions") or []
-            found.admitted = any(
-                c.get("type") == models.ConditionType.QUEUED and c.get("status") == "False"
-                for c in conditions
-            )
+            found.admitted = _admitted(body.get("status") or {})
         else:
             found.fields, found.body, found.parsed = fields, dict(body), None
             found.revision += 1
@@ -246,8 +242,11 @@ class Inventory:
         found.revision += 1
         found.resource_version = _newer(found.resource_version, resource_version)
         self._set_worker(found, written.assignment.worker_instance if written.assignment else None)
-        if written.assignment is not None:
-            found.admitted = False  # the assignment itself holds the slot from now on
+        if found.pool is not None:
+            # A pool job holds its slot from its admission (past the caps, waiting for a worker,
+            # as a Job that exists holds one while its pod waits for a node) to its end; a
+            # suspended one gives it back and goes through admission again when resumed.
+            found.admitted = _admitted(written.to_api())
         found.rejected = any(
             c.type == models.ConditionType.ACCEPTED and c.status == status.FALSE
             for c in written.conditions
@@ -513,6 +512,14 @@ class Inventory:
     def resource_version(self, uid: str) -> str:
         found = self.tracked.get(uid)
         return found.resource_version if found is not None else ""
+
+
+def _admitted(status_: Mapping[str, Any]) -> bool:
+    """Past the caps, as written: ``Queued=False`` and not suspended, or assigned to a worker."""
+    conditions = {c.get("type"): c.get("status") for c in status_.get("conditions") or []}
+    passed = conditions.get(models.ConditionType.QUEUED) == "False"
+    suspended = conditions.get(models.ConditionType.SUSPENDED) == "True"
+    return (passed and not suspended) or bool(status_.get("assignment"))
 
 
 def _report(body: Mapping[str, Any]) -> Any:

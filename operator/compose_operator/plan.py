@@ -396,7 +396,9 @@ def _pool(
         cj, seed=seed, queue=None, pool=pool_name, reason=reason, message=message, now=now
     )
     recheck = pooljobs.start_deadline_at(cj, outcome.status)
-    return _maybe_written(observed, outcome, recheck)
+    found = _maybe_written(observed, outcome, recheck)
+    # Admitted past the caps: the job holds its slot while it waits for a worker.
+    return dataclasses.replace(found, admit=observed.capped and bool(found.actions))
 
 
 def _pool_assigned(

@@ -154,8 +154,10 @@ class PoolReconciler:
             if found.worker is not None:
                 holding[found.fields.owner] += 1
                 continue
-            if found.fields.suspend or (admitted is not None and uid not in admitted):
+            if found.fields.suspend:
                 continue
+            if admitted is not None and not found.admitted and uid not in admitted:
+                continue  # behind the caps
             fields = found.fields
             waiting.append(
                 queueing.Entry(

@@ -425,3 +425,11 @@ def test_a_report_of_another_attempt_is_not_read_as_this_one(
 
 def test_pools_module_exports_the_view_used_here() -> None:
     assert isinstance(pool_view(), pools.PoolView)
+
+
+def test_past_the_caps_a_waiting_pool_job_takes_its_slot(config: settings.OperatorSettings) -> None:
+    decided = plan.plan(seen(pool_cj(), capped=True), at(1), config)
+    assert decided.admit and only_write(decided).outcome.status.phase == models.Phase.STARTING
+    unchanged = after(pool_cj(), decided)
+    again = plan.plan(seen(unchanged, capped=True), at(2), config)
+    assert again.actions == () and not again.admit  # nothing written, nothing taken twice
