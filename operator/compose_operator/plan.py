@@ -463,9 +463,11 @@ def _pool_assigned(
         message = (
             f"the attempt ran past activeDeadlineSeconds ({seconds}s) on worker {assignment.worker}"
         )
-        outcome = pooljobs.failed(
-            cj, models.Reason.DEADLINE_EXCEEDED, message, assignment=assignment, report=report,
-            nodes=observed.nodes, now=now,
+        # The worker stops a run at its deadline and reports it; none came: the attempt
+        # fails as a Job pod stopped at its deadline does, and is retried within backoffLimit.
+        outcome = pooljobs.worker_gone(
+            cj, assignment, report, seed=seed, why=message, disrupted=None,
+            nodes=observed.nodes, now=now, reason=models.Reason.DEADLINE_EXCEEDED,
         )  # fmt: skip
         return _conditional(previous, outcome)
     outcome = pooljobs.running(cj, assignment, report, nodes=observed.nodes, now=now)

@@ -418,7 +418,7 @@ def reported(
     else:
         reason = report.reason or str(contract.reason_for_exit_code(code))
         message = report.message or f"exit code {code}"
-        permanent = code in contract.PERMANENT_EXIT_CODES or reason == Reason.DEADLINE_EXCEEDED
+        permanent = code in contract.PERMANENT_EXIT_CODES
     entry = _attempt(
         assignment,
         report,
@@ -453,10 +453,12 @@ def worker_gone(
     disrupted: str | None,
     nodes: Mapping[str, Mapping[str, str]],
     now: datetime.datetime,
+    reason: str = Reason.WORKER_LOST,
 ) -> Outcome:
-    """The assigned worker is lost, draining, or the job moved: before the worker accepted, the
-    same attempt waits for another worker; after, the attempt ends (``Interrupted`` when the
-    worker's pod was disrupted, ``Failed WorkerLost`` otherwise) and the job is retried or fails."""
+    """The assigned worker is lost, draining, or past the attempt's deadline without a report:
+    before the worker accepted, the same attempt waits for another worker; after, the attempt
+    ends (``Interrupted`` when the worker's pod was disrupted, ``Failed`` with ``reason``
+    otherwise) and the job is retried or fails."""
     previous = cj.status
     if report is None:
         attempts = [item for item in previous.attempts if item.index != assignment.attempt]
@@ -486,7 +488,7 @@ def worker_gone(
             report,
             nodes,
             outcome=models.AttemptOutcome.FAILED,
-            reason=Reason.WORKER_LOST,
+            reason=reason,
             message=why,
             end_time=now,
         )

@@ -361,8 +361,26 @@ def test_the_active_deadline_fails_an_attempt_that_never_reports(
     decided = plan.plan(seen(running, lease=fresh, worker_report=report(4)), at(635), config)
     write = only_write(decided)
     assert write.conditional
-    assert conditions(write.outcome.status)["Failed"] == ("True", "DeadlineExceeded")
-    assert write.outcome.status.assignment is None  # the worker's watch stops the run
+    new = write.outcome.status
+    # Retried as a Job pod stopped at its deadline is (backoffLimit 2 by default) ...
+    assert new.phase == models.Phase.STARTING and new.assignment is None
+    assert [(a.outcome, a.reason) for a in new.attempts] == [("Failed", "DeadlineExceeded")]
+    # ... and failed for good once retries are spent.
+    spent = pool_cj(backoffLimit=0)
+    spent = after(spent, plan.plan(seen(spent, offer=OFFER), at(1), config))
+    spent = after(
+        spent, plan.plan(seen(spent, lease=lease(3), worker_report=report(4)), at(5), config)
+    )
+    final = plan.plan(seen(spent, lease=fresh, worker_report=report(4)), at(635), config)
+    assert conditions(only_write(final).outcome.status)["Failed"] == ("True", "DeadlineExceeded")
+
+
+def test_a_deadline_reported_by_the_worker_is_retried(config: settings.OperatorSettings) -> None:
+    cj = assigned_job(config)
+    late = report(4, finished=605, code=24, reason="DeadlineExceeded", message="stopped at 600s")
+    new = only_write(plan.plan(seen(cj, lease=lease(600), worker_report=late), at(606), config))
+    assert new.outcome.status.phase == models.Phase.STARTING
+    assert conditions(new.outcome.status)["Started"] == ("True", "Retrying")
 
 
 def test_suspending_takes_the_job_back_and_resuming_assigns_it_again(
