@@ -36,6 +36,7 @@ class ExitCode(enum.IntEnum):
     UPLOAD_FAILED = 21  # the result could not be stored: retried
     OUT_OF_GPU_MEMORY = 22  # CUDA out of memory: retried (another node may have a free GPU)
     IDENTITY_CHECK_FAILED = 23  # the profile's minimum identity similarity was never reached
+    CONTENT_REJECTED = 24  # the profile's safety check flagged an input or the generated image
 
     @property
     def reason(self) -> models.Reason:
@@ -58,9 +59,12 @@ _REASONS = {
     ExitCode.UPLOAD_FAILED: models.Reason.UPLOAD_FAILED,
     ExitCode.OUT_OF_GPU_MEMORY: models.Reason.OUT_OF_GPU_MEMORY,
     ExitCode.IDENTITY_CHECK_FAILED: models.Reason.IDENTITY_CHECK_FAILED,
+    ExitCode.CONTENT_REJECTED: models.Reason.CONTENT_REJECTED,
 }
 
 # Reserved for bad input: the child Job fails at once on these (podFailurePolicy FailJob).
+# CONTENT_REJECTED is one: the same inputs and seed make the same image, so a retry would be
+# flagged again, and retrying on another seed until the check passes would be a way around it.
 PERMANENT_EXIT_CODES = frozenset(
     {
         ExitCode.INPUT_REJECTED,
@@ -68,6 +72,7 @@ PERMANENT_EXIT_CODES = frozenset(
         ExitCode.INPUT_UNAVAILABLE,
         ExitCode.UNKNOWN_PROFILE,
         ExitCode.IDENTITY_CHECK_FAILED,
+        ExitCode.CONTENT_REJECTED,
     }
 )
 

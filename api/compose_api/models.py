@@ -402,6 +402,7 @@ class Reason(enum.StrEnum):
     UPLOAD_FAILED = "UploadFailed"
     OUT_OF_GPU_MEMORY = "OutOfGPUMemory"
     IDENTITY_CHECK_FAILED = "IdentityCheckFailed"
+    CONTENT_REJECTED = "ContentRejected"  # flagged by the profile's safety check
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     START_DEADLINE_EXCEEDED = "StartDeadlineExceeded"
     BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
@@ -479,6 +480,11 @@ class Timings(_StatusModel):
     inference: float | None = None
     refine: float | None = pydantic.Field(
         default=None, description="The face-refinement pass (not counted in inference)."
+    )
+    safety_check: float | None = pydantic.Field(
+        default=None,
+        description="The content safety checks of the inputs and the output (the checker's "
+        "load counts in modelLoad).",
     )
     postprocess: float | None = None
     upload: float | None = None

@@ -132,6 +132,46 @@ class Placement(_Model):
     )
 
 
+class SafetyCheck(_Model):
+    """The content safety check of a profile: a classifier (``models[component]``, the Stable
+    Diffusion safety checker) run on the generated image before upload and, when ``inputs`` is
+    on, on the input photos before any model for generation is loaded. A flagged image fails the
+    job with ContentRejected and nothing is uploaded.
+
+    The checker compares the CLIP image embedding with its concept embeddings: a concept's score
+    is ``cosine - threshold + adjustment`` (the thresholds are part of the checker's weights),
+    and the image is flagged when any concept scores above 0, exactly as
+    ``StableDiffusionSafetyChecker`` decides with ``adjustment`` 0 (see
+    ``compose_inference.moderation``)."""
+
+    component: str = pydantic.Field(
+        default="safety_checker",
+        pattern=r"^[a-z][a-z0-9_]*$",
+        max_length=63,
+        description="The entry of models that holds the checker.",
+    )
+    output: bool = pydantic.Field(
+        default=True, description="Check the generated image before it is uploaded."
+    )
+    inputs: bool = pydantic.Field(
+        default=False,
+        description="Check the person, clothing and place photos once they are validated, "
+        "before any model for generation is loaded.",
+    )
+    adjustment: float = pydantic.Field(
+        default=0.0,
+        ge=-0.1,
+        le=0.1,
+        description="Added to every concept score before the '> 0' test: positive flags more "
+        "images, negative fewer; 0 is the checker as published.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """True when a check is on, i.e. when the checker is loaded at all."""
+        return self.output or self.inputs
+
+
 class ModelProfile(_Model):
     name: str = pydantic.Field(pattern=models.DNS_LABEL_PATTERN, max_length=63)
     description: str = ""
@@ -150,7 +190,28 @@ class ModelProfile(_Model):
     )
     min_identity_similarity: float = pydantic.Field(default=0.0, ge=0.0, le=1.0)
     identity_retries: int = pydantic.Field(default=0, ge=0, le=5)
+    safety: SafetyCheck | None = pydantic.Field(
+        default=None,
+        description="The content safety check; empty (or output and inputs both off): no check, "
+        "and no checker is loaded.",
+    )
     licence: Licence
+
+    @pydantic.model_validator(mode="after")
+    def _safety_names_a_component(self) -> ModelProfile:
+        safety = self.safety
+        if safety is not None and safety.enabled and safety.component not in self.models:
+            raise ValueError(
+                f"safety.component: {safety.component!r} is not one of models"
+                f" ({', '.join(sorted(self.models)) or 'none'})"
+            )
+        return self
+
+    def safety_component(self) -> str | None:
+        """The models entry of the safety checker when a check is on, else None."""
+        if self.safety is None or not self.safety.enabled:
+            return None
+        return self.safety.component
 
 
 def load_profiles(text: str) -> dict[str, ModelProfile]:

@@ -39,6 +39,7 @@ CLIENT_REASONS = frozenset(
         models.Reason.INPUT_UNAVAILABLE,
         models.Reason.NO_FACE_FOUND,
         models.Reason.IDENTITY_CHECK_FAILED,
+        models.Reason.CONTENT_REJECTED,  # the profile's safety check flagged an input or the image
         models.Reason.INVALID_SPEC,
     }
 )

@@ -83,13 +83,15 @@ def smoke_profile(root: Path) -> profiles.ModelProfile:
     ``tiny.build_tiny_models`` writes them), float32 on the CPU. Its face detector is the
     frontal-face cascade that ships inside scikit-image (``face_detector: cascade``), a real
     detector, so that "no face" is real in the first command new users run; the tiny
-    recognition model still gives the embedding."""
+    recognition model still gives the embedding. The safety check of the output is on, with
+    the tiny checker that flags nothing: the command runs the check's code path too."""
     paths = {
         "base": root / "base",
         "identitynet": root / "identitynet",
         "face_adapter": root / "face_adapter" / "ip-adapter.bin",
         "image_encoder": root / "image_encoder",
         "clothing_adapter": root / "clothing_adapter" / "ip-adapter-plus_sdxl_vit-h.bin",
+        "safety_checker": root / "safety",
         "face_analysis": root / "antelopev2",
     }
     return profiles.ModelProfile.model_validate(
@@ -108,6 +110,7 @@ def smoke_profile(root: Path) -> profiles.ModelProfile:
                 "height": 64,
                 "face_detector": "cascade",
             },
+            "safety": {"output": True},
             "licence": {
                 "name": "Apache-2.0",
                 "commercialUse": True,

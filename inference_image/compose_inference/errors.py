@@ -69,6 +69,13 @@ class IdentityCheckFailed(ComposeError):
     exit_code = contract.ExitCode.IDENTITY_CHECK_FAILED
 
 
+class ContentRejected(ComposeError):
+    """The profile's safety check flagged an input photo or the generated image; the message
+    names what was flagged and the checker's concepts, never image data."""
+
+    exit_code = contract.ExitCode.CONTENT_REJECTED
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """True for CUDA out-of-memory errors (torch.cuda.OutOfMemoryError and its older forms)."""
     try:

@@ -7,11 +7,14 @@ even imported until step 5:
 
 1. check      the request against the profile's pipeline (``checks``), no input read yet
 2. fetch      every input's bytes (``fetching``)
-3. validate   decode and check every image (``images``)
+3. validate   decode and check every image (``images``); then, when the profile's ``safety``
+              says ``inputs``, the safety check of every photo (``moderation``)
 4. face       resolve the face models only, find the face (``modelstore``, ``faces``)
 5. load       resolve and load the generation pipeline, once per profile (``pipeline``)
 6. generate   the image (and the face refinement, timed as ``refine``), with the identity check
               and retries on a new seed (``quality``)
+   then, when the profile's ``safety`` says ``output`` (its default), the safety check of the
+   image (``moderation``): a flagged image fails the job with CONTENT_REJECTED, nothing stored
 7. encode     to the requested format (``images.encode``)
 8. upload     to S3 with metadata (``upload``), or write a local file in local mode
 
@@ -185,6 +188,7 @@ class Stopwatch:
             model_load=_round(s.get("load")),
             inference=_round(s.get("generate")),
             refine=_round(s.get("refine")),
+            safety_check=_round(s.get("safety")),
             postprocess=_round(s.get("encode")),
             upload=_round(s.get("upload")),
             total=_round(self.total()),
@@ -209,6 +213,7 @@ class _Generated:
 class _Loaded:
     analyzer: Any | None = None
     pipeline: Any | None = None
+    checker: Any | None = None
 
 
 class Worker:
@@ -269,6 +274,14 @@ class Worker:
                 for index, data in enumerate(clothing_bytes)
             ]
             place = images.decode(place_bytes, field="spec.inputs.place.uri", limits=self.limits)
+        # 3b. the safety check of the inputs, before any model for generation is loaded
+        if job.profile.safety is not None and job.profile.safety.inputs:
+            photos = [
+                ("spec.inputs.person.uri", person.image),
+                *((f"spec.inputs.clothing[{i}].uri", c) for i, (c, _) in enumerate(clothing)),
+                ("spec.inputs.place.uri", place.image),
+            ]
+            self._screen(job.profile, photos, watch)
         # 4. face analysis, with only the (small) face models resolved
         with watch.stage("face"):
             analyzer = self._analyzer(job.profile)
@@ -289,6 +302,9 @@ class Worker:
             watch.seconds["generate"] -= generated.refine_seconds
             watch.seconds["refine"] = generated.refine_seconds
         image = generated.image
+        # 6c. the safety check of the output: a flagged image is never encoded nor stored
+        if job.profile.safety is not None and job.profile.safety.output:
+            self._screen(job.profile, [("the generated image", image)], watch)
         # 7. encode
         with watch.stage("encode"):
             data = images.encode(image, job.output_format)
@@ -383,7 +399,7 @@ class Worker:
         components = {
             name: self.store.resolve_source(name, source)
             for name, source in profile.models.items()
-            if name != FACE_COMPONENT
+            if name not in (FACE_COMPONENT, _checker_name(profile))
         }
         device = self.device_for(profile)
         dtype = profile.dtype if device.startswith("cuda") else "float32"
@@ -403,6 +419,42 @@ class Worker:
             ) from error
         self.loads += 1
         return slot.pipeline
+
+    def _screen(
+        self, profile: profiles.ModelProfile, items: list[tuple[str, Any]], watch: Stopwatch
+    ) -> None:
+        """The safety check of ``(label, image)`` items (``moderation``): the checker's load
+        (once per profile) counts as ``load``, the check as ``safety``."""
+        with watch.stage("load"):
+            checker = self._checker(profile)
+        with watch.stage("safety"):
+            checker.screen(items)
+
+    def _checker(self, profile: profiles.ModelProfile) -> Any:
+        from compose_inference import moderation
+
+        slot = self._slot(profile)
+        if slot.checker is not None:
+            return slot.checker
+        name = _checker_name(profile)
+        source = profile.models[name]  # the profile's validator made sure it is there
+        path = self.store.resolve_source(name, source)
+        device = self.device_for(profile)
+        try:
+            slot.checker = moderation.SafetyChecker.load(
+                path,
+                adjustment=(profile.safety or profiles.SafetyCheck()).adjustment,
+                dtype=profile.dtype if device.startswith("cuda") else "float32",
+                device=device,
+                variant=source.variant,
+            )
+        except Exception as error:
+            if errors.is_out_of_memory(error):
+                raise errors.OutOfGpuMemory(f"out of GPU memory while loading: {error}") from error
+            raise errors.ModelLoadFailed(
+                f"profile.models.{name}: {type(error).__name__}: {error}"
+            ) from error
+        return slot.checker
 
     def _generate(
         self, profile: profiles.ModelProfile, pipe: Any, analyzer: Any, request: Any
@@ -466,6 +518,12 @@ class Worker:
             metadata=metadata,
         )
         return stored.uri
+
+
+def _checker_name(profile: profiles.ModelProfile) -> str:
+    """The models entry of the safety checker (never a generation component, even when the
+    check is off)."""
+    return (profile.safety or profiles.SafetyCheck()).component
 
 
 def termination_message(

@@ -14,6 +14,11 @@ layout the published checkpoints use, with tiny sizes:
   ``to_v_ip`` per cross-attention layer).
 - ``clothing_adapter`` + ``image_encoder``: IP-Adapter SDXL plus (``ip-adapter-plus_sdxl_vit-h.bin``
   layout) and a tiny ``CLIPVisionModelWithProjection``.
+- ``safety_checker``: a ``StableDiffusionSafetyChecker`` (tiny CLIP vision tower and projection,
+  17 concept and 3 special-care embeddings with their thresholds) in ``safety_checker/`` and its
+  CLIP image processor in ``feature_extractor/``, as the Stable Diffusion repositories hold them.
+  Its decision is set, not random (:func:`build_safety_checker`): the one built here flags
+  nothing; tests build checkers that flag every image, or exactly the images they name.
 - ``face_analysis``: an ``antelopev2`` folder with two ONNX models that insightface routes
   exactly like the real ones: ``scrfd_10g_bnkps.onnx`` (9 outputs: scores, boxes and keypoints
   at strides 8/16/32, two anchors) and ``glintr100.onnx`` (112x112 in, 512-d out).
@@ -35,6 +40,7 @@ Their outputs are noise: they check installation and wiring, never quality.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +48,7 @@ import numpy as np
 import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
 
 from compose_api import profiles
 from compose_inference import adapters
@@ -102,6 +109,21 @@ TINY_VISION: dict[str, Any] = {
     "patch_size": 8,
     "projection_dim": 32,
 }
+TINY_SAFETY_VISION: dict[str, Any] = {
+    "hidden_size": VISION_HIDDEN,
+    "intermediate_size": 37,
+    "num_attention_heads": 4,
+    "num_hidden_layers": 2,
+    "image_size": 32,
+    "patch_size": 8,
+}
+SAFETY_PROJECTION = 32
+SAFETY_CONCEPTS = 17  # StableDiffusionSafetyChecker's fixed numbers of concepts
+SAFETY_SPECIAL_CARE = 3
+# A threshold above any cosine (at most 1) plus the largest adjustment: the concept never fires.
+SAFETY_NEVER = 2.0
+# A threshold below any cosine (at least -1) less the largest adjustment: it always fires.
+SAFETY_ALWAYS = -2.0
 SDXL_SCHEDULER: dict[str, Any] = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,
@@ -304,6 +326,90 @@ def build_kohya_lora(base: Path, path: Path, *, rank: int = 4, alpha: float = 1.
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path))
     return path
+
+
+def build_safety_checker(
+    folder: Path,
+    *,
+    flagged: Sequence[Image.Image] = (),
+    passed: Sequence[Image.Image] = (),
+    flag_all: bool = False,
+) -> Path:
+    """A tiny Stable Diffusion safety checker in a pipeline repository's layout:
+    ``folder/safety_checker/{config.json, model.safetensors}`` (``save_pretrained``) and
+    ``folder/feature_extractor/preprocessor_config.json`` (the keys of the published file, at the
+    tiny tower's 32 pixels). Returns ``folder``.
+
+    Its decision is chosen: by default every threshold is above any cosine, so nothing is
+    flagged; ``flag_all`` gives concept 0 a threshold below any cosine, so every image is;
+    each image of ``flagged`` becomes a concept (its own embedding, computed as
+    ``moderation`` computes it) with a threshold halfway between 1 and the highest cosine of any
+    ``passed`` image with it, so that the flagged images are flagged and the passed ones are not.
+    Raises ValueError when a flagged and a passed image are too alike to separate.
+    """
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig
+
+    from compose_inference import moderation
+
+    if len(flagged) > SAFETY_CONCEPTS:
+        raise ValueError(f"flagged: at most {SAFETY_CONCEPTS} images (one concept each)")
+    if flag_all and flagged:
+        raise ValueError("flag_all: not with flagged (every image is flagged already)")
+    processor_folder = folder / moderation.PROCESSOR_FOLDER
+    processor_folder.mkdir(parents=True, exist_ok=True)
+    size = TINY_SAFETY_VISION["image_size"]
+    processor_config = {
+        "crop_size": size,
+        "do_center_crop": True,
+        "do_convert_rgb": True,
+        "do_normalize": True,
+        "do_resize": True,
+        "feature_extractor_type": "CLIPFeatureExtractor",
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+        "resample": 3,
+        "size": size,
+    }
+    (processor_folder / moderation.PROCESSOR_FILE).write_text(
+        json.dumps(processor_config, indent=2) + "\n"
+    )
+    torch.manual_seed(SEED + 8)
+    # The checker has no use for CLIP's text tower, but its config carries one (as published).
+    text = {"hidden_size": TEXT_HIDDEN, "intermediate_size": 37, "num_attention_heads": 4}
+    config = CLIPConfig(
+        text_config={**text, "num_hidden_layers": 2},
+        vision_config=TINY_SAFETY_VISION,
+        projection_dim=SAFETY_PROJECTION,
+    )
+    checker = StableDiffusionSafetyChecker(config).eval()
+    generator = torch.Generator().manual_seed(SEED + 9)
+    concepts = torch.randn((SAFETY_CONCEPTS, SAFETY_PROJECTION), generator=generator)
+    special = torch.randn((SAFETY_SPECIAL_CARE, SAFETY_PROJECTION), generator=generator)
+    thresholds = torch.full((SAFETY_CONCEPTS,), SAFETY_NEVER)
+    special_thresholds = torch.full((SAFETY_SPECIAL_CARE,), SAFETY_NEVER)
+    if flag_all:
+        thresholds[0] = SAFETY_ALWAYS
+    if flagged:
+        processor = moderation.load_processor(processor_folder)
+        chosen = moderation.embed(checker, processor, flagged)
+        others = moderation.embed(checker, processor, passed) if passed else None
+        for index in range(len(flagged)):
+            nearest = -1.0 if others is None else float((others @ chosen[index]).max())
+            if 1.0 - nearest < 0.01:
+                raise ValueError(
+                    f"flagged[{index}]: a passed image has cosine {nearest:.4f} with it, too"
+                    " close to 1 to be told apart"
+                )
+            concepts[index] = chosen[index]
+            thresholds[index] = (1.0 + nearest) / 2
+    with torch.no_grad():
+        checker.concept_embeds.copy_(concepts)
+        checker.special_care_embeds.copy_(special)
+        checker.concept_embeds_weights.copy_(thresholds)
+        checker.special_care_embeds_weights.copy_(special_thresholds)
+    checker.save_pretrained(str(folder / moderation.CHECKER_FOLDER))
+    return folder
 
 
 # --- face models ------------------------------------------------------------------------------
@@ -553,6 +659,7 @@ def build_tiny_models(root: Path) -> dict[str, Path]:
             embedding_dim=VISION_HIDDEN,
             seed=SEED + 3,
         ),
+        "safety_checker": build_safety_checker(root / "safety"),
         "face_analysis": build_face_models(root / "antelopev2"),
     }
     return components

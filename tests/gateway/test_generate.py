@@ -141,6 +141,7 @@ async def test_cdn_base_url_replaces_presigning(
         ("NoFaceFound", 422),
         ("InputRejected", 422),
         ("InputUnavailable", 422),
+        ("ContentRejected", 422),
         ("ModelLoadFailed", 502),
         ("BackoffLimitExceeded", 502),
         ("DeadlineExceeded", 504),

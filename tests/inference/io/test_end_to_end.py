@@ -159,3 +159,88 @@ def test_job_runs_end_to_end_from_s3_to_s3(
     assert len(log.read_bytes()) < contract.TERMINATION_MESSAGE_LIMIT
     # The same JSON went to stdout, for `kubectl logs`.
     assert json.loads(completed.stdout.strip().splitlines()[-1])["result"]["sha256"] == sha
+
+
+def test_a_flagged_result_fails_the_process_and_nothing_is_stored(
+    s3_server: s3.S3Server,
+    tiny_models: dict[str, Path],
+    tiny_root: Path,
+    astronaut_png: bytes,
+    tmp_path: Path,
+) -> None:
+    """The safety check in the real process: the checker, one that flags every image, comes
+    from an S3 prefix with the profile's file selection (a pickled copy beside it is not
+    downloaded); the process exits 24 (ContentRejected) and the results bucket stays empty."""
+    from compose_inference import tiny
+
+    client = s3_server.client()
+    inputs = s3_server.new_bucket("inputs")
+    results = s3_server.new_bucket("results")
+    model_bucket = s3_server.new_bucket("models")
+    archive = pack(tiny_root)
+    client.put_object(Bucket=model_bucket, Key="tiny/model.tar.gz", Body=archive)
+    checker = tiny.build_safety_checker(tmp_path / "checker", flag_all=True)
+    for path in sorted(checker.rglob("*")):
+        if path.is_file():
+            key = f"checker/{path.relative_to(checker).as_posix()}"
+            client.put_object(Bucket=model_bucket, Key=key, Body=path.read_bytes())
+    client.put_object(
+        Bucket=model_bucket, Key="checker/safety_checker/pytorch_model.bin", Body=b"not read"
+    )
+    for key in ("person.png", "shirt.png", "place.png"):
+        client.put_object(Bucket=inputs, Key=key, Body=astronaut_png)
+    profile = tarball_profile(
+        tiny_models,
+        tiny_root,
+        f"s3://{model_bucket}/tiny/model.tar.gz",
+        hashlib.sha256(archive).hexdigest(),
+    )
+    models = profile["models"]
+    assert isinstance(models, dict)
+    models["safety_checker"] = {
+        "uri": f"s3://{model_bucket}/checker/",
+        "allowPatterns": [
+            "safety_checker/config.json",
+            "safety_checker/model.safetensors",
+            "feature_extractor/preprocessor_config.json",
+        ],
+    }
+    profile["safety"] = {"output": True}
+    document = job_document(
+        person=f"s3://{inputs}/person.png",
+        clothing=[f"s3://{inputs}/shirt.png"],
+        place=f"s3://{inputs}/place.png",
+        bucket=results,
+        profile=profile,
+        seed=99,
+    )
+    log = tmp_path / "termination-log"
+    cache = tmp_path / "cache"
+    env = dict(os.environ)
+    env.update(s3_server.env())
+    env.update(
+        {
+            contract.JOB_DOCUMENT_ENV: document.to_json(),
+            "COMPOSE_TERMINATION_LOG": str(log),
+            "COMPOSE_MODEL_CACHE": str(cache),
+        }
+    )
+    completed = subprocess.run(
+        [sys.executable, "-m", "compose_inference"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == contract.ExitCode.CONTENT_REJECTED, completed.stderr[-3000:]
+    message = contract.TerminationMessage.parse(log.read_text())
+    assert message is not None
+    assert (message.exit_code, message.reason) == (24, "ContentRejected")
+    assert message.message == "the generated image: flagged by the safety check (nsfw concepts 0)"
+    assert message.result is None
+    assert message.timings is not None and message.timings.safety_check is not None
+    assert bucket_keys(s3_server, results) == []
+    assert json.loads(completed.stdout.strip().splitlines()[-1])["reason"] == "ContentRejected"
+    downloaded = {p.name for p in cache.rglob("*") if p.is_file()}
+    assert "model.safetensors" in downloaded and "pytorch_model.bin" not in downloaded

@@ -32,6 +32,7 @@ def test_unexpected_errors_are_internal_and_named() -> None:
         (errors.ModelLoadFailed("x"), contract.ExitCode.MODEL_LOAD_FAILED),
         (errors.UploadFailed("x"), contract.ExitCode.UPLOAD_FAILED),
         (errors.IdentityCheckFailed("x"), contract.ExitCode.IDENTITY_CHECK_FAILED),
+        (errors.ContentRejected("x"), contract.ExitCode.CONTENT_REJECTED),
     ],
 )
 def test_each_failure_carries_its_code(error: errors.ComposeError, code: int) -> None:
@@ -51,3 +52,21 @@ def test_failure_termination_message_has_no_result() -> None:
     assert message.result is None
     assert message.timings is not None
     assert (message.timings.fetch, message.timings.total) == (2.5, 3.0)
+
+
+def test_a_content_rejection_reports_the_safety_check_as_its_own_stage() -> None:
+    # started, load (0-1), safety (1-1.25), total at 2
+    watch = runner.Stopwatch(clock=iter([0.0, 0.0, 1.0, 1.0, 1.25, 2.0]).__next__)
+    with watch.stage("load"):
+        pass
+    with watch.stage("safety"):
+        pass
+    message = runner.termination_message(
+        outcome=None,
+        error=errors.ContentRejected("the generated image: flagged by the safety check"),
+        watch=watch,
+    )
+    assert (message.exit_code, message.reason) == (24, "ContentRejected")
+    assert message.timings is not None
+    assert (message.timings.model_load, message.timings.safety_check) == (1.0, 0.25)
+    assert '"safetyCheck":0.25' in message.to_json()

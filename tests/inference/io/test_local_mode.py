@@ -63,6 +63,8 @@ def test_smoke_profile_runs_the_readme_command(tmp_path: Path) -> None:
     assert "NOTE: profile smoke pins steps=2 (asked 30)" in completed.stderr
     assert summary["steps"] == 2
     assert summary["pinnedByProfile"] == {"steps": 2, "width": 64, "height": 64}
+    # The smoke profile's safety check ran (its tiny checker flags nothing).
+    assert summary["timings"]["safety"] >= 0
     with Image.open(out) as image:
         assert image.format == "WEBP"
         assert image.size == (64, 64)  # the smoke profile pins 64x64

@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from compose_api import profiles
 from compose_inference import catalogue, pipeline
@@ -88,6 +89,12 @@ def test_the_default_profile_downloads_about_15_gb_of_the_77_gb_repositories(
     }
     assert set(chosen["face_adapter"]) == {"ip-adapter.bin"}
     assert set(chosen["clothing_adapter"]) == {"sdxl_models/ip-adapter-plus_sdxl_vit-h.bin"}
+    # The safety checker: its fp16 weights and two configs, 0.6 of the 3.7 GB of its folders.
+    assert chosen["safety_checker"] == {
+        "safety_checker/config.json": 4560,
+        "safety_checker/model.fp16.safetensors": 608_000_000,
+        "feature_extractor/preprocessor_config.json": 342,
+    }
 
 
 @pytest.mark.parametrize("name", ["instantid-sdxl", "instantid-sdxl-lightning"])
@@ -252,3 +259,39 @@ def test_the_pipeline_loads_from_the_selected_files_only(
     # Without the variant the loader looks for the fp32 files, which were not downloaded.
     with pytest.raises(Exception, match=r"diffusion_pytorch_model|safetensors|no file"):
         pipeline.ComposePipeline.load(components, dtype="float32", device="cpu", options={})
+
+
+@pytest.mark.slow
+def test_the_safety_checker_loads_from_the_selected_files_only(
+    tmp_path: Path, packaged: dict[str, profiles.ModelProfile]
+) -> None:
+    """The tiny checker re-saved as the SD v1-4 repository holds it: an fp16 variant beside
+    the fp32 weights and ``.bin`` copies; the profile's selection loads the fp16 file."""
+    import torch
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from skimage import data
+
+    from compose_inference import moderation, tiny
+
+    rocket = Image.fromarray(data.rocket())
+    coffee = Image.fromarray(data.coffee())
+    repo = tiny.build_safety_checker(tmp_path / "repo", flagged=[rocket], passed=[coffee])
+    folder = repo / "safety_checker"
+    model = StableDiffusionSafetyChecker.from_pretrained(str(folder))
+    model.to(torch.float16).save_pretrained(str(folder), variant="fp16")
+    torch.save(model.state_dict(), str(folder / "pytorch_model.fp16.bin"))
+    # The fp32 copies are corrupted: loading one instead of the variant fails loudly.
+    (folder / "model.safetensors").write_bytes(b"not the variant")
+    (folder / "pytorch_model.bin").write_bytes(b"pickle copy")
+    source = packaged["instantid-sdxl"].models["safety_checker"]
+    downloaded = _download(source, repo, tmp_path / "download")
+    names = {p.relative_to(downloaded).as_posix() for p in downloaded.rglob("*") if p.is_file()}
+    assert names == {
+        "safety_checker/config.json",
+        "safety_checker/model.fp16.safetensors",
+        "feature_extractor/preprocessor_config.json",
+    }
+    checker = moderation.SafetyChecker.load(downloaded, variant=source.variant)
+    assert [v.flagged for v in checker.judge([rocket, coffee])] == [True, False]
+    with pytest.raises(Exception, match=r"model\.safetensors|no file"):
+        moderation.SafetyChecker.load(downloaded)  # without the variant: the fp32 file

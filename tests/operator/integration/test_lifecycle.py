@@ -86,6 +86,7 @@ async def test_success_puts_the_result_in_status(
     [
         (contract.ExitCode.NO_FACE, "NoFaceFound"),
         (contract.ExitCode.INPUT_REJECTED, "InputRejected"),
+        (contract.ExitCode.CONTENT_REJECTED, "ContentRejected"),
     ],
 )
 async def test_bad_input_fails_at_once(
