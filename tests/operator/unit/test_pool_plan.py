@@ -377,7 +377,7 @@ def test_the_active_deadline_fails_an_attempt_that_never_reports(
 
 def test_a_deadline_reported_by_the_worker_is_retried(config: settings.OperatorSettings) -> None:
     cj = assigned_job(config)
-    late = report(4, finished=605, code=24, reason="DeadlineExceeded", message="stopped at 600s")
+    late = report(4, finished=605, code=25, reason="DeadlineExceeded", message="stopped at 600s")
     new = only_write(plan.plan(seen(cj, lease=lease(600), worker_report=late), at(606), config))
     assert new.outcome.status.phase == models.Phase.STARTING
     assert conditions(new.outcome.status)["Started"] == ("True", "Retrying")
