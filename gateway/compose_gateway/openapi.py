@@ -39,6 +39,13 @@ GENERATE_BODY = {
                         "minItems": 1,
                         "maxItems": 8,
                     },
+                    "clothingCategories": {
+                        "type": "array",
+                        "description": "One per clothingImages file, in the same order: upper, "
+                        "lower, dress, outerwear, shoes, accessory, or empty for none.",
+                        "items": {"type": "string"},
+                        "maxItems": 8,
+                    },
                     "placeImage": {"type": "string", "format": "binary"},
                     "prompt": {"type": "string"},
                     "seed": {"type": "integer"},

@@ -295,7 +295,8 @@ async def _submit(
                     "nothing was kept",
                 ) from None
         try:
-            parsed = translate.parse_request(received.payload)
+            payload = translate.attach_categories(received.payload)
+            parsed = translate.parse_request(payload)
             body = svc.jobs.build(parsed, owner=owner, name=name, idempotency_key=idempotency_key)
             await svc.jobs.check_callback(parsed)
         except translate.RequestError:
