@@ -1,6 +1,6 @@
-"""The parts of the OpenAPI document FastAPI cannot derive: the error answers of each route and
+"""The parts of the OpenAPI document FastAPI cannot derive: the error answers of each route,
 the two request bodies of ``POST /generate`` (JSON from ``translate.GenerateRequest``, multipart
-with files). Used by ``routes``.
+with files) and the event stream of ``GET /jobs/{id}/events``. Used by ``routes``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         422: "The request is invalid (each field named), or the job failed because of its input.",
         429: "Rate limited: see Retry-After.",
     }.items()
+}
+
+EVENTS: dict[str, Any] = {
+    "description": "Server-Sent Events: `status` (the job view, at once and on each change), "
+    "then `end` when the job has ended, `gone` when it was deleted, or `error`; a stream that "
+    "closes without one of those was cut at its time limit: reconnect.",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
 }
 
 GENERATE_BODY = {
