@@ -100,6 +100,8 @@ REASONS: dict[models.Reason, str] = {
     models.Reason.OUT_OF_GPU_MEMORY: "The image was too large for the GPU. Try a smaller size.",
     models.Reason.IDENTITY_CHECK_FAILED: "The composed image did not look enough like the "
     "person in the photo. Try another person photo or a higher identity strength.",
+    models.Reason.CONTENT_REJECTED: "The safety check flagged an image, so no result was kept. "
+    "Use other photos.",
     models.Reason.DEADLINE_EXCEEDED: "The job took longer than it may run, and was stopped.",
     models.Reason.START_DEADLINE_EXCEEDED: "The job waited too long for a machine to run on. "
     "Try again later.",
