@@ -149,6 +149,7 @@ TIMING_LABELS: dict[str, str] = {
     "modelLoad": "Loading the model",
     "inference": "Composing",
     "refine": "Refining the face",
+    "safetyCheck": "Checking the image",
     "postprocess": "Finishing",
     "upload": "Storing the image",
     "total": "Total",
