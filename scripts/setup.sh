@@ -11,22 +11,28 @@ fi
 if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
-# The shared rate limit's tests start a real Redis (Debian's redis-server).
-if ! command -v redis-server >/dev/null 2>&1; then
+# System packages the tests run for real, from Debian: Redis (the shared rate limit's tests)
+# and Chromium (the studio page's browser test, driven by Playwright without its own download).
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+if [ "${#missing[@]}" -gt 0 ]; then
   sudo=""
   if [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1; then
     sudo=sudo
   fi
   if command -v apt-get >/dev/null 2>&1; then
-    $sudo apt-get update -qq && $sudo apt-get install -y -qq redis-server >/dev/null
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
   else
-    echo "setup: redis-server is missing and apt-get is not available; install Redis" >&2
+    echo "setup: ${missing[*]} missing and apt-get is not available; install them" >&2
     exit 1
   fi
 fi
 . .venv/bin/activate
 python -m pip install --quiet --upgrade "pip>=25.1"
 python -m pip install --quiet "torch==2.13.0"
+# (Playwright's wheel brings no browser, and `playwright install` is never run: the studio's test
+# drives Debian's chromium, installed above.)
 python -m pip install --quiet -e '.[operator,inference,gateway]' --group test --group lint
 echo "installed into $(pwd)/.venv"
 

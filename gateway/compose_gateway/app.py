@@ -2,8 +2,9 @@
 
 ``create_app`` is the only entry: ``__main__`` calls it with settings from the environment, and
 tests call it with settings, an API client on the emulated cluster, and clocks of their own. It
-builds the services (``routes.Services``), installs the routes (``routes``), the error handlers
-(``errors``), CORS and the metrics middleware, and runs the callback loop in the app's lifespan.
+builds the services (``routes.Services``), installs the routes (``routes``; the studio page's,
+``studio``), the error handlers (``errors``), CORS and the metrics middleware, and runs the
+callback loop in the app's lifespan.
 ``/metrics`` is a separate ASGI app (:func:`metrics_app`), served on its own port.
 """
 
@@ -32,6 +33,7 @@ from compose_gateway import (
     ratelimit,
     routes,
     storage,
+    studio,
     translate,
     uploads,
 )
@@ -207,6 +209,12 @@ def create_app(
     app.state.services = svc
     errors.install(app)
     app.include_router(routes.build_router())
+    if settings.studio_enabled:
+        app.include_router(
+            studio.build_router(
+                image_sources=store.result_sources(), max_upload_bytes=settings.max_upload_bytes
+            )
+        )
     if settings.cors_origins:
         app.add_middleware(
             cors.CORSMiddleware,

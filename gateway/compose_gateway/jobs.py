@@ -341,3 +341,21 @@ class JobService:
             return self._store.result_url(job.status.result.s3_uri)
         except ValueError:
             return None
+
+    def download_url(self, job: models.CompositionJob) -> str | None:
+        """The result's URL that browsers save as ``<job id>.<format>`` (None with a CDN)."""
+        result = job.status.result
+        if result is None:
+            return None
+        kind = str(result.format or models.ImageFormat.PNG)
+        extension = "jpg" if kind == models.ImageFormat.JPEG else kind
+        try:
+            return self._store.download_url(result.s3_uri, f"{job.metadata.name}.{extension}")
+        except ValueError:
+            return None
+
+    def view(self, job: models.CompositionJob, *, base: str = "") -> views.JobView:
+        """What ``GET /jobs/{id}`` answers for ``job``, result URLs included."""
+        return views.job_view(
+            job, image_url=self.image_url(job), download_url=self.download_url(job), base=base
+        )

@@ -1,6 +1,6 @@
-"""The parts of the OpenAPI document FastAPI cannot derive: the error answers of each route and
+"""The parts of the OpenAPI document FastAPI cannot derive: the error answers of each route,
 the two request bodies of ``POST /generate`` (JSON from ``translate.GenerateRequest``, multipart
-with files). Used by ``routes``.
+with files) and the event stream of ``GET /jobs/{id}/events``. Used by ``routes``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 
+EVENTS: dict[str, Any] = {
+    "description": "Server-Sent Events: `status` (the job view, at once and on each change), "
+    "then `end` when the job has ended, `gone` when it was deleted, or `error`; a stream that "
+    "closes without one of those was cut at its time limit: reconnect.",
+    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+}
+
 GENERATE_BODY = {
     "required": True,
     "content": {
@@ -37,6 +44,13 @@ GENERATE_BODY = {
                         "type": "array",
                         "items": {"type": "string", "format": "binary"},
                         "minItems": 1,
+                        "maxItems": 8,
+                    },
+                    "clothingCategories": {
+                        "type": "array",
+                        "description": "One per clothingImages file, in the same order: upper, "
+                        "lower, dress, outerwear, shoes, accessory, or empty for none.",
+                        "items": {"type": "string"},
                         "maxItems": 8,
                     },
                     "placeImage": {"type": "string", "format": "binary"},

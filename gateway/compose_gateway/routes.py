@@ -1,5 +1,6 @@
 """The HTTP routes, thin, over ``jobs.JobService``: authentication, ``POST /generate``,
-``GET /jobs``, ``GET /jobs/{id}``, ``DELETE /jobs/{id}``, ``/healthz`` and ``/readyz``.
+``GET /jobs``, ``GET /jobs/{id}``, ``GET /jobs/{id}/events`` (``events``), ``DELETE /jobs/{id}``,
+``/healthz`` and ``/readyz``. The studio page has routes of its own (``studio``).
 
 ``app.create_app`` builds one :class:`Services` and includes :func:`build_router`. Authentication
 (API keys, the per-key rate limit, the failed-attempt limit per address) is the
@@ -24,6 +25,7 @@ from compose_gateway import (
     bodies,
     callbacks,
     errors,
+    events,
     jobs,
     kube,
     metrics,
@@ -207,10 +209,30 @@ def build_router() -> fastapi.APIRouter:
     ) -> responses.JSONResponse:
         svc = services(request)
         job = await svc.jobs.get(owner, job_id)
-        view = views.job_view(
-            job, image_url=svc.jobs.image_url(job), base=request.scope["root_path"]
+        return responses.JSONResponse(svc.jobs.view(job, base=request.scope["root_path"]).body())
+
+    @router.get(
+        "/jobs/{job_id}/events",
+        response_class=responses.StreamingResponse,
+        responses={200: openapi.EVENTS, **openapi.ERRORS},
+        summary="Follow a job: Server-Sent Events of its status until it ends",
+    )
+    async def job_events(
+        job_id: str, request: fastapi.Request, owner: str = fastapi.Depends(authenticate)
+    ) -> responses.StreamingResponse:
+        svc = services(request)
+        job = await svc.jobs.get(owner, job_id)  # an unknown job: 404 before the stream
+        base = request.scope["root_path"]
+        stream = events.stream(
+            job,
+            read=lambda: svc.jobs.get(owner, job_id),
+            view=lambda found: svc.jobs.view(found, base=base).body(),
+            poll_seconds=svc.settings.job_poll_seconds,
+            max_seconds=svc.settings.events_max_seconds,
         )
-        return responses.JSONResponse(view.body())
+        return responses.StreamingResponse(
+            stream, media_type=events.MEDIA_TYPE, headers=events.HEADERS
+        )
 
     @router.get("/jobs", response_model=views.JobList, responses=openapi.ERRORS)
     async def list_jobs(
@@ -224,7 +246,7 @@ def build_router() -> fastapi.APIRouter:
         svc = services(request)
         page, token = await svc.jobs.list(owner, limit=limit, cursor=continue_)
         base = request.scope["root_path"]
-        items = [views.job_view(j, image_url=svc.jobs.image_url(j), base=base) for j in page]
+        items = [svc.jobs.view(j, base=base) for j in page]
         return responses.JSONResponse(views.JobList(items=items, continue_=token).body())
 
     @router.delete("/jobs/{job_id}", response_model=views.Cancelled, responses=openapi.ERRORS)
@@ -295,7 +317,8 @@ async def _submit(
                     "nothing was kept",
                 ) from None
         try:
-            parsed = translate.parse_request(received.payload)
+            payload = translate.attach_categories(received.payload)
+            parsed = translate.parse_request(payload)
             body = svc.jobs.build(parsed, owner=owner, name=name, idempotency_key=idempotency_key)
             await svc.jobs.check_callback(parsed)
         except translate.RequestError:

@@ -217,7 +217,21 @@ class Settings(pydantic_settings.BaseSettings):
         default=120.0, ge=0, le=3600, description="Cap on ?wait= / Prefer: wait=."
     )
     job_poll_seconds: float = pydantic.Field(
-        default=1.0, gt=0, le=60, description="How often a waiting request re-reads its job."
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often a waiting request or an event stream re-reads its job.",
+    )
+    events_max_seconds: float = pydantic.Field(
+        default=300.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Longest a GET /jobs/{id}/events stream stays open before the client reconnects."
+        ),
+    )
+    studio_enabled: bool = pydantic.Field(
+        default=True, description="Serve the studio web page at /studio."
     )
     cors_origins: CommaList = pydantic.Field(
         default_factory=list, description="Origins allowed by CORS; '*' allows any; empty: none."

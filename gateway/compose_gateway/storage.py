@@ -126,6 +126,32 @@ class Storage:
         )
         return url
 
+    def download_url(self, s3_uri: str, file_name: str) -> str | None:
+        """A presigned URL of the result that browsers save as ``file_name`` (S3 answers it
+        with ``Content-Disposition: attachment``); None with a CDN, whose URLs carry no such
+        override."""
+        if self._cdn:
+            return None
+        bucket, key = parse_s3_uri(s3_uri)
+        disposition = f'attachment; filename="{file_name}"'
+        url: str = self._client.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": bucket, "Key": key, "ResponseContentDisposition": disposition},
+            ExpiresIn=self._expires,
+        )
+        return url
+
+    def result_sources(self) -> list[str]:
+        """Where result URLs point, as Content-Security-Policy sources: the CDN's origin; else
+        the S3 endpoint's (an S3-compatible server), or any ``*.amazonaws.com`` host for AWS
+        itself (presigned URLs name the bucket in the host, global or regional)."""
+        base = self._cdn or str(self._client.meta.endpoint_url)
+        parts = urllib.parse.urlsplit(base)
+        host = (parts.hostname or "").lower()
+        if not self._cdn and (host == "amazonaws.com" or host.endswith(".amazonaws.com")):
+            return ["https://*.amazonaws.com"]
+        return [f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"]
+
 
 class UploadSink:
     """The objects of one request's uploads, all under one key prefix."""

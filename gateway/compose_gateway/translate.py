@@ -181,6 +181,43 @@ def parse_request(payload: Any) -> GenerateRequest:
         raise RequestError(_field_errors(error, raw_clothing=raw, crd=False)) from None
 
 
+CATEGORIES_FIELD = "clothingCategories"
+
+
+def attach_categories(payload: dict[str, Any]) -> dict[str, Any]:
+    """A multipart form's ``clothingCategories`` (one text field per garment, in the order of
+    the ``clothingImages`` files; empty for none) merged into ``clothingImages`` as
+    ``{url, category}`` objects; the payload unchanged without it. RequestError when a category
+    is not one of the API's or the counts differ."""
+    if CATEGORIES_FIELD not in payload:
+        return payload
+    merged = dict(payload)
+    categories = merged.pop(CATEGORIES_FIELD)
+    found = merged.get("clothingImages")
+    images = found if isinstance(found, list) else []
+    known = [c.value for c in models.ClothingCategory]
+    errors = [
+        FieldError(f"{CATEGORIES_FIELD}[{i}]", f"must be one of {', '.join(known)} (or empty)")
+        for i, category in enumerate(categories)
+        if category and category not in known
+    ]
+    if len(images) != len(categories):
+        errors.append(
+            FieldError(
+                CATEGORIES_FIELD,
+                f"gives {len(categories)} categories for {len(images)} clothingImages: send "
+                "one per garment, in the same order (empty for none)",
+            )
+        )
+    if errors:
+        raise RequestError(errors)
+    merged["clothingImages"] = [
+        {"url": url, "category": category} if category else url
+        for url, category in zip(images, categories, strict=True)
+    ]
+    return merged
+
+
 def request_sha256(request: GenerateRequest, *, uploads: Sequence[str] = ()) -> str:
     """A digest of what the request asks for (and of uploaded file contents), for idempotency."""
     document = {

@@ -32,7 +32,7 @@ from compose_api import models
 from compose_gateway import bodies, storage, translate
 
 IMAGE_FIELDS = ("personImage", "clothingImages", "placeImage")
-LIST_FIELDS = frozenset({"clothingImages"})
+LIST_FIELDS = frozenset({"clothingImages", translate.CATEGORIES_FIELD})
 MAX_FILES = 2 + models.MAX_CLOTHING_ITEMS
 MAX_FIELDS = 64
 MAX_FIELD_BYTES = 64 * 1024

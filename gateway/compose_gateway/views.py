@@ -95,6 +95,7 @@ class ConditionView(_View):
 
 class ResultView(_View):
     image_url: str
+    download_url: str | None = None
     s3_uri: str
     width: int
     height: int
@@ -203,14 +204,22 @@ def accepted(job: models.CompositionJob, *, base: str = "") -> Accepted:
     )
 
 
-def job_view(job: models.CompositionJob, *, image_url: str | None, base: str = "") -> JobView:
-    """The full view; ``image_url`` is the presigned or CDN URL of the result, when there is one."""
+def job_view(
+    job: models.CompositionJob,
+    *,
+    image_url: str | None,
+    download_url: str | None = None,
+    base: str = "",
+) -> JobView:
+    """The full view; ``image_url`` is the presigned or CDN URL of the result, when there is
+    one, and ``download_url`` the presigned URL that saves it as a file."""
     reason, message = reason_and_message(job)
     status = job.status
     result = None
     if status.result is not None and image_url is not None:
         result = ResultView(
             image_url=image_url,
+            download_url=download_url,
             s3_uri=status.result.s3_uri,
             width=status.result.width,
             height=status.result.height,

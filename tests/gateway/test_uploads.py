@@ -94,6 +94,56 @@ async def test_a_file_that_is_not_an_image_is_named(
     assert s3_env.client().list_objects_v2(Bucket=buckets["inputs"]).get("KeyCount") == 0
 
 
+async def test_categories_go_with_the_garment_files_in_order(
+    gateway: Gateway, cluster: kube_client.KubeClient
+) -> None:
+    files = _files([("a.png", _image("PNG", "white"), "image/png"),
+                    ("b.png", _image("PNG", "black"), "image/png"),
+                    ("c.png", _image("PNG", "gray"), "image/png")])  # fmt: skip
+    form = {"clothingCategories": ["upper", "", "shoes"]}
+
+    response = await gateway.client.post(
+        "/generate", files=files, data=form, headers={"X-API-Key": ALICE_KEY}
+    )
+
+    assert response.status_code == 202, response.text
+    job = await cluster.get(COMPOSITION_JOBS, response.json()["jobId"], namespace="compose")
+    clothing = job["spec"]["inputs"]["clothing"]
+    assert [c.get("category") for c in clothing] == ["upper", None, "shoes"]
+    assert [c["uri"].rsplit(".", 1)[1] for c in clothing] == ["png", "png", "png"]
+
+
+@pytest.mark.parametrize(
+    ("categories", "errors"),
+    [
+        (["upper"], [("clothingCategories", "gives 1 categories for 2 clothingImages: send "
+                      "one per garment, in the same order (empty for none)")]),
+        (["upper", "hat"], [("clothingCategories[1]", "must be one of upper, lower, dress, "
+                             "outerwear, shoes, accessory (or empty)")]),
+        (["dress", "upper"], [("clothingImages", "a dress cannot be combined with upper or "
+                               "lower garments")]),
+    ],
+)  # fmt: skip
+async def test_bad_categories_are_named_and_store_nothing(
+    gateway: Gateway,
+    s3_env: s3.S3Server,
+    buckets: dict[str, str],
+    categories: list[str],
+    errors: list[tuple[str, str]],
+) -> None:
+    files = _files([("a.png", _image("PNG", "white"), "image/png"),
+                    ("b.png", _image("PNG", "black"), "image/png")])  # fmt: skip
+    form = {"clothingCategories": categories}
+
+    response = await gateway.client.post(
+        "/generate", files=files, data=form, headers={"X-API-Key": ALICE_KEY}
+    )
+
+    assert response.status_code == 422
+    assert [(e["field"], e["message"]) for e in response.json()["errors"]] == errors
+    assert s3_env.client().list_objects_v2(Bucket=buckets["inputs"]).get("KeyCount") == 0
+
+
 async def test_an_invalid_parameter_stores_nothing(
     gateway: Gateway, s3_env: s3.S3Server, buckets: dict[str, str]
 ) -> None:
