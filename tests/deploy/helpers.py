@@ -36,6 +36,8 @@ VALUE_SETS: tuple[str | None, ...] = (
     "spot-only",
     "gateway",
     "custom-profiles",
+    "pools",
+    "pools-keda",
 )
 # API groups whose kinds are CRDs: not in the Kubernetes OpenAPI schemas, so not validated there.
 CRD_GROUPS = frozenset(
