@@ -106,13 +106,7 @@ class JobService:
         return naming.idempotent_job_name(owner, idempotency_key)
 
     def target_for(self, owner: str) -> translate.JobTarget:
-        return translate.JobTarget(
-            namespace=self._target.namespace,
-            profile=self._target.profile,
-            output_bucket=self._target.output_bucket,
-            output_prefix=self._target.output_prefix,
-            allowed_s3_prefix=self._store.owner_prefix(owner),
-        )
+        return dataclasses.replace(self._target, allowed_s3_prefix=self._store.owner_prefix(owner))
 
     def build(
         self,

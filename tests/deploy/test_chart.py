@@ -275,6 +275,8 @@ def test_gateway(render: Render, monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.cors_origins == ["https://app.example.com"]
     assert settings.rate_limit_burst == 5
     assert settings.cdn_base_url == "https://images.example.com"
+    assert settings.default_pool == "interactive"
+    assert settings.pools == ["batch", "interactive-eu"]
     # The API keys and the callback key are files from the referenced Secrets.
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
