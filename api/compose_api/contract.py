@@ -36,6 +36,9 @@ class ExitCode(enum.IntEnum):
     UPLOAD_FAILED = 21  # the result could not be stored: retried
     OUT_OF_GPU_MEMORY = 22  # CUDA out of memory: retried (another node may have a free GPU)
     IDENTITY_CHECK_FAILED = 23  # the profile's minimum identity similarity was never reached
+    # Pool workers only: the attempt ran past spec.execution.activeDeadlineSeconds (counted from
+    # the worker's accept) and was stopped; retried, as a Job pod stopped at its deadline is.
+    DEADLINE_EXCEEDED = 24
 
     @property
     def reason(self) -> models.Reason:
@@ -58,6 +61,7 @@ _REASONS = {
     ExitCode.UPLOAD_FAILED: models.Reason.UPLOAD_FAILED,
     ExitCode.OUT_OF_GPU_MEMORY: models.Reason.OUT_OF_GPU_MEMORY,
     ExitCode.IDENTITY_CHECK_FAILED: models.Reason.IDENTITY_CHECK_FAILED,
+    ExitCode.DEADLINE_EXCEEDED: models.Reason.DEADLINE_EXCEEDED,
 }
 
 # Reserved for bad input: the child Job fails at once on these (podFailurePolicy FailJob).

@@ -22,7 +22,6 @@ import secrets
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import pydantic
 
@@ -36,6 +35,7 @@ from compose_inference import (
     runner,
     upload,
 )
+from compose_inference.samples import write_samples
 
 log = logging.getLogger("compose_inference")
 
@@ -353,34 +353,6 @@ def samples(argv: Sequence[str]) -> int:
     for path in written:
         print(path)
     return 0
-
-
-def write_samples(folder: Path) -> list[Path]:
-    """person.png (skimage's astronaut), shirt.png and trousers.png (tinted fabric-like
-    textures), place.png (skimage's rocket launch site)."""
-    import numpy as np
-    from PIL import Image
-    from skimage import data as skimage_data
-
-    data: Any = skimage_data  # scikit-image ships no type hints
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def tinted(gray: np.ndarray, colour: tuple[int, int, int]) -> Image.Image:
-        level = gray.astype(np.float32)[..., None] / 255.0
-        return Image.fromarray((level * np.array(colour, dtype=np.float32)).astype(np.uint8))
-
-    outputs = {
-        "person.png": Image.fromarray(data.astronaut()),
-        "shirt.png": tinted(data.brick(), (200, 40, 40)),
-        "trousers.png": tinted(data.grass(), (40, 60, 160)),
-        "place.png": Image.fromarray(data.rocket()),
-    }
-    written = []
-    for name, image in outputs.items():
-        path = folder / name
-        image.save(path)
-        written.append(path)
-    return written
 
 
 if __name__ == "__main__":

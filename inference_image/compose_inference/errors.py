@@ -69,6 +69,17 @@ class IdentityCheckFailed(ComposeError):
     exit_code = contract.ExitCode.IDENTITY_CHECK_FAILED
 
 
+class DeadlineExceeded(ComposeError):
+    """A pool worker's run went past the job's ``activeDeadlineSeconds`` and was stopped."""
+
+    exit_code = contract.ExitCode.DEADLINE_EXCEEDED
+
+
+class Stopped(ComposeError):
+    """A pool worker's run was stopped because its job was taken back; nothing is uploaded and
+    nothing reported (the assignment is no longer the worker's)."""
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """True for CUDA out-of-memory errors (torch.cuda.OutOfMemoryError and its older forms)."""
     try:
