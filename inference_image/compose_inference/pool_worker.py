@@ -273,7 +273,9 @@ class PoolWorker:
         self.renewed_at: float | None = None  # monotonic time a successful renewal was sent
         self.assigned: dict[str, Obj] = {}  # the watch's view: name -> CompositionJob
         self.current: Run | None = None
-        self._dropped: set[tuple[str, int]] = set()  # (uid, attempt) whose accept was refused
+        # (uid, attempt) this instance accepted or was refused: never accepted again, even while
+        # the watch has not shown the accept yet.
+        self._settled: set[tuple[str, int]] = set()
         self._retry_at = 0.0
         self._lease_uid: str | None = None
         self._wake = asyncio.Event()
@@ -526,6 +528,8 @@ class PoolWorker:
 
     def _replace(self, items: list[Obj]) -> None:
         self.assigned = {self._name(obj): obj for obj in items}
+        uids = {str((obj.get("metadata") or {}).get("uid") or "") for obj in items}
+        self._settled = {key for key in self._settled if key[0] in uids}
         current = self.current
         if current is not None:
             found = self.assigned.get(current.name)
@@ -542,8 +546,11 @@ class PoolWorker:
         self._wake.set()
 
     def _forget(self, obj: Obj) -> None:
+        """The watch no longer selects ``obj``: a later assignment of it is a new hand-off."""
         name = self._name(obj)
         self.assigned.pop(name, None)
+        uid = str((obj.get("metadata") or {}).get("uid") or "")
+        self._settled = {key for key in self._settled if key[0] != uid}
         current = self.current
         if current is not None and current.name == name:
             self._take_back(current)
@@ -566,7 +573,7 @@ class PoolWorker:
             if _accepted_by(obj, self.identity, assignment.attempt):
                 continue
             uid = str((obj.get("metadata") or {}).get("uid") or "")
-            if (uid, assignment.attempt) in self._dropped:
+            if (uid, assignment.attempt) in self._settled:
                 continue
             found.append((assignment.assigned_at, self._name(obj), obj, assignment))
         if not found:
@@ -611,12 +618,13 @@ class PoolWorker:
         except (kube.Invalid, kube.NotFound) as error:
             log.info("%s attempt %d: not accepted, the assignment moved (%s)",
                      name, assignment.attempt, error.reason)  # fmt: skip
-            self._dropped.add((uid, assignment.attempt))
+            self._settled.add((uid, assignment.attempt))
             return
         except kube.KubeError as error:
             log.warning("%s: accepting failed: %s; again in %.1f s", name, error, BACKOFF_FIRST)
             self._retry_at = self._clock() + BACKOFF_FIRST
             return
+        self._settled.add((uid, assignment.attempt))
         seconds = _deadline_seconds(obj)
         run = Run(
             name=name,
