@@ -202,9 +202,9 @@ class Run:
 
     def still_assigned(self, obj: Mapping[str, Any]) -> bool:
         """Whether ``obj`` (the job as the watch shows it now) still hands this attempt to this
-        instance."""
+        instance, and is not being deleted."""
         meta = obj.get("metadata") or {}
-        if meta.get("uid") != self.uid:
+        if meta.get("uid") != self.uid or meta.get("deletionTimestamp"):
             return False
         found = _assignment(obj)
         return found is not None and (found.worker_instance, found.attempt) == (
@@ -570,6 +570,8 @@ class PoolWorker:
             assignment = _assignment(obj)
             if assignment is None or assignment.worker_instance != self.identity:
                 continue
+            if (obj.get("metadata") or {}).get("deletionTimestamp"):
+                continue  # being deleted: not worth starting
             if _accepted_by(obj, self.identity, assignment.attempt):
                 continue
             uid = str((obj.get("metadata") or {}).get("uid") or "")

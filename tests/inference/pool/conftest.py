@@ -267,13 +267,20 @@ class Pool:
         return kube.path("coordination.k8s.io/v1", "leases", namespace=self.namespace, name=POD)
 
     async def create_job(
-        self, client: kube.Client, *, person: str, place: str, clothing: list[str]
+        self,
+        client: kube.Client,
+        *,
+        person: str,
+        place: str,
+        clothing: list[str],
+        finalizers: list[str] | None = None,
     ) -> Obj:
         name = f"look-{uuid.uuid4().hex[:8]}"
         body = {
             "apiVersion": models.API_VERSION,
             "kind": models.KIND,
-            "metadata": {"name": name, "namespace": self.namespace},
+            "metadata": {"name": name, "namespace": self.namespace,
+                         "finalizers": finalizers or []},
             "spec": {
                 "inputs": {"person": {"uri": person}, "place": {"uri": place},
                            "clothing": [{"uri": uri} for uri in clothing]},

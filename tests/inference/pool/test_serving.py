@@ -235,6 +235,32 @@ async def test_a_job_taken_back_stops_and_uploads_nothing(
     assert len(pool.result_keys()) == len(before) + 1
 
 
+async def test_a_job_deleted_mid_run_stops_and_uploads_nothing(
+    pool: Pool, worker: WorkerProcess, client: kube.Client, photos: dict[str, bytes]
+) -> None:
+    """Deleted while a finalizer holds it (deletionTimestamp set, still assigned): stopped all
+    the same."""
+    instance = await instance_of(pool, client)
+    gate = Gate(pool.http, f"/{uuid.uuid4().hex}/person.png", photos["person"])
+    shirt = pool.put("shirt.png", photos["shirt"])
+    place = pool.put("place.png", photos["place"])
+    before = pool.result_keys()
+    job = await pool.create_job(
+        client, person=gate.url, clothing=[shirt], place=place, finalizers=["test.example/hold"]
+    )
+    name = job["metadata"]["name"]
+    await pool.assign(client, job, instance)
+    await until(_is_set(gate), what="the input request")
+    await client.delete(pool.jobs_path(name))
+    worker.wait_for_log(f"{name}: taken back")
+    gate.opened.set()
+    worker.wait_for_log(f"{name}: stopped, nothing uploaded")
+    assert pool.result_keys() == before
+    report = await pool.report(client, job)
+    assert report is not None and "finishedAt" not in report
+    await client.patch(pool.jobs_path(name), {"metadata": {"finalizers": None}})
+
+
 def _is_set(gate: Gate) -> Any:
     async def check() -> bool:
         return gate.requested.is_set()
