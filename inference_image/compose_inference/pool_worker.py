@@ -259,8 +259,10 @@ class PoolWorker:
         instance: str | None = None,
         clock: Clock = time.monotonic,
         now: Now = utcnow,
+        watch_seconds: int = WATCH_TIMEOUT_SECONDS,
     ) -> None:
         self.settings = settings
+        self._watch_seconds = watch_seconds  # the server ends each watch after this long
         self.worker = worker
         self.client = client
         self.instance = instance or secrets.token_hex(5)
@@ -507,7 +509,7 @@ class PoolWorker:
                     self._jobs,
                     resource_version=version,
                     field_selector=selector,
-                    timeout_seconds=WATCH_TIMEOUT_SECONDS,
+                    timeout_seconds=self._watch_seconds,
                 ):
                     version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
                     if kind == "DELETED":

@@ -20,6 +20,7 @@ from compose_inference import fetching, modelstore, pool_worker, runner, upload
 from tests.inference.io.conftest import HttpServer
 from tests.inference.pool.conftest import (
     POD,
+    SERVICE_ACCOUNT,
     Gate,
     Pool,
     WorkerProcess,
@@ -209,13 +210,17 @@ async def test_a_run_past_its_deadline_is_stopped_and_reported(
     shirt = pool.put("shirt.png", photos["shirt"])
     place = pool.put("place.png", photos["place"])
     async with kube.Client(settings.connection) as worker_client, pool.client() as client:
-        worker = pool_worker.PoolWorker(settings, inner, worker_client, clock=clock)
+        # Watches of 1 s: the assignment may arrive on a watch resumed from its resourceVersion.
+        worker = pool_worker.PoolWorker(
+            settings, inner, worker_client, clock=clock, watch_seconds=1
+        )
         serving = asyncio.ensure_future(worker.serve())
         try:
             await until(lambda: _warm(worker), timeout=180, what="the worker to be ready")
             job = await pool.create_job(client, person=gate.url, clothing=[shirt], place=place)
             await pool.assign(client, job, worker.identity)
             await until(lambda: _requested(gate), what="the input request")
+            await asyncio.sleep(2.5)  # held in its fetch while watches end and resume
             skipped[0] = 3600.0  # the default activeDeadlineSeconds is 1800
             gate.opened.set()
             report = await pool.final_report(client, job)
@@ -226,6 +231,15 @@ async def test_a_run_past_its_deadline_is_stopped_and_reported(
     assert report["reason"] == "DeadlineExceeded"
     assert "activeDeadlineSeconds" in report["message"]
     assert pool.result_keys() == []
+    watches = [
+        e
+        for e in control_plane.audit_events(
+            user=f"system:serviceaccount:{namespace}:{SERVICE_ACCOUNT}"
+        )
+        if e["verb"] == "watch" and e["stage"] == "ResponseComplete"
+    ]
+    assert len(watches) >= 2  # resumed at least once
+    assert all("resourceVersion=" in e["requestURI"] for e in watches)
 
 
 async def _warm(worker: pool_worker.PoolWorker) -> bool:
