@@ -40,7 +40,6 @@ SCREENSHOT_BYTES = 300 * 1024
 TIMEOUT_MS = 20_000
 
 
-
 def _jpeg(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, format="JPEG", quality=85)
