@@ -20,8 +20,19 @@ PNG that declares 30000x30000 pixels, p50 of ``--runs``; the target is < 0.6 s. 
 in the same run, is the same command with torch and diffusers imported first (the order before
 the request checks and image validation were moved ahead of those imports).
 
+``--pool`` measures a warm pool worker instead (``compose worker``): the modules are saved in
+the profile's on-disk layout, then a ``runner.Worker`` loads them (face analyzer and pipeline),
+runs the worker's warm-up generation (``pool_worker.warm_up``) and one job: the *first-job
+latency* (load + warm-up + job). Then ``--jobs`` more jobs: the *warm-job latency* p50 (no load,
+no warm-up). The baselines are measured in the same run: the ratio warm/first, and warm against
+what a Job pod pays per job (load + one cold generation, the warm-up's). Jobs read the built-in
+sample photos and write a local PNG (encoding included, no S3). Options of the packaged
+``instantid-sdxl`` profile (face refinement on); on the CPU, ``--tiny`` sizes.
+
     python benchmarks/inference_bench.py                # CUDA, full size
     python benchmarks/inference_bench.py --tiny --runs 1 --threads 1
+    python benchmarks/inference_bench.py --pool         # CUDA, full size: a warm worker
+    python benchmarks/inference_bench.py --pool --tiny --jobs 3 --threads 1
 """
 
 from __future__ import annotations
@@ -399,6 +410,191 @@ def run_benchmark(
     return rows
 
 
+def save_models(modules: dict[str, Any], scale: Scale, root: Path) -> dict[str, Path]:
+    """Write the modules in the on-disk layout a profile's sources point at (the published
+    checkpoints' layout), with the tiny face models (detection is not measured); component
+    name -> path."""
+    base = root / "base"
+    for name in ("tokenizer", "tokenizer_2"):
+        modules[name].save_pretrained(str(base / name))
+    tiny.save_base(
+        base,
+        unet=modules["unet"],
+        vae=modules["vae"],
+        text_encoder=modules["text_encoder"],
+        text_encoder_2=modules["text_encoder_2"],
+        scheduler=modules["scheduler"],
+        tokenizer_class=type(modules["tokenizer"]).__name__,
+    )
+    modules["controlnet"].save_pretrained(str(root / "identitynet"))
+    modules["image_encoder"].save_pretrained(str(root / "image_encoder"))
+    paths = {
+        "base": base,
+        "identitynet": root / "identitynet",
+        "image_encoder": root / "image_encoder",
+        "face_analysis": tiny.build_face_models(root / "antelopev2"),
+    }
+    for name, config, seed, file in (
+        ("face_adapter", scale.face_resampler, 1, tiny.FACE_ADAPTER_FILE),
+        ("clothing_adapter", scale.clothing_resampler, 2, tiny.CLOTHING_ADAPTER_FILE),
+    ):
+        state = adapters.random_adapter_state(modules["unet"], config, seed=seed)
+        path = root / name / file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, str(path))
+        paths[name] = path
+    return paths
+
+
+def pool_profile(
+    paths: dict[str, Path], *, device: torch.device, dtype: torch.dtype, size: int, steps: int
+) -> Any:
+    """The packaged ``instantid-sdxl`` profile's options, its sources the saved modules, the
+    size and steps pinned."""
+    from compose_api import profiles
+    from compose_inference import catalogue
+
+    options = dict(catalogue.packaged()["instantid-sdxl"].options)
+    options.update(device=device.type, width=size, height=size, steps=steps, refine_size=size)
+    return profiles.ModelProfile.model_validate(
+        {
+            "name": "bench-pool",
+            "dtype": str(dtype).removeprefix("torch."),
+            "models": {name: {"uri": str(path)} for name, path in paths.items()},
+            "options": options,
+            "licence": {"name": "random weights"},
+        }
+    )
+
+
+@dataclasses.dataclass
+class PoolFigures:
+    save: float
+    load: float
+    warm_up: float
+    first_job: float
+    warm_jobs: list[float]
+    stages: dict[str, float]
+    peak_gib: float | None
+
+    @property
+    def first(self) -> float:
+        """The first job's latency: load + warm-up + the job."""
+        return self.load + self.warm_up + self.first_job
+
+    @property
+    def warm(self) -> float:
+        return statistics.median(self.warm_jobs)
+
+
+def run_pool(
+    *, scale: Scale, device: torch.device, dtype: torch.dtype, size: int, steps: int, jobs: int
+) -> PoolFigures:
+    with tempfile.TemporaryDirectory(prefix="pool-bench-") as folder:
+        return _run_pool(
+            Path(folder), scale=scale, device=device, dtype=dtype, size=size, steps=steps,
+            jobs=jobs,
+        )  # fmt: skip
+
+
+def _run_pool(
+    root: Path,
+    *,
+    scale: Scale,
+    device: torch.device,
+    dtype: torch.dtype,
+    size: int,
+    steps: int,
+    jobs: int,
+) -> PoolFigures:
+    from compose_inference import fetching, modelstore, pool_worker, runner, samples
+
+    started = time.perf_counter()
+    modules = build_modules(scale, device=device, dtype=dtype)
+    paths = save_models(modules, scale, root / "models")
+    del modules
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    saving = time.perf_counter() - started
+    print(f"  saved the weights in {saving:.1f} s", file=sys.stderr, flush=True)
+    profile = pool_profile(paths, device=device, dtype=dtype, size=size, steps=steps)
+    worker = runner.Worker(
+        fetcher=fetching.Fetcher(fetching.FetchSettings(allow_local_paths=True)),
+        store=modelstore.ModelStore(modelstore.StoreSettings(cache_dir=root / "cache")),
+        device=str(device),
+    )
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def timed(work: Callable[[], object]) -> float:
+        _synchronize(device)
+        begin = time.perf_counter()
+        work()
+        _synchronize(device)
+        return time.perf_counter() - begin
+
+    load = timed(lambda: worker.load(profile))
+    warm_up = timed(lambda: pool_worker.warm_up(worker, profile, root / "warm-up"))
+    person, shirt, trousers, place = samples.write_samples(root / "inputs")
+    outcomes: list[runner.Outcome] = []
+
+    def job(seed: int) -> None:
+        outcomes.append(
+            worker.run(
+                runner.Job(
+                    label=f"bench-{seed}",
+                    profile=profile,
+                    person=str(person),
+                    clothing=[
+                        (str(shirt), models.ClothingCategory.UPPER),
+                        (str(trousers), models.ClothingCategory.LOWER),
+                    ],
+                    place=str(place),
+                    params=runner.pin_profile(models.Params(seed=seed), profile).params,
+                    output_format="png",
+                    target=runner.LocalTarget(root / "results" / f"{seed}.png"),
+                )
+            )
+        )
+
+    first_job = timed(lambda: job(1))
+    warm_jobs = []
+    for seed in range(2, jobs + 2):
+        warm_jobs.append(timed(functools.partial(job, seed)))
+        print(f"  warm job {seed - 1}: {warm_jobs[-1]:.3f} s", file=sys.stderr, flush=True)
+    if worker.loads != 1 or any("load" in outcome.timings for outcome in outcomes):
+        raise RuntimeError(f"a job loaded models ({worker.loads} loads): not a warm worker")
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return PoolFigures(
+        save=saving,
+        load=load,
+        warm_up=warm_up,
+        first_job=first_job,
+        warm_jobs=warm_jobs,
+        stages=dict(outcomes[-1].timings),
+        peak_gib=peak,
+    )
+
+
+def format_pool(figures: PoolFigures, *, header: str) -> str:
+    cold = figures.load + figures.warm_up  # a Job pod: load, then a first (cold) generation
+    stages = ", ".join(f"{key} {value:.3f}" for key, value in figures.stages.items())
+    peak = f"; peak {figures.peak_gib:.2f} GiB" if figures.peak_gib is not None else ""
+    return "\n".join(
+        [
+            header,
+            f"weights saved in the profile's layout: {figures.save:.1f} s (not part of a start)",
+            f"first job: load {figures.load:.3f} s + warm-up {figures.warm_up:.3f} s + job"
+            f" {figures.first_job:.3f} s = {figures.first:.3f} s",
+            f"warm job p50 of {len(figures.warm_jobs)}: {figures.warm:.3f} s{peak}",
+            f"stages of the last warm job: {stages} s",
+            f"a Job pod per job (load + a cold generation): {cold:.3f} s",
+            f"ratio warm/first: {figures.warm / figures.first:.3f}x;"
+            f" warm/Job pod: {figures.warm / cold:.3f}x",
+        ]
+    )
+
+
 def _huge_png(path: Path, side: int = 30000) -> Path:
     """A tiny file whose header declares ``side`` x ``side`` pixels (a decompression bomb)."""
     import struct
@@ -473,6 +669,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=None)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--pool", action="store_true", help="a warm pool worker's latencies")
+    parser.add_argument("--jobs", type=int, default=5, help="--pool: warm jobs timed (p50)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -488,6 +686,16 @@ def main(argv: list[str] | None = None) -> int:
         size, steps = args.size or 1024, args.steps or 30
         compile_ = not args.no_compile
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    if args.pool:
+        figures = run_pool(
+            scale=scale, device=device, dtype=dtype, size=size, steps=steps, jobs=args.jobs
+        )
+        header = (
+            f"pool benchmark: {'tiny' if args.tiny else 'full-size SDXL'} random weights,"
+            f" {size}x{size}, {steps} steps, {str(dtype).removeprefix('torch.')}, {card}"
+        )
+        print(format_pool(figures, header=header))
+        return 0
     rows = run_benchmark(
         scale=scale,
         device=device,

@@ -37,6 +37,9 @@ class ExitCode(enum.IntEnum):
     OUT_OF_GPU_MEMORY = 22  # CUDA out of memory: retried (another node may have a free GPU)
     IDENTITY_CHECK_FAILED = 23  # the profile's minimum identity similarity was never reached
     CONTENT_REJECTED = 24  # the profile's safety check flagged an input or the generated image
+    # Pool workers only: the attempt ran past spec.execution.activeDeadlineSeconds (counted from
+    # the worker's accept) and was stopped; retried, as a Job pod stopped at its deadline is.
+    DEADLINE_EXCEEDED = 25
 
     @property
     def reason(self) -> models.Reason:
@@ -60,6 +63,7 @@ _REASONS = {
     ExitCode.OUT_OF_GPU_MEMORY: models.Reason.OUT_OF_GPU_MEMORY,
     ExitCode.IDENTITY_CHECK_FAILED: models.Reason.IDENTITY_CHECK_FAILED,
     ExitCode.CONTENT_REJECTED: models.Reason.CONTENT_REJECTED,
+    ExitCode.DEADLINE_EXCEEDED: models.Reason.DEADLINE_EXCEEDED,
 }
 
 # Reserved for bad input: the child Job fails at once on these (podFailurePolicy FailJob).

@@ -95,12 +95,13 @@ POD_UID_ENV = "COMPOSE_WORKER_POD_UID"  # downward API: metadata.uid (the Lease'
 # Exactly the API permissions a worker uses, in its own namespace: (group, resource, verbs, why).
 # The chart's worker Role is checked against this list.
 WORKER_PERMISSIONS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
-    ("coordination.k8s.io", "leases", ("create", "get", "patch", "delete"),
-     "its own Lease: created when warm, renewed, marked draining, deleted on exit"),
-    (models.GROUP, models.PLURAL, ("get", "list", "watch"),
-     "the CompositionJobs labelled with its pod name (its assignments)"),
+    ("coordination.k8s.io", "leases", ("create", "patch", "delete"),
+     "its own Lease: created when warm (taken over by a merge patch after a container "
+     "restart), renewed, marked draining, deleted on exit"),
+    (models.GROUP, models.PLURAL, ("list", "watch"),
+     "the CompositionJobs assigned to its pod (a field selector on status.assignment.worker)"),
     (models.GROUP, f"{models.PLURAL}/status", ("patch",),
-     "status.workerReport: accepted (conditional on resourceVersion), then finished"),
+     "status.workerReport: accepted, then finished (JSON patches that test the assignment)"),
 )  # fmt: skip
 
 

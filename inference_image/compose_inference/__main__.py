@@ -8,6 +8,8 @@
   with local files (or s3:// / https:// URIs) in and a local file out.
 - ``compose samples --dir samples/``: writes sample inputs (photos shipped with scikit-image) so
   the first command of the README runs without network.
+- ``compose worker``: a warm worker of a CompositionPool (``pool_worker``), settings from the
+  environment (``compose_api.pools``); a bad setting exits 2 naming the variable.
 
 Wiring only: settings come from the environment and the command line, the work is in ``runner``.
 """
@@ -22,7 +24,6 @@ import secrets
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import pydantic
 
@@ -33,9 +34,11 @@ from compose_inference import (
     fetching,
     images,
     modelstore,
+    pool_worker,
     runner,
     upload,
 )
+from compose_inference.samples import write_samples
 
 log = logging.getLogger("compose_inference")
 
@@ -61,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_job(args[1:])
     if args and args[0] == "samples":
         return samples(args[1:])
+    if args and args[0] == "worker":
+        return worker(args[1:])
     if not args and os.environ.get(contract.JOB_DOCUMENT_ENV):
         return run_job([])
     return local(args)
@@ -170,6 +175,27 @@ def _write_termination_log(message: contract.TerminationMessage, env: Mapping[st
         log.warning("could not write the termination message to %s: %s", path, error)
 
 
+# -- pool worker --------------------------------------------------------------------------------
+
+
+def worker(argv: Sequence[str], *, environ: Mapping[str, str] | None = None) -> int:
+    """Serve the jobs a CompositionPool's operator assigns to this pod, until SIGTERM."""
+    env = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(
+        prog="compose worker",
+        description=worker.__doc__,
+        epilog="Settings come from the environment: see inference_image/README.md.",
+    )
+    parser.parse_args(argv)
+    try:
+        settings = pool_worker.Settings.from_env(env)
+        inner = _worker(env, local_mode=False)
+    except ValueError as error:  # pool_worker.SettingsError included
+        print(f"compose worker: error: {error}", file=sys.stderr)
+        return 2
+    return pool_worker.main(settings, inner)
+
+
 # -- local mode ---------------------------------------------------------------------------------
 
 
@@ -178,7 +204,8 @@ def _local_parser() -> argparse.ArgumentParser:
         prog="compose",
         description="Compose a photo of a person wearing the given clothes in the given place.",
         epilog="Other commands: 'compose samples --dir DIR' writes sample inputs; "
-        "'compose run-job [--job-file F]' runs a job document (pod mode). "
+        "'compose run-job [--job-file F]' runs a job document (pod mode); "
+        "'compose worker' serves a CompositionPool's jobs. "
         "Exit codes: see inference_image/README.md.",
     )
     parser.add_argument("--person", required=True, help="person photo (one face must show)")
@@ -353,34 +380,6 @@ def samples(argv: Sequence[str]) -> int:
     for path in written:
         print(path)
     return 0
-
-
-def write_samples(folder: Path) -> list[Path]:
-    """person.png (skimage's astronaut), shirt.png and trousers.png (tinted fabric-like
-    textures), place.png (skimage's rocket launch site)."""
-    import numpy as np
-    from PIL import Image
-    from skimage import data as skimage_data
-
-    data: Any = skimage_data  # scikit-image ships no type hints
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def tinted(gray: np.ndarray, colour: tuple[int, int, int]) -> Image.Image:
-        level = gray.astype(np.float32)[..., None] / 255.0
-        return Image.fromarray((level * np.array(colour, dtype=np.float32)).astype(np.uint8))
-
-    outputs = {
-        "person.png": Image.fromarray(data.astronaut()),
-        "shirt.png": tinted(data.brick(), (200, 40, 40)),
-        "trousers.png": tinted(data.grass(), (40, 60, 160)),
-        "place.png": Image.fromarray(data.rocket()),
-    }
-    written = []
-    for name, image in outputs.items():
-        path = folder / name
-        image.save(path)
-        written.append(path)
-    return written
 
 
 if __name__ == "__main__":

@@ -76,6 +76,17 @@ class ContentRejected(ComposeError):
     exit_code = contract.ExitCode.CONTENT_REJECTED
 
 
+class DeadlineExceeded(ComposeError):
+    """A pool worker's run went past the job's ``activeDeadlineSeconds`` and was stopped."""
+
+    exit_code = contract.ExitCode.DEADLINE_EXCEEDED
+
+
+class Stopped(ComposeError):
+    """A pool worker's run was stopped because its job was taken back; nothing is uploaded and
+    nothing reported (the assignment is no longer the worker's)."""
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     """True for CUDA out-of-memory errors (torch.cuda.OutOfMemoryError and its older forms)."""
     try:

@@ -21,7 +21,9 @@ name -> local path) goes to ``pipeline.ComposePipeline.load``. Sources:
 The cache directory comes from ``COMPOSE_MODEL_CACHE`` (a node-local disk or volume). Offline mode
 (``COMPOSE_OFFLINE=1`` or ``HF_HUB_OFFLINE=1``) uses the cache only. Every failure is
 MODEL_LOAD_FAILED with the component and source named. A file lock per cache entry lets several
-pods on one node share the cache.
+pods on one node share the cache: Job pods and pool workers starting at once download and extract
+an entry once, the others wait and reuse it, and a process with a warm cache makes no request at
+all (an S3 source deleted since still loads from the cache).
 """
 
 from __future__ import annotations
@@ -203,13 +205,18 @@ class ModelStore:
             self._s3 = storage.make_client(read_timeout=300.0)
         return self._s3
 
-    def _s3_source(self, source: profiles.ModelSource, *, label: str) -> Path:
+    def s3_entry(self, source: profiles.ModelSource) -> Path:
+        """The cache folder of an S3 source; its lock file is ``<folder>.lock`` beside it."""
         location = storage.parse_uri(source.uri)
         selection = location.key
         if location.key.endswith("/") and source.allow_patterns is not None:
             # A prefix with a file selection is its own cache entry.
             selection = f"{location.key}?{source.subfolder or ''}:{','.join(source.allow_patterns)}"
-        entry = self.settings.cache_dir / "s3" / location.bucket / _entry_name(selection)
+        return self.settings.cache_dir / "s3" / location.bucket / _entry_name(selection)
+
+    def _s3_source(self, source: profiles.ModelSource, *, label: str) -> Path:
+        location = storage.parse_uri(source.uri)
+        entry = self.s3_entry(source)
         with _locked(entry):
             if location.key.endswith("/") or not location.key:
                 root = self._s3_prefix(location, entry, source, label=label)
@@ -452,14 +459,28 @@ def _extract(archive: Path, destination: Path, *, label: str) -> None:
 
 @contextlib.contextmanager
 def _locked(entry: Path) -> Iterator[None]:
-    """An exclusive lock on one cache entry, shared with other processes on the node."""
+    """An exclusive lock on one cache entry, shared with other processes on the node (Job pods
+    and pool workers mount the same node-local cache). Whoever holds it first removes what a
+    process killed mid-download left behind: every writer works under the lock, so a staging
+    folder or partial download found while holding it belongs to no live process."""
     entry.mkdir(parents=True, exist_ok=True)
     with (entry.parent / f"{entry.name}.lock").open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
+            _sweep(entry)
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _sweep(entry: Path) -> None:
+    """Remove the leftovers of dead writers in ``entry`` (call with its lock held)."""
+    for path in entry.iterdir():
+        name = path.name
+        if name.startswith("staging-") or ".stale-" in name:
+            shutil.rmtree(path, ignore_errors=True)
+        elif name.startswith("download-") and name.endswith(".part"):
+            path.unlink(missing_ok=True)
 
 
 def _first_line(error: BaseException) -> str:

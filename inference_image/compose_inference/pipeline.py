@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -400,7 +400,11 @@ class ComposePipeline:
         return result
 
     @torch.no_grad()
-    def __call__(self, request: GenerationRequest) -> GenerationResult:
+    def __call__(
+        self, request: GenerationRequest, *, interrupt: Callable[[], None] | None = None
+    ) -> GenerationResult:
+        """Generate one image. ``interrupt`` is called before every denoising step (of both
+        passes) and stops the generation by raising (a worker whose job was taken back)."""
         timings: dict[str, float] = {}
         started = time.perf_counter()
 
@@ -473,6 +477,7 @@ class ComposePipeline:
             guidance=params.guidance,
             cfg=cfg,
             generator=generator,
+            interrupt=interrupt,
         )
         _synchronize(self.device)
         timings["denoise"] = time.perf_counter() - started
@@ -489,7 +494,15 @@ class ComposePipeline:
             started = time.perf_counter()
             unrefined = image
             image = self._refine_face(
-                image, canvas, face_tokens, text_embeds, pooled, params, generator, cfg=cfg
+                image,
+                canvas,
+                face_tokens,
+                text_embeds,
+                pooled,
+                params,
+                generator,
+                cfg=cfg,
+                interrupt=interrupt,
             )
             _synchronize(self.device)
             timings["refine"] = time.perf_counter() - started
@@ -534,6 +547,7 @@ class ComposePipeline:
         guidance: float,
         cfg: bool,
         generator: torch.Generator,
+        interrupt: Callable[[], None] | None = None,
     ) -> torch.Tensor:
         text_embeds = conditioning.text_embeds
         batch = text_embeds.shape[0]
@@ -547,6 +561,8 @@ class ComposePipeline:
         attention_kwargs = {"image_streams": streams} if streams else None
         identity = conditioning.identity
         for timestep in timesteps:
+            if interrupt is not None:
+                interrupt()
             model_input = torch.cat([latents] * 2) if cfg else latents
             model_input = self.scheduler.scale_model_input(model_input, timestep)
             down_residuals = mid_residual = None
@@ -619,6 +635,7 @@ class ComposePipeline:
         generator: torch.Generator,
         *,
         cfg: bool,
+        interrupt: Callable[[], None] | None = None,
     ) -> Image.Image:
         """Crop the face region, upscale it, run InstantID img2img on it, blend it back."""
         box = layout.face_crop(canvas, grow=REFINE_CROP_GROW)
@@ -648,6 +665,7 @@ class ComposePipeline:
             guidance=params.guidance,
             cfg=cfg,
             generator=generator,
+            interrupt=interrupt,
         )
         refined = self._decode(latents).resize(
             (box[2] - box[0], box[3] - box[1]), Image.Resampling.LANCZOS

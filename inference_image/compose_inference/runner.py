@@ -25,7 +25,14 @@ changed is said in the termination message, and the values used (size, steps, gu
 the result.
 
 Loaded face analyzers and pipelines are kept per profile, so a warm worker loads once and runs
-many. Every failure is a ``errors.ComposeError`` carrying its exit code.
+many (``compose worker``, ``pool_worker``, loads them before its first job with
+:meth:`Worker.load`); a job that finds its pipeline loaded has no ``load`` stage at all. A run can
+be stopped from outside: the ``stop`` callable given to :meth:`Worker.run` is called between
+stages and between denoising steps, and stops the run by raising (``errors.Stopped`` when the job
+was taken back, ``errors.DeadlineExceeded`` past its deadline); it is called once more just before
+the upload, so a stopped run uploads nothing.
+
+Every failure is a ``errors.ComposeError`` carrying its exit code.
 """
 
 from __future__ import annotations
@@ -45,6 +52,9 @@ from compose_inference import checks, errors, fetching, images, modelstore, uplo
 log = logging.getLogger("compose_inference")
 
 FACE_COMPONENT = "face_analysis"
+
+# Called between stages (and denoising steps) of a run; raises an errors.ComposeError to stop it.
+Stop = Callable[[], None]
 
 
 def pin_profile(params: models.Params, profile: profiles.ModelProfile) -> parameters.Pinned:
@@ -238,30 +248,51 @@ class Worker:
         self._loaded: dict[str, _Loaded] = {}
         self.loads = 0  # pipelines loaded so far (a warm worker loads each profile once)
 
-    def run(self, job: Job, *, watch: Stopwatch | None = None) -> Outcome:
-        """Run ``job`` through every stage; raises errors.ComposeError (with its exit code)."""
+    def run(
+        self,
+        job: Job,
+        *,
+        watch: Stopwatch | None = None,
+        stop: Stop | None = None,
+        fetcher: fetching.Fetcher | None = None,
+    ) -> Outcome:
+        """Run ``job`` through every stage; raises errors.ComposeError (with its exit code).
+
+        ``stop`` is called between stages and denoising steps and stops the run by raising;
+        ``fetcher`` replaces the worker's own for this run (the warm-up reads local samples)."""
         watch = watch or Stopwatch(self._clock)
         try:
-            return self._run(job, watch)
+            return self._run(job, watch, stop or _go_on, fetcher or self.fetcher)
         except errors.ComposeError:
             raise
         except Exception as error:
             raise errors.classify(error) from error
 
-    def _run(self, job: Job, watch: Stopwatch) -> Outcome:
+    def load(self, profile: profiles.ModelProfile) -> None:
+        """Resolve and load the face analyzer and the pipeline of ``profile`` now (a warm
+        worker's start); jobs of that profile then have no load stage."""
+        self._analyzer(profile)
+        self._pipeline(profile)
+
+    def loaded(self, profile: profiles.ModelProfile) -> bool:
+        return self._slot(profile).pipeline is not None
+
+    def _run(self, job: Job, watch: Stopwatch, stop: Stop, fetcher: fetching.Fetcher) -> Outcome:
         params = job.params
         # 1. check the request against the profile's pipeline, before reading any input
         with watch.stage("check"):
             self.check(job)
         # 2. fetch
+        stop()
         with watch.stage("fetch"):
-            person_bytes = self.fetcher.fetch(job.person, field="spec.inputs.person.uri")
+            person_bytes = fetcher.fetch(job.person, field="spec.inputs.person.uri")
             clothing_bytes = [
-                self.fetcher.fetch(uri, field=f"spec.inputs.clothing[{index}].uri")
+                fetcher.fetch(uri, field=f"spec.inputs.clothing[{index}].uri")
                 for index, (uri, _) in enumerate(job.clothing)
             ]
-            place_bytes = self.fetcher.fetch(job.place, field="spec.inputs.place.uri")
+            place_bytes = fetcher.fetch(job.place, field="spec.inputs.place.uri")
         # 3. validate
+        stop()
         with watch.stage("validate"):
             person = images.decode(person_bytes, field="spec.inputs.person.uri", limits=self.limits)
             clothing = [
@@ -283,21 +314,28 @@ class Worker:
             ]
             self._screen(job.profile, photos, watch)
         # 4. face analysis, with only the (small) face models resolved
+        stop()
         with watch.stage("face"):
             analyzer = self._analyzer(job.profile)
             face = analyzer.analyze(person.image)
-        # 5. load the pipeline (once per profile); torch and diffusers are imported here
+        # 5. load the pipeline (once per profile: a warm job has no load stage); torch and
+        # diffusers are imported here
         from compose_inference import pipeline as pipeline_module
 
-        with watch.stage("load"):
+        stop()
+        if self.loaded(job.profile):
             pipe = self._pipeline(job.profile)
+        else:
+            with watch.stage("load"):
+                pipe = self._pipeline(job.profile)
         request = pipeline_module.GenerationRequest(
             face=face, person=person.image, clothing=clothing, place=place.image, params=params
         )
         pipe.check_request(request)  # the loaded model's own size multiple
         # 6. generate, with the identity gate (the refinement pass is timed apart)
+        stop()
         with watch.stage("generate"):
-            generated = self._generate(job.profile, pipe, analyzer, request)
+            generated = self._generate(job.profile, pipe, analyzer, request, stop)
         if generated.refine_seconds is not None:
             watch.seconds["generate"] -= generated.refine_seconds
             watch.seconds["refine"] = generated.refine_seconds
@@ -306,10 +344,12 @@ class Worker:
         if job.profile.safety is not None and job.profile.safety.output:
             self._screen(job.profile, [("the generated image", image)], watch)
         # 7. encode
+        stop()
         with watch.stage("encode"):
             data = images.encode(image, job.output_format)
             digest = hashlib.sha256(data).hexdigest()
-        # 8. upload (or write the local file)
+        # 8. upload (or write the local file); a run stopped by now uploads nothing
+        stop()
         with watch.stage("upload"):
             uri = self._store(job, data, seed=generated.seed, similarity=generated.similarity)
         watch.seconds["total"] = watch.total()
@@ -457,7 +497,7 @@ class Worker:
         return slot.checker
 
     def _generate(
-        self, profile: profiles.ModelProfile, pipe: Any, analyzer: Any, request: Any
+        self, profile: profiles.ModelProfile, pipe: Any, analyzer: Any, request: Any, stop: Stop
     ) -> _Generated:
         from compose_inference import quality
 
@@ -467,7 +507,8 @@ class Worker:
         refine_seconds: float | None = None
         for attempt in range(tries):
             seed = (request.seed + attempt * 7919) % 2**32
-            result = pipe(request.with_seed(seed))
+            stop()
+            result = pipe(request.with_seed(seed), interrupt=stop)
             if "refine" in result.timings:
                 refine_seconds = (refine_seconds or 0.0) + result.timings["refine"]
             similarity = quality.identity_similarity(analyzer, request.face, result.image)
@@ -524,6 +565,10 @@ def _checker_name(profile: profiles.ModelProfile) -> str:
     """The models entry of the safety checker (never a generation component, even when the
     check is off)."""
     return (profile.safety or profiles.SafetyCheck()).component
+
+
+def _go_on() -> None:
+    """The ``stop`` of a run that nothing stops."""
 
 
 def termination_message(

@@ -212,12 +212,35 @@ def build_base(folder: Path) -> Path:
     text_encoder = CLIPTextModel(_text_config(vocab_size))
     text_encoder_2 = CLIPTextModelWithProjection(_text_config(vocab_size))
     scheduler = EulerDiscreteScheduler(**SDXL_SCHEDULER)
+    save_base(
+        folder,
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        scheduler=scheduler,
+        tokenizer_class=CLIPTokenizer.__name__,
+    )
+    return folder
+
+
+def save_base(
+    folder: Path,
+    *,
+    unet: Any,
+    vae: Any,
+    text_encoder: Any,
+    text_encoder_2: Any,
+    scheduler: Any,
+    tokenizer_class: str,
+) -> None:
+    """Write SDXL's modules in diffusers' folder layout with its ``model_index.json`` (the
+    tokenizers are written by the caller into ``tokenizer/`` and ``tokenizer_2/``)."""
     unet.save_pretrained(str(folder / "unet"))
     vae.save_pretrained(str(folder / "vae"))
     text_encoder.save_pretrained(str(folder / "text_encoder"))
     text_encoder_2.save_pretrained(str(folder / "text_encoder_2"))
     scheduler.save_pretrained(str(folder / "scheduler"))
-    tokenizer_class = CLIPTokenizer.__name__
     index = {
         "_class_name": "StableDiffusionXLPipeline",
         "_diffusers_version": _diffusers_version(),
@@ -233,7 +256,6 @@ def build_base(folder: Path) -> Path:
         "vae": ["diffusers", type(vae).__name__],
     }
     (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-    return folder
 
 
 def _diffusers_version() -> str:
