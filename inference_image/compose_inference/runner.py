@@ -464,9 +464,14 @@ class Worker:
         self, profile: profiles.ModelProfile, items: list[tuple[str, Any]], watch: Stopwatch
     ) -> None:
         """The safety check of ``(label, image)`` items (``moderation``): the checker's load
-        (once per profile) counts as ``load``, the check as ``safety``."""
-        with watch.stage("load"):
-            checker = self._checker(profile)
+        (once per profile: a warm job has no load stage) counts as ``load``, the check as
+        ``safety``."""
+        loaded = self._slot(profile).checker
+        if loaded is not None:
+            checker = loaded
+        else:
+            with watch.stage("load"):
+                checker = self._checker(profile)
         with watch.stage("safety"):
             checker.screen(items)
 
