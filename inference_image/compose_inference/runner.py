@@ -270,9 +270,13 @@ class Worker:
 
     def load(self, profile: profiles.ModelProfile) -> None:
         """Resolve and load the face analyzer and the pipeline of ``profile`` now (a warm
-        worker's start); jobs of that profile then have no load stage."""
+        worker's start), and its safety checker when the profile checks; jobs of that profile
+        then have no load stage."""
         self._analyzer(profile)
         self._pipeline(profile)
+        safety = profile.safety
+        if safety is not None and (safety.inputs or safety.output):
+            self._checker(profile)
 
     def loaded(self, profile: profiles.ModelProfile) -> bool:
         return self._slot(profile).pipeline is not None
