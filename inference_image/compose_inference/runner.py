@@ -270,9 +270,13 @@ class Worker:
 
     def load(self, profile: profiles.ModelProfile) -> None:
         """Resolve and load the face analyzer and the pipeline of ``profile`` now (a warm
-        worker's start); jobs of that profile then have no load stage."""
+        worker's start), and its safety checker when the profile checks; jobs of that profile
+        then have no load stage."""
         self._analyzer(profile)
         self._pipeline(profile)
+        safety = profile.safety
+        if safety is not None and (safety.inputs or safety.output):
+            self._checker(profile)
 
     def loaded(self, profile: profiles.ModelProfile) -> bool:
         return self._slot(profile).pipeline is not None
@@ -464,9 +468,14 @@ class Worker:
         self, profile: profiles.ModelProfile, items: list[tuple[str, Any]], watch: Stopwatch
     ) -> None:
         """The safety check of ``(label, image)`` items (``moderation``): the checker's load
-        (once per profile) counts as ``load``, the check as ``safety``."""
-        with watch.stage("load"):
-            checker = self._checker(profile)
+        (once per profile: a warm job has no load stage) counts as ``load``, the check as
+        ``safety``."""
+        loaded = self._slot(profile).checker
+        if loaded is not None:
+            checker = loaded
+        else:
+            with watch.stage("load"):
+                checker = self._checker(profile)
         with watch.stage("safety"):
             checker.screen(items)
 
