@@ -109,6 +109,14 @@ class WorkerKubelet:
             if container.process.poll() is None:
                 container.process.kill()
                 container.process.wait(timeout=10)
+        # Nothing runs any more: no pod may stay held by the stand-in for the grace period (it
+        # would keep its GPU node taken after the test).
+        pods, _ = await self.client.list(
+            self._path, label_selector=f"{protocol.POOL_LABEL}={self.pool}"
+        )
+        for pod in pods:
+            if FINALIZER in (pod["metadata"].get("finalizers") or []):
+                await self._unfinalize(pod)
 
     async def _loop(self) -> None:
         selector = f"{protocol.POOL_LABEL}={self.pool}"
@@ -161,7 +169,9 @@ class WorkerKubelet:
     def _start(self, pod: Obj) -> Container:
         name = pod["metadata"]["name"]
         port = free_port()
-        env = {**os.environ, **self.env, **pod_env(pod), protocol.PORT_ENV: str(port)}
+        # The pod's own environment, then the harness's: what a kubelet would mount or inject
+        # (the model cache folder, credentials) differs on this machine.
+        env = {**os.environ, **pod_env(pod), **self.env, protocol.PORT_ENV: str(port)}
         log = self.logs / f"{name}.log"
         handle = log.open("ab")
         process = subprocess.Popen(

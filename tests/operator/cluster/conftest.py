@@ -94,6 +94,7 @@ def operator(
     accounts = {o["metadata"]["name"] for o in objects if o["kind"] == "ServiceAccount"}
     operator_sa = next(a for a in accounts if a.endswith("-operator"))
     inference_sa = next(a for a in accounts if a.endswith("-inference"))
+    worker_sa = next(a for a in accounts if a.endswith("-worker"))
     kubeconfig = control_plane.service_account_kubeconfig(
         namespace, operator_sa, tmp_path / "operator.kubeconfig"
     )
@@ -103,6 +104,7 @@ def operator(
         KUBECONFIG=str(kubeconfig),
         COMPOSE_NAMESPACES=namespace,
         COMPOSE_INFERENCE_SERVICE_ACCOUNT=inference_sa,
+        COMPOSE_WORKER_SERVICE_ACCOUNT=worker_sa,
     )
     settings.update(operator_settings)
     process = OperatorProcess(settings, tmp_path / "operator.log")
