@@ -188,15 +188,10 @@ class WorkerKubelet:
 
     async def _unfinalize(self, pod: Obj) -> None:
         finalizers = [f for f in pod["metadata"].get("finalizers") or [] if f != FINALIZER]
-        with contextlib.suppress(kube.NotFound, kube.Conflict):  # gone, or retried next round
+        with contextlib.suppress(kube.NotFound):  # gone already
             await self.client.patch(
                 f"{self._path}/{pod['metadata']['name']}",
-                {
-                    "metadata": {
-                        "finalizers": finalizers or None,
-                        "resourceVersion": pod["metadata"]["resourceVersion"],
-                    }
-                },
+                {"metadata": {"finalizers": finalizers or None}},
             )
 
     def kill(self, pod: str) -> None:
