@@ -18,14 +18,14 @@ import re
 import fastapi
 from fastapi import responses, security
 
-from compose_api import models
+from compose_api import kube, models
 from compose_gateway import (
     auth,
     bodies,
     callbacks,
     errors,
     jobs,
-    kube,
+    kubeapi,
     metrics,
     openapi,
     ratelimit,
@@ -51,7 +51,7 @@ class Services:
     """What the handlers use; one per app, on ``app.state.services``."""
 
     settings: settings_module.Settings
-    kube: kube.KubeClient
+    kube: kubeapi.KubeClient
     store: storage.Storage
     keys: auth.KeyRing
     limiter: ratelimit.RateLimiter | ratelimit.SharedRateLimiter

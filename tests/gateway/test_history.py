@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from compose_gateway import jobs, kube, naming
+from compose_api import kube
+from compose_gateway import jobs, kubeapi, naming
 from tests.gateway import operator_play
 from tests.gateway.conftest import (
     ALICE_KEY,
@@ -21,12 +22,12 @@ from tests.support import cluster_client
 from tests.support.resources import COMPOSITION_JOBS
 
 
-class CountingKubeClient(kube.KubeClient):
+class CountingKubeClient(kubeapi.KubeClient):
     """The real client, recording how many objects each list of alice's jobs returned (the
     callback loop's lists of pending callbacks are left out)."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.listed: list[int] = []
 
     async def list_page(
@@ -42,10 +43,12 @@ class CountingKubeClient(kube.KubeClient):
 
 async def _gateway(make_gateway: MakeGateway, cluster: GatewayCluster, **overrides: Any) -> Gateway:
     client = CountingKubeClient(
-        base_url=cluster.plane.url,
+        kube.Connection(
+            server=cluster.plane.url,
+            token_file=cluster.token_file,
+            ca_file=cluster.plane.pki.ca_cert,
+        ),
         namespace=NAMESPACE,
-        token_path=cluster.token_file,
-        ca_path=cluster.plane.pki.ca_cert,
     )
     clock = ManualClock(start=1_767_225_600.0)
     monotonic = ManualClock()
