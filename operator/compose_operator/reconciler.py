@@ -27,7 +27,7 @@ from typing import Any
 import pydantic
 
 from compose_api import models
-from compose_operator import inventory, kube, metrics, names, observed, plan, queueing, status
+from compose_operator import inventory, kubeapi, metrics, names, observed, plan, queueing, status
 from compose_operator.settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class Reconciler:
     def __init__(
         self,
         settings: OperatorSettings,
-        client: kube.KubeClient,
+        client: kubeapi.KubeClient,
         *,
         inventory_: inventory.Inventory | None = None,
         metrics_: metrics.Metrics | None = None,
