@@ -56,14 +56,14 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
-import aiohttp
 import psutil
 import yaml
 
 from compose_api import contract, models
-from tests.support import control_plane, kube_cluster, kube_emulator
-from tests.support.kube_client import KubeApiError, KubeClient
-from tests.support.kube_emulator import COMPOSITION_JOBS, JOBS, PODS
+from compose_api.kube import Gone, KubeError, NotFound
+from tests.support import control_plane, kube_cluster, kube_emulator, resources
+from tests.support.cluster_client import ClusterClient
+from tests.support.resources import COMPOSITION_JOBS, JOBS, PODS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NAMESPACE = "bench"
@@ -162,7 +162,7 @@ class Cluster(Protocol):
     def url(self) -> str:
         """The plain http URL the operators and the driver use."""
 
-    def request_log(self, since: int = 0) -> list[kube_emulator.RequestRecord]:
+    def request_log(self, since: int = 0) -> list[resources.RequestRecord]:
         """Every API request since the ``since``-th, in arrival order."""
 
     def cpu_seconds(self) -> float:
@@ -176,7 +176,7 @@ class EmulatorCluster:
     url: str
     pid: int
 
-    def request_log(self, since: int = 0) -> list[kube_emulator.RequestRecord]:
+    def request_log(self, since: int = 0) -> list[resources.RequestRecord]:
         return kube_emulator.fetch_request_log(self.url, since)
 
     def cpu_seconds(self) -> float:
@@ -203,7 +203,7 @@ class RealCluster:
     def url(self) -> str:
         return self.plane.url
 
-    def request_log(self, since: int = 0) -> list[kube_emulator.RequestRecord]:
+    def request_log(self, since: int = 0) -> list[resources.RequestRecord]:
         return self.plane.request_records(user=self.user)[since:]
 
     def cpu_seconds(self) -> float:
@@ -215,7 +215,7 @@ class RealCluster:
                     total += float(times.user + times.system)
         return total
 
-    def client(self) -> KubeClient:
+    def client(self) -> ClusterClient:
         return self.plane.admin(NAMESPACE)
 
 
@@ -380,7 +380,7 @@ class Driver:
     """Creates the CompositionJobs and plays the controllers; records the times it sees."""
 
     def __init__(
-        self, kube: KubeClient, kind: OperatorKind, jobs: int, step_delay: float = 0.0
+        self, kube: ClusterClient, kind: OperatorKind, jobs: int, step_delay: float = 0.0
     ) -> None:
         self.kube = kube
         self.step_delay = step_delay
@@ -447,11 +447,10 @@ class Driver:
                 self.kube, pod, exit_code=0, message=success_message(owner)
             )
             await kube_cluster.sync_job(self.kube, job)
-        except KubeApiError as exc:
-            if exc.status != 404:  # a Job deleted under us is the operator's business
-                self.errors.append(f"{owner}: {exc}")
-        except aiohttp.ClientError as exc:
-            self.errors.append(f"{owner}: {exc!r}")
+        except NotFound:
+            pass  # a Job deleted under us is the operator's business
+        except KubeError as exc:
+            self.errors.append(f"{owner}: {exc}")
 
 
 class RealDriver(Driver):
@@ -492,11 +491,10 @@ class RealDriver(Driver):
             await control_plane.finish_pod(
                 self.kube, pod, exit_code=0, message=success_message(owner)
             )
-        except KubeApiError as exc:
-            if exc.status != 404:
-                self.errors.append(f"{job_name}: {exc}")
-        except aiohttp.ClientError as exc:
-            self.errors.append(f"{job_name}: {exc!r}")
+        except NotFound:
+            pass
+        except KubeError as exc:
+            self.errors.append(f"{job_name}: {exc}")
 
 
 def _owner_name(obj: Mapping[str, Any]) -> str | None:
@@ -507,19 +505,19 @@ def _owner_name(obj: Mapping[str, Any]) -> str | None:
     return None
 
 
-async def _watch_forever(kube: KubeClient, spec: kube_emulator.ResourceSpec) -> AsyncIterator[Obj]:
+async def _watch_forever(kube: ClusterClient, spec: resources.ResourceSpec) -> AsyncIterator[Obj]:
     """Watch with resumption, the way a controller does (re-list on 410)."""
     since: str | None = None
     while True:
-        async for event in kube.watch(
-            spec, namespace=NAMESPACE, resource_version=since, timeout_seconds=300
-        ):
-            if event["type"] == "ERROR":
-                since = None
-                break
-            since = event["object"]["metadata"].get("resourceVersion", since)
-            if event["type"] != "BOOKMARK":  # a real API server's progress marks
-                yield event
+        try:
+            async for kind, obj in kube.watch(
+                spec, namespace=NAMESPACE, resource_version=since, timeout_seconds=300
+            ):
+                since = obj["metadata"].get("resourceVersion", since)
+                if kind != "BOOKMARK":  # a real API server's progress marks
+                    yield {"type": kind, "object": obj}
+        except Gone:
+            since = None
 
 
 async def _wait_ready(
@@ -536,7 +534,7 @@ async def _wait_ready(
         if any(
             r.verb == "watch"
             and r.resource == COMPOSITION_JOBS.plural
-            and r.user_agent != kube_emulator.TEST_CLIENT_USER_AGENT
+            and r.user_agent != resources.TEST_CLIENT_USER_AGENT
             for r in records
         ):
             return
@@ -604,7 +602,7 @@ async def _measure(
     client = (
         cluster.client()
         if isinstance(cluster, RealCluster)
-        else KubeClient(url, namespace=NAMESPACE)
+        else ClusterClient.at(url, namespace=NAMESPACE)
     )
     async with client as kube:
         driver = (RealDriver if scenario.real else Driver)(kube, kind, jobs, scenario.step_delay)
@@ -645,7 +643,7 @@ async def _measure(
         records = await asyncio.to_thread(cluster.request_log, log_start)
     if driver.errors:
         sys.stderr.write("benchmark driver errors:\n  " + "\n  ".join(driver.errors[:10]) + "\n")
-    mine = [r for r in records if r.user_agent != kube_emulator.TEST_CLIENT_USER_AGENT]
+    mine = [r for r in records if r.user_agent != resources.TEST_CLIENT_USER_AGENT]
     return Result(
         operator=kind.title,
         jobs=jobs,
@@ -672,7 +670,7 @@ async def _measure(
     )
 
 
-def _sub(record: kube_emulator.RequestRecord) -> str:
+def _sub(record: resources.RequestRecord) -> str:
     return f"/{record.subresource}" if record.subresource else ""
 
 
@@ -755,7 +753,7 @@ def finished_status(name: str) -> Obj:
     }  # fmt: skip
 
 
-async def _create_finished(kube: KubeClient, count: int, concurrency: int = 16) -> None:
+async def _create_finished(kube: ClusterClient, count: int, concurrency: int = 16) -> None:
     gate = asyncio.Semaphore(concurrency)
 
     async def one(index: int) -> None:

@@ -28,7 +28,7 @@ from compose_gateway import (
     callbacks,
     errors,
     jobs,
-    kube,
+    kubeapi,
     metrics,
     ratelimit,
     routes,
@@ -78,7 +78,7 @@ class _MetricsMiddleware:
 def create_app(
     settings: settings_module.Settings,
     *,
-    kube_client: kube.KubeClient | None = None,
+    kube_client: kubeapi.KubeClient | None = None,
     store: storage.Storage | None = None,
     keys: auth.KeyRing | None = None,
     callback_secret: bytes | None = None,
@@ -87,7 +87,7 @@ def create_app(
     monotonic: Callable[[], float] = time.monotonic,
 ) -> fastapi.FastAPI:
     """The gateway app. Anything left None is built from ``settings``."""
-    kube_client = kube_client or kube.KubeClient.from_settings(settings)
+    kube_client = kube_client or kubeapi.KubeClient.from_settings(settings)
     store = store or storage.Storage.from_settings(settings)
     metrics_ = metrics.Metrics()
     keys = keys or auth.KeyRing(
@@ -179,7 +179,6 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(_: fastapi.FastAPI) -> AsyncIterator[None]:
-        await svc.kube.start()
         task = None
         if svc.callback_loop is not None:
             task = asyncio.create_task(

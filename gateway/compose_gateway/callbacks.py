@@ -33,8 +33,8 @@ from typing import Any
 import aiohttp
 import pydantic
 
-from compose_api import models, netguard
-from compose_gateway import kube, metrics, naming, signing, storage, views
+from compose_api import kube, models, netguard
+from compose_gateway import kubeapi, metrics, naming, signing, storage, views
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class CallbackLoop:
     def __init__(
         self,
         *,
-        kube_client: kube.KubeClient,
+        kube_client: kubeapi.KubeClient,
         store: storage.Storage,
         sender: Sender,
         secret: bytes,

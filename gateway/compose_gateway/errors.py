@@ -18,7 +18,8 @@ from fastapi import exceptions as fastapi_exceptions
 from fastapi import responses
 from starlette import exceptions as starlette_exceptions
 
-from compose_gateway import bodies, jobs, kube, storage, translate, uploads, views
+from compose_api import kube
+from compose_gateway import bodies, jobs, storage, translate, uploads, views
 
 logger = logging.getLogger(__name__)
 

@@ -28,8 +28,8 @@ from typing import Any
 
 import pydantic
 
-from compose_api import models
-from compose_gateway import jobs, kube, views
+from compose_api import kube, models
+from compose_gateway import jobs, views
 
 logger = logging.getLogger(__name__)
 

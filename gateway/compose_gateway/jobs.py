@@ -23,8 +23,8 @@ from typing import Any
 
 import pydantic
 
-from compose_api import models, netguard
-from compose_gateway import kube, naming, storage, translate, views
+from compose_api import kube, models, netguard
+from compose_gateway import kubeapi, naming, storage, translate, views
 
 # Pages of the retained count, and how long a count serves before the key's jobs are counted
 # again (meanwhile this replica adds its own creations and removes its own cancellations).
@@ -73,7 +73,7 @@ class JobService:
     def __init__(
         self,
         *,
-        kube_client: kube.KubeClient,
+        kube_client: kubeapi.KubeClient,
         store: storage.Storage,
         target: translate.JobTarget,
         callback_policy: netguard.Policy | None,

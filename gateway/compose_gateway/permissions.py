@@ -1,10 +1,10 @@
 """The exact Kubernetes API access the gateway needs, in one machine-readable place.
 
-The gateway only ever touches CompositionJobs in its own namespace (``kube.py`` is the only module
-that calls the API). The Helm chart's gateway Role is rendered from the same list, and the
+The gateway only ever touches CompositionJobs in its own namespace (``kubeapi.py`` makes every call
+to the API). The Helm chart's gateway Role is rendered from the same list, and the
 deployment tests compare the two, so the chart grants every call the gateway makes and nothing
-more. The gateway's own tests check that every request it made against the emulated API server is
-covered by :data:`REQUIRED_PERMISSIONS`.
+more. The gateway's own tests check that every request it made on the real API server (its audit
+log) is covered by :data:`REQUIRED_PERMISSIONS`, and every verb granted there used.
 
 Why each verb:
 

@@ -19,7 +19,7 @@ import re
 import fastapi
 from fastapi import responses, security
 
-from compose_api import models
+from compose_api import kube, models
 from compose_gateway import (
     auth,
     bodies,
@@ -27,7 +27,7 @@ from compose_gateway import (
     errors,
     events,
     jobs,
-    kube,
+    kubeapi,
     metrics,
     openapi,
     ratelimit,
@@ -53,7 +53,7 @@ class Services:
     """What the handlers use; one per app, on ``app.state.services``."""
 
     settings: settings_module.Settings
-    kube: kube.KubeClient
+    kube: kubeapi.KubeClient
     store: storage.Storage
     keys: auth.KeyRing
     limiter: ratelimit.RateLimiter | ratelimit.SharedRateLimiter

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import kopf
 
-from compose_operator import handlers, kube, metrics, peering, reconciler, retention, settings
+from compose_operator import handlers, kubeapi, metrics, peering, reconciler, retention, settings
 
 ENVIRONMENT_HELP = """\
 environment (all optional unless marked):
@@ -79,7 +79,7 @@ def _identity() -> str:
 
 
 async def _ensure_peering(
-    client: kube.KubeClient, config: settings.OperatorSettings, log: logging.Logger
+    client: kubeapi.KubeClient, config: settings.OperatorSettings, log: logging.Logger
 ) -> None:
     """The peering object(s) kopf meets the other replicas in, created when missing.
 
@@ -105,7 +105,7 @@ async def run(
     async def login() -> kopf.ConnectionInfo:
         return await handlers.connection(config, log)
 
-    client = kube.KubeClient(login)
+    client = kubeapi.KubeClient(login)
     kept = kept or retention.RetentionSettings()
     runtime = handlers.Runtime(
         retention=retention.Retention(

@@ -2,7 +2,7 @@
 
 The chart's RBAC is checked against :data:`REQUIRED_PERMISSIONS` by the deployment tests, and the
 operator's integration tests check that every request it made against the API emulator is
-covered by it (:func:`allows`). Keep this list in step with :mod:`compose_operator.kube` and the
+covered by it (:func:`allows`). Keep this list in step with :mod:`compose_operator.kubeapi` and the
 resources :mod:`compose_operator.handlers` watches.
 """
 

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from compose_api import pools as protocol
-from compose_operator import kube, pooljobs, pools, queueing
+from compose_operator import kubeapi, pooljobs, pools, queueing
 
 if TYPE_CHECKING:
     from compose_operator.reconciler import Reconciler
@@ -320,7 +320,7 @@ class PoolReconciler:
                 return
         try:
             await self.client.patch_pool_status(pool.namespace, pool.name, patch)
-        except kube.ApiError as error:
+        except kubeapi.ApiError as error:
             if error.status == 404:
                 return  # deleted meanwhile
             raise

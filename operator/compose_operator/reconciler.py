@@ -31,7 +31,7 @@ from compose_api import models
 from compose_api import pools as protocol
 from compose_operator import (
     inventory,
-    kube,
+    kubeapi,
     metrics,
     names,
     observed,
@@ -62,7 +62,7 @@ class Reconciler:
     def __init__(
         self,
         settings: OperatorSettings,
-        client: kube.KubeClient,
+        client: kubeapi.KubeClient,
         *,
         inventory_: inventory.Inventory | None = None,
         metrics_: metrics.Metrics | None = None,
@@ -187,7 +187,7 @@ class Reconciler:
             self._awaiting_pods.pop(uid, None)
             try:
                 await self._execute(uid, body, seen, decided)
-            except kube.ApiError as error:
+            except kubeapi.ApiError as error:
                 if error.status != 409 or not _conditional(decided):
                     raise
                 # The job changed since the decision (a worker's report): read it, decide again.

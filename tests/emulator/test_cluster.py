@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from tests.support import kube_cluster
-from tests.support.kube_client import KubeClient
-from tests.support.kube_emulator import JOBS, NODES, PODS
+from tests.support.cluster_client import ClusterClient
+from tests.support.resources import JOBS, NODES, PODS
 
 TEMPLATE = {
     "metadata": {"labels": {"app": "compose"}, "annotations": {"a": "b"}},
@@ -20,7 +20,7 @@ TEMPLATE = {
 }
 
 
-async def _job(kube: KubeClient, **spec: Any) -> dict[str, Any]:
+async def _job(kube: ClusterClient, **spec: Any) -> dict[str, Any]:
     body = {
         "metadata": {"name": "cj-a-0", "namespace": "team"},
         "spec": {"backoffLimit": 2, "template": TEMPLATE, **spec},
@@ -28,7 +28,7 @@ async def _job(kube: KubeClient, **spec: Any) -> dict[str, Any]:
     return await kube.create(JOBS, body)
 
 
-async def test_pod_for_job_has_template_labels_owner_and_job_labels(kube: KubeClient) -> None:
+async def test_pod_for_job_has_template_labels_owner_and_job_labels(kube: ClusterClient) -> None:
     job = await _job(kube)
     pod = await kube_cluster.create_pod_for_job(kube, job)
     labels = pod["metadata"]["labels"]
@@ -49,7 +49,7 @@ async def test_pod_for_job_has_template_labels_owner_and_job_labels(kube: KubeCl
     assert refreshed["status"]["startTime"]
 
 
-async def test_scheduling_on_a_labelled_node(kube: KubeClient) -> None:
+async def test_scheduling_on_a_labelled_node(kube: ClusterClient) -> None:
     job = await _job(kube)
     pod = await kube_cluster.create_pod_for_job(
         kube, job, node="ip-10-0-0-1", instance_type="g5.2xlarge", capacity_type="on-demand"
@@ -62,7 +62,7 @@ async def test_scheduling_on_a_labelled_node(kube: KubeClient) -> None:
     assert node["status"]["allocatable"]["nvidia.com/gpu"] == "1"
 
 
-async def test_unschedulable_then_image_pull_back_off(kube: KubeClient) -> None:
+async def test_unschedulable_then_image_pull_back_off(kube: ClusterClient) -> None:
     job = await _job(kube)
     pod = await kube_cluster.create_pod_for_job(kube, job)
     pod = await kube_cluster.mark_unschedulable(kube, pod)
@@ -83,7 +83,7 @@ async def test_unschedulable_then_image_pull_back_off(kube: KubeClient) -> None:
     assert len(types) == len(set(types))
 
 
-async def test_success_path_completes_the_job(kube: KubeClient) -> None:
+async def test_success_path_completes_the_job(kube: ClusterClient) -> None:
     job = await _job(kube)
     pod = await kube_cluster.create_pod_for_job(kube, job, node="n1")
     pod = await kube_cluster.mark_running(kube, pod)
@@ -108,7 +108,7 @@ POLICY = {
 }
 
 
-async def test_spot_interruption_is_not_counted_under_an_ignore_rule(kube: KubeClient) -> None:
+async def test_spot_interruption_is_not_counted_under_an_ignore_rule(kube: ClusterClient) -> None:
     job = await _job(kube, podFailurePolicy=POLICY)
     pod = await kube_cluster.create_pod_for_job(kube, job, node="spot-1")
     await kube_cluster.mark_running(kube, pod)
@@ -121,7 +121,7 @@ async def test_spot_interruption_is_not_counted_under_an_ignore_rule(kube: KubeC
     assert kube_cluster.condition(job, "Failed") is None
 
 
-async def test_disruption_can_delete_the_pod(kube: KubeClient) -> None:
+async def test_disruption_can_delete_the_pod(kube: ClusterClient) -> None:
     job = await _job(kube)
     pod = await kube_cluster.create_pod_for_job(kube, job, node="spot-1")
     await kube_cluster.mark_disrupted(kube, pod, delete=True)
@@ -130,7 +130,7 @@ async def test_disruption_can_delete_the_pod(kube: KubeClient) -> None:
 
 @pytest.mark.parametrize(("exit_code", "reason"), [(11, "PodFailurePolicy"), (1, None)])
 async def test_fail_job_rule_fails_at_once(
-    kube: KubeClient, exit_code: int, reason: str | None
+    kube: ClusterClient, exit_code: int, reason: str | None
 ) -> None:
     job = await _job(kube, podFailurePolicy=POLICY)
     pod = await kube_cluster.create_pod_for_job(kube, job, node="n1")
@@ -146,7 +146,7 @@ async def test_fail_job_rule_fails_at_once(
         assert kube_cluster.condition(job, "FailureTarget") is not None
 
 
-async def test_backoff_limit_exceeded(kube: KubeClient) -> None:
+async def test_backoff_limit_exceeded(kube: ClusterClient) -> None:
     job = await _job(kube, backoffLimit=1)
     for _ in range(2):
         pod = await kube_cluster.create_pod_for_job(kube, job, node="n1")
@@ -157,7 +157,7 @@ async def test_backoff_limit_exceeded(kube: KubeClient) -> None:
     assert job["status"]["failed"] == 2
 
 
-async def test_deadline_exceeded_removes_running_pods(kube: KubeClient) -> None:
+async def test_deadline_exceeded_removes_running_pods(kube: ClusterClient) -> None:
     job = await _job(kube)
     pod = await kube_cluster.create_pod_for_job(kube, job, node="n1")
     await kube_cluster.mark_running(kube, pod)
@@ -167,7 +167,7 @@ async def test_deadline_exceeded_removes_running_pods(kube: KubeClient) -> None:
     assert await kube.list(PODS, namespace="team") == []
 
 
-async def test_suspend_and_resume_conditions(kube: KubeClient) -> None:
+async def test_suspend_and_resume_conditions(kube: ClusterClient) -> None:
     job = await _job(kube)
     await kube_cluster.create_pod_for_job(kube, job)
     job = await kube_cluster.set_job_suspended(kube, job, True)

@@ -6,9 +6,10 @@ from typing import Any
 
 import pytest
 
+from compose_api.kube import KubeError
 from tests.emulator.helpers import cj
-from tests.support.kube_client import KubeApiError, KubeClient
-from tests.support.kube_emulator import COMPOSITION_JOBS, CONFIG_MAPS, JOBS, PODS
+from tests.support.cluster_client import ClusterClient
+from tests.support.resources import COMPOSITION_JOBS, CONFIG_MAPS, JOBS, PODS
 
 
 def _owned_by(owner: dict[str, Any]) -> list[dict[str, Any]]:
@@ -24,7 +25,7 @@ def _owned_by(owner: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-async def _family(kube: KubeClient) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+async def _family(kube: ClusterClient) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """A CompositionJob owning a Job owning a Pod."""
     owner = await kube.create(COMPOSITION_JOBS, cj("a"))
     job = await kube.create(
@@ -36,7 +37,7 @@ async def _family(kube: KubeClient) -> tuple[dict[str, Any], dict[str, Any], dic
     return owner, job, pod
 
 
-async def test_deleting_the_owner_collects_jobs_and_pods(kube: KubeClient) -> None:
+async def test_deleting_the_owner_collects_jobs_and_pods(kube: ClusterClient) -> None:
     await _family(kube)
     await kube.create(JOBS, {"metadata": {"name": "bystander"}, "spec": {}})
     await kube.delete(COMPOSITION_JOBS, "a")
@@ -45,20 +46,20 @@ async def test_deleting_the_owner_collects_jobs_and_pods(kube: KubeClient) -> No
     assert await kube.list(PODS) == []
 
 
-async def test_deleting_a_job_orphans_its_pods_by_default(kube: KubeClient) -> None:
+async def test_deleting_a_job_orphans_its_pods_by_default(kube: ClusterClient) -> None:
     await _family(kube)
     await kube.delete(JOBS, "a-job")
     (pod,) = await kube.list(PODS)
     assert "ownerReferences" not in pod["metadata"]
 
 
-async def test_background_propagation_on_a_job_removes_its_pods(kube: KubeClient) -> None:
+async def test_background_propagation_on_a_job_removes_its_pods(kube: ClusterClient) -> None:
     await _family(kube)
     await kube.delete(JOBS, "a-job", propagation="Background")
     assert await kube.list(PODS) == []
 
 
-async def test_orphan_propagation_keeps_dependents(kube: KubeClient) -> None:
+async def test_orphan_propagation_keeps_dependents(kube: ClusterClient) -> None:
     await _family(kube)
     await kube.delete(COMPOSITION_JOBS, "a", propagation="Orphan")
     (job,) = await kube.list(JOBS)
@@ -66,7 +67,7 @@ async def test_orphan_propagation_keeps_dependents(kube: KubeClient) -> None:
     assert len(await kube.list(PODS)) == 1
 
 
-async def test_foreground_deletion_waits_for_blocking_dependents(kube: KubeClient) -> None:
+async def test_foreground_deletion_waits_for_blocking_dependents(kube: ClusterClient) -> None:
     _owner, _job, pod = await _family(kube)
     await kube.patch(PODS, pod["metadata"]["name"], {"metadata": {"finalizers": ["hold/it"]}})
     deleting = await kube.delete(COMPOSITION_JOBS, "a", propagation="Foreground")
@@ -82,7 +83,7 @@ async def test_foreground_deletion_waits_for_blocking_dependents(kube: KubeClien
     assert await kube.get_or_none(COMPOSITION_JOBS, "a") is None
 
 
-async def test_a_dependent_with_another_live_owner_survives(kube: KubeClient) -> None:
+async def test_a_dependent_with_another_live_owner_survives(kube: ClusterClient) -> None:
     first = await kube.create(COMPOSITION_JOBS, cj("first"))
     second = await kube.create(COMPOSITION_JOBS, cj("second"))
     refs = [*_owned_by(first), dict(_owned_by(second)[0], controller=False)]
@@ -94,7 +95,7 @@ async def test_a_dependent_with_another_live_owner_survives(kube: KubeClient) ->
     assert await kube.get_or_none(CONFIG_MAPS, "shared") is None
 
 
-async def test_finalizers_hold_an_object_until_they_are_removed(kube: KubeClient) -> None:
+async def test_finalizers_hold_an_object_until_they_are_removed(kube: ClusterClient) -> None:
     body = cj("a")
     body["metadata"]["finalizers"] = ["example.com/cleanup"]
     await kube.create(COMPOSITION_JOBS, body)
@@ -102,7 +103,7 @@ async def test_finalizers_hold_an_object_until_they_are_removed(kube: KubeClient
     assert marked["metadata"]["deletionTimestamp"]
     still = await kube.get(COMPOSITION_JOBS, "a")
     assert still["metadata"]["finalizers"] == ["example.com/cleanup"]
-    with pytest.raises(KubeApiError) as caught:
+    with pytest.raises(KubeError) as caught:
         await kube.patch(
             COMPOSITION_JOBS, "a", {"metadata": {"finalizers": ["example.com/cleanup", "more"]}}
         )
@@ -111,16 +112,16 @@ async def test_finalizers_hold_an_object_until_they_are_removed(kube: KubeClient
     assert await kube.get_or_none(COMPOSITION_JOBS, "a") is None
 
 
-async def test_delete_preconditions(kube: KubeClient) -> None:
+async def test_delete_preconditions(kube: ClusterClient) -> None:
     await kube.create(COMPOSITION_JOBS, cj("a"))
     path = "/apis/compose.nextunicorn.dev/v1alpha1/namespaces/default/compositionjobs/a"
-    with pytest.raises(KubeApiError) as caught:
+    with pytest.raises(KubeError) as caught:
         await kube.request("DELETE", path, json={"preconditions": {"uid": "not-this-one"}})
     assert caught.value.status == 409
     assert await kube.get_or_none(COMPOSITION_JOBS, "a") is not None
 
 
-async def test_delete_collection_by_label(kube: KubeClient) -> None:
+async def test_delete_collection_by_label(kube: ClusterClient) -> None:
     await kube.create(COMPOSITION_JOBS, cj("a", labels={"team": "x"}))
     await kube.create(COMPOSITION_JOBS, cj("b", labels={"team": "y"}))
     path = "/apis/compose.nextunicorn.dev/v1alpha1/namespaces/default/compositionjobs"

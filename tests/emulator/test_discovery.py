@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from tests.support.kube_client import KubeClient
-from tests.support.kube_emulator import CRDS, ResourceSpec
+from tests.support.cluster_client import ClusterClient
+from tests.support.resources import CRDS, ResourceSpec
 
 
 async def test_compositionjobs_are_discoverable_with_their_status_subresource(
-    kube: KubeClient,
+    kube: ClusterClient,
 ) -> None:
     body = await kube.request("GET", "/apis/compose.nextunicorn.dev/v1alpha1")
     by_name = {r["name"]: r for r in body["resources"]}
@@ -21,7 +21,7 @@ async def test_compositionjobs_are_discoverable_with_their_status_subresource(
     assert {"pods", "pods/status", "events", "namespaces", "nodes"} <= core
 
 
-async def test_a_crd_created_through_the_api_becomes_a_resource(kube: KubeClient) -> None:
+async def test_a_crd_created_through_the_api_becomes_a_resource(kube: ClusterClient) -> None:
     crd = {
         "metadata": {"name": "widgets.example.com"},
         "spec": {

@@ -7,24 +7,25 @@ from typing import Any
 
 import pytest
 
+from compose_api.kube import KubeError
 from tests.emulator.helpers import cj
-from tests.support.kube_client import KubeApiError, KubeClient
-from tests.support.kube_emulator import COMPOSITION_JOBS, EVENTS, JOBS, NODES, KubeEmulator
+from tests.support.cluster_client import ClusterClient
+from tests.support.kube_emulator import KubeEmulator
+from tests.support.resources import COMPOSITION_JOBS, EVENTS, JOBS, NODES
 
 
-async def _error(coro: Any) -> KubeApiError:
-    with pytest.raises(KubeApiError) as caught:
+async def _error(coro: Any) -> KubeError:
+    with pytest.raises(KubeError) as caught:
         await coro
     return caught.value
 
 
-async def test_duplicate_create_is_409_already_exists(kube: KubeClient) -> None:
+async def test_duplicate_create_is_409_already_exists(kube: ClusterClient) -> None:
     await kube.create(COMPOSITION_JOBS, cj("a"))
     error = await _error(kube.create(COMPOSITION_JOBS, cj("a")))
     assert error.status == 409
     assert error.reason == "AlreadyExists"
-    assert error.body["kind"] == "Status"
-    assert error.body["details"] == {
+    assert error.details == {
         "name": "a",
         "group": "compose.nextunicorn.dev",
         "kind": "compositionjobs",
@@ -32,14 +33,14 @@ async def test_duplicate_create_is_409_already_exists(kube: KubeClient) -> None:
     assert error.message == 'compositionjobs.compose.nextunicorn.dev "a" already exists'
 
 
-async def test_same_name_in_another_namespace_is_fine(kube: KubeClient) -> None:
+async def test_same_name_in_another_namespace_is_fine(kube: ClusterClient) -> None:
     await kube.create(COMPOSITION_JOBS, cj("a"))
     other = await kube.create(COMPOSITION_JOBS, cj("a"), namespace="elsewhere")
     assert other["metadata"]["namespace"] == "elsewhere"
 
 
 @pytest.mark.parametrize("verb", ["get", "patch", "delete"])
-async def test_missing_objects_are_404_not_found(kube: KubeClient, verb: str) -> None:
+async def test_missing_objects_are_404_not_found(kube: ClusterClient, verb: str) -> None:
     calls: dict[str, Callable[[], Awaitable[Any]]] = {
         "get": lambda: kube.get(JOBS, "ghost"),
         "patch": lambda: kube.patch(JOBS, "ghost", {"spec": {}}),
@@ -50,12 +51,12 @@ async def test_missing_objects_are_404_not_found(kube: KubeClient, verb: str) ->
     assert error.message == 'jobs.batch "ghost" not found'
 
 
-async def test_unknown_resources_are_404(kube: KubeClient) -> None:
+async def test_unknown_resources_are_404(kube: ClusterClient) -> None:
     error = await _error(kube.request("GET", "/apis/example.com/v1/widgets"))
     assert error.status == 404
 
 
-async def test_stale_resource_version_is_409_conflict(kube: KubeClient) -> None:
+async def test_stale_resource_version_is_409_conflict(kube: ClusterClient) -> None:
     created = await kube.create(COMPOSITION_JOBS, cj("a"))
     old_rv = created["metadata"]["resourceVersion"]
     await kube.patch(COMPOSITION_JOBS, "a", {"spec": {"suspend": True}})
@@ -68,7 +69,7 @@ async def test_stale_resource_version_is_409_conflict(kube: KubeClient) -> None:
     assert replaced.status == 409
 
 
-async def test_current_resource_version_is_accepted(kube: KubeClient) -> None:
+async def test_current_resource_version_is_accepted(kube: ClusterClient) -> None:
     created = await kube.create(COMPOSITION_JOBS, cj("a"))
     body = dict(created, spec={"profile": "other"})
     replaced = await kube.replace(COMPOSITION_JOBS, body)
@@ -76,7 +77,7 @@ async def test_current_resource_version_is_accepted(kube: KubeClient) -> None:
     assert replaced["metadata"]["generation"] == 2
 
 
-async def test_failed_json_patch_test_is_422(kube: KubeClient) -> None:
+async def test_failed_json_patch_test_is_422(kube: ClusterClient) -> None:
     await kube.create(COMPOSITION_JOBS, cj("a"))
     ops: list[dict[str, Any]] = [
         {"op": "test", "path": "/metadata/resourceVersion", "value": "1"},
@@ -86,7 +87,7 @@ async def test_failed_json_patch_test_is_422(kube: KubeClient) -> None:
     assert error.status == 422
 
 
-async def test_json_patch_applies(kube: KubeClient) -> None:
+async def test_json_patch_applies(kube: ClusterClient) -> None:
     created = await kube.create(COMPOSITION_JOBS, cj("a"))
     ops = [
         {"op": "test", "path": "/metadata/resourceVersion",
@@ -97,7 +98,7 @@ async def test_json_patch_applies(kube: KubeClient) -> None:
     assert patched["metadata"]["finalizers"] == ["x"]
 
 
-async def test_generate_name_gives_distinct_names(kube: KubeClient) -> None:
+async def test_generate_name_gives_distinct_names(kube: ClusterClient) -> None:
     body = {"metadata": {"generateName": "kopf-event-"}, "reason": "Test"}
     names = {(await kube.create(EVENTS, body))["metadata"]["name"] for _ in range(5)}
     assert len(names) == 5
@@ -105,13 +106,13 @@ async def test_generate_name_gives_distinct_names(kube: KubeClient) -> None:
 
 
 @pytest.mark.parametrize("name", ["Upper", "under_score", "-dash", ""])
-async def test_invalid_names_are_422_naming_the_field(kube: KubeClient, name: str) -> None:
+async def test_invalid_names_are_422_naming_the_field(kube: ClusterClient, name: str) -> None:
     error = await _error(kube.create(COMPOSITION_JOBS, cj(name)))
     assert error.status == 422
     assert "metadata.name" in error.message
 
 
-async def test_wrong_kind_or_namespace_is_400(kube: KubeClient) -> None:
+async def test_wrong_kind_or_namespace_is_400(kube: ClusterClient) -> None:
     body = cj("a")
     body["kind"] = "Job"
     assert (await _error(kube.create(COMPOSITION_JOBS, body))).status == 400
@@ -121,14 +122,14 @@ async def test_wrong_kind_or_namespace_is_400(kube: KubeClient) -> None:
     assert (await _error(kube.request("POST", path, json=body))).status == 400
 
 
-async def test_cluster_scoped_objects_have_no_namespace(kube: KubeClient) -> None:
+async def test_cluster_scoped_objects_have_no_namespace(kube: ClusterClient) -> None:
     node = await kube.create(NODES, {"metadata": {"name": "n1", "namespace": "x"}})
     assert "namespace" not in node["metadata"]
     assert (await kube.get(NODES, "n1"))["metadata"]["name"] == "n1"
 
 
-async def test_namespaces_appear_on_first_use(kube: KubeClient) -> None:
-    from tests.support.kube_emulator import NAMESPACES
+async def test_namespaces_appear_on_first_use(kube: ClusterClient) -> None:
+    from tests.support.resources import NAMESPACES
 
     await kube.create(COMPOSITION_JOBS, cj("a"), namespace="team-a")
     namespace = await kube.get(NAMESPACES, "team-a")
@@ -136,7 +137,7 @@ async def test_namespaces_appear_on_first_use(kube: KubeClient) -> None:
 
 
 async def test_an_injected_reaction_replaces_the_write_it_intercepts(
-    kube: KubeClient, kube_emulator: KubeEmulator
+    kube: ClusterClient, kube_emulator: KubeEmulator
 ) -> None:
     kube_emulator["post /apis/batch/v1/namespaces/default/jobs"] << 503
     error = await _error(kube.create(JOBS, {"metadata": {"name": "j"}, "spec": {}}))

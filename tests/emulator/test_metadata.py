@@ -7,12 +7,12 @@ import uuid
 
 from tests.emulator.helpers import cj
 from tests.support import kube_emulator
-from tests.support.kube_client import KubeClient
-from tests.support.kube_emulator import COMPOSITION_JOBS
+from tests.support.cluster_client import ClusterClient
+from tests.support.resources import COMPOSITION_JOBS
 
 
 async def test_create_sets_uid_resource_version_generation_and_creation_time(
-    kube: KubeClient,
+    kube: ClusterClient,
 ) -> None:
     first = await kube.create(COMPOSITION_JOBS, cj("a"))
     second = await kube.create(COMPOSITION_JOBS, cj("b"))
@@ -27,7 +27,7 @@ async def test_create_sets_uid_resource_version_generation_and_creation_time(
     assert meta["namespace"] == "default"
 
 
-async def test_client_supplied_server_fields_are_ignored_on_create(kube: KubeClient) -> None:
+async def test_client_supplied_server_fields_are_ignored_on_create(kube: ClusterClient) -> None:
     body = cj("a")
     body["metadata"].update(uid="mine", resourceVersion="999", generation=7)
     created = await kube.create(COMPOSITION_JOBS, body)
@@ -36,7 +36,7 @@ async def test_client_supplied_server_fields_are_ignored_on_create(kube: KubeCli
     assert created["metadata"]["resourceVersion"] != "999"
 
 
-async def test_generation_is_bumped_by_spec_changes_only(kube: KubeClient) -> None:
+async def test_generation_is_bumped_by_spec_changes_only(kube: ClusterClient) -> None:
     await kube.create(COMPOSITION_JOBS, cj("a"))
     labelled = await kube.patch(COMPOSITION_JOBS, "a", {"metadata": {"labels": {"x": "1"}}})
     assert labelled["metadata"]["generation"] == 1
@@ -49,7 +49,7 @@ async def test_generation_is_bumped_by_spec_changes_only(kube: KubeClient) -> No
     )
 
 
-async def test_a_patch_that_changes_nothing_writes_nothing(kube: KubeClient) -> None:
+async def test_a_patch_that_changes_nothing_writes_nothing(kube: ClusterClient) -> None:
     created = await kube.create(COMPOSITION_JOBS, cj("a", labels={"x": "1"}))
     same = await kube.patch(COMPOSITION_JOBS, "a", {"metadata": {"labels": {"x": "1"}}})
     assert same["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
@@ -58,7 +58,7 @@ async def test_a_patch_that_changes_nothing_writes_nothing(kube: KubeClient) -> 
 async def test_injected_clock_sets_creation_and_deletion_timestamps() -> None:
     moment = datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
     with kube_emulator.EmulatorThread(clock=lambda: moment) as emulator:
-        async with KubeClient(kube_emulator.base_url(emulator)) as kube:
+        async with ClusterClient.at(kube_emulator.base_url(emulator)) as kube:
             body = cj("a")
             body["metadata"]["finalizers"] = ["example.com/hold"]
             created = await kube.create(COMPOSITION_JOBS, body)
@@ -68,7 +68,7 @@ async def test_injected_clock_sets_creation_and_deletion_timestamps() -> None:
 
 
 async def test_stored_gives_a_copy_of_the_current_object(
-    kube: KubeClient, kube_emulator: kube_emulator.KubeEmulator
+    kube: ClusterClient, kube_emulator: kube_emulator.KubeEmulator
 ) -> None:
     await kube.create(COMPOSITION_JOBS, cj("a"))
     stored = kube_emulator.stored(COMPOSITION_JOBS, "default", "a")

@@ -10,8 +10,8 @@ import sys
 from typing import Any
 
 from tests.support import kube_emulator
-from tests.support.kube_client import KubeClient
-from tests.support.kube_emulator import JOBS
+from tests.support.cluster_client import ClusterClient
+from tests.support.resources import JOBS
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -40,6 +40,6 @@ def test_runs_prints_its_url_and_stops_on_sigterm() -> None:
 
 
 async def _create_and_get(url: str) -> dict[str, Any]:
-    async with KubeClient(url) as kube:
+    async with ClusterClient.at(url) as kube:
         await kube.create(JOBS, {"metadata": {"name": "j"}, "spec": {}})
         return await kube.get(JOBS, "j")

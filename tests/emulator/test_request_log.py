@@ -4,24 +4,21 @@ from __future__ import annotations
 
 import contextlib
 
+from compose_api.kube import KubeError
 from tests.emulator.helpers import cj
-from tests.support.kube_client import KubeApiError, KubeClient
-from tests.support.kube_emulator import (
-    COMPOSITION_JOBS,
-    PODS,
-    TEST_CLIENT_USER_AGENT,
-    KubeEmulator,
-)
+from tests.support.cluster_client import ClusterClient
+from tests.support.kube_emulator import KubeEmulator
+from tests.support.resources import COMPOSITION_JOBS, PODS, TEST_CLIENT_USER_AGENT
 
 
 async def test_each_request_is_logged_with_verb_resource_and_status(
-    kube: KubeClient, kube_emulator: KubeEmulator
+    kube: ClusterClient, kube_emulator: KubeEmulator
 ) -> None:
     start = len(kube_emulator.request_log)
     await kube.create(COMPOSITION_JOBS, cj("a"), namespace="ns1")
     await kube.patch_status(COMPOSITION_JOBS, "a", {"phase": "X"}, namespace="ns1")
     await kube.list(PODS, all_namespaces=True)
-    with contextlib.suppress(KubeApiError):
+    with contextlib.suppress(KubeError):
         await kube.get(COMPOSITION_JOBS, "missing")
     await kube.request("DELETE", "/api/v1/namespaces/ns1/pods", params={"labelSelector": "a=b"})
     records = kube_emulator.request_log[start:]
@@ -42,7 +39,7 @@ async def test_each_request_is_logged_with_verb_resource_and_status(
 
 
 async def test_discovery_and_namespace_urls_are_logged_correctly(
-    kube: KubeClient, kube_emulator: KubeEmulator
+    kube: ClusterClient, kube_emulator: KubeEmulator
 ) -> None:
     start = len(kube_emulator.request_log)
     await kube.request("GET", "/apis")
@@ -56,7 +53,7 @@ async def test_discovery_and_namespace_urls_are_logged_correctly(
     ]
 
 
-async def test_the_log_is_served_over_http(kube: KubeClient) -> None:
+async def test_the_log_is_served_over_http(kube: ClusterClient) -> None:
     await kube.create(COMPOSITION_JOBS, cj("a"))
     records = await kube.request_log()
     creates = [r for r in records if r.verb == "create"]
@@ -66,10 +63,10 @@ async def test_the_log_is_served_over_http(kube: KubeClient) -> None:
 
 
 async def test_a_refused_watch_is_logged_with_its_status(
-    kube: KubeClient, kube_emulator: KubeEmulator
+    kube: ClusterClient, kube_emulator: KubeEmulator
 ) -> None:
     start = len(kube_emulator.request_log)
-    with contextlib.suppress(KubeApiError):
+    with contextlib.suppress(KubeError):
         async for _ in kube.watch(COMPOSITION_JOBS, label_selector="a in b"):
             break
     (record,) = kube_emulator.request_log[start:]

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 
+from compose_api.kube import KubeError
 from tests.emulator.helpers import cj
 from tests.support import kube_selectors
-from tests.support.kube_client import KubeApiError, KubeClient
-from tests.support.kube_emulator import COMPOSITION_JOBS, PODS
+from tests.support.cluster_client import ClusterClient
+from tests.support.resources import COMPOSITION_JOBS, PODS
 
 
 @pytest.fixture
-async def labelled(kube: KubeClient) -> KubeClient:
+async def labelled(kube: ClusterClient) -> ClusterClient:
     await kube.create(COMPOSITION_JOBS, cj("red", labels={"color": "red", "owner": "k1"}))
     await kube.create(COMPOSITION_JOBS, cj("blue", labels={"color": "blue", "owner": "k2"}))
     await kube.create(COMPOSITION_JOBS, cj("plain"))
@@ -35,18 +36,20 @@ async def labelled(kube: KubeClient) -> KubeClient:
     ],
 )
 async def test_label_selectors_on_list(
-    labelled: KubeClient, selector: str, names: list[str]
+    labelled: ClusterClient, selector: str, names: list[str]
 ) -> None:
     items = await labelled.list(COMPOSITION_JOBS, label_selector=selector or None)
     assert sorted(item["metadata"]["name"] for item in items) == names
 
 
-async def test_list_across_namespaces(labelled: KubeClient) -> None:
+async def test_list_across_namespaces(labelled: ClusterClient) -> None:
     items = await labelled.list(COMPOSITION_JOBS, all_namespaces=True, label_selector="color=red")
     assert sorted(i["metadata"]["namespace"] for i in items) == ["default", "ns2"]
 
 
-async def test_list_response_is_a_typed_list_with_a_resource_version(labelled: KubeClient) -> None:
+async def test_list_response_is_a_typed_list_with_a_resource_version(
+    labelled: ClusterClient,
+) -> None:
     body = await labelled.request("GET", "/apis/compose.nextunicorn.dev/v1alpha1/compositionjobs")
     assert body["kind"] == "CompositionJobList"
     assert body["apiVersion"] == "compose.nextunicorn.dev/v1alpha1"
@@ -54,7 +57,7 @@ async def test_list_response_is_a_typed_list_with_a_resource_version(labelled: K
     assert int(body["metadata"]["resourceVersion"]) >= newest
 
 
-async def test_field_selectors_on_list(kube: KubeClient) -> None:
+async def test_field_selectors_on_list(kube: ClusterClient) -> None:
     await kube.create(PODS, {"metadata": {"name": "p1"}, "spec": {"nodeName": "n1"}})
     await kube.create(PODS, {"metadata": {"name": "p2"}, "spec": {"nodeName": "n2"}})
     by_node = await kube.list(PODS, field_selector="spec.nodeName=n2")
@@ -63,8 +66,8 @@ async def test_field_selectors_on_list(kube: KubeClient) -> None:
     assert [p["metadata"]["name"] for p in by_name] == ["p1"]
 
 
-async def test_a_bad_selector_is_a_400_naming_the_parameter(kube: KubeClient) -> None:
-    with pytest.raises(KubeApiError) as caught:
+async def test_a_bad_selector_is_a_400_naming_the_parameter(kube: ClusterClient) -> None:
+    with pytest.raises(KubeError) as caught:
         await kube.list(COMPOSITION_JOBS, label_selector="color in red")
     assert caught.value.status == 400
     assert "labelSelector" in caught.value.message

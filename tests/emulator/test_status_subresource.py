@@ -4,24 +4,25 @@ from __future__ import annotations
 
 import pytest
 
+from compose_api.kube import KubeError
 from tests.emulator.helpers import cj
-from tests.support.kube_client import KubeApiError, KubeClient
-from tests.support.kube_emulator import COMPOSITION_JOBS, CONFIG_MAPS, PODS
+from tests.support.cluster_client import ClusterClient
+from tests.support.resources import COMPOSITION_JOBS, CONFIG_MAPS, PODS
 
 
-async def test_status_is_dropped_on_create(kube: KubeClient) -> None:
+async def test_status_is_dropped_on_create(kube: ClusterClient) -> None:
     body = cj("a")
     body["status"] = {"phase": "Succeeded"}
     created = await kube.create(COMPOSITION_JOBS, body)
     assert "status" not in created
 
 
-async def test_pods_start_pending(kube: KubeClient) -> None:
+async def test_pods_start_pending(kube: ClusterClient) -> None:
     pod = await kube.create(PODS, {"metadata": {"name": "p"}, "spec": {"containers": []}})
     assert pod["status"] == {"phase": "Pending"}
 
 
-async def test_main_resource_writes_ignore_status(kube: KubeClient) -> None:
+async def test_main_resource_writes_ignore_status(kube: ClusterClient) -> None:
     await kube.create(COMPOSITION_JOBS, cj("a"))
     await kube.patch_status(COMPOSITION_JOBS, "a", {"phase": "Running"})
     patched = await kube.patch(
@@ -31,7 +32,7 @@ async def test_main_resource_writes_ignore_status(kube: KubeClient) -> None:
     assert patched["spec"]["suspend"] is True
 
 
-async def test_status_writes_change_only_status(kube: KubeClient) -> None:
+async def test_status_writes_change_only_status(kube: ClusterClient) -> None:
     await kube.create(COMPOSITION_JOBS, cj("a"))
     patched = await kube.patch(
         COMPOSITION_JOBS,
@@ -44,7 +45,7 @@ async def test_status_writes_change_only_status(kube: KubeClient) -> None:
     assert "x" not in (patched["metadata"].get("labels") or {})
 
 
-async def test_put_to_status_replaces_only_status(kube: KubeClient) -> None:
+async def test_put_to_status_replaces_only_status(kube: ClusterClient) -> None:
     created = await kube.create(COMPOSITION_JOBS, cj("a"))
     body = dict(created, spec={"other": 1}, status={"phase": "Y"})
     replaced = await kube.replace(COMPOSITION_JOBS, body, subresource="status")
@@ -52,8 +53,8 @@ async def test_put_to_status_replaces_only_status(kube: KubeClient) -> None:
     assert replaced["spec"] == created["spec"]
 
 
-async def test_resources_without_the_subresource_refuse_status_writes(kube: KubeClient) -> None:
+async def test_resources_without_the_subresource_refuse_status_writes(kube: ClusterClient) -> None:
     await kube.create(CONFIG_MAPS, {"metadata": {"name": "c"}, "data": {"k": "v"}})
-    with pytest.raises(KubeApiError) as caught:
+    with pytest.raises(KubeError) as caught:
         await kube.patch_status(CONFIG_MAPS, "c", {"phase": "X"})
     assert caught.value.status == 404

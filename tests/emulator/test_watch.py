@@ -7,17 +7,19 @@ from typing import Any
 
 import pytest
 
+from compose_api.kube import Gone
 from tests.emulator.helpers import cj
 from tests.support import kube_emulator
-from tests.support.kube_client import KubeClient, poll
-from tests.support.kube_emulator import COMPOSITION_JOBS, KubeEmulator
+from tests.support.cluster_client import ClusterClient, poll
+from tests.support.kube_emulator import KubeEmulator
+from tests.support.resources import COMPOSITION_JOBS
 
 
-async def _collect(kube: KubeClient, count: int, **options: Any) -> list[dict[str, Any]]:
+async def _collect(kube: ClusterClient, count: int, **options: Any) -> list[dict[str, Any]]:
     events: list[dict[str, Any]] = []
     async with asyncio.timeout(10):
-        async for event in kube.watch(COMPOSITION_JOBS, **options):
-            events.append(event)
+        async for kind, obj in kube.watch(COMPOSITION_JOBS, **options):
+            events.append({"type": kind, "object": obj})
             if len(events) == count:
                 break
     return events
@@ -28,7 +30,7 @@ def _summary(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
 
 
 async def _live(
-    kube: KubeClient, emulator: KubeEmulator, count: int, **options: Any
+    kube: ClusterClient, emulator: KubeEmulator, count: int, **options: Any
 ) -> asyncio.Task[list[dict[str, Any]]]:
     before = emulator.open_watches
     task = asyncio.create_task(_collect(kube, count, **options))
@@ -40,7 +42,7 @@ async def _true(value: bool) -> bool:
     return value
 
 
-async def test_live_events_in_order(kube: KubeClient, kube_emulator: KubeEmulator) -> None:
+async def test_live_events_in_order(kube: ClusterClient, kube_emulator: KubeEmulator) -> None:
     watching = await _live(kube, kube_emulator, 4)
     await kube.create(COMPOSITION_JOBS, cj("a"))
     await kube.patch(COMPOSITION_JOBS, "a", {"spec": {"suspend": True}})
@@ -52,14 +54,14 @@ async def test_live_events_in_order(kube: KubeClient, kube_emulator: KubeEmulato
     assert versions == sorted(versions) and len(set(versions)) == 4
 
 
-async def test_existing_objects_come_first_without_a_resource_version(kube: KubeClient) -> None:
+async def test_existing_objects_come_first_without_a_resource_version(kube: ClusterClient) -> None:
     await kube.create(COMPOSITION_JOBS, cj("a"))
     events = await _collect(kube, 1)
     assert _summary(events) == [("ADDED", "a")]
 
 
 async def test_resuming_from_a_resource_version_replays_only_later_changes(
-    kube: KubeClient,
+    kube: ClusterClient,
 ) -> None:
     await kube.create(COMPOSITION_JOBS, cj("a"))
     listed = await kube.request("GET", "/apis/compose.nextunicorn.dev/v1alpha1/compositionjobs")
@@ -72,17 +74,16 @@ async def test_resuming_from_a_resource_version_replays_only_later_changes(
 
 async def test_a_resource_version_older_than_the_history_is_410_expired() -> None:
     with kube_emulator.EmulatorThread(history_limit=3) as emulator:
-        async with KubeClient(kube_emulator.base_url(emulator)) as kube:
+        async with ClusterClient.at(kube_emulator.base_url(emulator)) as kube:
             for index in range(5):
                 await kube.create(COMPOSITION_JOBS, cj(f"j{index}"))
-            events = await _collect(kube, 1, resource_version="1")
-    assert events[0]["type"] == "ERROR"
-    assert events[0]["object"]["code"] == 410
-    assert events[0]["object"]["reason"] == "Expired"
+            with pytest.raises(Gone) as caught:  # an ERROR event in the stream
+                await _collect(kube, 1, resource_version="1")
+    assert (caught.value.status, caught.value.reason) == (410, "Expired")
 
 
 async def test_label_selector_turns_leaving_and_entering_into_deleted_and_added(
-    kube: KubeClient, kube_emulator: KubeEmulator
+    kube: ClusterClient, kube_emulator: KubeEmulator
 ) -> None:
     await kube.create(COMPOSITION_JOBS, cj("a", labels={"color": "red"}))
     await kube.create(COMPOSITION_JOBS, cj("noise"))
@@ -95,7 +96,7 @@ async def test_label_selector_turns_leaving_and_entering_into_deleted_and_added(
 
 
 async def test_namespace_and_field_selector_filter_the_stream(
-    kube: KubeClient, kube_emulator: KubeEmulator
+    kube: ClusterClient, kube_emulator: KubeEmulator
 ) -> None:
     watching = await _live(
         kube, kube_emulator, 1, namespace="team-a", field_selector="metadata.name=wanted"
@@ -108,12 +109,12 @@ async def test_namespace_and_field_selector_filter_the_stream(
     assert events[0]["object"]["metadata"]["namespace"] == "team-a"
 
 
-async def test_timeout_seconds_ends_the_stream(kube: KubeClient) -> None:
+async def test_timeout_seconds_ends_the_stream(kube: ClusterClient) -> None:
     events = await _collect(kube, 99, timeout_seconds=1)
     assert events == []
 
 
-async def test_send_initial_events_ends_with_a_bookmark(kube: KubeClient) -> None:
+async def test_send_initial_events_ends_with_a_bookmark(kube: ClusterClient) -> None:
     await kube.create(COMPOSITION_JOBS, cj("a"))
     events = await _collect(kube, 2, send_initial_events=True)
     assert events[0]["type"] == "ADDED"
@@ -125,7 +126,7 @@ async def test_send_initial_events_ends_with_a_bookmark(kube: KubeClient) -> Non
 @pytest.mark.parametrize("count", [1])
 async def test_closing_the_emulator_ends_open_watches(count: int) -> None:
     with kube_emulator.EmulatorThread() as emulator:
-        async with KubeClient(kube_emulator.base_url(emulator)) as kube:
+        async with ClusterClient.at(kube_emulator.base_url(emulator)) as kube:
             watching = await _live(kube, emulator, count)
             emulator.close_watches()
             assert await watching == []

@@ -28,8 +28,8 @@ from compose_api import models
 from compose_gateway import app as app_module
 from compose_gateway import auth, routes
 from compose_gateway import settings as settings_module
+from tests.support import cluster_client, s3
 from tests.support import control_plane as cp
-from tests.support import kube_client, s3
 from tests.support.cluster_fixtures import control_plane, kubectl_path
 
 __all__ = ["control_plane"]
@@ -128,7 +128,7 @@ def _empty_namespace(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest_asyncio.fixture
-async def kube(gateway_cluster: GatewayCluster) -> AsyncIterator[kube_client.KubeClient]:
+async def kube(gateway_cluster: GatewayCluster) -> AsyncIterator[cluster_client.ClusterClient]:
     """A cluster-admin test client in NAMESPACE."""
     async with gateway_cluster.plane.admin(NAMESPACE) as client:
         yield client
@@ -214,7 +214,7 @@ async def gateway(make_gateway: MakeGateway) -> Gateway:
 
 
 @pytest.fixture
-def cluster(kube: kube_client.KubeClient) -> kube_client.KubeClient:
+def cluster(kube: cluster_client.ClusterClient) -> cluster_client.ClusterClient:
     """The test's own client on the cluster (to play the operator and to look)."""
     return kube
 

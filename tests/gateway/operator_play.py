@@ -6,8 +6,8 @@ import datetime
 import hashlib
 from typing import Any
 
-from tests.support import kube_client
-from tests.support.kube_emulator import COMPOSITION_JOBS
+from tests.support import cluster_client
+from tests.support.resources import COMPOSITION_JOBS
 
 NOW = "2026-01-01T00:10:00Z"
 
@@ -22,7 +22,7 @@ def _condition(kind: str, reason: str, message: str = "") -> dict[str, Any]:
     }
 
 
-async def run(kube: kube_client.KubeClient, name: str, namespace: str) -> dict[str, Any]:
+async def run(kube: cluster_client.ClusterClient, name: str, namespace: str) -> dict[str, Any]:
     """The job is running (attempt 0)."""
     return await kube.patch_status(
         COMPOSITION_JOBS,
@@ -40,7 +40,7 @@ async def run(kube: kube_client.KubeClient, name: str, namespace: str) -> dict[s
 
 
 async def succeed(
-    kube: kube_client.KubeClient,
+    kube: cluster_client.ClusterClient,
     name: str,
     namespace: str,
     *,
@@ -78,7 +78,7 @@ async def succeed(
 
 
 async def fail(
-    kube: kube_client.KubeClient, name: str, namespace: str, *, reason: str, message: str
+    kube: cluster_client.ClusterClient, name: str, namespace: str, *, reason: str, message: str
 ) -> dict[str, Any]:
     """The job failed for ``reason``."""
     return await kube.patch_status(

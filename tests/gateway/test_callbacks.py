@@ -24,9 +24,9 @@ from tests.gateway.conftest import (
     Receiver,
     original_request,
 )
-from tests.support import kube_client, s3
-from tests.support.kube_client import poll
-from tests.support.kube_emulator import COMPOSITION_JOBS
+from tests.support import cluster_client, s3
+from tests.support.cluster_client import poll
+from tests.support.resources import COMPOSITION_JOBS
 
 LOCAL = {"callback_allow_cidrs": "127.0.0.0/8", "callback_allow_http": True}
 
@@ -37,13 +37,13 @@ def _loop(gateway: Gateway) -> callbacks.CallbackLoop:
     return loop
 
 
-async def _job(cluster: kube_client.KubeClient, name: str) -> dict[str, Any]:
+async def _job(cluster: cluster_client.ClusterClient, name: str) -> dict[str, Any]:
     return await cluster.get(COMPOSITION_JOBS, name, namespace=NAMESPACE)
 
 
 async def test_a_callback_is_delivered_signed_and_once(
     make_gateway: MakeGateway,
-    cluster: kube_client.KubeClient,
+    cluster: cluster_client.ClusterClient,
     receiver: Receiver,
     s3_env: s3.S3Server,
     buckets: dict[str, str],
@@ -99,7 +99,7 @@ async def test_a_callback_is_delivered_signed_and_once(
 
 
 async def test_a_failed_job_is_reported_to_the_callback(
-    make_gateway: MakeGateway, cluster: kube_client.KubeClient, receiver: Receiver
+    make_gateway: MakeGateway, cluster: cluster_client.ClusterClient, receiver: Receiver
 ) -> None:
     gateway = await make_gateway(**LOCAL)
     created = (await gateway.post(original_request(callbackUrl=receiver.url))).json()
@@ -122,7 +122,7 @@ async def _count(receiver: Receiver, n: int) -> bool:
 
 
 async def test_a_failed_delivery_is_retried_with_backoff(
-    make_gateway: MakeGateway, cluster: kube_client.KubeClient, receiver: Receiver
+    make_gateway: MakeGateway, cluster: cluster_client.ClusterClient, receiver: Receiver
 ) -> None:
     clock = ManualClock()
     gateway = await make_gateway(
@@ -160,7 +160,7 @@ async def test_a_failed_delivery_is_retried_with_backoff(
 
 
 async def test_delivery_gives_up_after_the_last_attempt(
-    make_gateway: MakeGateway, cluster: kube_client.KubeClient, receiver: Receiver
+    make_gateway: MakeGateway, cluster: cluster_client.ClusterClient, receiver: Receiver
 ) -> None:
     clock = ManualClock()
     gateway = await make_gateway(
@@ -182,7 +182,7 @@ async def test_delivery_gives_up_after_the_last_attempt(
 
 
 async def test_a_name_that_later_resolves_to_a_private_address_is_refused_when_sent(
-    make_gateway: MakeGateway, cluster: kube_client.KubeClient, receiver: Receiver
+    make_gateway: MakeGateway, cluster: cluster_client.ClusterClient, receiver: Receiver
 ) -> None:
     # At submit both names are public; by the time the callback is sent, DNS points them at
     # the metadata service and at the local receiver (rebinding between submit and send).
@@ -235,7 +235,7 @@ async def test_a_name_that_later_resolves_to_a_private_address_is_refused_when_s
     ],
 )
 async def test_a_callback_url_the_sender_would_refuse_is_422_at_submit(
-    make_gateway: MakeGateway, cluster: kube_client.KubeClient, url: str, why: str
+    make_gateway: MakeGateway, cluster: cluster_client.ClusterClient, url: str, why: str
 ) -> None:
     def resolver(host: str, port: int) -> list[str]:
         if host == "hooks.example.test":
@@ -281,7 +281,7 @@ def test_the_default_policy_refuses_private_and_metadata_literals() -> None:
 
 async def test_two_replicas_deliver_once(
     make_gateway: MakeGateway,
-    cluster: kube_client.KubeClient,
+    cluster: cluster_client.ClusterClient,
     receiver: Receiver,
     gateway_cluster: GatewayCluster,
 ) -> None:

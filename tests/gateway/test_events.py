@@ -18,8 +18,8 @@ from tests.gateway.conftest import (
     MakeGateway,
     original_request,
 )
-from tests.support import kube_client, s3
-from tests.support.kube_emulator import COMPOSITION_JOBS
+from tests.support import cluster_client, s3
+from tests.support.resources import COMPOSITION_JOBS
 
 Event = tuple[str, Any]
 
@@ -53,7 +53,7 @@ async def _next_status(events: AsyncIterator[Event]) -> dict[str, Any]:
 
 async def test_events_follow_a_job_to_its_result(
     make_gateway: MakeGateway,
-    cluster: kube_client.KubeClient,
+    cluster: cluster_client.ClusterClient,
     s3_env: s3.S3Server,
     buckets: dict[str, str],
 ) -> None:
@@ -102,7 +102,7 @@ async def test_events_follow_a_job_to_its_result(
 
 
 async def test_a_deleted_job_ends_its_stream_with_gone(
-    make_gateway: MakeGateway, cluster: kube_client.KubeClient
+    make_gateway: MakeGateway, cluster: cluster_client.ClusterClient
 ) -> None:
     gateway = await make_gateway(job_poll_seconds=0.05)
     job_id = (await gateway.post(original_request())).json()["jobId"]
@@ -122,7 +122,7 @@ async def test_a_deleted_job_ends_its_stream_with_gone(
 
 
 async def test_an_ended_job_streams_its_status_and_end_at_once(
-    gateway: Gateway, cluster: kube_client.KubeClient
+    gateway: Gateway, cluster: cluster_client.ClusterClient
 ) -> None:
     job_id = (await gateway.post(original_request())).json()["jobId"]
     await operator_play.fail(cluster, job_id, NAMESPACE, reason="NoFaceFound", message="no face")
@@ -162,7 +162,7 @@ async def test_events_of_another_keys_job_are_not_found(gateway: Gateway) -> Non
 
 async def test_a_cdn_result_has_no_download_url(
     make_gateway: MakeGateway,
-    cluster: kube_client.KubeClient,
+    cluster: cluster_client.ClusterClient,
     buckets: dict[str, str],
 ) -> None:
     gateway = await make_gateway(cdn_base_url="https://cdn.example.com")

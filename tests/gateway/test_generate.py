@@ -11,8 +11,8 @@ import pytest
 from compose_gateway import naming
 from tests.gateway import operator_play
 from tests.gateway.conftest import NAMESPACE, Gateway, MakeGateway, original_request
-from tests.support import kube_client, s3
-from tests.support.kube_emulator import COMPOSITION_JOBS
+from tests.support import cluster_client, s3
+from tests.support.resources import COMPOSITION_JOBS
 
 
 async def _result_object(s3_server: s3.S3Server, bucket: str, data: bytes) -> str:
@@ -21,7 +21,7 @@ async def _result_object(s3_server: s3.S3Server, bucket: str, data: bytes) -> st
 
 
 async def test_the_original_request_creates_a_job(
-    gateway: Gateway, cluster: kube_client.KubeClient
+    gateway: Gateway, cluster: cluster_client.ClusterClient
 ) -> None:
     response = await gateway.post(original_request())
 
@@ -43,7 +43,7 @@ async def test_the_original_request_creates_a_job(
 
 
 async def test_optional_parameters_reach_the_spec(
-    gateway: Gateway, cluster: kube_client.KubeClient
+    gateway: Gateway, cluster: cluster_client.ClusterClient
 ) -> None:
     request = original_request(
         clothingImages=["https://example.com/a.jpg", {"url": "https://example.com/d.jpg",
@@ -92,7 +92,7 @@ async def test_optional_parameters_reach_the_spec(
 
 async def test_wait_answers_the_original_success_response(
     gateway: Gateway,
-    cluster: kube_client.KubeClient,
+    cluster: cluster_client.ClusterClient,
     s3_env: s3.S3Server,
     buckets: dict[str, str],
 ) -> None:
@@ -122,7 +122,7 @@ async def test_wait_answers_the_original_success_response(
 
 
 async def test_cdn_base_url_replaces_presigning(
-    make_gateway: MakeGateway, cluster: kube_client.KubeClient, buckets: dict[str, str]
+    make_gateway: MakeGateway, cluster: cluster_client.ClusterClient, buckets: dict[str, str]
 ) -> None:
     gateway = await make_gateway(cdn_base_url="https://images.example.com/")
     created = (await gateway.post(original_request())).json()
@@ -148,7 +148,7 @@ async def test_cdn_base_url_replaces_presigning(
     ],
 )
 async def test_wait_answers_a_failure_with_its_reason(
-    gateway: Gateway, cluster: kube_client.KubeClient, reason: str, code: int
+    gateway: Gateway, cluster: cluster_client.ClusterClient, reason: str, code: int
 ) -> None:
     request = asyncio.create_task(
         gateway.post(original_request(), headers={"Prefer": "respond-async, wait=20"})
@@ -188,7 +188,7 @@ async def test_the_wait_is_capped_by_the_settings(make_gateway: MakeGateway) -> 
 
 
 async def test_a_job_deleted_while_waiting_is_gone(
-    gateway: Gateway, cluster: kube_client.KubeClient
+    gateway: Gateway, cluster: cluster_client.ClusterClient
 ) -> None:
     request = asyncio.create_task(gateway.post(original_request(), params={"wait": 20}))
     items = await cluster.wait_for_list(
@@ -217,7 +217,7 @@ async def test_json_error_responses_share_one_shape(gateway: Gateway) -> None:
 
 
 async def test_a_job_runs_on_the_default_pool_or_on_an_offered_one(
-    make_gateway: MakeGateway, cluster: kube_client.KubeClient
+    make_gateway: MakeGateway, cluster: cluster_client.ClusterClient
 ) -> None:
     gateway = await make_gateway(default_pool="interactive", pools=["batch"])
     response = await gateway.post(original_request())
@@ -237,7 +237,7 @@ async def test_a_job_runs_on_the_default_pool_or_on_an_offered_one(
 
 
 async def test_without_pools_a_request_naming_one_is_refused(
-    gateway: Gateway, cluster: kube_client.KubeClient
+    gateway: Gateway, cluster: cluster_client.ClusterClient
 ) -> None:
     response = await gateway.post(original_request(pool="interactive"))
     assert response.status_code == 422

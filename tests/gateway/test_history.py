@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from compose_gateway import jobs, kube, naming
+from compose_api import kube
+from compose_gateway import jobs, kubeapi, naming
 from tests.gateway import operator_play
 from tests.gateway.conftest import (
     ALICE_KEY,
@@ -17,16 +18,16 @@ from tests.gateway.conftest import (
     ManualClock,
     original_request,
 )
-from tests.support import kube_client
-from tests.support.kube_emulator import COMPOSITION_JOBS
+from tests.support import cluster_client
+from tests.support.resources import COMPOSITION_JOBS
 
 
-class CountingKubeClient(kube.KubeClient):
+class CountingKubeClient(kubeapi.KubeClient):
     """The real client, recording how many objects each list of alice's jobs returned (the
     callback loop's lists of pending callbacks are left out)."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.listed: list[int] = []
 
     async def list_page(
@@ -42,10 +43,12 @@ class CountingKubeClient(kube.KubeClient):
 
 async def _gateway(make_gateway: MakeGateway, cluster: GatewayCluster, **overrides: Any) -> Gateway:
     client = CountingKubeClient(
-        base_url=cluster.plane.url,
+        kube.Connection(
+            server=cluster.plane.url,
+            token_file=cluster.token_file,
+            ca_file=cluster.plane.pki.ca_cert,
+        ),
         namespace=NAMESPACE,
-        token_path=cluster.token_file,
-        ca_path=cluster.plane.pki.ca_cert,
     )
     clock = ManualClock(start=1_767_225_600.0)
     monotonic = ManualClock()
@@ -115,7 +118,9 @@ async def test_a_bad_continue_token_from_the_api_server_names_the_field(gateway:
 
 
 async def test_outstanding_jobs_beyond_the_quota_are_429_until_one_finishes(
-    make_gateway: MakeGateway, gateway_cluster: GatewayCluster, cluster: kube_client.KubeClient
+    make_gateway: MakeGateway,
+    gateway_cluster: GatewayCluster,
+    cluster: cluster_client.ClusterClient,
 ) -> None:
     gateway = await _gateway(make_gateway, gateway_cluster, max_outstanding_jobs_per_key=2)
     names = await _submit(gateway, 2)
@@ -141,7 +146,9 @@ async def test_outstanding_jobs_beyond_the_quota_are_429_until_one_finishes(
 
 
 async def test_retained_jobs_beyond_the_quota_are_429_until_one_is_deleted(
-    make_gateway: MakeGateway, gateway_cluster: GatewayCluster, cluster: kube_client.KubeClient
+    make_gateway: MakeGateway,
+    gateway_cluster: GatewayCluster,
+    cluster: cluster_client.ClusterClient,
 ) -> None:
     gateway = await _gateway(make_gateway, gateway_cluster, max_retained_jobs_per_key=3)
     names = await _submit(gateway, 3)
@@ -163,7 +170,9 @@ async def test_retained_jobs_beyond_the_quota_are_429_until_one_is_deleted(
 
 
 async def test_the_retained_count_is_taken_again_after_a_while(
-    make_gateway: MakeGateway, gateway_cluster: GatewayCluster, cluster: kube_client.KubeClient
+    make_gateway: MakeGateway,
+    gateway_cluster: GatewayCluster,
+    cluster: cluster_client.ClusterClient,
 ) -> None:
     gateway = await _gateway(make_gateway, gateway_cluster, max_retained_jobs_per_key=2)
     names = await _submit(gateway, 2)
@@ -194,7 +203,7 @@ async def test_a_replay_is_not_refused_by_a_full_quota(
 
 
 async def test_new_jobs_carry_the_configured_retention(
-    make_gateway: MakeGateway, cluster: kube_client.KubeClient
+    make_gateway: MakeGateway, cluster: cluster_client.ClusterClient
 ) -> None:
     gateway = await make_gateway(job_ttl_seconds_after_finished=86400)
     default = await make_gateway()

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from tests.gateway.conftest import BOB_KEY, Gateway, original_request
-from tests.support import kube_client
-from tests.support.kube_emulator import COMPOSITION_JOBS
+from tests.support import cluster_client
+from tests.support.resources import COMPOSITION_JOBS
 
 
 async def test_the_same_key_and_body_give_the_same_job(
-    gateway: Gateway, cluster: kube_client.KubeClient
+    gateway: Gateway, cluster: cluster_client.ClusterClient
 ) -> None:
     headers = {"Idempotency-Key": "order-1234"}
     first = await gateway.post(original_request(seed=3), headers=headers)
@@ -22,7 +22,7 @@ async def test_the_same_key_and_body_give_the_same_job(
 
 
 async def test_the_same_key_with_another_body_is_a_conflict(
-    gateway: Gateway, cluster: kube_client.KubeClient
+    gateway: Gateway, cluster: cluster_client.ClusterClient
 ) -> None:
     headers = {"Idempotency-Key": "order-1234"}
     first = await gateway.post(original_request(), headers=headers)
@@ -36,7 +36,7 @@ async def test_the_same_key_with_another_body_is_a_conflict(
 
 
 async def test_idempotency_keys_belong_to_one_api_key(
-    gateway: Gateway, cluster: kube_client.KubeClient
+    gateway: Gateway, cluster: cluster_client.ClusterClient
 ) -> None:
     headers = {"Idempotency-Key": "order-1234"}
     alice = await gateway.post(original_request(), headers=headers)

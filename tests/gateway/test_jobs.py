@@ -6,16 +6,19 @@ from __future__ import annotations
 from compose_gateway import naming
 from tests.gateway import operator_play
 from tests.gateway.conftest import BOB_KEY, NAMESPACE, Gateway, MakeGateway, original_request
-from tests.support import kube_client, s3
+from tests.support import cluster_client, s3
 from tests.support import kube_emulator as emulation
-from tests.support.kube_emulator import COMPOSITION_JOBS
 from tests.support.kube_fixtures import kube_emulator_thread
+from tests.support.resources import COMPOSITION_JOBS
 
 __all__ = ["kube_emulator_thread"]
 
 
 async def test_job_status_follows_the_job(
-    gateway: Gateway, cluster: kube_client.KubeClient, s3_env: s3.S3Server, buckets: dict[str, str]
+    gateway: Gateway,
+    cluster: cluster_client.ClusterClient,
+    s3_env: s3.S3Server,
+    buckets: dict[str, str],
 ) -> None:
     created = (await gateway.post(original_request())).json()
     name = created["jobId"]
@@ -51,7 +54,7 @@ async def test_job_status_follows_the_job(
 
 
 async def test_a_failed_job_reports_its_reason(
-    gateway: Gateway, cluster: kube_client.KubeClient
+    gateway: Gateway, cluster: cluster_client.ClusterClient
 ) -> None:
     created = (await gateway.post(original_request())).json()
     await operator_play.fail(
@@ -70,7 +73,9 @@ async def test_a_bad_continue_token_names_the_field(gateway: Gateway) -> None:
     assert response.json()["errors"][0]["field"] == "continue"
 
 
-async def test_cancel_deletes_the_job(gateway: Gateway, cluster: kube_client.KubeClient) -> None:
+async def test_cancel_deletes_the_job(
+    gateway: Gateway, cluster: cluster_client.ClusterClient
+) -> None:
     created = (await gateway.post(original_request())).json()
 
     response = await gateway.client.delete(
@@ -92,7 +97,7 @@ async def test_cancel_deletes_the_job(gateway: Gateway, cluster: kube_client.Kub
 
 
 async def test_another_key_cannot_see_a_job(
-    gateway: Gateway, cluster: kube_client.KubeClient
+    gateway: Gateway, cluster: cluster_client.ClusterClient
 ) -> None:
     created = (await gateway.post(original_request())).json()
 
@@ -103,7 +108,7 @@ async def test_another_key_cannot_see_a_job(
 
 
 async def test_jobs_not_made_by_the_gateway_are_not_found(
-    gateway: Gateway, cluster: kube_client.KubeClient
+    gateway: Gateway, cluster: cluster_client.ClusterClient
 ) -> None:
     body = {
         "apiVersion": "compose.nextunicorn.dev/v1alpha1",
@@ -135,7 +140,9 @@ async def test_an_unreadable_job_is_a_502_not_a_crash(
     )
     created = (await gateway.post(original_request())).json()
     # A status no operator of this project writes: a condition without its required fields.
-    async with kube_client.KubeClient(kube_emulator_thread.url, namespace=NAMESPACE) as cluster:
+    async with cluster_client.ClusterClient.at(
+        kube_emulator_thread.url, namespace=NAMESPACE
+    ) as cluster:
         await cluster.patch_status(
             COMPOSITION_JOBS,
             created["jobId"],

@@ -20,7 +20,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from compose_gateway import kube
+from compose_api import kube
+from compose_gateway import kubeapi
 from compose_gateway import settings as settings_module
 
 
@@ -107,12 +108,12 @@ async def api_server(tmp_path: pathlib.Path) -> AsyncIterator[ApiServer]:
         await runner.cleanup()
 
 
-def _client(monkeypatch: pytest.MonkeyPatch, url: str, **environment: str) -> kube.KubeClient:
+def _client(monkeypatch: pytest.MonkeyPatch, url: str, **environment: str) -> kubeapi.KubeClient:
     """The client the gateway builds from these environment variables."""
     monkeypatch.setenv("COMPOSE_KUBE_URL", url)
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
-    return kube.KubeClient.from_settings(settings_module.Settings(namespace="ns"))
+    return kubeapi.KubeClient.from_settings(settings_module.Settings(namespace="ns"))
 
 
 async def test_https_with_a_ca_file_and_a_token_that_rotates(

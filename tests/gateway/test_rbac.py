@@ -14,13 +14,13 @@ from tests.gateway.conftest import (
     Receiver,
     original_request,
 )
-from tests.support import kube_client
-from tests.support.kube_client import poll
+from tests.support import cluster_client
+from tests.support.cluster_client import poll
 
 
 async def test_the_gateway_uses_exactly_its_permissions(
     make_gateway: MakeGateway,
-    cluster: kube_client.KubeClient,
+    cluster: cluster_client.ClusterClient,
     receiver: Receiver,
     gateway_cluster: GatewayCluster,
 ) -> None:

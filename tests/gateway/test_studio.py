@@ -32,8 +32,8 @@ from compose_api import models
 from compose_gateway import studio
 from tests.gateway import operator_play, serving
 from tests.gateway.conftest import ALICE_KEY, NAMESPACE, Gateway, MakeGateway, original_request
-from tests.support import kube_client, s3
-from tests.support.kube_emulator import COMPOSITION_JOBS
+from tests.support import cluster_client, s3
+from tests.support.resources import COMPOSITION_JOBS
 
 CHROMIUM = os.environ.get("COMPOSE_CHROMIUM") or shutil.which("chromium")
 SCREENSHOT_BYTES = 300 * 1024
@@ -192,7 +192,7 @@ def _save_screenshot(png: bytes, path: pathlib.Path) -> int:
 
 async def test_a_user_composes_follows_downloads_and_finds_the_job(
     page_on_gateway: Studio,
-    cluster: kube_client.KubeClient,
+    cluster: cluster_client.ClusterClient,
     s3_env: s3.S3Server,
     buckets: dict[str, str],
     photos: dict[str, bytes],
@@ -332,7 +332,7 @@ async def test_the_page_says_what_is_wrong_and_works_from_the_keyboard(
 
 
 async def test_without_the_event_stream_the_page_reads_the_job(
-    page_on_gateway: Studio, cluster: kube_client.KubeClient
+    page_on_gateway: Studio, cluster: cluster_client.ClusterClient
 ) -> None:
     studio_page, page = page_on_gateway, page_on_gateway.page
     # A network where the stream never gets through (a proxy refusing it).

@@ -16,8 +16,8 @@ from PIL import Image
 
 from compose_gateway import storage, uploads
 from tests.gateway.conftest import ALICE_KEY, BOB_KEY, Gateway, MakeGateway, original_request
-from tests.support import kube_client, s3
-from tests.support.kube_emulator import COMPOSITION_JOBS
+from tests.support import cluster_client, s3
+from tests.support.resources import COMPOSITION_JOBS
 
 
 def _image(kind: str, colour: str) -> bytes:
@@ -49,7 +49,7 @@ async def _upload(
 
 async def test_uploads_become_s3_inputs(
     gateway: Gateway,
-    cluster: kube_client.KubeClient,
+    cluster: cluster_client.ClusterClient,
     s3_env: s3.S3Server,
     buckets: dict[str, str],
 ) -> None:
@@ -95,7 +95,7 @@ async def test_a_file_that_is_not_an_image_is_named(
 
 
 async def test_categories_go_with_the_garment_files_in_order(
-    gateway: Gateway, cluster: kube_client.KubeClient
+    gateway: Gateway, cluster: cluster_client.ClusterClient
 ) -> None:
     files = _files([("a.png", _image("PNG", "white"), "image/png"),
                     ("b.png", _image("PNG", "black"), "image/png"),
@@ -196,7 +196,7 @@ async def test_uploads_need_an_inputs_bucket(make_gateway: MakeGateway) -> None:
 
 async def test_a_replayed_upload_is_the_same_job_and_other_files_conflict(
     gateway: Gateway,
-    cluster: kube_client.KubeClient,
+    cluster: cluster_client.ClusterClient,
     s3_env: s3.S3Server,
     buckets: dict[str, str],
 ) -> None:
@@ -235,7 +235,7 @@ def _leftovers(s3_env: s3.S3Server, bucket: str) -> tuple[list[str], list[str]]:
 
 async def test_a_file_larger_than_a_part_is_streamed_and_stored_whole(
     gateway: Gateway,
-    cluster: kube_client.KubeClient,
+    cluster: cluster_client.ClusterClient,
     s3_env: s3.S3Server,
     buckets: dict[str, str],
 ) -> None:

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from tests.gateway.conftest import ALICE_KEY, Gateway, MakeGateway, original_request
-from tests.support import kube_client
-from tests.support.kube_emulator import COMPOSITION_JOBS
+from tests.support import cluster_client
+from tests.support.resources import COMPOSITION_JOBS
 
 
 def _fields(response: Any) -> dict[str, str]:
@@ -50,7 +50,7 @@ def _fields(response: Any) -> dict[str, str]:
 )  # fmt: skip
 async def test_an_invalid_field_is_named(
     gateway: Gateway,
-    cluster: kube_client.KubeClient,
+    cluster: cluster_client.ClusterClient,
     change: dict[str, Any],
     field: str,
     fragment: str,

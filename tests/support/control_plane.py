@@ -44,9 +44,10 @@ from typing import Any
 
 import yaml
 
+from compose_api import kube
 from tests.support import pki as pki_module
-from tests.support.kube_client import KubeClient, Obj
-from tests.support.kube_emulator import NODES, PODS, RequestRecord
+from tests.support.cluster_client import ClusterClient, Obj
+from tests.support.resources import NODES, PODS, RequestRecord
 
 REPO = Path(__file__).resolve().parents[2]
 KWOK_NODE_LABEL = "compose.nextunicorn.dev/simulated-by"
@@ -426,18 +427,23 @@ class ControlPlane:
             context.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
         return context
 
-    def admin(self, namespace: str = "default") -> KubeClient:
-        """A test client with cluster-admin rights (``async with cluster.admin() as kube``)."""
-        return KubeClient(self.url, namespace=namespace, ssl_context=self.ssl_context())
-
-    def as_token(self, token: str, namespace: str = "default") -> KubeClient:
-        """A test client that authenticates with a bearer token (a service account's)."""
-        return KubeClient(
-            self.url,
-            namespace=namespace,
-            ssl_context=self.ssl_context(client_cert=False),
-            token=token,
+    def admin_connection(self) -> kube.Connection:
+        """The cluster admin's connection: its client certificate."""
+        return kube.Connection(
+            server=self.url,
+            ca_file=self.pki.ca_cert,
+            cert_file=self.pki.admin_cert,
+            key_file=self.pki.admin_key,
         )
+
+    def admin(self, namespace: str = "default") -> ClusterClient:
+        """A test client with cluster-admin rights (``async with cluster.admin() as kube``)."""
+        return ClusterClient.at(self.admin_connection(), namespace=namespace)
+
+    def as_token(self, token: str, namespace: str = "default") -> ClusterClient:
+        """A test client that authenticates with a bearer token (a service account's)."""
+        connection = kube.Connection(server=self.url, ca_file=self.pki.ca_cert, token=token)
+        return ClusterClient.at(connection, namespace=namespace)
 
     def kubectl_env(self, kubeconfig: Path | None = None) -> dict[str, str]:
         """The environment for ``kubectl``/``helm`` as the admin (or another kubeconfig)."""
@@ -853,7 +859,7 @@ def terminated_status(
 
 
 async def finish_pod(
-    kube: KubeClient,
+    client: ClusterClient,
     pod: Mapping[str, Any],
     *,
     exit_code: int,
@@ -868,17 +874,16 @@ async def finish_pod(
     )
     # A strategic merge patch keys conditions and containerStatuses by their type and name, as
     # the kubelet's status manager merges them.
-    result: Obj = await kube.request(
+    return await client.request(
         "PATCH",
         f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status",
         json={"status": status},
         content_type="application/strategic-merge-patch+json",
     )
-    return result
 
 
-async def running_pods(kube: KubeClient, namespace: str, *, job_name: str) -> list[Obj]:
-    pods = await kube.list(
+async def running_pods(client: ClusterClient, namespace: str, *, job_name: str) -> list[Obj]:
+    pods = await client.list(
         PODS, namespace=namespace, label_selector=f"batch.kubernetes.io/job-name={job_name}"
     )
     return [p for p in pods if p.get("status", {}).get("phase") == "Running"]

@@ -8,7 +8,7 @@ with a termination message, disrupted like a spot interruption), and the Job sta
 controller derives from its pods (``sync_job``: counters, podFailurePolicy, backoffLimit,
 Complete/Failed with SuccessCriteriaMet/FailureTarget as Kubernetes 1.31+ writes them).
 
-Every function takes the :class:`~tests.support.kube_client.KubeClient` first and returns the
+Every function takes the :class:`~tests.support.cluster_client.ClusterClient` first and returns the
 object as stored after its write. Times default to now and can be passed in (``at=``).
 """
 
@@ -21,8 +21,9 @@ import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tests.support.kube_client import KubeApiError, KubeClient, Obj
-from tests.support.kube_emulator import JOBS, NODES, PODS
+from compose_api.kube import Conflict
+from tests.support.cluster_client import ClusterClient, Obj
+from tests.support.resources import JOBS, NODES, PODS
 
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 LEGACY_JOB_NAME_LABEL = "job-name"
@@ -100,7 +101,7 @@ def _image(pod: Mapping[str, Any]) -> str:
 
 
 async def ensure_node(
-    kube: KubeClient,
+    kube: ClusterClient,
     name: str,
     *,
     instance_type: str = "g5.xlarge",
@@ -128,9 +129,7 @@ async def ensure_node(
     }
     try:
         await kube.create(NODES, body)
-    except KubeApiError as exc:
-        if exc.status != 409:
-            raise
+    except Conflict:
         return await kube.get(NODES, name)  # created meanwhile by a concurrent caller
     capacity = {GPU: str(gpus), "cpu": "4", "memory": "16Gi"}
     return await kube.patch_status(
@@ -148,7 +147,7 @@ async def ensure_node(
 
 
 async def create_pod_for_job(
-    kube: KubeClient,
+    kube: ClusterClient,
     job: Mapping[str, Any],
     *,
     node: str | None = None,
@@ -204,7 +203,7 @@ async def create_pod_for_job(
     return pod
 
 
-async def pods_of_job(kube: KubeClient, job: Mapping[str, Any]) -> list[Obj]:
+async def pods_of_job(kube: ClusterClient, job: Mapping[str, Any]) -> list[Obj]:
     """The Job's pods, found by label as the Job controller finds them."""
     meta = _meta(job)
     return await kube.list(
@@ -217,7 +216,9 @@ async def pods_of_job(kube: KubeClient, job: Mapping[str, Any]) -> list[Obj]:
 # -- the scheduler and the kubelet: pod transitions ---------------------------------------------
 
 
-async def _pod_status(kube: KubeClient, pod: Mapping[str, Any], status: Mapping[str, Any]) -> Obj:
+async def _pod_status(
+    kube: ClusterClient, pod: Mapping[str, Any], status: Mapping[str, Any]
+) -> Obj:
     meta = _meta(pod)
     current = await kube.get(PODS, meta["name"], namespace=meta["namespace"])
     update = dict(status)
@@ -229,7 +230,7 @@ async def _pod_status(kube: KubeClient, pod: Mapping[str, Any], status: Mapping[
 
 
 async def mark_scheduled(
-    kube: KubeClient,
+    kube: ClusterClient,
     pod: Mapping[str, Any],
     *,
     node: str = "gpu-node-1",
@@ -256,7 +257,7 @@ async def mark_scheduled(
 
 
 async def mark_unschedulable(
-    kube: KubeClient,
+    kube: ClusterClient,
     pod: Mapping[str, Any],
     *,
     message: str = UNSCHEDULABLE_MESSAGE,
@@ -285,7 +286,7 @@ def _waiting(pod: Mapping[str, Any], reason: str, message: str = "") -> dict[str
 
 
 async def mark_image_pulling(
-    kube: KubeClient, pod: Mapping[str, Any], *, at: datetime.datetime | None = None
+    kube: ClusterClient, pod: Mapping[str, Any], *, at: datetime.datetime | None = None
 ) -> Obj:
     """Scheduled, containers being created while the image is pulled."""
     now = _now(at)
@@ -307,7 +308,7 @@ async def mark_image_pulling(
 
 
 async def mark_image_pull_backoff(
-    kube: KubeClient,
+    kube: ClusterClient,
     pod: Mapping[str, Any],
     *,
     reason: str = "ImagePullBackOff",
@@ -330,7 +331,7 @@ async def mark_image_pull_backoff(
 
 
 async def mark_running(
-    kube: KubeClient, pod: Mapping[str, Any], *, at: datetime.datetime | None = None
+    kube: ClusterClient, pod: Mapping[str, Any], *, at: datetime.datetime | None = None
 ) -> Obj:
     """The container started: phase Running, running state with ``startedAt``, Ready."""
     now = _now(at)
@@ -363,7 +364,7 @@ async def mark_running(
 
 
 async def mark_terminated(
-    kube: KubeClient,
+    kube: ClusterClient,
     pod: Mapping[str, Any],
     *,
     exit_code: int,
@@ -415,7 +416,7 @@ async def mark_terminated(
 
 
 async def mark_disrupted(
-    kube: KubeClient,
+    kube: ClusterClient,
     pod: Mapping[str, Any],
     *,
     reason: str = "TerminationByKubelet",
@@ -499,7 +500,7 @@ def _policy_action(
 
 
 async def sync_job(
-    kube: KubeClient,
+    kube: ClusterClient,
     job: Mapping[str, Any],
     *,
     at: datetime.datetime | None = None,
@@ -592,7 +593,7 @@ def _finished(status: Mapping[str, Any]) -> bool:
 
 
 async def fail_job(
-    kube: KubeClient,
+    kube: ClusterClient,
     job: Mapping[str, Any],
     *,
     reason: str = "DeadlineExceeded",
@@ -618,7 +619,7 @@ async def fail_job(
 
 
 async def set_job_suspended(
-    kube: KubeClient,
+    kube: ClusterClient,
     job: Mapping[str, Any],
     suspended: bool,
     *,

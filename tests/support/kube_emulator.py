@@ -73,12 +73,18 @@ from kmock._internal import rendering as kmock_rendering
 from typing_extensions import override
 
 from tests.support import kube_selectors
+from tests.support.resources import (
+    CRDS,
+    DEFAULT_RESOURCES,
+    NAMESPACES,
+    RequestRecord,
+    ResourceSpec,
+)
 
 EventType = Literal["ADDED", "MODIFIED", "DELETED"]
 Clock = Callable[[], datetime.datetime]
 
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
-TEST_CLIENT_USER_AGENT = "compose-test-client"
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 # kmock's path parser reads /api/v1/namespaces/<name> as a namespace prefix and fails on
 # /api/v1/namespaces; these paths are parsed here instead.
@@ -86,116 +92,6 @@ _NAMESPACE_PATH = re.compile(
     r"^/api/v1/namespaces(?:/(?P<name>[^/]+)(?:/(?P<sub>status|finalize))?)?/?$"
 )
 _SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # the API server's generateName alphabet
-
-
-@dataclasses.dataclass(frozen=True)
-class ResourceSpec:
-    """One served resource: what discovery says about it and how writes treat it."""
-
-    group: str
-    version: str
-    plural: str
-    kind: str
-    namespaced: bool = True
-    status_subresource: bool = False
-    short_names: tuple[str, ...] = ()
-    # What a DELETE without propagationPolicy does to dependents.
-    default_propagation: str = "Background"
-    # The status the API server gives a new object (pods start Pending).
-    initial_status: Mapping[str, Any] | None = None
-
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
-
-    @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.group, self.version, self.plural)
-
-    @property
-    def qualified(self) -> str:
-        """How the API server names the resource in messages: ``jobs.batch``, ``pods``."""
-        return f"{self.plural}.{self.group}" if self.group else self.plural
-
-
-COMPOSITION_JOBS = ResourceSpec(
-    "compose.nextunicorn.dev",
-    "v1alpha1",
-    "compositionjobs",
-    "CompositionJob",
-    status_subresource=True,
-    short_names=("cj",),
-)
-JOBS = ResourceSpec(
-    "batch", "v1", "jobs", "Job", status_subresource=True, default_propagation="Orphan"
-)
-PODS = ResourceSpec(
-    "", "v1", "pods", "Pod", status_subresource=True, short_names=("po",),
-    initial_status={"phase": "Pending"},
-)  # fmt: skip
-EVENTS = ResourceSpec("", "v1", "events", "Event", short_names=("ev",))
-EVENTS_V1 = ResourceSpec("events.k8s.io", "v1", "events", "Event", short_names=("ev",))
-NAMESPACES = ResourceSpec(
-    "", "v1", "namespaces", "Namespace", namespaced=False, status_subresource=True,
-    short_names=("ns",), initial_status={"phase": "Active"},
-)  # fmt: skip
-NODES = ResourceSpec(
-    "", "v1", "nodes", "Node", namespaced=False, status_subresource=True, short_names=("no",)
-)
-CONFIG_MAPS = ResourceSpec("", "v1", "configmaps", "ConfigMap", short_names=("cm",))
-CRDS = ResourceSpec(
-    "apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
-    namespaced=False, status_subresource=True, short_names=("crd", "crds"),
-)  # fmt: skip
-KOPF_PEERINGS = ResourceSpec("kopf.dev", "v1", "kopfpeerings", "KopfPeering")
-CLUSTER_KOPF_PEERINGS = ResourceSpec(
-    "kopf.dev", "v1", "clusterkopfpeerings", "ClusterKopfPeering", namespaced=False
-)
-LEASES = ResourceSpec("coordination.k8s.io", "v1", "leases", "Lease")
-
-DEFAULT_RESOURCES: tuple[ResourceSpec, ...] = (
-    COMPOSITION_JOBS,
-    JOBS,
-    PODS,
-    EVENTS,
-    EVENTS_V1,
-    NAMESPACES,
-    NODES,
-    CONFIG_MAPS,
-    CRDS,
-    KOPF_PEERINGS,
-    CLUSTER_KOPF_PEERINGS,
-    LEASES,
-)
-
-
-@dataclasses.dataclass(frozen=True)
-class RequestRecord:
-    """One API request as RBAC sees it, plus who made it and how it ended."""
-
-    method: str
-    verb: str  # get, list, watch, create, update, patch, delete, deletecollection
-    group: str | None  # None for non-resource URLs such as /api, /apis, /version
-    version: str | None
-    resource: str | None
-    subresource: str | None
-    namespace: str | None
-    name: str | None
-    path: str
-    user_agent: str
-    status: int  # 0 while a watch is still streaming
-    at: float  # time.monotonic() when the request arrived
-
-    @property
-    def is_resource_request(self) -> bool:
-        return self.resource is not None
-
-    def as_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> RequestRecord:
-        return cls(**data)
 
 
 def _encode_continue(start: tuple[str, str], rv: int) -> str:
@@ -1197,7 +1093,7 @@ class EmulatorThread:
 
     Usable from sync and async tests alike, and from code that runs its own loop (kopf's
     KopfRunner, a FastAPI test client) without the test's loop having to be running. Tests
-    write through the HTTP API (tests/support/kube_client.py); reading ``stored()`` and
+    write through the HTTP API (tests/support/cluster_client.py); reading ``stored()`` and
     ``request_log`` from the test's thread is safe, calling the ``*_object`` methods is not.
     """
 

@@ -5,7 +5,7 @@
 ``kube_emulator`` serves from a background thread with its own event loop, so it works in sync
 and async tests alike and with code that runs its own loop (kopf's KopfRunner, ASGI test
 clients). ``kube_url`` is its URL for ``COMPOSE_KUBE_URL``; ``kube`` is an open
-:class:`~tests.support.kube_client.KubeClient` on it (namespace ``default``).
+:class:`~tests.support.cluster_client.ClusterClient` on it (namespace ``default``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import pytest_asyncio
 
-from tests.support import kube_client
+from tests.support import cluster_client
 from tests.support import kube_emulator as emulation
 
 
@@ -42,7 +42,7 @@ def kube_url(kube_emulator_thread: emulation.EmulatorThread) -> str:
 
 
 @pytest_asyncio.fixture
-async def kube(kube_url: str) -> AsyncIterator[kube_client.KubeClient]:
+async def kube(kube_url: str) -> AsyncIterator[cluster_client.ClusterClient]:
     """A test client on the emulator, acting as users, the Job controller and the kubelet."""
-    async with kube_client.KubeClient(kube_url) as client:
+    async with cluster_client.ClusterClient.at(kube_url) as client:
         yield client

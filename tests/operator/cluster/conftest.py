@@ -25,9 +25,9 @@ import yaml
 from tests.operator.conftest import PROFILES_YAML
 from tests.operator.integration.conftest import OperatorProcess, operator_env
 from tests.support import control_plane as cp
+from tests.support.cluster_client import ClusterClient
 from tests.support.cluster_fixtures import control_plane, kubectl_path, namespace
-from tests.support.kube_client import KubeClient
-from tests.support.kube_emulator import COMPOSITION_JOBS, JOBS, PODS
+from tests.support.resources import COMPOSITION_JOBS, JOBS, PODS
 
 __all__ = ["control_plane", "namespace"]
 
@@ -124,14 +124,14 @@ def operator(
 
 
 @pytest_asyncio.fixture
-async def kube(control_plane: cp.ControlPlane, namespace: str) -> AsyncIterator[KubeClient]:
+async def kube(control_plane: cp.ControlPlane, namespace: str) -> AsyncIterator[ClusterClient]:
     """A cluster-admin test client in the test's namespace (users and the kubelet's part)."""
     async with control_plane.admin(namespace) as client:
         yield client
 
 
 async def wait_until(
-    kube: KubeClient,
+    kube: ClusterClient,
     check: Any,
     *,
     timeout: float = 60.0,  # noqa: ASYNC109 (a polling deadline)
@@ -157,7 +157,7 @@ def condition(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
 
 
 async def cj_with(
-    kube: KubeClient,
+    kube: ClusterClient,
     name: str,
     *,
     phase: str | None = None,
@@ -166,7 +166,7 @@ async def cj_with(
 ) -> Obj:
     """Wait until the CompositionJob has ``phase`` and/or condition ``reason=(type, reason)``."""
 
-    async def check(client: KubeClient) -> Obj | None:
+    async def check(client: ClusterClient) -> Obj | None:
         obj = await client.get_or_none(COMPOSITION_JOBS, name)
         if obj is None:
             return None
@@ -182,7 +182,7 @@ async def cj_with(
     return found
 
 
-async def pods_of(kube: KubeClient, cj: str) -> list[Obj]:
+async def pods_of(kube: ClusterClient, cj: str) -> list[Obj]:
     pods = await kube.list(PODS, label_selector="batch.kubernetes.io/job-name")
     return sorted(
         (p for p in pods if p["metadata"]["name"].startswith(f"{cj}-")),
@@ -190,10 +190,10 @@ async def pods_of(kube: KubeClient, cj: str) -> list[Obj]:
     )
 
 
-async def running_pod(kube: KubeClient, cj: str, *, index: int = 0) -> Obj:
+async def running_pod(kube: ClusterClient, cj: str, *, index: int = 0) -> Obj:
     """The ``index``-th pod (in creation order) of the CompositionJob, once it runs."""
 
-    async def check(client: KubeClient) -> Obj | None:
+    async def check(client: ClusterClient) -> Obj | None:
         pods = await pods_of(client, cj)
         if len(pods) > index and pods[index]["status"].get("phase") == "Running":
             return pods[index]
@@ -203,5 +203,5 @@ async def running_pod(kube: KubeClient, cj: str, *, index: int = 0) -> Obj:
     return found
 
 
-async def child_jobs(kube: KubeClient) -> list[Obj]:
+async def child_jobs(kube: ClusterClient) -> list[Obj]:
     return await kube.list(JOBS, label_selector="app.kubernetes.io/managed-by=compose-operator")

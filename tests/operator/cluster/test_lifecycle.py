@@ -21,8 +21,8 @@ from tests.operator.cluster.conftest import (
 from tests.operator.conftest import cj_body
 from tests.operator.integration.conftest import OperatorProcess
 from tests.support import control_plane as cp
-from tests.support.kube_client import KubeClient
-from tests.support.kube_emulator import COMPOSITION_JOBS, JOBS
+from tests.support.cluster_client import ClusterClient
+from tests.support.resources import COMPOSITION_JOBS, JOBS
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -41,16 +41,16 @@ def report(code: contract.ExitCode, message: str = "") -> str:
     ).to_json()  # fmt: skip
 
 
-async def create(kube: KubeClient, namespace: str, name: str, **spec: Any) -> None:
+async def create(kube: ClusterClient, namespace: str, name: str, **spec: Any) -> None:
     await kube.create(COMPOSITION_JOBS, cj_body(name, namespace, **spec))
 
 
-async def end(kube: KubeClient, pod: dict[str, Any], code: contract.ExitCode, **kw: Any) -> None:
+async def end(kube: ClusterClient, pod: dict[str, Any], code: contract.ExitCode, **kw: Any) -> None:
     await cp.finish_pod(kube, pod, exit_code=int(code), message=report(code, "said"), **kw)
 
 
 async def test_success_through_the_real_job_controller(
-    operator: OperatorProcess, kube: KubeClient, namespace: str
+    operator: OperatorProcess, kube: ClusterClient, namespace: str
 ) -> None:
     await create(kube, namespace, "portrait")
     pod = await running_pod(kube, "portrait")
@@ -62,7 +62,7 @@ async def test_success_through_the_real_job_controller(
     assert cj["status"]["attempts"][0]["outcome"] == "Succeeded"
     assert cj["status"]["attempts"][0]["nodeName"] == pod["spec"]["nodeName"]
 
-    async def complete(client: KubeClient) -> bool:
+    async def complete(client: ClusterClient) -> bool:
         jobs = await child_jobs(client)
         return bool(jobs) and condition(jobs[0], "Complete") is not None
 
@@ -70,7 +70,7 @@ async def test_success_through_the_real_job_controller(
 
 
 async def test_retryable_failure_is_retried_by_the_job_controller_then_fails(
-    operator: OperatorProcess, kube: KubeClient, namespace: str
+    operator: OperatorProcess, kube: ClusterClient, namespace: str
 ) -> None:
     await create(kube, namespace, "weights", execution={"backoffLimit": 1})
     first = await running_pod(kube, "weights", index=0)
@@ -86,7 +86,7 @@ async def test_retryable_failure_is_retried_by_the_job_controller_then_fails(
 
 
 async def test_bad_input_fails_at_once_through_pod_failure_policy(
-    operator: OperatorProcess, kube: KubeClient, namespace: str
+    operator: OperatorProcess, kube: ClusterClient, namespace: str
 ) -> None:
     await create(kube, namespace, "faceless", execution={"backoffLimit": 3})
     pod = await running_pod(kube, "faceless")
@@ -94,7 +94,7 @@ async def test_bad_input_fails_at_once_through_pod_failure_policy(
     cj = await cj_with(kube, "faceless", phase="Failed")
     assert condition(cj, "Failed")["reason"] == "NoFaceFound"  # type: ignore[index]
 
-    async def job_failed(client: KubeClient) -> Any:
+    async def job_failed(client: ClusterClient) -> Any:
         jobs = await child_jobs(client)
         return jobs and condition(jobs[0], "Failed")
 
@@ -104,7 +104,7 @@ async def test_bad_input_fails_at_once_through_pod_failure_policy(
 
 
 async def test_spot_interruption_is_not_counted_and_the_job_runs_again(
-    operator: OperatorProcess, kube: KubeClient, namespace: str
+    operator: OperatorProcess, kube: ClusterClient, namespace: str
 ) -> None:
     await create(kube, namespace, "spot", execution={"backoffLimit": 0})
     first = await running_pod(kube, "spot", index=0)
@@ -123,7 +123,7 @@ async def test_spot_interruption_is_not_counted_and_the_job_runs_again(
 
 
 async def test_no_node_fits_reports_unschedulable_from_the_real_scheduler(
-    operator: OperatorProcess, kube: KubeClient, namespace: str
+    operator: OperatorProcess, kube: ClusterClient, namespace: str
 ) -> None:
     await create(
         kube, namespace, "huge", profile="oversized",
@@ -137,7 +137,7 @@ async def test_no_node_fits_reports_unschedulable_from_the_real_scheduler(
 
 @pytest.mark.parametrize("operator_settings", [{"COMPOSE_INFERENCE_IMAGE": cp.MISSING_IMAGE}])
 async def test_missing_image_reports_image_pull_back_off(
-    operator: OperatorProcess, kube: KubeClient, namespace: str
+    operator: OperatorProcess, kube: ClusterClient, namespace: str
 ) -> None:
     await create(
         kube, namespace, "no-image",
@@ -150,7 +150,7 @@ async def test_missing_image_reports_image_pull_back_off(
 
 
 async def test_deleting_the_job_lets_the_garbage_collector_remove_its_children(
-    operator: OperatorProcess, kube: KubeClient, namespace: str
+    operator: OperatorProcess, kube: ClusterClient, namespace: str
 ) -> None:
     await create(kube, namespace, "gone")
     await running_pod(kube, "gone")
@@ -160,7 +160,7 @@ async def test_deleting_the_job_lets_the_garbage_collector_remove_its_children(
         json={"propagationPolicy": "Background"},
     )
 
-    async def collected(client: KubeClient) -> bool:
+    async def collected(client: ClusterClient) -> bool:
         return not await child_jobs(client) and not await pods_of(client, "gone")
 
     await wait_until(kube, collected, what="the garbage collector to delete the Job and pod")
@@ -168,14 +168,14 @@ async def test_deleting_the_job_lets_the_garbage_collector_remove_its_children(
 
 @pytest.mark.parametrize("operator_settings", [{"COMPOSE_JOB_TTL_SECONDS": "1"}])
 async def test_ttl_controller_deletes_the_finished_job_and_the_status_stays(
-    operator: OperatorProcess, kube: KubeClient, namespace: str
+    operator: OperatorProcess, kube: ClusterClient, namespace: str
 ) -> None:
     await create(kube, namespace, "brief")
     pod = await running_pod(kube, "brief")
     await end(kube, pod, contract.ExitCode.OK)
     await cj_with(kube, "brief", phase="Succeeded")
 
-    async def deleted(client: KubeClient) -> bool:
+    async def deleted(client: ClusterClient) -> bool:
         return not await child_jobs(client)
 
     await wait_until(kube, deleted, what="the TTL controller to delete the Job")
@@ -186,7 +186,7 @@ async def test_ttl_controller_deletes_the_finished_job_and_the_status_stays(
 
 @pytest.mark.parametrize("operator_settings", [{"COMPOSE_MAX_RUNNING_PER_NAMESPACE": "1"}])
 async def test_namespace_cap_holds_the_second_job_until_the_first_is_done(
-    operator: OperatorProcess, kube: KubeClient, namespace: str
+    operator: OperatorProcess, kube: ClusterClient, namespace: str
 ) -> None:
     await create(kube, namespace, "first")
     first = await running_pod(kube, "first")
@@ -205,7 +205,7 @@ async def test_namespace_cap_holds_the_second_job_until_the_first_is_done(
     "operator_settings", [{"COMPOSE_RETENTION_TTL_SECONDS_AFTER_FINISHED": "none"}]
 )
 async def test_retention_deletes_a_finished_job_after_its_own_ttl(
-    operator: OperatorProcess, kube: KubeClient, namespace: str
+    operator: OperatorProcess, kube: ClusterClient, namespace: str
 ) -> None:
     """spec.ttlSecondsAfterFinished wins over the operator's default (here: keep forever); the
     chart's Role allows the delete, and the garbage collector removes the child Job."""
@@ -215,13 +215,13 @@ async def test_retention_deletes_a_finished_job_after_its_own_ttl(
         await end(kube, await running_pod(kube, name), contract.ExitCode.OK)
         await cj_with(kube, name, phase="Succeeded")
 
-    async def short_gone(client: KubeClient) -> bool:
+    async def short_gone(client: ClusterClient) -> bool:
         return await client.get_or_none(COMPOSITION_JOBS, "short") is None
 
     await wait_until(kube, short_gone, timeout=30, what="retention to delete the job")
     assert (await kube.get(COMPOSITION_JOBS, "kept"))["status"]["phase"] == "Succeeded"
 
-    async def children_gone(client: KubeClient) -> bool:
+    async def children_gone(client: ClusterClient) -> bool:
         jobs = await child_jobs(client)
         return [j["metadata"]["name"].split("-")[0] for j in jobs] == ["kept"]
 

@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from tests.support import kube_client
-from tests.support.kube_emulator import COMPOSITION_JOBS, JOBS
+from tests.support import cluster_client
 from tests.support.kube_fixtures import kube, kube_emulator, kube_emulator_thread, kube_url
+from tests.support.resources import COMPOSITION_JOBS, JOBS
 
 __all__ = ["kube", "kube_emulator", "kube_emulator_thread", "kube_url"]
 
@@ -108,8 +108,8 @@ def operator(
 
 
 @pytest_asyncio.fixture
-async def client(kube_url: str) -> AsyncIterator[kube_client.KubeClient]:
-    async with kube_client.KubeClient(kube_url) as api:
+async def client(kube_url: str) -> AsyncIterator[cluster_client.ClusterClient]:
+    async with cluster_client.ClusterClient.at(kube_url) as api:
         yield api
 
 
@@ -122,7 +122,7 @@ def condition(obj: Mapping[str, Any] | None, kind: str) -> Mapping[str, Any] | N
 
 
 async def wait_status(
-    kube: kube_client.KubeClient,
+    kube: cluster_client.ClusterClient,
     name: str,
     *,
     phase: str | None = None,
@@ -149,7 +149,7 @@ async def wait_status(
 
 
 async def wait_job(
-    kube: kube_client.KubeClient,
+    kube: cluster_client.ClusterClient,
     namespace: str = "default",
     count: int = 1,
     timeout: float = 20.0,  # noqa: ASYNC109
@@ -164,7 +164,7 @@ async def wait_job(
     )
 
 
-async def rewind_to_intent(kube: kube_client.KubeClient, name: str) -> Obj:
+async def rewind_to_intent(kube: cluster_client.ClusterClient, name: str) -> Obj:
     """Set the status back to what the operator writes just before it creates the Job
     (accepted, admitted, Started=Unknown), as if it had died right after that write."""
     cj = await kube.get(COMPOSITION_JOBS, name)
@@ -184,7 +184,7 @@ async def rewind_to_intent(kube: kube_client.KubeClient, name: str) -> Obj:
     )
 
 
-async def status_patched_before_job_created(kube: kube_client.KubeClient, name: str) -> bool:
+async def status_patched_before_job_created(kube: cluster_client.ClusterClient, name: str) -> bool:
     """Whether the operator's first status patch of ``name`` came before it created a Job."""
     mine = [r for r in await kube.request_log() if r.user_agent != "compose-test-client"]
     status_patch = next(

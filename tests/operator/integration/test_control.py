@@ -19,15 +19,15 @@ from tests.operator.integration.conftest import (
     wait_status,
 )
 from tests.operator.integration.test_lifecycle import report
-from tests.support import kube_client
+from tests.support import cluster_client
 from tests.support import kube_cluster as cluster
-from tests.support.kube_emulator import COMPOSITION_JOBS, EVENTS, JOBS, PODS
+from tests.support.resources import COMPOSITION_JOBS, EVENTS, JOBS, PODS
 
 pytestmark = pytest.mark.timeout(90)
 
 
 async def test_rejected_spec_fails_with_the_field_named_and_creates_no_job(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     # The API server would refuse this through the CRD schema; the emulator does not, so the
     # operator's own validation is what is tested here.
@@ -43,7 +43,7 @@ async def test_rejected_spec_fails_with_the_field_named_and_creates_no_job(
 
 
 async def test_unknown_profile_fails(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     await client.create(COMPOSITION_JOBS, cj_body("nowhere", profile="does-not-exist"))
     cj = await wait_status(client, "nowhere", phase="Failed")
@@ -60,7 +60,7 @@ async def test_unknown_profile_fails(
 
 
 async def test_suspend_and_resume(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     await client.create(COMPOSITION_JOBS, cj_body("pause"))
     job = (await wait_job(client))[0]
@@ -92,7 +92,7 @@ async def test_suspend_and_resume(
 
 
 async def test_suspended_before_start_creates_no_job_until_resumed(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     await client.create(COMPOSITION_JOBS, cj_body("held", suspend=True))
     await wait_status(client, "held", phase="Suspended")
@@ -103,7 +103,7 @@ async def test_suspended_before_start_creates_no_job_until_resumed(
 
 
 async def test_delete_removes_the_children(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     await client.create(COMPOSITION_JOBS, cj_body("gone"))
     job = (await wait_job(client))[0]
@@ -118,7 +118,7 @@ async def test_delete_removes_the_children(
 
 
 async def test_operator_restart_creates_no_second_job_and_keeps_status(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     await client.create(COMPOSITION_JOBS, cj_body("survivor"))
     job = (await wait_job(client))[0]
@@ -154,7 +154,7 @@ async def test_operator_restart_creates_no_second_job_and_keeps_status(
 
 
 async def test_restart_between_admission_and_job_creation_adopts_the_job(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     # Kill the operator as soon as the Job exists; status may or may not say so yet.
     await client.create(COMPOSITION_JOBS, cj_body("twice"))
@@ -170,7 +170,7 @@ async def test_restart_between_admission_and_job_creation_adopts_the_job(
 
 
 async def test_every_request_is_covered_by_the_required_permissions(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     await client.create(COMPOSITION_JOBS, cj_body("audited"))
     job = (await wait_job(client))[0]
@@ -204,7 +204,7 @@ async def test_every_request_is_covered_by_the_required_permissions(
 
 
 async def test_a_job_deleted_behind_the_operators_back_fails_the_composition(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     await client.create(COMPOSITION_JOBS, cj_body("orphan"))
     job = (await wait_job(client))[0]
@@ -219,7 +219,7 @@ async def test_a_job_deleted_behind_the_operators_back_fails_the_composition(
 
 
 async def test_params_changed_before_start_run_as_a_new_attempt(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     await client.create(COMPOSITION_JOBS, cj_body("edited"))
     first = (await wait_job(client))[0]
@@ -254,7 +254,7 @@ async def test_params_changed_before_start_run_as_a_new_attempt(
 
 
 async def test_restart_between_the_intent_and_the_create_creates_the_job(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     await client.create(COMPOSITION_JOBS, cj_body("intended"))
     job = (await wait_job(client))[0]

@@ -11,9 +11,9 @@ import pytest
 from compose_api import contract, models
 from tests.operator.conftest import cj_body
 from tests.operator.integration.conftest import OperatorProcess, condition, wait_job, wait_status
-from tests.support import kube_client
+from tests.support import cluster_client
 from tests.support import kube_cluster as cluster
-from tests.support.kube_emulator import COMPOSITION_JOBS, JOBS
+from tests.support.resources import COMPOSITION_JOBS, JOBS
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -41,7 +41,7 @@ def report(code: contract.ExitCode, message: str = "", *, result: bool = False) 
     ).to_json()
 
 
-async def start(kube: kube_client.KubeClient, name: str, **spec: Any) -> dict[str, Any]:
+async def start(kube: cluster_client.ClusterClient, name: str, **spec: Any) -> dict[str, Any]:
     """Create the CompositionJob and return the child Job the operator creates for it."""
     await kube.create(COMPOSITION_JOBS, cj_body(name, **spec))
     jobs = await wait_job(kube)
@@ -49,7 +49,7 @@ async def start(kube: kube_client.KubeClient, name: str, **spec: Any) -> dict[st
 
 
 async def test_success_puts_the_result_in_status(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     job = await start(client, "portrait")
     assert (
@@ -91,7 +91,7 @@ async def test_success_puts_the_result_in_status(
 )
 async def test_bad_input_fails_at_once(
     operator: OperatorProcess,
-    client: kube_client.KubeClient,
+    client: cluster_client.ClusterClient,
     code: contract.ExitCode,
     reason: str,
 ) -> None:
@@ -109,7 +109,7 @@ async def test_bad_input_fails_at_once(
 
 
 async def test_model_load_failure_is_retried_then_fails(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     job = await start(client, "weights", execution={"backoffLimit": 1})
     for _ in range(2):
@@ -128,7 +128,7 @@ async def test_model_load_failure_is_retried_then_fails(
 
 
 async def test_spot_interruption_then_retry_then_success(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     job = await start(client, "spot")
     first = await cluster.create_pod_for_job(client, job, node="spot-1")
@@ -153,7 +153,7 @@ async def test_spot_interruption_then_retry_then_success(
 
 
 async def test_unschedulable_reports_no_gpu_capacity_then_fails_at_the_start_deadline(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     job = await start(client, "no-gpu", execution={"startDeadlineSeconds": 30})
     pod = await cluster.create_pod_for_job(client, job)
@@ -169,7 +169,7 @@ async def test_unschedulable_reports_no_gpu_capacity_then_fails_at_the_start_dea
 
 
 async def test_image_pull_back_off(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     job = await start(client, "bad-image", execution={"startDeadlineSeconds": 30})
     pod = await cluster.create_pod_for_job(client, job, node="gpu-1")
@@ -183,7 +183,7 @@ async def test_image_pull_back_off(
 
 
 async def test_start_deadline_without_any_pod(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     job = await start(client, "stuck", execution={"startDeadlineSeconds": 30})
     past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=31)
@@ -193,7 +193,9 @@ async def test_start_deadline_without_any_pod(
     await client.wait_for(JOBS, job["metadata"]["name"], lambda obj: obj is None)
 
 
-async def test_deadline_exceeded(operator: OperatorProcess, client: kube_client.KubeClient) -> None:
+async def test_deadline_exceeded(
+    operator: OperatorProcess, client: cluster_client.ClusterClient
+) -> None:
     job = await start(client, "slow")
     pod = await cluster.create_pod_for_job(client, job, node="gpu-1")
     await cluster.mark_running(client, pod)

@@ -8,8 +8,9 @@ import pytest
 from compose_operator import permissions
 from tests.operator.conftest import cj_body
 from tests.operator.integration.conftest import OperatorProcess, wait_job, wait_status
-from tests.support import kube_client
-from tests.support.kube_emulator import COMPOSITION_JOBS, JOBS, KubeEmulator
+from tests.support import cluster_client
+from tests.support.kube_emulator import KubeEmulator
+from tests.support.resources import COMPOSITION_JOBS, JOBS
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -20,7 +21,7 @@ def operator_settings() -> dict[str, str]:
 
 
 async def test_only_the_listed_namespaces_are_served(
-    operator: OperatorProcess, client: kube_client.KubeClient, kube_emulator: KubeEmulator
+    operator: OperatorProcess, client: cluster_client.ClusterClient, kube_emulator: KubeEmulator
 ) -> None:
     await client.create(COMPOSITION_JOBS, cj_body("elsewhere", namespace="team-b"))
     await client.create(COMPOSITION_JOBS, cj_body("mine", namespace="team-a"))

@@ -11,10 +11,10 @@ from compose_api import contract
 from tests.operator.conftest import cj_body
 from tests.operator.integration.conftest import OperatorProcess, wait_job, wait_status
 from tests.operator.integration.test_lifecycle import report
-from tests.support import kube_client
+from tests.support import cluster_client
 from tests.support import kube_cluster as cluster
-from tests.support.kube_client import poll
-from tests.support.kube_emulator import COMPOSITION_JOBS, EVENTS
+from tests.support.cluster_client import poll
+from tests.support.resources import COMPOSITION_JOBS, EVENTS
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -41,7 +41,7 @@ async def _get(url: str) -> tuple[int, str]:
 
 
 async def test_metrics_liveness_and_events(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     await client.create(COMPOSITION_JOBS, cj_body("watched"))
     job = (await wait_job(client))[0]

@@ -20,9 +20,9 @@ from compose_operator import names, permissions
 from tests.operator.conftest import cj_body
 from tests.operator.integration.conftest import OperatorProcess, operator_env, wait_status
 from tests.operator.integration.test_lifecycle import report
-from tests.support import kube_client
+from tests.support import cluster_client
 from tests.support import kube_cluster as cluster
-from tests.support.kube_emulator import CLUSTER_KOPF_PEERINGS, COMPOSITION_JOBS, JOBS
+from tests.support.resources import CLUSTER_KOPF_PEERINGS, COMPOSITION_JOBS, JOBS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,7 +41,7 @@ def _granted_clusterwide() -> set[tuple[str, str, str]]:
     return granted
 
 
-async def _used(client: kube_client.KubeClient) -> set[tuple[str, str, str]]:
+async def _used(client: cluster_client.ClusterClient) -> set[tuple[str, str, str]]:
     used = set()
     for r in await client.request_log():
         if r.user_agent == "compose-test-client" or not r.is_resource_request:
@@ -54,7 +54,7 @@ async def _used(client: kube_client.KubeClient) -> set[tuple[str, str, str]]:
 async def test_every_granted_permission_is_used(
     kube_url: str,
     profiles_path: pathlib.Path,
-    client: kube_client.KubeClient,
+    client: cluster_client.ClusterClient,
     tmp_path: pathlib.Path,
 ) -> None:
     # No peering object: the operator creates its own (the grant's "create").

@@ -11,9 +11,9 @@ from compose_api import contract
 from tests.operator.conftest import cj_body
 from tests.operator.integration.conftest import OperatorProcess, condition, wait_job, wait_status
 from tests.operator.integration.test_lifecycle import report
-from tests.support import kube_client
+from tests.support import cluster_client
 from tests.support import kube_cluster as cluster
-from tests.support.kube_emulator import COMPOSITION_JOBS, JOBS
+from tests.support.resources import COMPOSITION_JOBS, JOBS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -24,7 +24,7 @@ def operator_settings() -> dict[str, str]:
     return {"COMPOSE_MAX_RUNNING_PER_NAMESPACE": "2", "COMPOSE_QUEUE_POSITION_REFRESH_SECONDS": "1"}
 
 
-async def _finish(client: kube_client.KubeClient, cj_name: str) -> None:
+async def _finish(client: cluster_client.ClusterClient, cj_name: str) -> None:
     jobs = await client.list(JOBS, label_selector=f"compose.nextunicorn.dev/job={cj_name}")
     job = jobs[0]
     pod = await cluster.create_pod_for_job(client, job, node="gpu-1")
@@ -43,11 +43,11 @@ def _at_position(position: int) -> Callable[[dict[str, Any] | None], bool]:
     return check
 
 
-async def _job_owners(client: kube_client.KubeClient) -> set[str]:
+async def _job_owners(client: cluster_client.ClusterClient) -> set[str]:
     return {j["metadata"]["labels"]["compose.nextunicorn.dev/job"] for j in await client.list(JOBS)}
 
 
-async def _owners_become(client: kube_client.KubeClient, expected: set[str]) -> None:
+async def _owners_become(client: cluster_client.ClusterClient, expected: set[str]) -> None:
     """Status says Starting once the creation is recorded, just before the Job is created."""
 
     def owners(items: list[dict[str, Any]]) -> set[str]:
@@ -58,7 +58,7 @@ async def _owners_become(client: kube_client.KubeClient, expected: set[str]) -> 
 
 
 async def test_jobs_beyond_the_cap_wait_in_priority_then_creation_order(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     for name in ("first", "second"):
         await client.create(COMPOSITION_JOBS, cj_body(name))
@@ -87,7 +87,7 @@ async def test_jobs_beyond_the_cap_wait_in_priority_then_creation_order(
 
 
 async def test_kueue_queue_name_creates_the_job_suspended_until_admitted(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     await client.create(COMPOSITION_JOBS, cj_body("kueued", execution={"queueName": "gpu-queue"}))
     job = (await wait_job(client))[0]
@@ -102,7 +102,7 @@ async def test_kueue_queue_name_creates_the_job_suspended_until_admitted(
 
 
 async def test_resuming_a_job_kueue_has_not_admitted_leaves_it_to_kueue(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     await client.create(COMPOSITION_JOBS, cj_body("held", execution={"queueName": "gpu-queue"}))
     job = (await wait_job(client))[0]

@@ -19,9 +19,9 @@ from tests.operator.integration.conftest import (
     wait_status,
 )
 from tests.operator.integration.test_lifecycle import report
-from tests.support import kube_client
+from tests.support import cluster_client
 from tests.support import kube_cluster as cluster
-from tests.support.kube_emulator import COMPOSITION_JOBS, JOBS, PODS
+from tests.support.resources import COMPOSITION_JOBS, JOBS, PODS
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -34,7 +34,7 @@ def operator_settings() -> dict[str, str]:
 
 
 async def test_a_job_finished_and_deleted_while_the_operator_was_down_is_not_run_again(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     await client.create(COMPOSITION_JOBS, cj_body("away"))
     job = (await wait_job(client))[0]
@@ -59,7 +59,7 @@ async def test_a_job_finished_and_deleted_while_the_operator_was_down_is_not_run
     async def ttl_passed() -> bool:  # the TTL is a span of time: wait it out
         return datetime.datetime.now(datetime.UTC) > ttl_over
 
-    await kube_client.poll(ttl_passed, timeout=10)
+    await cluster_client.poll(ttl_passed, timeout=10)
 
     operator.start()
     cj = await wait_status(client, "away", phase="Failed")

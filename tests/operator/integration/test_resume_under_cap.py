@@ -9,9 +9,9 @@ from compose_api import contract
 from tests.operator.conftest import cj_body
 from tests.operator.integration.conftest import OperatorProcess, condition, wait_job, wait_status
 from tests.operator.integration.test_lifecycle import report
-from tests.support import kube_client
+from tests.support import cluster_client
 from tests.support import kube_cluster as cluster
-from tests.support.kube_emulator import COMPOSITION_JOBS, JOBS
+from tests.support.resources import COMPOSITION_JOBS, JOBS
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -21,7 +21,7 @@ def operator_settings() -> dict[str, str]:
     return {"COMPOSE_MAX_RUNNING_PER_NAMESPACE": "1"}
 
 
-async def _running_jobs(client: kube_client.KubeClient) -> set[str]:
+async def _running_jobs(client: cluster_client.ClusterClient) -> set[str]:
     return {
         j["metadata"]["labels"]["compose.nextunicorn.dev/job"]
         for j in await client.list(JOBS)
@@ -30,7 +30,7 @@ async def _running_jobs(client: kube_client.KubeClient) -> set[str]:
 
 
 async def test_a_resumed_job_waits_for_a_free_slot(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     await client.create(COMPOSITION_JOBS, cj_body("paused"))
     first = (await wait_job(client))[0]

@@ -11,23 +11,24 @@ import datetime
 from typing import Any
 
 from compose_api import models
+from compose_api.kube import KubeError
 from compose_operator import retention
 from tests.operator.conftest import cj_body
-from tests.support import kube_client, s3
-from tests.support.kube_emulator import COMPOSITION_JOBS
+from tests.support import cluster_client, s3
+from tests.support.resources import COMPOSITION_JOBS
 
 NS = "default"
 DONE = datetime.datetime(2026, 3, 1, 12, 0, tzinfo=datetime.UTC)
 
 
-def _deleter(kube: kube_client.KubeClient, calls: list[str]) -> retention.DeleteJob:
+def _deleter(kube: cluster_client.ClusterClient, calls: list[str]) -> retention.DeleteJob:
     async def delete(namespace: str, name: str, uid: str) -> None:
         calls.append(name)
-        path = kube_client.object_path(COMPOSITION_JOBS, namespace, name)
+        path = cluster_client.object_path(COMPOSITION_JOBS, namespace, name)
         options = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": uid}}
         try:
             await kube.request("DELETE", path, json=options)
-        except kube_client.KubeApiError as error:
+        except KubeError as error:
             if error.status not in (404, 409):
                 raise
 
@@ -35,7 +36,7 @@ def _deleter(kube: kube_client.KubeClient, calls: list[str]) -> retention.Delete
 
 
 async def _finished(
-    kube: kube_client.KubeClient, name: str, result_uri: str | None, **spec: Any
+    kube: cluster_client.ClusterClient, name: str, result_uri: str | None, **spec: Any
 ) -> models.CompositionJob:
     created = await kube.create(COMPOSITION_JOBS, cj_body(name, NS, **spec), namespace=NS)
     uid = created["metadata"]["uid"]
@@ -50,7 +51,7 @@ async def _finished(
 
 
 async def test_a_due_job_goes_with_its_result_and_one_not_due_stays(
-    kube: kube_client.KubeClient, s3_env: s3.S3Server
+    kube: cluster_client.ClusterClient, s3_env: s3.S3Server
 ) -> None:
     bucket = s3_env.new_bucket("results")
     client = s3_env.client()
@@ -82,7 +83,7 @@ async def test_a_due_job_goes_with_its_result_and_one_not_due_stays(
 
 
 async def test_results_are_kept_by_default_and_a_recreated_job_is_not_deleted(
-    kube: kube_client.KubeClient, s3_env: s3.S3Server
+    kube: cluster_client.ClusterClient, s3_env: s3.S3Server
 ) -> None:
     bucket = s3_env.new_bucket("results")
     client = s3_env.client()

@@ -15,9 +15,9 @@ from compose_api import contract
 from tests.operator.conftest import cj_body
 from tests.operator.integration.conftest import OperatorProcess, condition, wait_job, wait_status
 from tests.operator.integration.test_lifecycle import report
-from tests.support import kube_client
+from tests.support import cluster_client
 from tests.support import kube_cluster as cluster
-from tests.support.kube_emulator import COMPOSITION_JOBS, EVENTS, JOBS
+from tests.support.resources import COMPOSITION_JOBS, EVENTS, JOBS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,12 +31,12 @@ def _rfc3339(moment: datetime.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-async def _jobs_of(client: kube_client.KubeClient, name: str) -> list[dict[str, Any]]:
+async def _jobs_of(client: cluster_client.ClusterClient, name: str) -> list[dict[str, Any]]:
     return await client.list(JOBS, label_selector=f"compose.nextunicorn.dev/job={name}")
 
 
 async def _job_appears(
-    client: kube_client.KubeClient,
+    client: cluster_client.ClusterClient,
     name: str,
     timeout: float,  # noqa: ASYNC109 (a polling deadline)
 ) -> None:
@@ -45,7 +45,7 @@ async def _job_appears(
 
 
 async def test_a_start_deadline_found_by_the_timer_posts_its_event_and_starts_the_next_job(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     await client.create(COMPOSITION_JOBS, cj_body("stuck", execution={"startDeadlineSeconds": 30}))
     job = (await wait_job(client))[0]
@@ -74,7 +74,7 @@ async def test_a_start_deadline_found_by_the_timer_posts_its_event_and_starts_th
 
 
 async def test_the_cap_holds_until_the_job_controller_marks_the_job_complete(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     await client.create(COMPOSITION_JOBS, cj_body("first"))
     job = (await wait_job(client))[0]
@@ -96,7 +96,7 @@ async def test_the_cap_holds_until_the_job_controller_marks_the_job_complete(
 
 
 async def test_exit_zero_without_a_readable_result_fails_with_its_own_reason(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     await client.create(COMPOSITION_JOBS, cj_body("garbled"))
     job = (await wait_job(client))[0]
@@ -119,7 +119,7 @@ async def test_exit_zero_without_a_readable_result_fails_with_its_own_reason(
 
 
 async def test_a_burst_never_admits_more_than_the_cap(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     # Admission is decided and taken before any await: concurrent events cannot both take the
     # one free slot, although nothing is locked per namespace.

@@ -14,9 +14,9 @@ from compose_api import contract
 from tests.operator.conftest import cj_body
 from tests.operator.integration.conftest import OperatorProcess, condition, wait_job, wait_status
 from tests.operator.integration.test_lifecycle import report
-from tests.support import kube_client
+from tests.support import cluster_client
 from tests.support import kube_cluster as cluster
-from tests.support.kube_emulator import COMPOSITION_JOBS
+from tests.support.resources import COMPOSITION_JOBS
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -28,7 +28,7 @@ def operator_settings() -> dict[str, str]:
     return {"COMPOSE_STATUS_COALESCE_SECONDS": str(WINDOW_SECONDS)}
 
 
-async def _status_patches(client: kube_client.KubeClient, name: str) -> int:
+async def _status_patches(client: cluster_client.ClusterClient, name: str) -> int:
     log = await client.request_log()
     return sum(
         1
@@ -42,7 +42,7 @@ async def _status_patches(client: kube_client.KubeClient, name: str) -> int:
 
 
 async def test_pending_progress_is_one_patch_and_phase_changes_are_immediate(
-    operator: OperatorProcess, client: kube_client.KubeClient
+    operator: OperatorProcess, client: cluster_client.ClusterClient
 ) -> None:
     await client.create(COMPOSITION_JOBS, cj_body("steady"))
     job = (await wait_job(client))[0]
