@@ -1,7 +1,7 @@
 """Wiring of the HTTP gateway: settings in, one FastAPI app out.
 
 ``create_app`` is the only entry: ``__main__`` calls it with settings from the environment, and
-tests call it with settings, an API client on the emulated cluster, and clocks of their own. It
+tests call it with settings, an API client on the test cluster, and clocks of their own. It
 builds the services (``routes.Services``), installs the routes (``routes``; the studio page's,
 ``studio``), the error handlers (``errors``), CORS and the metrics middleware, and runs the
 callback loop in the app's lifespan.

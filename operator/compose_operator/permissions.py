@@ -1,9 +1,10 @@
 """Exactly the Kubernetes API permissions the operator uses: its own calls and kopf's.
 
 The chart's RBAC is checked against :data:`REQUIRED_PERMISSIONS` by the deployment tests, and the
-operator's integration tests check that every request it made against the API emulator is
-covered by it (:func:`allows`). Keep this list in step with :mod:`compose_operator.kubeapi` and the
-resources :mod:`compose_operator.handlers` watches.
+operator's cluster tests check that every request it made on the real API server (its audit log)
+is covered by it (:func:`allows`) and every permission it grants is used. Keep this list in
+step with :mod:`compose_operator.kubeapi` and the resources :mod:`compose_operator.handlers`
+watches.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ import yaml
 
 from compose_api import contract, models, pools
 from tests.deploy import helpers
-from tests.operator.integration.conftest import OperatorProcess, operator_env
+from tests.operator.operator_process import OperatorProcess, operator_env
 from tests.support import control_plane as cp
 
 pytestmark = pytest.mark.timeout(300)
@@ -231,10 +231,10 @@ def operator(installed: cp.ControlPlane, tmp_path: pathlib.Path) -> Iterator[Ope
     """compose-operator on this machine, logged in as the chart's operator service account."""
     kubeconfig = installed.service_account_kubeconfig(NS, OPERATOR_SA, tmp_path / "sa.kubeconfig")
     env = operator_env(
-        "", _profiles(tmp_path), COMPOSE_INFERENCE_SERVICE_ACCOUNT=("nextunicorn-compose-inference")
+        _profiles(tmp_path),
+        KUBECONFIG=str(kubeconfig),
+        COMPOSE_INFERENCE_SERVICE_ACCOUNT="nextunicorn-compose-inference",
     )
-    env.pop("COMPOSE_KUBE_URL")
-    env["KUBECONFIG"] = str(kubeconfig)
     env["COMPOSE_OUTPUT_BUCKET"] = "nextunicorn-compose-results"
     # Active/standby as the chart runs it: the operator creates its ClusterKopfPeering.
     env["COMPOSE_STANDALONE"] = "false"

@@ -1,9 +1,9 @@
 """The chart's RBAC grants exactly what the code says it uses: every call, nothing more.
 
 The operator and the gateway each keep ``REQUIRED_PERMISSIONS`` (their own tests check that every
-request they make against the API emulator is covered by it), and the pool workers'
-``compose_api.pools.WORKER_PERMISSIONS``. Here the rendered ClusterRoles and Roles are compared
-with those lists, in cluster-wide and namespaced mode, verb by verb, both ways.
+request they make on the real API server, read from its audit log, is covered by it), and the
+pool workers' ``compose_api.pools.WORKER_PERMISSIONS``. Here the rendered ClusterRoles and Roles
+are compared with those lists, in cluster-wide and namespaced mode, verb by verb, both ways.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Fixtures of the gateway tests: the emulated cluster, the S3 server, API keys, the app.
+"""Fixtures of the gateway tests: the real test cluster, the S3 server, API keys, the app.
 
 The gateway runs in-process (its ASGI app behind an httpx client, lifespan included) against
 the real test control plane (tests/support/control_plane.py), authenticated with the token of a

@@ -2,7 +2,7 @@
 OpenAPI document; no answer may be a 5xx.
 
 The gateway runs under uvicorn on 127.0.0.1 (a real server, as in production) against the
-emulated cluster and the local S3 server. The example count is kept modest (about a minute).
+real test control plane and the local S3 server. The example count is kept modest (about a minute).
 """
 
 from __future__ import annotations

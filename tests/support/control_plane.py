@@ -10,10 +10,14 @@ What is real: the API server (authentication by client certificates and service-
 RBAC authorization, admission, CRD structural schemas, CEL rules, defaulting and pruning), the
 Job, TTL-after-finished, garbage-collector, namespace, service-account and deployment controllers,
 and the scheduler (taints, tolerations, affinity, GPU capacity). kwok plays the kubelet of the
-fake nodes: a pod bound to one of them starts running at once. What the tests still play is the
-inference container's end: :func:`finish_pod` writes the exit code and termination message into
+fake nodes: a pod bound to one of them starts running at once, and a pod deleted while it runs
+ends (Failed, exit code 143) before it goes, as the kubelet ends it. What the tests still play is
+the inference container's end: :func:`finish_pod` writes the exit code and termination message into
 the pod's status as the kubelet would. A pod whose image is :data:`MISSING_IMAGE` stays in
-``ImagePullBackOff``, as with a registry that lacks the image.
+``ImagePullBackOff``, as with a registry that lacks the image; one whose image is
+:data:`HELD_IMAGE` stays ``Pending`` on its node, as while a large image is pulled, until the test
+starts its container (:func:`start_pod`). :meth:`ControlPlane.paused` stops a component for a
+moment (the controller manager: a Job controller that lags behind).
 
 Not run: the node-lifecycle controller (kwok's nodes never go NotReady here), kube-proxy,
 networking and storage. The ``TaintNodesByCondition`` admission plugin is off for the same reason:
@@ -31,6 +35,7 @@ import dataclasses
 import datetime
 import json
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -53,6 +58,7 @@ REPO = Path(__file__).resolve().parents[2]
 KWOK_NODE_LABEL = "compose.nextunicorn.dev/simulated-by"
 KWOK_NODE_VALUE = "kwok"
 MISSING_IMAGE = "registry.invalid/compose/missing:0"
+HELD_IMAGE = "registry.invalid/compose/held:0"
 PULL_BACKOFF_MESSAGE = f'Back-off pulling image "{MISSING_IMAGE}"'
 INSTANCE_TYPE_LABEL = "node.kubernetes.io/instance-type"
 CAPACITY_TYPE_LABEL = "karpenter.sh/capacity-type"
@@ -232,7 +238,7 @@ phase: Running
                         not_deleted,
                         pending,
                         fresh,
-                        {"key": image, "operator": "NotIn", "values": [MISSING_IMAGE]},
+                        {"key": image, "operator": "NotIn", "values": [MISSING_IMAGE, HELD_IMAGE]},
                     ]
                 },
                 "next": {
@@ -317,6 +323,57 @@ hostIP: {{ NodeIPWith .spec.nodeName | Quote }}
 podIP: {{ PodIPWith .spec.nodeName false .metadata.uid .metadata.name .metadata.namespace | Quote }}
 phase: Pending
 startTime: {{ $now | Quote }}
+""",
+                },
+            },
+        },
+        {
+            # A pod deleted while it runs (or waits) ends first, as the kubelet ends it: its
+            # containers are stopped and it turns Failed, so the Job controller can count it and
+            # drop its tracking finalizer; then the next stage removes it.
+            "apiVersion": "kwok.x-k8s.io/v1alpha1",
+            "kind": "Stage",
+            "metadata": {"name": "compose-pod-stop"},
+            "spec": {
+                "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
+                "selector": {
+                    "matchExpressions": [
+                        {"key": ".metadata.deletionTimestamp", "operator": "Exists"},
+                        {
+                            "key": ".status.phase",
+                            "operator": "In",
+                            "values": ["Pending", "Running"],
+                        },
+                    ]
+                },
+                "next": {
+                    "statusTemplate": now
+                    + """
+phase: Failed
+conditions:
+- type: Ready
+  status: "False"
+  reason: PodFailed
+  lastTransitionTime: {{ $now | Quote }}
+- type: ContainersReady
+  status: "False"
+  reason: PodFailed
+  lastTransitionTime: {{ $now | Quote }}
+containerStatuses:
+{{ range .spec.containers }}
+- image: {{ .image | Quote }}
+  imageID: ""
+  name: {{ .name | Quote }}
+  ready: false
+  restartCount: 0
+  started: false
+  state:
+    terminated:
+      exitCode: 143
+      reason: Error
+      startedAt: {{ $now | Quote }}
+      finishedAt: {{ $now | Quote }}
+{{ end }}
 """,
                 },
             },
@@ -418,6 +475,17 @@ class ControlPlane:
 
     def audit_offset(self) -> int:
         return self.audit_log.stat().st_size if self.audit_log.exists() else 0
+
+    @contextlib.contextmanager
+    def paused(self, name: str) -> Iterator[None]:
+        """Stop one component (SIGSTOP) for the ``with`` block, then let it go on (SIGCONT):
+        ``paused("kube-controller-manager")`` is a Job controller that lags behind."""
+        process = next(p for p in self.processes if p.name == name)
+        process.popen.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            process.popen.send_signal(signal.SIGCONT)
 
     # -- clients ------------------------------------------------------------------------------
 
@@ -858,6 +926,43 @@ def terminated_status(
     }
 
 
+def running_status(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """The status a kubelet writes when the pod's container has started (kwok's own start)."""
+    now = _utc()
+    conditions = [
+        {"type": kind, "status": "True", "lastTransitionTime": now}
+        for kind in ("Initialized", "PodReadyToStartContainers", "ContainersReady", "Ready")
+    ]
+    container = pod["spec"]["containers"][0]
+    return {
+        "phase": "Running",
+        "startTime": now,
+        "conditions": conditions,
+        "containerStatuses": [
+            {
+                "name": container["name"],
+                "image": container["image"],
+                "imageID": f"{container['image']}@sha256:0",
+                "ready": True,
+                "restartCount": 0,
+                "started": True,
+                "state": {"running": {"startedAt": now}},
+            }
+        ],
+    }
+
+
+async def start_pod(client: ClusterClient, pod: Mapping[str, Any]) -> Obj:
+    """Start the container of a pod that kwok holds (:data:`HELD_IMAGE`), once it is bound."""
+    meta = pod["metadata"]
+    return await client.request(
+        "PATCH",
+        f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status",
+        json={"status": running_status(pod)},
+        content_type="application/strategic-merge-patch+json",
+    )
+
+
 async def finish_pod(
     client: ClusterClient,
     pod: Mapping[str, Any],
@@ -891,6 +996,7 @@ async def running_pods(client: ClusterClient, namespace: str, *, job_name: str) 
 
 __all__ = [
     "GPU",
+    "HELD_IMAGE",
     "MISSING_IMAGE",
     "NODES",
     "ControlPlane",
@@ -898,7 +1004,9 @@ __all__ = [
     "binaries",
     "finish_pod",
     "running_pods",
+    "running_status",
     "start",
+    "start_pod",
     "terminated_status",
     "write_kubeconfig",
 ]

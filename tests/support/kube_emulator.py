@@ -21,23 +21,22 @@ the object store with one that behaves like the API server where our code relies
   ``metadata.resourceVersion`` (optimistic concurrency), 422 on a failed JSON-patch ``test``, all
   as ``kind: Status`` objects;
 - deletion with finalizers (``deletionTimestamp`` first, removal when the last finalizer goes;
-  no new finalizers on an object being deleted) and garbage collection through
-  ``ownerReferences`` with ``propagationPolicy`` Background, Foreground and Orphan (batch/v1 Jobs
-  default to Orphan, as on a real API server);
+  no new finalizers on an object being deleted) and uid/resourceVersion preconditions;
 - CustomResourceDefinitions created through the API become discoverable resources;
 - a request log (:class:`RequestRecord`) of every request, to compare with RBAC rules;
 - objects kept by key (get/patch/delete do not scan; a list scans one resource), and API requests
   served straight from the store while no test reaction is registered (kmock matches every
   request against every reaction otherwise).
 
-Not emulated: admission (CRD schemas and CEL rules are not enforced), strategic-merge and
-server-side-apply semantics (a strategic merge patch is treated as a JSON merge patch), pagination,
-namespace existence checks (a namespace object is created on first use instead), pod grace periods
-(pods are removed at once), controllers (tests/support/kube_cluster.py plays the Job controller and
-kubelet).
+Not emulated: admission (CRD schemas and CEL rules are not enforced: what the emulator is still
+for, a stored object the real API server would refuse), strategic-merge and server-side-apply
+semantics (a strategic merge patch is treated as a JSON merge patch), namespace existence checks
+(a namespace object is created on first use instead), pod grace periods, garbage collection
+(``ownerReferences`` are stored, and a ``propagationPolicy`` checked, not acted on) and every
+controller: everything else runs on the real test control plane (tests/support/control_plane.py).
 
 Used by tests through tests/support/kube_fixtures.py (in a background thread) and by
-benchmarks/operator_bench.py as its own process: ``python -m tests.support.kube_emulator --port N``
+benchmarks/gateway_bench.py as its own process: ``python -m tests.support.kube_emulator --port N``
 prints ``KUBE_EMULATOR_URL=<url>`` when it is ready. The request log is also served over HTTP at
 ``GET /_emulator/requests?since=N`` for out-of-process users.
 """
@@ -214,10 +213,6 @@ class KubeEmulator(kmock.KubernetesEmulator):
     )
     _history: dict[tuple[str, str, str], collections.deque[Change]] = attrs.field(
         factory=dict, init=False
-    )
-    _by_uid: dict[str, tuple[ResourceSpec, ObjectKey]] = attrs.field(factory=dict, init=False)
-    _dependents: dict[str, set[tuple[tuple[str, str, str], ObjectKey]]] = attrs.field(
-        factory=lambda: collections.defaultdict(set), init=False
     )
     _watchers: set[_Watcher] = attrs.field(factory=set, init=False)
     _rv: itertools.count[int] = attrs.field(factory=lambda: itertools.count(1), init=False)
@@ -688,29 +683,12 @@ class KubeEmulator(kmock.KubernetesEmulator):
             if watcher.spec.key == spec.key:
                 watcher.loop.call_soon_threadsafe(watcher.queue.put_nowait, change)
 
-    def _index(self, spec: ResourceSpec, key: ObjectKey, obj: Mapping[str, Any] | None) -> None:
-        """Keep the uid and owner indexes in step with a stored (or removed) object."""
-        if obj is None:
-            return
-        for ref in obj.get("metadata", {}).get("ownerReferences") or []:
-            if ref.get("uid"):
-                self._dependents[ref["uid"]].add((spec.key, key))
-
-    def _unindex(self, spec: ResourceSpec, key: ObjectKey, obj: Mapping[str, Any]) -> None:
-        for ref in obj.get("metadata", {}).get("ownerReferences") or []:
-            if ref.get("uid"):
-                self._dependents[ref["uid"]].discard((spec.key, key))
-
     def _store_object(
         self, spec: ResourceSpec, key: ObjectKey, old: dict[str, Any] | None, new: dict[str, Any]
     ) -> dict[str, Any]:
         rv = self._next_rv()
         new["metadata"]["resourceVersion"] = str(rv)
-        if old is not None:
-            self._unindex(spec, key, old)
         self._store[spec.key][key] = new
-        self._index(spec, key, new)
-        self._by_uid[new["metadata"]["uid"]] = (spec, key)
         self._emit(spec, Change(rv, "ADDED" if old is None else "MODIFIED", old, new))
         return new
 
@@ -935,109 +913,34 @@ class KubeEmulator(kmock.KubernetesEmulator):
         propagation: str | None = None,
         preconditions: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Delete an object as DELETE does; returns the object as last seen."""
+        """Delete an object as DELETE does (its dependents are left alone: no garbage
+        collector runs here); returns the object as last seen."""
         obj = self._get(spec, namespace, name)
         meta = obj["metadata"]
         for field in ("uid", "resourceVersion"):
             wanted = (preconditions or {}).get(field)
             if wanted is not None and str(wanted) != meta.get(field):
                 raise _conflict(spec, name, f"Precondition failed: {field}: {wanted}")
-        policy = propagation or spec.default_propagation
-        if policy not in ("Background", "Foreground", "Orphan"):
-            raise _bad_request(f"propagationPolicy: unsupported value {policy!r}")
+        if propagation not in (None, "Background", "Foreground", "Orphan"):
+            raise _bad_request(f"propagationPolicy: unsupported value {propagation!r}")
         key = self._key(spec, namespace, name)
-        if policy == "Orphan":
-            self._orphan_dependents(meta["uid"])
-        finalizers = list(meta.get("finalizers") or [])
-        if policy == "Foreground" and self._dependents.get(meta["uid"]):
-            finalizers.append("foregroundDeletion")
-        if finalizers:
-            if meta.get("deletionTimestamp") and finalizers == list(meta.get("finalizers") or []):
+        if meta.get("finalizers"):
+            if meta.get("deletionTimestamp"):
                 return obj
             marked = copy.deepcopy(obj)
-            marked["metadata"]["finalizers"] = finalizers
-            marked["metadata"].setdefault("deletionTimestamp", _rfc3339(self.clock()))
-            marked["metadata"].setdefault("deletionGracePeriodSeconds", 0)
-            stored = self._store_object(spec, key, obj, marked)
-            if "foregroundDeletion" in finalizers:
-                self._collect(meta["uid"], "Foreground")
-            return stored
-        return self._remove(spec, key, policy=policy)
+            marked["metadata"]["deletionTimestamp"] = _rfc3339(self.clock())
+            marked["metadata"]["deletionGracePeriodSeconds"] = 0
+            return self._store_object(spec, key, obj, marked)
+        return self._remove(spec, key)
 
-    def _remove(
-        self, spec: ResourceSpec, key: ObjectKey, *, policy: str = "Background"
-    ) -> dict[str, Any]:
-        """Remove an object for good, then let the garbage collector act on its dependents."""
+    def _remove(self, spec: ResourceSpec, key: ObjectKey) -> dict[str, Any]:
+        """Remove an object for good."""
         obj = self._store[spec.key].pop(key)
         rv = self._next_rv()
         gone = copy.deepcopy(obj)
         gone["metadata"]["resourceVersion"] = str(rv)
-        uid = obj["metadata"]["uid"]
-        self._unindex(spec, key, obj)
-        self._by_uid.pop(uid, None)
         self._emit(spec, Change(rv, "DELETED", obj, gone))
-        self._collect(uid, "Orphan" if policy == "Orphan" else "Background")
-        self._release_foreground_owners(obj)
         return gone
-
-    def _collect(self, owner_uid: str, policy: str) -> None:
-        """The garbage collector: delete the dependents of an owner being deleted or gone."""
-        if policy == "Orphan":
-            self._orphan_dependents(owner_uid)
-            return
-        for spec_key, key in sorted(self._dependents.get(owner_uid, set())):
-            spec = self._specs[spec_key]
-            dependent = self._store[spec_key].get(key)
-            if dependent is None:
-                continue
-            refs = dependent["metadata"].get("ownerReferences") or []
-            others = [r for r in refs if r.get("uid") != owner_uid and r.get("uid") in self._by_uid]
-            if others and owner_uid not in self._by_uid:
-                # Other owners are still alive: only the dangling reference goes.
-                updated = copy.deepcopy(dependent)
-                updated["metadata"]["ownerReferences"] = [
-                    r for r in refs if r.get("uid") != owner_uid
-                ]
-                self._store_object(spec, key, dependent, updated)
-            elif not others:
-                self.delete_object(spec, key[0], key[1], propagation=policy)
-        if owner_uid not in self._by_uid:
-            self._dependents.pop(owner_uid, None)
-
-    def _orphan_dependents(self, owner_uid: str) -> None:
-        for spec_key, key in sorted(self._dependents.get(owner_uid, set())):
-            spec = self._specs[spec_key]
-            dependent = self._store[spec_key].get(key)
-            if dependent is None:
-                continue
-            updated = copy.deepcopy(dependent)
-            refs = updated["metadata"].get("ownerReferences") or []
-            remaining = [r for r in refs if r.get("uid") != owner_uid]
-            if remaining:
-                updated["metadata"]["ownerReferences"] = remaining
-            else:
-                updated["metadata"].pop("ownerReferences", None)
-            self._store_object(spec, key, dependent, updated)
-        self._dependents.pop(owner_uid, None)
-
-    def _release_foreground_owners(self, obj: Mapping[str, Any]) -> None:
-        """An owner deleted in the foreground goes once its last dependent has gone."""
-        for ref in obj.get("metadata", {}).get("ownerReferences") or []:
-            located = self._by_uid.get(ref.get("uid", ""))
-            if located is None or self._dependents.get(ref["uid"]):
-                continue
-            spec, key = located
-            owner = self._store[spec.key][key]
-            finalizers = owner["metadata"].get("finalizers") or []
-            if "foregroundDeletion" not in finalizers:
-                continue
-            released = copy.deepcopy(owner)
-            released["metadata"]["finalizers"] = [
-                f for f in finalizers if f != "foregroundDeletion"
-            ]
-            self._store_object(spec, key, owner, released)
-            if not released["metadata"]["finalizers"]:
-                self._remove(spec, key)
 
 
 _STALE = (

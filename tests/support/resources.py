@@ -1,7 +1,7 @@
 """The Kubernetes resources the tests name, and one API request as RBAC and the audit log see it.
 
 :class:`ResourceSpec` says where a resource is served and how the API server treats writes to it
-(a ``/status`` subresource, the default propagation of a delete); the emulator
+(a ``/status`` subresource, the status a new object starts with); the emulator
 (tests/support/kube_emulator.py) serves exactly these, and the tests' client
 (tests/support/cluster_client.py) builds its paths from them. :class:`RequestRecord` is one
 request, from the emulator's request log or the real API server's audit log
@@ -28,8 +28,6 @@ class ResourceSpec:
     namespaced: bool = True
     status_subresource: bool = False
     short_names: tuple[str, ...] = ()
-    # What a DELETE without propagationPolicy does to dependents.
-    default_propagation: str = "Background"
     # The status the API server gives a new object (pods start Pending).
     initial_status: Mapping[str, Any] | None = None
 
@@ -55,9 +53,7 @@ COMPOSITION_JOBS = ResourceSpec(
     status_subresource=True,
     short_names=("cj",),
 )
-JOBS = ResourceSpec(
-    "batch", "v1", "jobs", "Job", status_subresource=True, default_propagation="Orphan"
-)
+JOBS = ResourceSpec("batch", "v1", "jobs", "Job", status_subresource=True)
 PODS = ResourceSpec(
     "", "v1", "pods", "Pod", status_subresource=True, short_names=("po",),
     initial_status={"phase": "Pending"},

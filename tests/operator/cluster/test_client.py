@@ -10,29 +10,16 @@ from typing import Any
 
 import kopf
 import pytest
-import yaml
 
 from compose_api.kube import Conflict
 from compose_operator import kubeapi
+from tests.operator.cluster.conftest import kopf_admin_login
 from tests.operator.conftest import cj_body
 from tests.support import control_plane as cp
 from tests.support.cluster_client import ClusterClient
 from tests.support.resources import COMPOSITION_JOBS, EVENTS, JOBS
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _kopf_login(plane: cp.ControlPlane) -> kopf.ConnectionInfo:
-    """What ``kopf.login_with_kubeconfig`` makes of the admin's kubeconfig."""
-    config = yaml.safe_load(plane.kubeconfig.read_text())
-    cluster, user = config["clusters"][0]["cluster"], config["users"][0]["user"]
-    return kopf.ConnectionInfo(
-        server=cluster["server"],
-        ca_data=cluster["certificate-authority-data"],
-        certificate_data=user["client-certificate-data"],
-        private_key_data=user["client-key-data"],
-        default_namespace="default",
-    )
 
 
 def _job(name: str, namespace: str, owner: dict[str, Any]) -> dict[str, Any]:
@@ -57,7 +44,7 @@ async def test_the_typed_calls_with_kopf_credentials(
     async def login() -> kopf.ConnectionInfo:
         nonlocal logins
         logins += 1
-        return _kopf_login(control_plane)
+        return kopf_admin_login(control_plane)
 
     client = kubeapi.KubeClient(login)
     try:
@@ -110,7 +97,7 @@ async def test_the_typed_calls_with_kopf_credentials(
 async def test_a_401_logs_in_again_with_kopfs_new_credentials(
     control_plane: cp.ControlPlane, namespace: str
 ) -> None:
-    good = _kopf_login(control_plane)
+    good = kopf_admin_login(control_plane)
     handed: list[kopf.ConnectionInfo] = [
         kopf.ConnectionInfo(server=good.server, ca_data=good.ca_data, token="expired"),
         good,
@@ -128,7 +115,7 @@ async def test_a_401_logs_in_again_with_kopfs_new_credentials(
 
 
 def test_kopf_connection_info_becomes_a_connection(control_plane: cp.ControlPlane) -> None:
-    info = _kopf_login(control_plane)
+    info = kopf_admin_login(control_plane)
     connection = kubeapi.connection_from(info)
     assert connection.server == control_plane.url
     assert connection.ca_data == control_plane.pki.ca_cert.read_text()  # base64 decoded

@@ -1,7 +1,7 @@
 """A CompositionJob from creation to its end on the real control plane: the real Job controller
-applies backoffLimit and podFailurePolicy, the scheduler places (or cannot place) the GPU pod,
-the garbage collector and the TTL controller delete what the operator owns. The tests play only
-the inference container's end."""
+applies backoffLimit, podFailurePolicy and the Job's deadline, the scheduler places the GPU pod
+(test_timers_and_cap.py: where it cannot), the garbage collector and the TTL controller delete
+what the operator owns. The tests play only the inference container's end."""
 
 from __future__ import annotations
 
@@ -9,58 +9,55 @@ from typing import Any
 
 import pytest
 
-from compose_api import contract, models
+from compose_api import contract
 from tests.operator.cluster.conftest import (
     child_jobs,
     cj_with,
     condition,
+    create,
+    end,
     pods_of,
     running_pod,
     wait_until,
 )
-from tests.operator.conftest import cj_body
-from tests.operator.integration.conftest import OperatorProcess
+from tests.operator.operator_process import OperatorProcess
 from tests.support import control_plane as cp
 from tests.support.cluster_client import ClusterClient
-from tests.support.resources import COMPOSITION_JOBS, JOBS
+from tests.support.resources import COMPOSITION_JOBS, JOBS, NODES
 
 pytestmark = pytest.mark.timeout(180)
 
 
-def report(code: contract.ExitCode, message: str = "") -> str:
-    """The termination message the inference image writes for ``code``."""
-    result = None
-    if code == contract.ExitCode.OK:
-        result = models.Result(
-            s3_uri="s3://results-bucket/x/result.png", sha256="ab" * 32, width=1024,
-            height=1024, format=models.ImageFormat.PNG, bytes=1000, seed=42,
-        )  # fmt: skip
-    return contract.TerminationMessage(
-        exit_code=int(code), reason=str(code.reason), message=message, result=result,
-        timings=models.Timings(model_load=12.5, inference=8.25, upload=0.5),
-    ).to_json()  # fmt: skip
-
-
-async def create(kube: ClusterClient, namespace: str, name: str, **spec: Any) -> None:
-    await kube.create(COMPOSITION_JOBS, cj_body(name, namespace, **spec))
-
-
-async def end(kube: ClusterClient, pod: dict[str, Any], code: contract.ExitCode, **kw: Any) -> None:
-    await cp.finish_pod(kube, pod, exit_code=int(code), message=report(code, "said"), **kw)
-
-
-async def test_success_through_the_real_job_controller(
+async def test_success_puts_the_result_and_the_node_in_status(
     operator: OperatorProcess, kube: ClusterClient, namespace: str
 ) -> None:
     await create(kube, namespace, "portrait")
     pod = await running_pod(kube, "portrait")
-    assert pod["spec"]["nodeName"].startswith("gpu-")
+    node = await kube.get(NODES, pod["spec"]["nodeName"])
+    assert node["metadata"]["name"].startswith("gpu-")
+    job = (await child_jobs(kube))[0]
+    assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"][cp.GPU] == "1"
     await cj_with(kube, "portrait", phase="Running")
     await end(kube, pod, contract.ExitCode.OK)
     cj = await cj_with(kube, "portrait", phase="Succeeded")
-    assert cj["status"]["result"]["s3Uri"] == "s3://results-bucket/x/result.png"
-    assert cj["status"]["attempts"][0]["outcome"] == "Succeeded"
-    assert cj["status"]["attempts"][0]["nodeName"] == pod["spec"]["nodeName"]
+    status = cj["status"]
+    assert status["result"]["s3Uri"] == "s3://results-bucket/x/result.png"
+    assert (
+        status["result"]["url"] == "https://results-bucket.s3.us-east-1.amazonaws.com/x/result.png"
+    )
+    assert status["result"]["sha256"] == "ab" * 32
+    assert status["seed"] == 42
+    assert status["timings"]["inference"] == 8.25
+    attempt = status["attempts"][0]
+    assert attempt["outcome"] == "Succeeded"
+    labels = node["metadata"]["labels"]
+    assert (attempt["nodeName"], attempt["instanceType"], attempt["capacityType"]) == (
+        node["metadata"]["name"],
+        labels[cp.INSTANCE_TYPE_LABEL],
+        labels[cp.CAPACITY_TYPE_LABEL],
+    )
+    assert condition(cj, "Succeeded")["status"] == "True"  # type: ignore[index]
+    assert status["observedGeneration"] == cj["metadata"]["generation"]
 
     async def complete(client: ClusterClient) -> bool:
         jobs = await child_jobs(client)
@@ -75,6 +72,8 @@ async def test_retryable_failure_is_retried_by_the_job_controller_then_fails(
     await create(kube, namespace, "weights", execution={"backoffLimit": 1})
     first = await running_pod(kube, "weights", index=0)
     await end(kube, first, contract.ExitCode.MODEL_LOAD_FAILED)
+    # Between the attempts (the Job controller's back-off) the job says it is retrying.
+    await cj_with(kube, "weights", reason=("Started", "Retrying"))
     # backoffLimit 1: the real controller starts a second pod after the first failure.
     second = await running_pod(kube, "weights", index=1)
     await end(kube, second, contract.ExitCode.MODEL_LOAD_FAILED)
@@ -85,21 +84,36 @@ async def test_retryable_failure_is_retried_by_the_job_controller_then_fails(
     assert len(await pods_of(kube, "weights")) == 2
 
 
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (contract.ExitCode.NO_FACE, "NoFaceFound"),
+        (contract.ExitCode.INPUT_REJECTED, "InputRejected"),
+        (contract.ExitCode.CONTENT_REJECTED, "ContentRejected"),
+    ],
+)
 async def test_bad_input_fails_at_once_through_pod_failure_policy(
-    operator: OperatorProcess, kube: ClusterClient, namespace: str
+    operator: OperatorProcess,
+    kube: ClusterClient,
+    namespace: str,
+    code: contract.ExitCode,
+    reason: str,
 ) -> None:
     await create(kube, namespace, "faceless", execution={"backoffLimit": 3})
     pod = await running_pod(kube, "faceless")
-    await end(kube, pod, contract.ExitCode.NO_FACE)
+    await end(kube, pod, code)
     cj = await cj_with(kube, "faceless", phase="Failed")
-    assert condition(cj, "Failed")["reason"] == "NoFaceFound"  # type: ignore[index]
+    failed = condition(cj, "Failed")
+    assert failed is not None and failed["reason"] == reason
+    assert "said" in failed["message"]
+    assert cj["status"]["attempts"][0]["exitCode"] == int(code)
 
     async def job_failed(client: ClusterClient) -> Any:
         jobs = await child_jobs(client)
         return jobs and condition(jobs[0], "Failed")
 
-    failed = await wait_until(kube, job_failed, what="the Job to fail")
-    assert failed["reason"] == "PodFailurePolicy"
+    failed_job = await wait_until(kube, job_failed, what="the Job to fail")
+    assert failed_job["reason"] == "PodFailurePolicy"
     assert len(await pods_of(kube, "faceless")) == 1  # FailJob: no retry despite backoffLimit 3
 
 
@@ -116,37 +130,25 @@ async def test_spot_interruption_is_not_counted_and_the_job_runs_again(
     second = await running_pod(kube, "spot", index=1)
     await end(kube, second, contract.ExitCode.OK)
     cj = await cj_with(kube, "spot", phase="Succeeded")
-    outcomes = [a["outcome"] for a in cj["status"]["attempts"]]
-    assert outcomes == ["Interrupted", "Succeeded"]
+    attempts = cj["status"]["attempts"]
+    assert [a["outcome"] for a in attempts] == ["Interrupted", "Succeeded"]
+    assert attempts[0]["reason"] == "SpotInterrupted"
     job = (await child_jobs(kube))[0]
     assert job["status"].get("failed", 0) == 0
 
 
-async def test_no_node_fits_reports_unschedulable_from_the_real_scheduler(
+async def test_the_jobs_deadline_ends_a_running_attempt(
     operator: OperatorProcess, kube: ClusterClient, namespace: str
 ) -> None:
-    await create(
-        kube, namespace, "huge", profile="oversized",
-        execution={"startDeadlineSeconds": 30, "activeDeadlineSeconds": 600},
-    )  # fmt: skip
-    cj = await cj_with(kube, "huge", reason=("Started", "Unschedulable"))
-    assert "no GPU capacity" in condition(cj, "Started")["message"]  # type: ignore[index]
-    cj = await cj_with(kube, "huge", phase="Failed", timeout=90)
-    assert condition(cj, "Failed")["reason"] == "Unschedulable"  # type: ignore[index]
-
-
-@pytest.mark.parametrize("operator_settings", [{"COMPOSE_INFERENCE_IMAGE": cp.MISSING_IMAGE}])
-async def test_missing_image_reports_image_pull_back_off(
-    operator: OperatorProcess, kube: ClusterClient, namespace: str
-) -> None:
-    await create(
-        kube, namespace, "no-image",
-        execution={"startDeadlineSeconds": 30, "activeDeadlineSeconds": 600},
-    )  # fmt: skip
-    cj = await cj_with(kube, "no-image", reason=("Started", "ImagePullBackOff"))
-    assert cj["status"]["phase"] == "Starting"
-    cj = await cj_with(kube, "no-image", phase="Failed", timeout=90)
-    assert condition(cj, "Failed")["reason"] == "ImagePullBackOff"  # type: ignore[index]
+    await create(kube, namespace, "slow")
+    await running_pod(kube, "slow")
+    await cj_with(kube, "slow", phase="Running")
+    # The attempt has run as long as its Job allows: the deadline is cut to 1 s here instead of
+    # waiting out the minimum of spec.execution.activeDeadlineSeconds (60 s).
+    job = (await child_jobs(kube))[0]
+    await kube.patch(JOBS, job["metadata"]["name"], {"spec": {"activeDeadlineSeconds": 1}})
+    cj = await cj_with(kube, "slow", phase="Failed")
+    assert condition(cj, "Failed")["reason"] == "DeadlineExceeded"  # type: ignore[index]
 
 
 async def test_deleting_the_job_lets_the_garbage_collector_remove_its_children(
@@ -154,11 +156,9 @@ async def test_deleting_the_job_lets_the_garbage_collector_remove_its_children(
 ) -> None:
     await create(kube, namespace, "gone")
     await running_pod(kube, "gone")
-    await kube.request(
-        "DELETE",
-        f"/apis/{models.GROUP}/{models.VERSION}/namespaces/{namespace}/{models.PLURAL}/gone",
-        json={"propagationPolicy": "Background"},
-    )
+    cj = await cj_with(kube, "gone", phase="Running")
+    assert not cj["metadata"].get("finalizers")  # deletion never waits for the operator
+    await kube.delete(COMPOSITION_JOBS, "gone", propagation="Background")
 
     async def collected(client: ClusterClient) -> bool:
         return not await child_jobs(client) and not await pods_of(client, "gone")

@@ -28,7 +28,7 @@ import yaml
 from compose_api import kube, models
 from compose_api import pools as protocol
 from tests.inference.io.conftest import HttpServer, Reply, encode
-from tests.operator.integration.conftest import OperatorProcess
+from tests.operator.operator_process import OperatorProcess
 from tests.support import control_plane as cp
 from tests.support import s3
 from tests.support.worker_kubelet import WorkerKubelet, worker_command

@@ -8,13 +8,10 @@ import aiohttp
 import pytest
 
 from compose_api import contract
-from tests.operator.conftest import cj_body
-from tests.operator.integration.conftest import OperatorProcess, wait_job, wait_status
-from tests.operator.integration.test_lifecycle import report
-from tests.support import cluster_client
-from tests.support import kube_cluster as cluster
-from tests.support.cluster_client import poll
-from tests.support.resources import COMPOSITION_JOBS, EVENTS
+from tests.operator.cluster.conftest import cj_with, create, end, running_pod
+from tests.operator.operator_process import OperatorProcess
+from tests.support.cluster_client import ClusterClient, poll
+from tests.support.resources import EVENTS
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -41,19 +38,14 @@ async def _get(url: str) -> tuple[int, str]:
 
 
 async def test_metrics_liveness_and_events(
-    operator: OperatorProcess, client: cluster_client.ClusterClient
+    operator: OperatorProcess, kube: ClusterClient, namespace: str
 ) -> None:
-    await client.create(COMPOSITION_JOBS, cj_body("watched"))
-    job = (await wait_job(client))[0]
-    pod = await cluster.create_pod_for_job(client, job, node="gpu-1")
-    await cluster.mark_running(client, pod)
-    await cluster.mark_terminated(
-        client, pod, exit_code=0, message=report(contract.ExitCode.OK, result=True)
-    )
-    await cluster.sync_job(client, job)
-    await wait_status(client, "watched", phase="Succeeded")
+    await create(kube, namespace, "watched")
+    await end(kube, await running_pod(kube, "watched"), contract.ExitCode.OK)
+    await cj_with(kube, "watched", phase="Succeeded")
 
     text = ""
+    succeeded = f'compose_jobs{{namespace="{namespace}",phase="Succeeded"}} 1.0'
 
     async def scraped() -> bool:
         nonlocal text
@@ -61,7 +53,7 @@ async def test_metrics_liveness_and_events(
             status, text = await _get(f"http://127.0.0.1:{METRICS_PORT}/metrics")
         except aiohttp.ClientError:
             return False
-        return status == 200 and 'compose_jobs{namespace="default",phase="Succeeded"} 1.0' in text
+        return status == 200 and succeeded in text
 
     await poll(scraped, timeout=10, what=lambda: text[-2000:])
     assert (
@@ -74,7 +66,7 @@ async def test_metrics_liveness_and_events(
     status, _ = await _get(f"http://127.0.0.1:{HEALTH_PORT}/healthz")
     assert status == 200
 
-    events = await client.wait_for_list(
+    events = await kube.wait_for_list(
         EVENTS, lambda items: any(e.get("reason") == "Completed" for e in items)
     )
     mine = [e for e in events if e["involvedObject"]["name"] == "watched"]
