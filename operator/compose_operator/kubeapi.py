@@ -175,23 +175,14 @@ class KubeClient:
                          subresource="status")  # fmt: skip
         await self._api.patch(path, {"status": patch})
 
-    async def create_deployment(self, deployment: Mapping[str, Any], *, owner_uid: str) -> Obj:
-        """Create a pool's Deployment; on 409 adopt the existing one when the pool owns it."""
+    async def create_deployment(self, deployment: Mapping[str, Any]) -> Obj | None:
+        """Create a pool's Deployment; None when it exists already (the watch had not shown it
+        yet: the pool is reconciled again when it does)."""
         meta = deployment["metadata"]
-        path = _deployments(meta["namespace"])
         try:
-            return await self._api.create(path, deployment)
+            return await self._api.create(_deployments(meta["namespace"]), deployment)
         except kube.Conflict:
-            pass
-        existing = await self._api.get(_deployments(meta["namespace"], meta["name"]))
-        owners = {
-            r.get("uid") for r in (existing.get("metadata") or {}).get("ownerReferences") or []
-        }
-        if owner_uid not in owners:
-            raise ForeignObjectError(
-                409, "AlreadyExists", f"deployment {meta['name']} exists and is not the pool's"
-            )
-        return existing
+            return None
 
     async def patch_deployment(self, *, namespace: str, name: str, patch: Mapping[str, Any]) -> Obj:
         return await self._api.patch(_deployments(namespace, name), patch)

@@ -50,10 +50,9 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
                "kopf watches CompositionPools"),
     Permission(models.GROUP, f"{pools.PLURAL}/status", ("patch",), Scope.NAMESPACED,
                "the operator writes the pools' status (never their spec)"),
-    Permission("apps", "deployments", ("list", "watch", "get", "create", "patch"),
-               Scope.NAMESPACED,
-               "each pool's Deployment of workers: watched, created (adopted on 409), scaled and "
-               "updated; deleted with its pool by the garbage collector"),
+    Permission("apps", "deployments", ("list", "watch", "create", "patch"), Scope.NAMESPACED,
+               "each pool's Deployment of workers: watched, created, scaled and updated; deleted "
+               "with its pool by the garbage collector"),
     Permission("coordination.k8s.io", "leases", ("list", "watch", "get"), Scope.NAMESPACED,
                "the pool workers' Leases: which workers are warm, ready, busy or lost"),
     Permission("", "events", ("create",), Scope.NAMESPACED,

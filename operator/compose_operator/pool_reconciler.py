@@ -262,8 +262,9 @@ class PoolReconciler:
         )
         wanted = pools.build_deployment(pool, profile, self.settings, replicas=scaled.desired)
         if deployment is None:
-            created = await self.client.create_deployment(wanted, owner_uid=pool.uid)
-            deployment = self.inventory.put_deployment(created, deleted=False)
+            created = await self.client.create_deployment(wanted)
+            if created is not None:
+                deployment = self.inventory.put_deployment(created, deleted=False)
         else:
             patch = pools.deployment_patch(wanted, deployment)
             if patch is not None:
