@@ -41,8 +41,8 @@ def free_port() -> int:
 
 
 def pod_env(pod: Obj) -> dict[str, str]:
-    """The environment the pod's worker container gets: its literal values, and the downward
-    API fields the Deployment asks for."""
+    """The environment the pod's container (the worker's, or its only one) gets: its literal
+    values, and the downward API fields it asks for."""
     meta = pod["metadata"]
     fields = {
         "metadata.name": meta["name"],
@@ -51,7 +51,8 @@ def pod_env(pod: Obj) -> dict[str, str]:
         "spec.nodeName": pod["spec"].get("nodeName") or "",
     }
     env: dict[str, str] = {}
-    (container,) = [c for c in pod["spec"]["containers"] if c["name"] == protocol.CONTAINER_NAME]
+    containers = pod["spec"]["containers"]
+    (container,) = [c for c in containers if c["name"] == protocol.CONTAINER_NAME] or containers
     for item in container.get("env") or []:
         if "value" in item:
             env[item["name"]] = str(item["value"])
