@@ -1,16 +1,21 @@
 """Keeps the Helm chart's generated files and the plain manifests in step with their sources.
 
-Run by hand after changing the chart, the operator's or gateway's permissions, or the inference
-image's default profiles; CI runs it with ``--check`` (scripts/test.sh), which fails when anything
-it would write differs from what is committed. It does three things:
+Run by hand after changing the chart, the operator's, gateway's or workers' permissions, the pool
+models, or the inference image's default profiles; CI runs it with ``--check`` (scripts/test.sh),
+which fails when anything it would write differs from what is committed. It does four things:
 
 1. copies the inference image's production profiles
    (``inference_image/compose_inference/profiles/default.yaml``) into the chart as
    ``files/profiles.yaml``, the chart's default model profiles;
-2. writes the chart's RBAC rule files (``files/operator-rbac.yaml``, ``files/gateway-rbac.yaml``)
-   from ``compose_operator.permissions`` and ``compose_gateway.permissions``, the code's own lists
-   of every Kubernetes API call it makes;
-3. renders the chart with its default values, plus ``scripts/manifests-values.yaml`` (what the
+2. writes the chart's RBAC rule files (``files/operator-rbac.yaml``, ``files/gateway-rbac.yaml``,
+   ``files/worker-rbac.yaml``) from ``compose_operator.permissions``,
+   ``compose_gateway.permissions`` and ``compose_api.pools.WORKER_PERMISSIONS``, the code's own
+   lists of every Kubernetes API call it makes;
+3. writes ``definitions.compositionPoolSpec`` of the chart's ``values.schema.json`` (what
+   ``pools.list[].spec`` may hold) from the CompositionPool CRD's spec schema
+   (``compose_api.crdgen.build_pool_crd``), so a wrong pool in the values is refused at install
+   time with the CRD's own bounds; the rest of the values schema is written by hand;
+4. renders the chart with its default values, plus ``scripts/manifests-values.yaml`` (what the
    chart requires and has no default for: the API server's CIDRs of the NetworkPolicies),
    (``helm template --include-crds``, release and namespace ``nextunicorn-compose``) into
    ``manifests/``: one file per kind, the CRDs under
@@ -26,6 +31,7 @@ import argparse
 import collections
 import difflib
 import importlib
+import json
 import os
 import pathlib
 import shutil
@@ -157,6 +163,64 @@ def gateway_rbac(permissions: Sequence[Any]) -> dict[str, Any]:
     return {"namespace": rules}
 
 
+def worker_rbac(permissions: Sequence[tuple[str, str, Sequence[str], str]]) -> dict[str, Any]:
+    """The workers' Role rules (namespaced only: a worker touches its own namespace), from
+    ``compose_api.pools.WORKER_PERMISSIONS`` ((group, resource, verbs, why) each)."""
+    rules = []
+    for group, resource, verbs, _why in permissions:
+        if not verbs:
+            raise RenderError(f"malformed worker permission: {resource}")
+        rules.append(rule(group, resource, verbs))
+    return {"namespace": rules}
+
+
+# Keys of a CRD's structural schema that JSON Schema (Helm's values check) does not know, or
+# that the values must not carry: the CEL rules are checked by the templates and the API server.
+_NOT_JSON_SCHEMA = ("nullable",)
+
+
+def values_schema_of(structural: Mapping[str, Any]) -> dict[str, Any]:
+    """A CRD's structural (OpenAPI v3) schema as draft-07 JSON Schema for ``values.schema.json``:
+    ``nullable`` becomes a type union, ``x-kubernetes-*`` keywords are dropped, and objects with
+    declared properties refuse other keys (the API server would prune them silently)."""
+    result: dict[str, Any] = {}
+    for key, value in structural.items():
+        if key.startswith("x-kubernetes-") or key in _NOT_JSON_SCHEMA:
+            continue
+        if key == "properties":
+            result[key] = {name: values_schema_of(child) for name, child in value.items()}
+        elif key in ("items", "additionalProperties") and isinstance(value, Mapping):
+            result[key] = values_schema_of(value)
+        else:
+            result[key] = value
+    if structural.get("nullable") and isinstance(result.get("type"), str):
+        result["type"] = [result["type"], "null"]
+    if "properties" in result and "additionalProperties" not in result:
+        result["additionalProperties"] = False
+    return result
+
+
+def pool_spec_values_schema() -> dict[str, Any]:
+    """``pools.list[].spec`` of the values: the CompositionPool CRD's spec schema."""
+    crdgen = importlib.import_module("compose_api.crdgen")
+    crd = crdgen.build_pool_crd()
+    (version,) = crd["spec"]["versions"]
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    comment = f"{GENERATED.removeprefix('# ')} from the CompositionPool CRD; do not edit."
+    return {"$comment": comment, **values_schema_of(spec)}
+
+
+def values_schema(current: str) -> str:
+    """``values.schema.json`` with its generated definitions brought up to date."""
+    try:
+        schema = json.loads(current)
+    except json.JSONDecodeError as error:
+        raise RenderError(f"values.schema.json: not JSON: {error}") from error
+    definitions = schema.setdefault("definitions", {})
+    definitions["compositionPoolSpec"] = pool_spec_values_schema()
+    return json.dumps(schema, indent=2, ensure_ascii=False) + "\n"
+
+
 def _yaml_file(source: str, data: Any) -> str:
     header = f"{GENERATED} from {source}; do not edit.\n"
     return header + yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
@@ -169,7 +233,8 @@ def _required_permissions(module_name: str) -> Sequence[Any]:
 
 
 def chart_files() -> dict[str, str]:
-    """Chart-relative path -> content of every chart file this script owns."""
+    """Chart-relative path -> content of every chart file this script owns (of
+    ``values.schema.json``, only its generated definitions)."""
     files: dict[str, str] = {}
     source = PROFILES_SOURCE.relative_to(ROOT)
     files["files/profiles.yaml"] = (
@@ -183,6 +248,11 @@ def chart_files() -> dict[str, str]:
     files["files/gateway-rbac.yaml"] = _yaml_file(
         "compose_gateway.permissions.REQUIRED_PERMISSIONS", gateway_rbac(gateway)
     )
+    worker = importlib.import_module("compose_api.pools").WORKER_PERMISSIONS
+    files["files/worker-rbac.yaml"] = _yaml_file(
+        "compose_api.pools.WORKER_PERMISSIONS", worker_rbac(worker)
+    )
+    files["values.schema.json"] = values_schema((CHART / "values.schema.json").read_text())
     return files
 
 

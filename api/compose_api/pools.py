@@ -203,13 +203,29 @@ class PoolReason(enum.StrEnum):
     INVALID_SPEC = "InvalidSpec"
     UNKNOWN_PROFILE = "UnknownProfile"
     WORKERS_READY = "WorkersReady"
-    WORKERS_STARTING = "WorkersStarting"
+    WORKERS_STARTING = "WorkersStarting"  # no worker ready yet (pulling, loading, warming up)
     SCALED_TO_ZERO = "ScaledToZero"
+    # Available=False also takes the reason its workers do not start: Unschedulable (no GPU
+    # capacity), ImagePullBackOff, ContainerFailed (a crash loop).
+
+
+class PoolCondition(models._StatusModel):
+    """A condition of a pool (the CompositionJob's :class:`models.Condition` with the pool's
+    types)."""
+
+    type: PoolConditionType
+    status: models.ConditionStatus
+    reason: str = pydantic.Field(
+        max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+    )
+    message: str = pydantic.Field(default="", max_length=32768)
+    last_transition_time: datetime.datetime
+    observed_generation: int | None = pydantic.Field(default=None, ge=0)
 
 
 class CompositionPoolStatus(models._StatusModel):
     observed_generation: int | None = None
-    conditions: list[models.Condition] = pydantic.Field(
+    conditions: list[PoolCondition] = pydantic.Field(
         default_factory=list,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )

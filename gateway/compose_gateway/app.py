@@ -105,6 +105,8 @@ def create_app(
         profile=settings.profile,
         output_bucket=settings.output_bucket,
         output_prefix=settings.output_prefix,
+        default_pool=settings.default_pool,
+        pools=frozenset(settings.pools),
     )
     check_target(target)
     job_service = jobs.JobService(

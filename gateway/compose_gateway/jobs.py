@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -67,6 +68,11 @@ class Quotas:
     outstanding_retry_after_seconds: int = 30
 
 
+# A waiting request watches its job in segments this long, asking between them whether its
+# client is still there.
+WATCH_SEGMENT_SECONDS = 10.0
+
+
 class JobService:
     """One key's jobs, in the gateway's namespace."""
 
@@ -106,13 +112,7 @@ class JobService:
         return naming.idempotent_job_name(owner, idempotency_key)
 
     def target_for(self, owner: str) -> translate.JobTarget:
-        return translate.JobTarget(
-            namespace=self._target.namespace,
-            profile=self._target.profile,
-            output_bucket=self._target.output_bucket,
-            output_prefix=self._target.output_prefix,
-            allowed_s3_prefix=self._store.owner_prefix(owner),
-        )
+        return dataclasses.replace(self._target, allowed_s3_prefix=self._store.owner_prefix(owner))
 
     def build(
         self,
@@ -271,22 +271,50 @@ class JobService:
         seconds: float,
         gone: Callable[[], Awaitable[bool]] | None = None,
     ) -> models.CompositionJob | None:
-        """Re-read the job until it ends or ``seconds`` pass; None when it was deleted.
+        """Follow the job until it ends or ``seconds`` pass; None when it was deleted.
 
-        ``gone`` (the client disconnected) stops the wait early.
+        A watch of the one job (so a warm pool's result is answered the moment the operator
+        writes it), in segments of at most :data:`WATCH_SEGMENT_SECONDS` between which ``gone``
+        (the client disconnected) is asked; where the watch cannot be had, the job is re-read
+        every ``poll_seconds``.
         """
         deadline = self._monotonic() + seconds
-        while True:
+        try:
+            obj = await self._kube.get(name)
+        except kube.NotFound:
+            return None
+        job = views.parse(obj)
+        version = str((obj.get("metadata") or {}).get("resourceVersion") or "")
+        watching = True
+        while not views.is_terminal(job):
+            remaining = deadline - self._monotonic()
+            if remaining <= 0 or (gone is not None and await gone()):
+                return job
+            if watching:
+                try:
+                    segment = max(1, math.ceil(min(remaining, WATCH_SEGMENT_SECONDS)))
+                    async for kind, changed in self._kube.watch_one(
+                        name, resource_version=version, seconds=segment
+                    ):
+                        if kind == "DELETED":
+                            return None
+                        if kind in ("ADDED", "MODIFIED"):
+                            job = views.parse(changed)
+                        version = str(
+                            (changed.get("metadata") or {}).get("resourceVersion") or version
+                        )
+                        if views.is_terminal(job):
+                            return job
+                    continue
+                except kube.KubeError:
+                    watching = False  # too old a version, or no watch granted: read again
+            await self._sleep(min(self._poll, max(0.0, deadline - self._monotonic())))
             try:
-                job = views.parse(await self._kube.get(name))
+                obj = await self._kube.get(name)
             except kube.NotFound:
                 return None
-            remaining = deadline - self._monotonic()
-            if views.is_terminal(job) or remaining <= 0:
-                return job
-            if gone is not None and await gone():
-                return job
-            await self._sleep(min(self._poll, remaining))
+            job = views.parse(obj)
+        return job
 
     async def get(self, owner: str, name: str) -> models.CompositionJob:
         if not naming.is_job_name(name):

@@ -16,6 +16,7 @@ to the handlers and the callback loop. Errors are :mod:`compose_api.kube`'s: a
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from compose_api import kube, models
@@ -83,6 +84,18 @@ class KubeClient:
         """Every job matching the selector, fetched in chunks."""
         items, _ = await self._api.list(self._path, label_selector=label_selector)
         return items
+
+    async def watch_one(
+        self, name: str, *, resource_version: str, seconds: int
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """The changes of one job after ``resource_version``, for at most ``seconds``."""
+        async for kind, obj in self._api.watch(
+            self._path,
+            resource_version=resource_version,
+            field_selector=f"metadata.name={name}",
+            timeout_seconds=seconds,
+        ):
+            yield kind, obj
 
     async def patch(self, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         """A JSON merge patch (``metadata.resourceVersion`` in it makes it conditional)."""

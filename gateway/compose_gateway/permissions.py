@@ -49,7 +49,7 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
     Permission(
         api_group=models.GROUP,
         resource=models.PLURAL,
-        verbs=("create", "get", "list", "patch", "delete"),
+        verbs=("create", "get", "list", "watch", "patch", "delete"),
     ),
 )
 

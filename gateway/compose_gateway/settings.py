@@ -20,6 +20,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import pathlib
+import re
 from typing import Annotated, Any
 
 import pydantic
@@ -94,6 +95,18 @@ class Settings(pydantic_settings.BaseSettings):
     profile: str | None = pydantic.Field(
         default=None,
         description="Model profile of the jobs it creates; unset: the CRD's default.",
+    )
+    default_pool: str | None = pydantic.Field(
+        default=None,
+        max_length=63,
+        pattern=models.DNS_LABEL_PATTERN,
+        description="CompositionPool that runs the jobs it creates when a request names none "
+        "(warm workers: no cold start); unset: the operator's default for the profile.",
+    )
+    pools: CommaList = pydantic.Field(
+        default_factory=list,
+        description="Comma-separated pools a request may name in its 'pool' field (besides the "
+        "default pool).",
     )
     output_bucket: str | None = pydantic.Field(
         default=None, description="spec.output.bucket of new jobs; unset: the operator's bucket."
@@ -279,10 +292,18 @@ class Settings(pydantic_settings.BaseSettings):
         description="Port of /metrics, apart from the API (the chart exposes it in-cluster only).",
     )
 
-    @pydantic.field_validator("cors_origins", "callback_allow_cidrs", mode="before")
+    @pydantic.field_validator("cors_origins", "callback_allow_cidrs", "pools", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         return _split(value)
+
+    @pydantic.field_validator("pools")
+    @classmethod
+    def _pool_names(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if len(item) > 63 or not re.fullmatch(models.DNS_LABEL_PATTERN, item):
+                raise ValueError(f"not a pool name (a DNS label): {item!r}")
+        return value
 
     @pydantic.field_validator("callback_allow_cidrs")
     @classmethod

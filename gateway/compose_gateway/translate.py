@@ -151,6 +151,13 @@ class GenerateRequest(_Request):
         max_length=models.MAX_URI_LENGTH,
         description="HTTPS URL that receives a signed POST with the result when the job ends.",
     )
+    pool: str | None = pydantic.Field(
+        default=None,
+        max_length=63,
+        pattern=models.DNS_LABEL_PATTERN,
+        description="The pool of warm workers that runs the job (one the gateway offers); unset: "
+        "the gateway's default pool, if any.",
+    )
 
     @pydantic.field_validator("clothing_images", mode="before")
     @classmethod
@@ -170,6 +177,18 @@ class JobTarget:
     output_prefix: str = ""
     # s3:// URIs in a request must start with this (the caller's uploads); None: refused.
     allowed_s3_prefix: str | None = None
+    default_pool: str | None = None  # spec.execution.pool when the request names none
+    pools: frozenset[str] = frozenset()  # the pools a request may name, besides the default
+
+    def pool_for(self, asked: str | None) -> str | None:
+        """The pool a job runs on; raises RequestError for a pool this gateway does not offer."""
+        if asked is None:
+            return self.default_pool
+        offered = self.pools | ({self.default_pool} if self.default_pool else set())
+        if asked not in offered:
+            names = ", ".join(sorted(offered)) or "none"
+            raise RequestError([FieldError("pool", f"{asked!r} is not offered here ({names})")])
+        return asked
 
 
 def parse_request(payload: Any) -> GenerateRequest:
@@ -277,6 +296,10 @@ def build_job(
             problem = check_callback_url(request.callback_url, callback_policy)
             if problem:
                 errors.append(FieldError("callbackUrl", problem))
+    try:
+        target.pool_for(request.pool)
+    except RequestError as error:
+        errors.extend(error.errors)
     spec_document = _spec_document(request, target)
     try:
         spec = models.CompositionJobSpec.model_validate(spec_document)
@@ -339,6 +362,12 @@ def _spec_document(request: GenerateRequest, target: JobTarget) -> dict[str, Any
     }
     if target.profile:
         spec["profile"] = target.profile
+    try:
+        pool = target.pool_for(request.pool)
+    except RequestError:
+        pool = None  # named by build_job, with the request's other problems
+    if pool:
+        spec["execution"] = {"pool": pool}
     return spec
 
 

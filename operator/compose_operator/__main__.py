@@ -27,6 +27,8 @@ environment (all optional unless marked):
   COMPOSE_NAMESPACES               comma-separated namespaces to watch; empty: cluster-wide
   COMPOSE_INFERENCE_IMAGE          default inference image (a profile may name its own)
   COMPOSE_INFERENCE_SERVICE_ACCOUNT  service account of the inference pods (S3 access)
+  COMPOSE_WORKER_SERVICE_ACCOUNT   service account of the pool workers (default compose-worker)
+  COMPOSE_DEFAULT_POOLS            profile=pool,...: the pool of jobs that name none
   COMPOSE_OUTPUT_BUCKET            bucket when spec.output.bucket is empty
   COMPOSE_OUTPUT_PREFIX            key prefix when spec.output.prefix is empty
   COMPOSE_RESULT_URL_BASE          https base of status.result.url (default: the S3 URL)

@@ -140,9 +140,9 @@ def _cache_volume(settings: OperatorSettings) -> dict[str, Any]:
     return {"name": "model-cache", "persistentVolumeClaim": {"claimName": cache}}
 
 
-def _env(document: contract.JobDocument, settings: OperatorSettings) -> list[dict[str, str]]:
+def storage_env(settings: OperatorSettings) -> list[dict[str, str]]:
+    """What every inference container needs besides its work: region, S3 endpoint, model cache."""
     env = [
-        {"name": contract.JOB_DOCUMENT_ENV, "value": document.to_json()},
         {"name": "AWS_REGION", "value": settings.aws_region},
         {"name": "AWS_DEFAULT_REGION", "value": settings.aws_region},
         {"name": "COMPOSE_MODEL_CACHE", "value": MODEL_CACHE_MOUNT},
@@ -153,6 +153,79 @@ def _env(document: contract.JobDocument, settings: OperatorSettings) -> list[dic
         env.append({"name": "COMPOSE_S3_ENDPOINT_URL", "value": settings.s3_endpoint_url})
         env.append({"name": "AWS_ENDPOINT_URL_S3", "value": settings.s3_endpoint_url})
     return env
+
+
+def _env(document: contract.JobDocument, settings: OperatorSettings) -> list[dict[str, str]]:
+    return [
+        {"name": contract.JOB_DOCUMENT_ENV, "value": document.to_json()},
+        *storage_env(settings),
+    ]
+
+
+def inference_capacity(capacity_type: str, profile: profiles.ModelProfile) -> str:
+    """The capacity type asked for, or the profile's default when the ask is 'any'."""
+    if capacity_type == models.CapacityType.ANY and profile.placement.capacity_type:
+        return str(profile.placement.capacity_type)
+    return capacity_type
+
+
+def inference_pod_spec(
+    profile: profiles.ModelProfile,
+    settings: OperatorSettings,
+    container: dict[str, Any],
+    *,
+    capacity: str,
+    service_account: str,
+    priority_class_name: str | None,
+    restart_policy: str,
+    grace_seconds: int,
+) -> dict[str, Any]:
+    """The pod spec shared by a Job's pod and a pool's worker: GPU placement, hardening, volumes.
+
+    ``container`` gets the image pull policy, resources, security context and mounts here."""
+    container.setdefault("imagePullPolicy", "IfNotPresent")
+    container["resources"] = _resources(profile)
+    container["securityContext"] = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    container["volumeMounts"] = [
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "model-cache", "mountPath": MODEL_CACHE_MOUNT},
+    ]
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": restart_policy,
+        "serviceAccountName": service_account,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": grace_seconds,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": [
+            {"name": "tmp", "emptyDir": {}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
+            _cache_volume(settings),
+        ],
+    }
+    tolerations = [dict(item) for item in profile.placement.tolerations]
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    if profile.placement.node_selector:
+        pod_spec["nodeSelector"] = dict(profile.placement.node_selector)
+    affinity = _node_affinity(profile, capacity)
+    if affinity:
+        pod_spec["affinity"] = affinity
+    if priority_class_name:
+        pod_spec["priorityClassName"] = priority_class_name
+    return pod_spec
 
 
 def _pod_failure_policy() -> dict[str, Any]:
@@ -195,59 +268,23 @@ def build_job(
     job_labels = dict(labels)
     if execution.queue_name:
         job_labels[names.KUEUE_QUEUE_LABEL] = execution.queue_name
-    capacity = str(execution.capacity_type)
-    if capacity == models.CapacityType.ANY and profile.placement.capacity_type:
-        capacity = str(profile.placement.capacity_type)
-
     container: dict[str, Any] = {
         "name": names.CONTAINER_NAME,
         "image": profile.image or settings.inference_image,
-        "imagePullPolicy": "IfNotPresent",
         "env": _env(document, settings),
-        "resources": _resources(profile),
         "terminationMessagePath": contract.TERMINATION_LOG_PATH,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
-        "volumeMounts": [
-            {"name": "tmp", "mountPath": "/tmp"},
-            {"name": "dshm", "mountPath": "/dev/shm"},
-            {"name": "model-cache", "mountPath": MODEL_CACHE_MOUNT},
-        ],
     }
-    tolerations = [dict(item) for item in profile.placement.tolerations]
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",
-        "serviceAccountName": settings.inference_service_account,
-        "enableServiceLinks": False,
-        "terminationGracePeriodSeconds": 30,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS,
-            "runAsGroup": RUN_AS,
-            "fsGroup": RUN_AS,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "containers": [container],
-        "volumes": [
-            {"name": "tmp", "emptyDir": {}},
-            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}},
-            _cache_volume(settings),
-        ],
-    }
-    if tolerations:
-        pod_spec["tolerations"] = tolerations
-    if profile.placement.node_selector:
-        pod_spec["nodeSelector"] = dict(profile.placement.node_selector)
-    affinity = _node_affinity(profile, capacity)
-    if affinity:
-        pod_spec["affinity"] = affinity
-    if execution.priority_class_name:
-        pod_spec["priorityClassName"] = execution.priority_class_name
+    pod_spec = inference_pod_spec(
+        profile,
+        settings,
+        container,
+        capacity=inference_capacity(str(execution.capacity_type), profile),
+        service_account=settings.inference_service_account,
+        priority_class_name=execution.priority_class_name,
+        restart_policy="Never",
+        grace_seconds=30,
+    )
     # Each pod may run this long. The Job as a whole gets room for the start deadline, the
     # counted retries and up to INTERRUPTION_ALLOWANCE spot interruptions, which podFailurePolicy
     # does not count against backoffLimit but which do spend the Job's wall-clock time.

@@ -22,6 +22,7 @@ import kopf
 import pydantic
 
 from compose_api import models
+from compose_api import pools as protocol
 from compose_operator import names, peering, reconciler
 from compose_operator import retention as retention_module
 from compose_operator.settings import OperatorSettings
@@ -204,6 +205,9 @@ async def configure(
     managed = f"{names.MANAGED_BY_LABEL}={names.MANAGED_BY}"
     settings.watching.label_selectors["batch", "v1", "jobs"] = managed
     settings.watching.label_selectors["v1", "pods"] = managed
+    settings.watching.label_selectors["apps", "v1", "deployments"] = managed
+    # Pool workers' Leases only (the label's presence), not every Lease of the cluster.
+    settings.watching.label_selectors["coordination.k8s.io", "v1", "leases"] = protocol.POOL_LABEL
     runtime.sweeper = asyncio.create_task(_sweep_forever(runtime, logger))
 
 
@@ -260,6 +264,28 @@ async def job_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
 async def pod_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
     runtime = _runtime(memo)
     deleted = event.get("type") == "DELETED"
-    owner = runtime.reconciler.child_changed("pod", event["object"], deleted=deleted)
+    body = event["object"]
+    if protocol.POOL_LABEL in ((body.get("metadata") or {}).get("labels") or {}):
+        runtime.reconciler.pools.pod_event(body, deleted=deleted)  # a pool's worker
+        return
+    owner = runtime.reconciler.child_changed("pod", body, deleted=deleted)
     if owner is not None:
         await runtime.reconciler.reconcile(owner)
+
+
+@kopf.on.event(models.GROUP, models.VERSION, protocol.PLURAL)
+async def pool_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
+    deleted = event.get("type") == "DELETED"
+    _runtime(memo).reconciler.pools.pool_event(event["object"], deleted=deleted)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=CHILD_LABELS)
+async def deployment_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
+    deleted = event.get("type") == "DELETED"
+    _runtime(memo).reconciler.pools.deployment_event(event["object"], deleted=deleted)
+
+
+@kopf.on.event("coordination.k8s.io", "v1", "leases", labels={protocol.POOL_LABEL: kopf.PRESENT})
+async def lease_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
+    deleted = event.get("type") == "DELETED"
+    _runtime(memo).reconciler.pools.lease_event(event["object"], deleted=deleted)

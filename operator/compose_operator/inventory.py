@@ -8,6 +8,10 @@ to the queue, so that an admission reads small records, never bodies. Plain data
 
 Finished jobs are kept light: no body, no status, no pods; only their Job while the Job
 controller has not finished it (it still holds a slot under the caps).
+
+For pools it keeps the CompositionPools, their Deployments, the workers' Leases and pods, which
+active job is assigned to which worker process, and the workers the dispatcher has reserved for a
+job whose assignment is being written.
 """
 
 from __future__ import annotations
@@ -15,13 +19,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import datetime
 from collections.abc import Mapping
 from typing import Any
 
 import pydantic
 
 from compose_api import models
-from compose_operator import observed, queueing, status
+from compose_api import pools as protocol
+from compose_operator import observed, pooljobs, pools, queueing, status
 
 _VOLATILE_METADATA = frozenset({"resourceVersion", "managedFields"})
 _TERMINAL = frozenset(str(phase) for phase in models.TERMINAL_PHASES)
@@ -44,12 +50,16 @@ class Tracked:
     written: models.CompositionJobStatus | None = None  # what this process last wrote
     parsed: models.CompositionJobStatus | None = None  # the body's status, parsed on demand
     revision: int = 0  # bumped on every change the queue reads (its entry is cached by it)
+    pool: str | None = None  # the pool that runs it (None: Job mode)
+    worker: str | None = None  # pool mode: the worker instance its attempt is assigned to
+    resource_version: str = ""  # the newest known, from the watch or from our own write
 
 
 class Inventory:
     """Latest known objects, keyed by the CompositionJob's uid."""
 
-    def __init__(self) -> None:
+    def __init__(self, default_pools: Mapping[str, str] | None = None) -> None:
+        self.default_pools = dict(default_pools or {})
         self.tracked: dict[str, Tracked] = {}
         self.jobs: dict[str, dict[str, observed.JobView]] = collections.defaultdict(dict)
         self.pods: dict[str, dict[str, dict[str, Any]]] = collections.defaultdict(dict)
@@ -62,6 +72,15 @@ class Inventory:
         # uid -> ((revision, unsuspended), its queue entry): an admission decision reads
         # cached entries, and only jobs that changed are looked at again.
         self._entries: dict[str, tuple[tuple[int, bool], queueing.Entry | None]] = {}
+        # Pools, keyed by (namespace, name), and what belongs to them.
+        self.pools: dict[tuple[str, str], pools.PoolView] = {}
+        self.deployments: dict[tuple[str, str], pools.DeploymentView] = {}
+        self.leases: dict[tuple[str, str], protocol.WorkerLease] = {}  # (namespace, pod)
+        self.worker_pods: dict[tuple[str, str], pools.WorkerPod] = {}  # (namespace, pod)
+        self._pool_jobs: dict[tuple[str, str], set[str]] = collections.defaultdict(set)
+        self._busy: dict[tuple[str, str], str] = {}  # (namespace, worker instance) -> uid
+        self._reserved: dict[str, pooljobs.Offer] = {}  # uid -> the worker reserved for it
+        self._reserved_by: dict[tuple[str, str], str] = {}  # (namespace, instance) -> uid
 
     # -- CompositionJobs --------------------------------------------------------------------
 
@@ -77,19 +96,49 @@ class Inventory:
         if found is None:
             found = Tracked(uid=uid, fields=fields, body=dict(body))
             self.tracked[uid] = found
-            conditions = (body.get("status") or {}).get("conditions") or []
-            found.admitted = any(
-                c.get("type") == models.ConditionType.QUEUED and c.get("status") == "False"
-                for c in conditions
-            )
+            found.admitted = _admitted(body.get("status") or {})
         else:
             found.fields, found.body, found.parsed = fields, dict(body), None
             found.revision += 1
+        found.resource_version = _newer(
+            found.resource_version, str((body.get("metadata") or {}).get("resourceVersion") or "")
+        )
         if found.written is None and phase in _TERMINAL:
             self.finish(uid)  # finished before this process saw it (a restart)
             return uid
         self._active[fields.namespace].add(uid)
+        self._index_pool(found)
+        if found.written is None:
+            assignment = ((body.get("status") or {}).get("assignment") or {}).get("workerInstance")
+            self._set_worker(found, str(assignment) if assignment else None)
         return uid
+
+    def pool_of(self, fields: observed.QueueFields) -> str | None:
+        if fields.kueue:
+            return None
+        return fields.pool or self.default_pools.get(fields.profile)
+
+    def _index_pool(self, found: Tracked) -> None:
+        pool = None if found.finished else self.pool_of(found.fields)
+        if pool == found.pool:
+            return
+        if found.pool is not None:
+            self._pool_jobs[(found.fields.namespace, found.pool)].discard(found.uid)
+        found.pool = pool
+        if pool is not None:
+            self._pool_jobs[(found.fields.namespace, pool)].add(found.uid)
+
+    def _set_worker(self, found: Tracked, instance: str | None) -> None:
+        """Which worker instance the job's attempt is assigned to (None: none)."""
+        namespace = found.fields.namespace
+        if found.worker == instance:
+            return
+        if found.worker is not None and self._busy.get((namespace, found.worker)) == found.uid:
+            del self._busy[(namespace, found.worker)]
+        found.worker = instance
+        found.revision += 1
+        if instance is not None:
+            self._busy[(namespace, instance)] = found.uid
 
     def is_status_echo(self, body: Mapping[str, Any]) -> bool:
         """Whether ``body`` differs from the stored one in its status (and resourceVersion or
@@ -106,6 +155,8 @@ class Inventory:
             return False
         if stored.get("spec") != body.get("spec"):
             return False
+        if _report(stored) != _report(body):
+            return False  # a pool worker wrote its report: news, not our echo
         old_meta, new_meta = stored.get("metadata") or {}, body.get("metadata") or {}
         keys = (set(old_meta) | set(new_meta)) - _VOLATILE_METADATA
         if any(old_meta.get(key) != new_meta.get(key) for key in keys):
@@ -114,7 +165,13 @@ class Inventory:
         return all(stored.get(key) == body.get(key) for key in others)
 
     def forget(self, uid: str) -> None:
-        found = self.tracked.pop(uid, None)
+        found = self.tracked.get(uid)
+        if found is not None:
+            self._set_worker(found, None)
+            self._release_offer(uid)
+            if found.pool is not None:
+                self._pool_jobs[(found.fields.namespace, found.pool)].discard(uid)
+        self.tracked.pop(uid, None)
         self._entries.pop(uid, None)
         if found is not None:
             self._active[found.fields.namespace].discard(uid)
@@ -132,6 +189,9 @@ class Inventory:
         found.finished, found.body, found.written, found.parsed = True, None, None, None
         found.admitted = False
         found.revision += 1
+        self._set_worker(found, None)
+        self._release_offer(uid)
+        self._index_pool(found)
         self.pods.pop(uid, None)
         self._prune(uid)
 
@@ -172,12 +232,21 @@ class Inventory:
                 found.parsed = models.CompositionJobStatus()
         return found.parsed
 
-    def record_write(self, uid: str, written: models.CompositionJobStatus) -> None:
+    def record_write(
+        self, uid: str, written: models.CompositionJobStatus, resource_version: str = ""
+    ) -> None:
         found = self.tracked.get(uid)
         if found is None or found.finished:
             return
         found.written = written
         found.revision += 1
+        found.resource_version = _newer(found.resource_version, resource_version)
+        self._set_worker(found, written.assignment.worker_instance if written.assignment else None)
+        if found.pool is not None:
+            # A pool job holds its slot from its admission (past the caps, waiting for a worker,
+            # as a Job that exists holds one while its pod waits for a node) to its end; a
+            # suspended one gives it back and goes through admission again when resumed.
+            found.admitted = _admitted(written.to_api())
         found.rejected = any(
             c.type == models.ConditionType.ACCEPTED and c.status == status.FALSE
             for c in written.conditions
@@ -194,11 +263,23 @@ class Inventory:
             found.revision += 1
 
     def release(self, uid: str) -> None:
-        """An admission that did not lead to a Job (its write failed): the slot is free."""
+        """An admission that did not lead to a Job or an assignment (its write failed): the
+        slot is free."""
         found = self.tracked.get(uid)
         if found is not None and not self.jobs.get(uid):
             found.admitted = False
             found.revision += 1
+
+    def worker_report(self, uid: str) -> models.WorkerReport | None:
+        """``status.workerReport`` as the newest body shows it (written by the worker)."""
+        found = self.tracked.get(uid)
+        data = _report(found.body or {}) if found is not None else None
+        if not data:
+            return None
+        try:
+            return models.WorkerReport.model_validate(data)
+        except pydantic.ValidationError:
+            return None
 
     def lock(self, uid: str) -> asyncio.Lock:
         return self._locks.setdefault(uid, asyncio.Lock())
@@ -260,9 +341,12 @@ class Inventory:
         return any(j.held_by_operator and j.live for j in jobs.values())
 
     def _holds(self, found: Tracked) -> bool:
-        """A slot is held by a live Job (one the Job controller has not finished), or by an
-        admission whose Job is being created. A Job the user suspended holds none."""
+        """A slot is held by a live Job (one the Job controller has not finished), by a pool job
+        assigned to a worker, or by an admission whose Job or assignment is being written. A Job
+        the user suspended holds none."""
         jobs = self.jobs.get(found.uid) or {}
+        if found.worker is not None and not found.finished:
+            return True
         if found.fields.suspend and not found.finished:
             return False
         if self._parked(found):
@@ -277,7 +361,7 @@ class Inventory:
         jobs = self.jobs.get(found.uid) or {}
         running = self._holds(found)
         parked = self._parked(found)
-        idle = not jobs and not found.admitted
+        idle = not jobs and not found.admitted and found.worker is None
         waiting = (
             not (found.finished or found.rejected or found.fields.suspend)
             and not running
@@ -317,3 +401,139 @@ class Inventory:
     def active_uids(self) -> list[str]:
         """Jobs not finished (the sweep's candidates)."""
         return [uid for uid, found in self.tracked.items() if not found.finished]
+
+    # -- pools ------------------------------------------------------------------------------
+
+    def put_pool(self, body: Mapping[str, Any], *, deleted: bool) -> pools.PoolView:
+        view = pools.view_pool(body)
+        key = (view.namespace, view.name)
+        if deleted:
+            self.pools.pop(key, None)
+        else:
+            self.pools[key] = view
+        return view
+
+    def put_deployment(
+        self, body: Mapping[str, Any], *, deleted: bool
+    ) -> pools.DeploymentView | None:
+        view = pools.view_deployment(body)
+        if view is None:
+            return None
+        key = (view.namespace, view.pool)
+        if deleted:
+            self.deployments.pop(key, None)
+        else:
+            self.deployments[key] = view
+        return view
+
+    def put_lease(
+        self, body: Mapping[str, Any], *, deleted: bool
+    ) -> tuple[protocol.WorkerLease | None, protocol.WorkerLease | None]:
+        """Record a worker Lease event: (the Lease before, the Lease now; None when gone)."""
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
+        before = self.leases.get(key)
+        view = None if deleted else protocol.view_lease(body)
+        if view is None:
+            self.leases.pop(key, None)
+        else:
+            self.leases[key] = view
+        return before, view
+
+    def put_worker_pod(self, body: Mapping[str, Any], *, deleted: bool) -> pools.WorkerPod | None:
+        view = pools.view_worker_pod(body)
+        if view is None:
+            return None
+        key = (view.namespace, view.name)
+        if deleted:
+            self.worker_pods.pop(key, None)
+        else:
+            self.worker_pods[key] = view
+        return view
+
+    def pool_job_uids(self, namespace: str, pool: str) -> set[str]:
+        return set(self._pool_jobs.get((namespace, pool), ()))
+
+    def assigned_to(self, namespace: str, instance: str) -> str | None:
+        """The active job assigned to a worker instance, if any."""
+        return self._busy.get((namespace, instance))
+
+    def pool_leases(self, namespace: str, pool: str) -> list[protocol.WorkerLease]:
+        return [
+            lease
+            for (space, _), lease in self.leases.items()
+            if space == namespace and lease.pool == pool
+        ]
+
+    def pool_pods(self, namespace: str, pool: str) -> list[pools.WorkerPod]:
+        return [
+            pod
+            for (space, _), pod in self.worker_pods.items()
+            if space == namespace and pod.pool == pool
+        ]
+
+    def busy_instances(self, namespace: str) -> set[str]:
+        return {instance for (space, instance) in self._busy if space == namespace}
+
+    def idle_workers(
+        self, namespace: str, pool: str, now: datetime.datetime
+    ) -> list[protocol.WorkerLease]:
+        """Workers that take work now: fresh Lease, ready, nothing assigned, not reserved."""
+        found = []
+        for lease in self.pool_leases(namespace, pool):
+            instance = protocol.holder_identity(lease.pod, lease.instance)
+            if not lease.takes_work(now):
+                continue
+            if (namespace, instance) in self._busy or (namespace, instance) in self._reserved_by:
+                continue
+            found.append(lease)
+        return sorted(found, key=lambda lease: lease.pod)
+
+    def reserve(self, uid: str, namespace: str, offer: pooljobs.Offer) -> None:
+        self._release_offer(uid)
+        self._reserved[uid] = offer
+        self._reserved_by[(namespace, offer.instance)] = uid
+
+    def reserved(self, uid: str) -> pooljobs.Offer | None:
+        return self._reserved.get(uid)
+
+    def _release_offer(self, uid: str) -> None:
+        offer = self._reserved.pop(uid, None)
+        if offer is None:
+            return
+        for key, holder in list(self._reserved_by.items()):
+            if holder == uid and key[1] == offer.instance:
+                del self._reserved_by[key]
+
+    def release_offer(self, uid: str) -> None:
+        """The reserved worker was assigned (its assignment now marks it busy) or not used."""
+        self._release_offer(uid)
+
+    def resource_version(self, uid: str) -> str:
+        found = self.tracked.get(uid)
+        return found.resource_version if found is not None else ""
+
+
+def _admitted(status_: Mapping[str, Any]) -> bool:
+    """Past the caps, as written: ``Queued=False`` and not suspended, or assigned to a worker."""
+    conditions = {c.get("type"): c.get("status") for c in status_.get("conditions") or []}
+    passed = conditions.get(models.ConditionType.QUEUED) == "False"
+    suspended = conditions.get(models.ConditionType.SUSPENDED) == "True"
+    return (passed and not suspended) or bool(status_.get("assignment"))
+
+
+def _report(body: Mapping[str, Any]) -> Any:
+    return (body.get("status") or {}).get("workerReport")
+
+
+def _newer(known: str, seen: str) -> str:
+    """The newer of two resourceVersions. They are opaque to clients in general; etcd's are
+    increasing integers, which is what lets a watch event older than our own write be told
+    apart. Anything else: the one seen last."""
+    if not known:
+        return seen
+    if not seen:
+        return known
+    if known.isdigit() and seen.isdigit():
+        return known if int(known) > int(seen) else seen
+    return seen

@@ -26,7 +26,7 @@ from typing import Any
 
 import kopf
 
-from compose_api import kube, models
+from compose_api import kube, models, pools
 
 USER_AGENT = "compose-operator"
 EVENT_COMPONENT = "compose-operator"
@@ -77,6 +77,10 @@ def _pem(data: str | bytes | None) -> str | None:
 
 def _jobs(namespace: str, name: str | None = None) -> str:
     return kube.path("batch/v1", "jobs", namespace=namespace, name=name)
+
+
+def _deployments(namespace: str, name: str | None = None) -> str:
+    return kube.path("apps/v1", "deployments", namespace=namespace, name=name)
 
 
 def _composition_jobs(namespace: str, name: str, subresource: str | None = None) -> str:
@@ -149,9 +153,44 @@ class KubeClient:
         with contextlib.suppress(kube.Conflict):
             await self._api.delete(_composition_jobs(namespace, name), uid=uid)
 
-    async def patch_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
-        """Merge-patch the ``/status`` subresource (the spec is never written)."""
-        await self._api.patch(_composition_jobs(namespace, name, "status"), {"status": patch})
+    async def patch_status(
+        self,
+        namespace: str,
+        name: str,
+        patch: Mapping[str, Any],
+        *,
+        resource_version: str | None = None,
+    ) -> Obj:
+        """Merge-patch the ``/status`` subresource (the spec is never written); with
+        ``resource_version``, only if the object is still at it (409 otherwise)."""
+        body: dict[str, Any] = {"status": patch}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
+        return await self._api.patch(_composition_jobs(namespace, name, "status"), body)
+
+    # -- pools ------------------------------------------------------------------------------
+
+    async def patch_pool_status(self, namespace: str, name: str, patch: Mapping[str, Any]) -> None:
+        path = kube.path(models.API_VERSION, pools.PLURAL, namespace=namespace, name=name,
+                         subresource="status")  # fmt: skip
+        await self._api.patch(path, {"status": patch})
+
+    async def create_deployment(self, deployment: Mapping[str, Any]) -> Obj | None:
+        """Create a pool's Deployment; None when it exists already (the watch had not shown it
+        yet: the pool is reconciled again when it does)."""
+        meta = deployment["metadata"]
+        try:
+            return await self._api.create(_deployments(meta["namespace"]), deployment)
+        except kube.Conflict:
+            return None
+
+    async def patch_deployment(self, *, namespace: str, name: str, patch: Mapping[str, Any]) -> Obj:
+        return await self._api.patch(_deployments(namespace, name), patch)
+
+    async def get_lease(self, namespace: str, name: str) -> Obj | None:
+        return await self._api.get_or_none(
+            kube.path("coordination.k8s.io/v1", "leases", namespace=namespace, name=name)
+        )
 
     # -- Events -----------------------------------------------------------------------------
 

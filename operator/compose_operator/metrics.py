@@ -7,6 +7,9 @@ server. Kopf has no exporter of its own.
 
 from __future__ import annotations
 
+import contextlib
+from typing import Any
+
 import prometheus_client
 
 from compose_api import models
@@ -56,6 +59,19 @@ class Metrics:
             ["error"],
             registry=self.registry,
         )
+        self.pool_demand = prometheus_client.Gauge(
+            "compose_pool_demand",
+            "Jobs that want a worker of the pool: queued (past the caps) plus running. A KEDA "
+            "ScaledObject scales the pool from it.",
+            ["namespace", "pool"],
+            registry=self.registry,
+        )
+        self.pool_workers = prometheus_client.Gauge(
+            "compose_pool_workers",
+            "Workers of the pool with a fresh Lease, by state (ready, busy, idle, draining).",
+            ["namespace", "pool", "state"],
+            registry=self.registry,
+        )
         self._phases: dict[str, tuple[str, str]] = {}
 
     def observe_phase(self, uid: str, namespace: str, phase: str | None) -> None:
@@ -74,6 +90,23 @@ class Metrics:
         if status.start_time and status.completion_time and status.phase:
             seconds = (status.completion_time - status.start_time).total_seconds()
             self.run_time.labels(str(status.phase)).observe(max(0.0, seconds))
+
+    def observe_pool(self, namespace: str, pool: str, *, demand: int, workers: Any) -> None:
+        self.pool_demand.labels(namespace, pool).set(demand)
+        for state in ("ready", "busy", "idle", "draining"):
+            self.pool_workers.labels(namespace, pool, state).set(getattr(workers, state))
+
+    def forget_pool(self, namespace: str, pool: str) -> None:
+        for gauge, labels in (
+            (self.pool_demand, [(namespace, pool)]),
+            (
+                self.pool_workers,
+                [(namespace, pool, s) for s in ("ready", "busy", "idle", "draining")],
+            ),
+        ):
+            for values in labels:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*values)
 
     def serve(self, port: int) -> None:
         """Start the ``/metrics`` HTTP server in a background thread (port 0: disabled)."""

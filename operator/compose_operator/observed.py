@@ -15,9 +15,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from compose_api import models
-from compose_operator import builders, names, status
+from compose_api import pools as protocol
+from compose_operator import builders, names, pooljobs, pools, status
 
 Obj = Mapping[str, Any]
+_DEFAULT_PROFILE = str(models.CompositionJobSpec.model_fields["profile"].default)
 
 
 def _meta(obj: Obj) -> Mapping[str, Any]:
@@ -119,6 +121,8 @@ class QueueFields:
     created: datetime.datetime | None
     kueue: bool  # execution.queueName: Kueue admits it, the operator's caps do not apply
     suspend: bool
+    pool: str | None = None  # execution.pool
+    profile: str = ""
 
 
 def queue_fields(body: Obj) -> QueueFields:
@@ -141,6 +145,8 @@ def queue_fields(body: Obj) -> QueueFields:
         created=created,
         kueue=bool(execution.get("queueName")),
         suspend=bool(spec.get("suspend")),
+        pool=str(execution["pool"]) if execution.get("pool") else None,
+        profile=str(spec.get("profile") or _DEFAULT_PROFILE),
     )
 
 
@@ -167,6 +173,15 @@ class Observed:
     listed: bool = False
     pods_waited: bool = False
     since_last_write: float | None = None
+    # Pool mode: the pool that runs the job (None: Job mode) and what the decision reads of it.
+    pool_name: str | None = None
+    pool: pools.PoolView | None = None  # None: no such pool in the namespace
+    pool_problem: tuple[str, str] | None = None  # why the pool's workers do not start
+    worker_report: models.WorkerReport | None = None  # status.workerReport, as last seen
+    lease: protocol.WorkerLease | None = None  # the Lease of the assigned worker
+    lease_checked: bool = False  # ``lease`` was read from the API server for this decision
+    worker_disrupted: str | None = None  # the assigned worker's pod is a disruption target
+    offer: pooljobs.Offer | None = None  # an idle worker reserved for this job
 
     @property
     def job(self) -> JobView | None:

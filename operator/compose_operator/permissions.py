@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
-from compose_api import models
+from compose_api import models, pools
 
 
 class Scope(enum.StrEnum):
@@ -46,6 +46,15 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
                "child Jobs: watched, created (adopted on 409), suspended, deleted on deadline"),
     Permission("", "pods", ("list", "watch"), Scope.NAMESPACED,
                "pod conditions, container states and termination messages of child Jobs"),
+    Permission(models.GROUP, pools.PLURAL, ("list", "watch"), Scope.NAMESPACED,
+               "kopf watches CompositionPools"),
+    Permission(models.GROUP, f"{pools.PLURAL}/status", ("patch",), Scope.NAMESPACED,
+               "the operator writes the pools' status (never their spec)"),
+    Permission("apps", "deployments", ("list", "watch", "create", "patch"), Scope.NAMESPACED,
+               "each pool's Deployment of workers: watched, created, scaled and updated; deleted "
+               "with its pool by the garbage collector"),
+    Permission("coordination.k8s.io", "leases", ("list", "watch", "get"), Scope.NAMESPACED,
+               "the pool workers' Leases: which workers are warm, ready, busy or lost"),
     Permission("", "events", ("create",), Scope.NAMESPACED,
                "Kubernetes Events on every transition (posted by kopf)"),
     Permission("", "nodes", ("get",), Scope.CLUSTER,

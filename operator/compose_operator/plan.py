@@ -28,7 +28,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from compose_api import models, profiles
-from compose_operator import builders, names, status
+from compose_api import pools as protocol
+from compose_operator import builders, names, pooljobs, status
 from compose_operator.observed import JobView, Observed
 from compose_operator.settings import OperatorSettings
 
@@ -39,10 +40,15 @@ POD_CATCH_UP_SECONDS = 5.0
 
 @dataclasses.dataclass(frozen=True)
 class WriteStatus:
-    """Merge-patch the status (nothing when it did not change), then post the Event, if any."""
+    """Merge-patch the status (nothing when it did not change), then post the Event, if any.
+
+    ``conditional``: only if the CompositionJob is still at the resourceVersion the decision
+    read (a pool worker may have written its report since): a 409 makes the reconciler read the
+    job again and plan anew."""
 
     outcome: status.Outcome
     event: status.Event | None
+    conditional: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +77,7 @@ class Need(enum.Enum):
 
     LIST = "list"  # the children from the API server, not only from the watch
     PODS = "pods"  # a moment for the pod watch to catch up with a finished Job
+    LEASE = "lease"  # the assigned worker's Lease from the API server, before calling it lost
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +91,7 @@ class Plan:
     admit: bool = False
     later: float | None = None
     recheck_at: datetime.datetime | None = None
+    take_offer: bool = False  # pool mode: the plan assigns the job to the offered worker
 
 
 def plan(observed: Observed, now: datetime.datetime, settings: OperatorSettings) -> Plan:
@@ -103,6 +111,8 @@ def plan(observed: Observed, now: datetime.datetime, settings: OperatorSettings)
         return _written(previous, status.rejected(previous, generation, reason, message, now=now))
     seed = builders.choose_seed(cj)
     job = observed.job
+    if job is None and (observed.pool_name is not None or previous.assignment is not None):
+        return _pool(observed, cj, seed, now, settings)
     if job is None:
         if previous.attempts or _has(previous, models.ConditionType.STARTED):
             if not observed.listed:
@@ -320,3 +330,191 @@ def settled(pods: Sequence[Mapping[str, Any]], outcome: status.Outcome) -> bool:
 
 def _has(current: models.CompositionJobStatus, kind: models.ConditionType) -> bool:
     return any(c.type == kind for c in current.conditions)
+
+
+# -- pool mode --------------------------------------------------------------------------------
+
+
+def _pool(
+    observed: Observed,
+    cj: models.CompositionJob,
+    seed: int,
+    now: datetime.datetime,
+    settings: OperatorSettings,
+) -> Plan:
+    """A job for a pool's warm workers: wait, assign, follow the worker, or take the job back."""
+    previous = observed.previous
+    assignment = previous.assignment
+    pool_name = observed.pool_name or (assignment.pool if assignment else "")
+    if assignment is not None:
+        return _pool_assigned(observed, cj, assignment, seed, now, settings)
+    pool = observed.pool
+    if pool is not None and pool.spec is not None and pool.spec.profile != cj.spec.profile:
+        message = (
+            f"spec.execution.pool: pool {pool_name} serves profile {pool.spec.profile}, "
+            f"not {cj.spec.profile}"
+        )
+        outcome = status.rejected(
+            previous, cj.metadata.generation, models.Reason.INVALID_SPEC, message, now=now
+        )
+        return _written(previous, outcome)
+    if observed.queue is not None or cj.spec.suspend:
+        outcome = pooljobs.waiting(cj, seed=seed, queue=observed.queue, pool=pool_name, now=now)
+        if _position_only(observed, outcome, settings):
+            return Plan()
+        return _written(previous, outcome)
+    deadline = pooljobs.start_deadline_at(cj, previous)
+    if deadline is not None and now >= deadline:
+        reason, message = _unserved(observed, pool_name, cj)
+        outcome = pooljobs.failed(
+            cj, reason, message, assignment=None, report=None, nodes=observed.nodes, now=now
+        )
+        return _written(previous, outcome)
+    offer = observed.offer
+    if offer is not None and pool is not None and pool.spec is not None:
+        outcome = pooljobs.assigned(
+            cj,
+            offer,
+            seed=seed,
+            bucket=builders.output_bucket(cj, settings),
+            key_prefix=builders.output_key_prefix(cj, settings),
+            now=now,
+        )
+        write = WriteStatus(outcome, status.event_for(previous, outcome), conditional=True)
+        recheck = _earliest(
+            _lease_recheck(observed.lease), pooljobs.start_deadline_at(cj, outcome.status)
+        )
+        return Plan((write,), admit=observed.capped, take_offer=True, recheck_at=recheck)
+    reason, message = models.Reason.WAITING_FOR_WORKER, f"waiting for a worker of pool {pool_name}"
+    if pool is None:
+        reason = models.Reason.POOL_NOT_FOUND
+        message = f"pool {pool_name} not found in namespace {cj.metadata.namespace}"
+    elif observed.pool_problem is not None:
+        reason, detail = observed.pool_problem
+        message = f"{message}: {detail}"
+    outcome = pooljobs.waiting(
+        cj, seed=seed, queue=None, pool=pool_name, reason=reason, message=message, now=now
+    )
+    recheck = pooljobs.start_deadline_at(cj, outcome.status)
+    found = _maybe_written(observed, outcome, recheck)
+    # Admitted past the caps: the job holds its slot while it waits for a worker.
+    return dataclasses.replace(found, admit=observed.capped and bool(found.actions))
+
+
+def _pool_assigned(
+    observed: Observed,
+    cj: models.CompositionJob,
+    assignment: models.WorkerAssignment,
+    seed: int,
+    now: datetime.datetime,
+    settings: OperatorSettings,
+) -> Plan:
+    previous = observed.previous
+    report = pooljobs.report_for(assignment, observed.worker_report)
+    if report is not None and report.finished_at is not None:
+        outcome = pooljobs.reported(
+            cj, assignment, report, seed=seed, nodes=observed.nodes, settings=settings, now=now
+        )
+        return _written(previous, outcome)
+    why: str | None = None
+    if cj.spec.suspend:
+        why = "suspended by spec.suspend"
+    elif (
+        report is None and observed.pool_name is not None and observed.pool_name != assignment.pool
+    ):
+        why = f"moved to pool {observed.pool_name}"
+    if why is not None:
+        outcome = pooljobs.taken_back(
+            cj, assignment, report, seed=seed, why=why, nodes=observed.nodes, now=now
+        )
+        return _conditional(previous, outcome)
+    lease = observed.lease
+    if pooljobs.lost(assignment, lease, now):
+        if not observed.lease_checked:
+            return Plan(need=Need.LEASE)
+        why = f"worker {assignment.worker} was lost"
+        if lease is not None and lease.fresh(now):
+            why = f"worker {assignment.worker} restarted"
+        outcome = pooljobs.worker_gone(
+            cj, assignment, report, seed=seed, why=why, disrupted=observed.worker_disrupted,
+            nodes=observed.nodes, now=now,
+        )  # fmt: skip
+        return _conditional(previous, outcome)
+    assert lease is not None
+    if report is None and lease.state == protocol.STATE_DRAINING:
+        why = f"worker {assignment.worker} is draining"
+        outcome = pooljobs.worker_gone(
+            cj, assignment, None, seed=seed, why=why, disrupted=None, nodes=observed.nodes, now=now
+        )
+        return _conditional(previous, outcome)
+    if report is None:
+        deadline = pooljobs.start_deadline_at(cj, previous)
+        if deadline is not None and now >= deadline:
+            reason, message = _unserved(observed, assignment.pool, cj)
+            outcome = pooljobs.failed(
+                cj, reason, message, assignment=assignment, report=None, nodes=observed.nodes,
+                now=now,
+            )  # fmt: skip
+            return _conditional(previous, outcome)
+        return Plan(recheck_at=_earliest(_lease_recheck(lease), deadline))
+    active = _whole_second_after(pooljobs.active_deadline_at(cj, report))
+    if now >= active:
+        seconds = cj.spec.execution.active_deadline_seconds
+        message = (
+            f"the attempt ran past activeDeadlineSeconds ({seconds}s) on worker {assignment.worker}"
+        )
+        # The worker stops a run at its deadline and reports it; none came: the attempt
+        # fails as a Job pod stopped at its deadline does, and is retried within backoffLimit.
+        outcome = pooljobs.worker_gone(
+            cj, assignment, report, seed=seed, why=message, disrupted=None,
+            nodes=observed.nodes, now=now, reason=models.Reason.DEADLINE_EXCEEDED,
+        )  # fmt: skip
+        return _conditional(previous, outcome)
+    outcome = pooljobs.running(cj, assignment, report, nodes=observed.nodes, now=now)
+    return _maybe_written(observed, outcome, _earliest(_lease_recheck(lease), active))
+
+
+def _unserved(observed: Observed, pool: str, cj: models.CompositionJob) -> tuple[str, str]:
+    """Why no worker took the job within its start deadline."""
+    seconds = cj.spec.execution.start_deadline_seconds
+    text = f"no worker of pool {pool} accepted the job within {seconds}s of its admission"
+    if observed.pool is None:
+        return models.Reason.POOL_NOT_FOUND, f"{text}: pool {pool} not found"
+    if observed.pool_problem is not None:
+        reason, detail = observed.pool_problem
+        return reason, f"{text}: {detail}"
+    return models.Reason.START_DEADLINE_EXCEEDED, text
+
+
+def _lease_recheck(lease: protocol.WorkerLease | None) -> datetime.datetime | None:
+    """When the assigned worker is lost unless it renews its Lease (a timer looks again then)."""
+    if lease is None:
+        return None
+    expires = lease.expires_at()
+    return None if expires is None else _whole_second_after(expires)
+
+
+def _whole_second_after(moment: datetime.datetime) -> datetime.datetime:
+    """The first whole second after ``moment``: decisions read ``now`` in whole seconds, so a
+    timer set for then finds the moment passed."""
+    return moment.replace(microsecond=0) + datetime.timedelta(seconds=1)
+
+
+def _earliest(*moments: datetime.datetime | None) -> datetime.datetime | None:
+    found = [moment for moment in moments if moment is not None]
+    return min(found) if found else None
+
+
+def _conditional(previous: models.CompositionJobStatus, outcome: status.Outcome) -> Plan:
+    """A write that changes the assignment: only against the state the decision read."""
+    return Plan((WriteStatus(outcome, status.event_for(previous, outcome), conditional=True),))
+
+
+def _maybe_written(
+    observed: Observed, outcome: status.Outcome, recheck: datetime.datetime | None
+) -> Plan:
+    """Write what changed (nothing when nothing did), and look again at ``recheck``."""
+    if status.to_patch(outcome.status, observed.previous) is None:
+        return Plan(recheck_at=recheck)
+    write = WriteStatus(outcome, status.event_for(observed.previous, outcome))
+    return Plan((write,), recheck_at=recheck)

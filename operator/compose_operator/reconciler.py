@@ -18,6 +18,7 @@ errors, lost events and queue positions that have moved.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import logging
 import time
@@ -27,7 +28,20 @@ from typing import Any
 import pydantic
 
 from compose_api import models
-from compose_operator import inventory, kubeapi, metrics, names, observed, plan, queueing, status
+from compose_api import pools as protocol
+from compose_operator import (
+    inventory,
+    kubeapi,
+    metrics,
+    names,
+    observed,
+    plan,
+    pool_reconciler,
+    pooljobs,
+    pools,
+    queueing,
+    status,
+)
 from compose_operator.settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
@@ -57,7 +71,7 @@ class Reconciler:
     ) -> None:
         self.settings = settings
         self.client = client
-        self.inventory = inventory_ or inventory.Inventory()
+        self.inventory = inventory_ or inventory.Inventory(settings.default_pools)
         self.metrics = metrics_ or metrics.Metrics()
         self.clock = clock
         self._monotonic = monotonic
@@ -68,6 +82,7 @@ class Reconciler:
         # uid -> until when a Job that finished waits for its pods' events (monotonic time)
         self._awaiting_pods: dict[str, float] = {}
         self._failed: set[str] = set()  # reconciles that raised: the sweep retries them
+        self.pools = pool_reconciler.PoolReconciler(self)
 
     # -- entry points -----------------------------------------------------------------------
 
@@ -86,6 +101,21 @@ class Reconciler:
                 logger.exception("reconciling %s failed", _ref(body))
             else:
                 self._failed.discard(uid)
+            finally:
+                self._return_offer(uid, str((body.get("metadata") or {}).get("namespace") or ""))
+
+    def _return_offer(self, uid: str, namespace: str) -> None:
+        """A worker reserved for the job and not assigned to it goes back to its pool."""
+        offer = self.inventory.reserved(uid)
+        if offer is None:
+            return
+        self.inventory.release_offer(uid)
+        if self.inventory.assigned_to(namespace, offer.instance) != uid:
+            self.pools.dispatch_soon(namespace, offer.pool)
+
+    def admitted(self, namespace: str) -> frozenset[str]:
+        """The waiting jobs the caps let start now."""
+        return self._decide(namespace).admitted
 
     def child_changed(self, kind: str, body: Mapping[str, Any], *, deleted: bool) -> str | None:
         """Record a Job or Pod event; a Job that finished or went frees a slot. Returns the
@@ -111,16 +141,22 @@ class Reconciler:
                 await self.reconcile(uid)
         for namespace in sorted(namespaces):
             self._kick_queue(namespace, refresh_positions=True)
+        await self.pools.sweep()
 
     def forget(self, body: Mapping[str, Any]) -> None:
         """The CompositionJob is gone: drop it, and let the next job in its namespace start."""
         meta = body.get("metadata") or {}
         uid = str(meta.get("uid") or "")
+        found = self.inventory.tracked.get(uid)
+        pool = found.pool if found is not None else None
         self.inventory.forget(uid)
         self._drop_timers(uid)
         self._failed.discard(uid)
         self.metrics.observe_phase(uid, "", None)
-        self._kick_queue(str(meta.get("namespace") or ""))
+        namespace = str(meta.get("namespace") or "")
+        self._kick_queue(namespace)
+        if pool is not None:
+            self.pools.changed(namespace, pool)
 
     # -- observing and planning -------------------------------------------------------------
 
@@ -128,11 +164,17 @@ class Reconciler:
         now = self.clock().replace(microsecond=0)
         listed: tuple[list[observed.JobView], list[dict[str, Any]]] | None = None
         pods_waited = False
+        lease: tuple[protocol.WorkerLease | None] | None = None  # read from the API server
         for _ in range(_MAX_PLANS):
             seen = await self._observe(uid, body, listed=listed, pods_waited=pods_waited)
+            if lease is not None:
+                seen = dataclasses.replace(seen, lease=lease[0], lease_checked=True)
             decided = plan.plan(seen, now, self.settings)
             if decided.need is plan.Need.LIST and listed is None:
                 listed = await self._list_children(seen)
+                continue
+            if decided.need is plan.Need.LEASE and lease is None:
+                lease = (await self._read_lease(seen),)
                 continue
             if decided.need is plan.Need.PODS:
                 now_s = self._monotonic()
@@ -143,9 +185,38 @@ class Reconciler:
                 pods_waited = True
                 continue
             self._awaiting_pods.pop(uid, None)
-            await self._execute(uid, body, seen, decided)
+            try:
+                await self._execute(uid, body, seen, decided)
+            except kubeapi.ApiError as error:
+                if error.status != 409 or not _conditional(decided):
+                    raise
+                # The job changed since the decision (a worker's report): read it, decide again.
+                fresh = await self.client.get_composition_job(
+                    seen.meta.namespace or "default", seen.meta.name
+                )
+                if fresh is None:
+                    return
+                self.inventory.put(fresh)
+                body = self.inventory.body(uid) or fresh
+                lease = None
+                continue
             return
         raise RuntimeError(f"no decision for {_ref(body)} after {_MAX_PLANS} plans")
+
+    async def _read_lease(self, seen: observed.Observed) -> protocol.WorkerLease | None:
+        """The assigned worker's Lease from the API server (the watch may lag behind)."""
+        assignment = seen.previous.assignment
+        if assignment is None:
+            return None
+        namespace = seen.meta.namespace or "default"
+        body = await self.client.get_lease(namespace, assignment.worker)
+        if body is None:
+            self.inventory.put_lease(
+                {"metadata": {"namespace": namespace, "name": assignment.worker}}, deleted=True
+            )
+            return None
+        self.inventory.put_lease(body, deleted=False)
+        return protocol.view_lease(body)
 
     async def _observe(
         self,
@@ -173,10 +244,20 @@ class Reconciler:
             node = (pod.get("spec") or {}).get("nodeName")
             if node and node not in nodes:
                 nodes[node] = await self.client.node_labels(str(node))
+        pool_fields: dict[str, Any] = {}
+        pool_name = pooljobs.pool_of(spec, self.settings) if spec is not None else None
+        if not jobs and (pool_name is not None or previous.assignment is not None):
+            pool_fields = await self._observe_pool(uid, meta, previous, pool_name)
         # No await from here to the admission mark in _execute: the queue place is current.
         queue, capped = self._queue_place(uid, meta, spec, jobs[0] if jobs else None)
+        if pool_fields and queue is None and previous.assignment is None and spec is not None:
+            pool_fields["offer"] = self.pools.offer(uid, meta.namespace or "default", pool_name)
+        worker_node = pool_fields.pop("worker_node", None)
+        if worker_node is not None:
+            nodes[worker_node[0]] = worker_node[1]
         last = self._last_write.get(uid)
         return observed.Observed(
+            **pool_fields,
             meta=meta,
             previous=previous,
             spec=spec,
@@ -190,6 +271,35 @@ class Reconciler:
             pods_waited=pods_waited,
             since_last_write=None if last is None else self._monotonic() - last,
         )
+
+    async def _observe_pool(
+        self,
+        uid: str,
+        meta: models.ObjectMeta,
+        previous: models.CompositionJobStatus,
+        pool_name: str | None,
+    ) -> dict[str, Any]:
+        """What a pool job's decision reads: the pool, the assigned worker's Lease and pod, the
+        worker's report, and the labels of the node the worker runs on."""
+        namespace = meta.namespace or "default"
+        assignment = previous.assignment
+        name = pool_name or (assignment.pool if assignment else "")
+        pods = self.inventory.pool_pods(namespace, name)
+        found: dict[str, Any] = {
+            "pool_name": pool_name,
+            "pool": self.inventory.pools.get((namespace, name)),
+            "pool_problem": pools.problem_of(pods),
+            "worker_report": self.inventory.worker_report(uid),
+        }
+        if assignment is not None:
+            found["lease"] = self.inventory.leases.get((namespace, assignment.worker))
+            pod = self.inventory.worker_pods.get((namespace, assignment.worker))
+            found["worker_disrupted"] = pod.disrupted if pod is not None else None
+            report = found["worker_report"]
+            node = report.node_name if report is not None else (pod.node if pod else None)
+            if node:
+                found["worker_node"] = (node, await self.client.node_labels(node))
+        return found
 
     def _queue_place(
         self,
@@ -244,6 +354,7 @@ class Reconciler:
             for action in decided.actions:
                 if isinstance(action, plan.WriteStatus):
                     await self._write(uid, body, seen.previous, action)
+                    created = created or action.outcome.status.assignment is not None
                 elif isinstance(action, plan.CreateJob):
                     job = await self.client.create_job(action.manifest)
                     self.inventory.put_child("job", job, deleted=False)
@@ -260,11 +371,23 @@ class Reconciler:
                 self.inventory.release(uid)
                 self._kick_queue(namespace)
             raise
+        if seen.pool_name is not None or seen.previous.assignment is not None:
+            for name in {seen.pool_name, *(a.pool for a in [seen.previous.assignment] if a)}:
+                if name:
+                    self.pools.changed(namespace, name)
         if decided.later is not None:
             self._later(uid, decided.later)
         if decided.recheck_at is not None:
             delay = (decided.recheck_at - self.clock()).total_seconds()
             self._later(uid, max(0.0, delay))
+
+    def later(self, uid: str, delay: float) -> None:
+        """Reconcile the job again in ``delay`` seconds (the pool dispatcher's entry)."""
+        self._later(uid, delay)
+
+    def spawn(self, uid: str) -> None:
+        """Reconcile the job soon, in a task of its own."""
+        self._spawn(uid)
 
     async def _set_suspended(self, uid: str, namespace: str, action: plan.SuspendJob) -> None:
         await self.client.patch_job(namespace, action.name, plan.suspend_patch(action.suspended))
@@ -292,8 +415,13 @@ class Reconciler:
         patch = status.to_patch(outcome.status, previous)
         if patch is None:
             return
-        await self.client.patch_status(namespace, str(meta.get("name")), patch)
-        self.inventory.record_write(uid, outcome.status)
+        version = self.inventory.resource_version(uid) if action.conditional else None
+        written = await self.client.patch_status(
+            namespace, str(meta.get("name")), patch, resource_version=version
+        )
+        self.inventory.record_write(
+            uid, outcome.status, str((written.get("metadata") or {}).get("resourceVersion") or "")
+        )
         self.metrics.observe_phase(uid, namespace, outcome.status.phase)
         for item in outcome.transitions:
             self.metrics.transitions.labels(item.type, item.status, item.reason).inc()
@@ -384,3 +512,7 @@ def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
 def _ref(body: Mapping[str, Any]) -> str:
     meta = body.get("metadata") or {}
     return f"{meta.get('namespace')}/{meta.get('name')}"
+
+
+def _conditional(decided: plan.Plan) -> bool:
+    return any(isinstance(a, plan.WriteStatus) and a.conditional for a in decided.actions)

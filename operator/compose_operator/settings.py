@@ -12,11 +12,13 @@ Every problem is reported as ``COMPOSE_<NAME>: <reason>``, all of them at once.
 from __future__ import annotations
 
 import pathlib
+import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import pydantic
 
+from compose_api import models
 from compose_api import profiles as profiles_module
 from compose_operator import queueing
 
@@ -44,6 +46,16 @@ class OperatorSettings(pydantic.BaseModel):
         default="ghcr.io/nextunicorn/compose-inference:0.1.0", min_length=1
     )
     inference_service_account: str = pydantic.Field(default="compose-inference", min_length=1)
+    worker_service_account: str = pydantic.Field(
+        default="compose-worker",
+        min_length=1,
+        description="Service account of the pool workers (S3 access, its own Lease, its jobs).",
+    )
+    default_pools: dict[str, str] = pydantic.Field(
+        default_factory=dict,
+        description="profile=pool,...: the CompositionPool (in the job's namespace) that runs a "
+        "job of that profile when its spec names no pool; a profile not listed runs as Jobs.",
+    )
     output_bucket: str | None = None
     output_prefix: str = ""
     result_url_base: str | None = pydantic.Field(default=None, pattern=r"^https://\S+$")
@@ -97,6 +109,24 @@ class OperatorSettings(pydantic.BaseModel):
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @pydantic.field_validator("default_pools", mode="before")
+    @classmethod
+    def _split_default_pools(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        pairs: dict[str, str] = {}
+        for part in (item.strip() for item in value.split(",")):
+            if not part:
+                continue
+            profile, sep, pool = (text.strip() for text in part.partition("="))
+            if not sep or not profile or not pool:
+                raise ValueError(f"{part!r}: expected profile=pool")
+            for name in (profile, pool):
+                if not re.fullmatch(models.DNS_LABEL_PATTERN, name) or len(name) > 63:
+                    raise ValueError(f"{name!r}: not a DNS label (lower case, digits and '-')")
+            pairs[profile] = pool
+        return pairs
 
     @pydantic.field_validator(
         "output_bucket",

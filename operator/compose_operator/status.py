@@ -464,7 +464,7 @@ class Outcome:
         return self.status.phase in models.TERMINAL_PHASES
 
 
-def _finish(
+def finish(
     previous: models.CompositionJobStatus,
     generation: int | None,
     wanted: list[Wanted],
@@ -475,8 +475,11 @@ def _finish(
         previous.conditions, wanted, now=now, generation=generation
     )
     phase = derive_phase(conditions)
+    # The message of the most telling condition that holds, else of one in progress (Unknown:
+    # a Job being created, a worker being waited for).
     message = next(
-        (c.message for c in reversed(conditions) if c.status == TRUE and c.message), None
+        (c.message for c in reversed(conditions) if c.status == TRUE and c.message),
+        next((c.message for c in reversed(conditions) if c.status == UNKNOWN and c.message), None),
     )
     values = previous.model_dump()
     values.update(
@@ -501,7 +504,7 @@ def rejected(
 ) -> Outcome:
     """An invalid spec or unknown profile: not accepted, failed, and no Job is ever created."""
     wanted = [Wanted(CT.ACCEPTED, FALSE, reason, message), Wanted(CT.FAILED, TRUE, reason, message)]
-    status, transitions = _finish(previous, generation, wanted, now)
+    status, transitions = finish(previous, generation, wanted, now)
     return Outcome(status, transitions)
 
 
@@ -526,7 +529,7 @@ def waiting(
     if creating is not None and queue is None and not cj.spec.suspend:
         wanted.append(Wanted(CT.STARTED, UNKNOWN, Reason.JOB_CREATED, f"creating job {creating}"))
     wanted.extend(_suspension(cj))
-    status, transitions = _finish(
+    status, transitions = finish(
         cj.status,
         cj.metadata.generation,
         wanted,
@@ -559,7 +562,7 @@ def lost(cj: models.CompositionJob, job_name: str, *, now: datetime.datetime) ->
     message = f"job {job_name} disappeared before it finished"
     wanted = [Wanted(CT.FAILED, TRUE, Reason.JOB_LOST, message)]
     attempts = [_vanished(item) for item in cj.status.attempts]  # its pods went with it
-    status, transitions = _finish(cj.status, cj.metadata.generation, wanted, now, attempts=attempts)
+    status, transitions = finish(cj.status, cj.metadata.generation, wanted, now, attempts=attempts)
     return Outcome(status, transitions)
 
 
@@ -745,7 +748,7 @@ def compute(
     wanted.extend(_resumed_at_the_end(cj, finished))
     if report is None and run.view is not None:
         report = run.view.report
-    status, transitions = _finish(
+    status, transitions = finish(
         cj.status,
         cj.metadata.generation,
         wanted,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pathlib
 import subprocess
+import time
+import urllib.error
 from collections.abc import Callable
 
 import pytest
@@ -48,6 +50,34 @@ def render(tools: helpers.Tools) -> Callable[[str | None], list[helpers.Obj]]:
 
 
 # The real test control plane (tests/support/control_plane.py) for the install tests.
+from tests.support import control_plane as cp  # noqa: E402
 from tests.support.cluster_fixtures import control_plane, namespace  # noqa: E402
 
-__all__ = ["control_plane", "namespace"]
+
+@pytest.fixture(scope="session")
+def keda_crd(tools: helpers.Tools, control_plane: cp.ControlPlane) -> cp.ControlPlane:
+    """KEDA's published ScaledObject CRD (helpers.KEDA_CRD) installed on the test control plane,
+    so that the API server admits (or refuses) the chart's ScaledObjects itself."""
+    env = control_plane.kubectl_env()
+    for args in (
+        ["apply", "--server-side", "-f", str(helpers.KEDA_CRD)],
+        ["wait", "--for=condition=Established", "crd/scaledobjects.keda.sh", "--timeout=60s"],
+    ):
+        done = subprocess.run(
+            [tools.kubectl, *args], capture_output=True, text=True, env=env, check=False, timeout=90
+        )
+        if done.returncode != 0:
+            pytest.fail(f"kubectl {' '.join(args)} failed: {done.stderr}")
+    # Established is not yet servable: 429 until the API server's watch cache is filled.
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            control_plane.request("GET", "/apis/keda.sh/v1alpha1/scaledobjects")
+            return control_plane
+        except urllib.error.HTTPError as error:
+            if error.code != 429 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+__all__ = ["control_plane", "keda_crd", "namespace"]

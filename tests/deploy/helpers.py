@@ -20,6 +20,8 @@ VALUES = pathlib.Path(__file__).resolve().parent / "values"
 # What the chart requires and has no default for (the API server's CIDRs of the NetworkPolicies,
 # on by default); manifests/ is rendered with it too. "The defaults" below mean these plus it.
 REQUIRED_VALUES = ROOT / "scripts" / "manifests-values.yaml"
+# KEDA's published ScaledObject CRD (schemas/README.md says where it comes from).
+KEDA_CRD = pathlib.Path(__file__).resolve().parent / "schemas" / "keda.sh_scaledobjects.yaml"
 RELEASE = "nextunicorn-compose"
 NAMESPACE = "nextunicorn-compose"
 # A recent Kubernetes release that EKS runs and kubernetes-validate ships schemas for.
@@ -34,6 +36,8 @@ VALUE_SETS: tuple[str | None, ...] = (
     "spot-only",
     "gateway",
     "custom-profiles",
+    "pools",
+    "pools-keda",
 )
 # API groups whose kinds are CRDs: not in the Kubernetes OpenAPI schemas, so not validated there.
 CRD_GROUPS = frozenset(
@@ -44,6 +48,7 @@ CRD_GROUPS = frozenset(
         "karpenter.sh",
         "karpenter.k8s.aws",
         "kueue.x-k8s.io",
+        "keda.sh",
         "argoproj.io",
         "source.toolkit.fluxcd.io",
         "helm.toolkit.fluxcd.io",
@@ -101,6 +106,15 @@ def kubernetes_errors(obj: Obj) -> list[str]:
 
 def of_kind(objects: Sequence[Obj], kind: str) -> list[Obj]:
     return [obj for obj in objects if obj["kind"] == kind]
+
+
+def of_component(objects: Sequence[Obj], kind: str, component: str) -> list[Obj]:
+    """The objects of ``kind`` labelled ``app.kubernetes.io/component: <component>``."""
+    return [
+        obj
+        for obj in of_kind(objects, kind)
+        if obj["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component
+    ]
 
 
 def one(objects: Sequence[Obj], kind: str, name_suffix: str = "") -> Obj:

@@ -89,7 +89,7 @@ def test_cluster_wide_mode_runs_active_standby(render: Render) -> None:
     assert helpers.of_kind(objects, "ClusterKopfPeering") == []
     assert helpers.of_kind(objects, "KopfPeering") == []
     assert helpers.one(objects, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
-    assert helpers.of_kind(objects, "Role") == []
+    assert helpers.of_component(objects, "Role", "operator") == []
     assert helpers.one(objects, "ClusterRoleBinding")["subjects"] == [
         {
             "kind": "ServiceAccount",
@@ -115,14 +115,18 @@ def test_defaults_are_namespaced_with_network_policies(render: Render) -> None:
     # The operator creates its KopfPeering itself (the chart ships no custom resource).
     assert helpers.of_kind(objects, "ClusterKopfPeering") == []
     assert helpers.of_kind(objects, "KopfPeering") == []
-    roles = helpers.of_kind(objects, "Role")
+    roles = helpers.of_component(objects, "Role", "operator")
     assert [o["metadata"]["namespace"] for o in roles] == [helpers.NAMESPACE]
     # No cluster-wide rule reaches CompositionJobs, Jobs or Pods.
     for role in helpers.of_kind(objects, "ClusterRole"):
         for rule in role["rules"]:
             assert not {"compositionjobs", "jobs", "pods"} & set(rule.get("resources", [])), rule
     policies = {o["metadata"]["name"] for o in helpers.of_kind(objects, "NetworkPolicy")}
-    assert {"nextunicorn-compose-operator", "nextunicorn-compose-inference"} <= policies
+    assert {
+        "nextunicorn-compose-operator",
+        "nextunicorn-compose-inference",
+        "nextunicorn-compose-worker",
+    } <= policies
 
 
 def test_bare_defaults_require_the_api_server_cidrs(tools: helpers.Tools) -> None:
@@ -138,10 +142,9 @@ def test_namespaced_mode_grants_only_the_watched_namespaces(render: Render) -> N
     )
     assert env["COMPOSE_NAMESPACES"] == "team-a,team-b"
     for kind in ("Role", "RoleBinding"):
-        assert sorted(o["metadata"]["namespace"] for o in helpers.of_kind(objects, kind)) == [
-            "team-a",
-            "team-b",
-        ], kind
+        for component in ("operator", "worker"):
+            found = helpers.of_component(objects, kind, component)
+            assert sorted(o["metadata"]["namespace"] for o in found) == ["team-a", "team-b"], kind
     assert helpers.of_kind(objects, "ClusterKopfPeering") == []
     assert helpers.of_kind(objects, "KopfPeering") == []
     inference = [
@@ -183,7 +186,11 @@ def test_metrics_off_and_standalone(render: Render) -> None:
 def test_network_policies_and_service_monitor(render: Render) -> None:
     objects = render("networkpolicy")
     policies = {o["metadata"]["name"]: o for o in helpers.of_kind(objects, "NetworkPolicy")}
-    assert set(policies) == {"nextunicorn-compose-operator", "nextunicorn-compose-inference"}
+    assert set(policies) == {
+        "nextunicorn-compose-operator",
+        "nextunicorn-compose-inference",
+        "nextunicorn-compose-worker",
+    }
     operator = policies["nextunicorn-compose-operator"]["spec"]
     assert operator["ingress"] == [
         {
@@ -208,9 +215,15 @@ def test_network_policies_and_service_monitor(render: Render) -> None:
     assert "ingress" not in inference and "Ingress" in inference["policyTypes"]
     monitor = helpers.one(objects, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    # honorLabels: the metrics' own namespace label (the job's or pool's) is kept, which the
+    # KEDA queries of pools.keda select on.
     assert monitor["spec"]["endpoints"] == [
-        {"port": "metrics", "path": "/metrics", "interval": "30s"}
+        {"port": "metrics", "path": "/metrics", "interval": "30s", "honorLabels": True}
     ]
+    # The workers reach the API server (their Lease and assignments) and HTTPS, nothing else.
+    worker = policies["nextunicorn-compose-worker"]["spec"]
+    assert "ingress" not in worker and "Ingress" in worker["policyTypes"]
+    assert [rule for rule in worker["egress"] if "to" in rule] == api
 
 
 def _rendered_profiles(objects: list[Obj]) -> dict[str, profiles_module.ModelProfile]:
@@ -262,6 +275,8 @@ def test_gateway(render: Render, monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.cors_origins == ["https://app.example.com"]
     assert settings.rate_limit_burst == 5
     assert settings.cdn_base_url == "https://images.example.com"
+    assert settings.default_pool == "interactive"
+    assert settings.pools == ["batch", "interactive-eu"]
     # The API keys and the callback key are files from the referenced Secrets.
     mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}

@@ -1,6 +1,7 @@
 """manifests/examples/: the CompositionJobs are accepted (or, under invalid/, refused with the
-message each names) by the generated CRD schema; the other examples are valid Kubernetes, or at
-least well-formed where their kinds are CRDs; the IAM policies are least-privilege JSON."""
+message each names) by the generated CRD schema, and so are the CompositionPools by theirs; the
+KEDA ScaledObjects by KEDA's published CRD; the other examples are valid Kubernetes, or at least
+well-formed where their kinds are CRDs; the IAM policies are least-privilege JSON."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pathlib
 import pytest
 import yaml
 
-from compose_api import models
+from compose_api import models, pools
 from tests.deploy import helpers
 from tests.support import crd_validation
 
@@ -23,8 +24,25 @@ OTHER = sorted(
 )
 
 
+def _documents_of_kind(kind: str) -> list[tuple[pathlib.Path, helpers.Obj]]:
+    return [
+        (path, obj)
+        for path in OTHER
+        for obj in helpers.parse_documents(path.read_text())
+        if obj.get("kind") == kind
+    ]
+
+
+POOLS = _documents_of_kind(pools.KIND)
+SCALED_OBJECTS = _documents_of_kind("ScaledObject")
+
+
 def _ids(path: pathlib.Path) -> str:
     return str(path.relative_to(helpers.EXAMPLES))
+
+
+def _doc_ids(item: tuple[pathlib.Path, helpers.Obj]) -> str:
+    return f"{_ids(item[0])}:{item[1]['metadata']['name']}"
 
 
 def test_there_are_examples_from_simple_to_full() -> None:
@@ -53,6 +71,45 @@ def test_good_examples_are_accepted(path: pathlib.Path) -> None:
     # The operator reads them into the same models.
     job = models.CompositionJob.model_validate(obj)
     assert job.metadata.namespace == helpers.NAMESPACE
+
+
+def test_there_are_pool_examples_with_and_without_keda() -> None:
+    scalings = {obj["spec"].get("scaling", "operator") for _, obj in POOLS}
+    assert scalings == {"operator", "external"}
+    assert SCALED_OBJECTS
+
+
+@pytest.mark.parametrize("item", POOLS, ids=_doc_ids)
+def test_pool_examples_are_accepted(item: tuple[pathlib.Path, helpers.Obj]) -> None:
+    _, obj = item
+    assert crd_validation.validate_composition_pool(obj) == []
+    pool = pools.CompositionPool.model_validate(obj)
+    assert pool.metadata.namespace == helpers.NAMESPACE
+
+
+def test_a_wrong_pool_is_refused_by_the_pool_crd() -> None:
+    """The pool check can fail: the CRD's bounds and CEL rule apply."""
+    _, obj = POOLS[0]
+    wrong = {**obj, "spec": {**obj["spec"], "minReplicas": 5, "maxReplicas": 2}}
+    errors = crd_validation.validate_composition_pool(wrong)
+    assert any("minReplicas must not exceed maxReplicas" in error for error in errors), errors
+    unknown = {**obj, "spec": {**obj["spec"], "replica": 2}}
+    assert crd_validation.validate_composition_pool(unknown) == ['unknown field "spec.replica"']
+
+
+@pytest.mark.parametrize("item", SCALED_OBJECTS, ids=_doc_ids)
+def test_scaled_objects_are_accepted_by_the_keda_crd(
+    item: tuple[pathlib.Path, helpers.Obj],
+) -> None:
+    path, obj = item
+    assert crd_validation.validate_custom_object(obj, helpers.KEDA_CRD) == []
+    # It scales a pool of the same file, one whose replicas are left to it.
+    target = obj["spec"]["scaleTargetRef"]
+    assert (target["apiVersion"], target["kind"]) == (models.API_VERSION, pools.KIND)
+    (pool,) = [o for p, o in POOLS if p == path and o["metadata"]["name"] == target["name"]]
+    assert pool["spec"]["scaling"] == pools.Scaling.EXTERNAL
+    assert obj["spec"]["minReplicaCount"] == pool["spec"]["minReplicas"]
+    assert obj["spec"]["maxReplicaCount"] == pool["spec"]["maxReplicas"]
 
 
 @pytest.mark.parametrize("path", BAD, ids=_ids)

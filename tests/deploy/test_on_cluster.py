@@ -1,7 +1,8 @@
 """The users' paths against the real test control plane, with their own tools.
 
-``kubectl apply -k manifests/`` installs everything; each example is accepted and each file in
-``manifests/examples/invalid/`` is refused by the API server itself (structural schema, CEL
+``kubectl apply -k manifests/`` installs everything; each example (the pool examples too, their
+ScaledObject against KEDA's CRD) is accepted and each file in ``manifests/examples/invalid/`` is
+refused by the API server itself (structural schema, CEL
 rules) with the message the file expects; ``kubectl get cj`` shows the printer columns; and a
 CompositionJob applied with kubectl goes to Succeeded (or Failed with its reason) through the
 real operator process, authenticated as the chart's operator service account (exactly the
@@ -23,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from compose_api import contract, models
+from compose_api import contract, models, pools
 from tests.deploy import helpers
 from tests.operator.operator_process import OperatorProcess, operator_env
 from tests.support import control_plane as cp
@@ -34,6 +35,7 @@ NS = helpers.NAMESPACE
 OPERATOR_SA = "nextunicorn-compose-operator"
 GOOD = sorted(helpers.EXAMPLES.glob("*.yaml"))
 BAD = sorted((helpers.EXAMPLES / "invalid").glob("*.yaml"))
+POOL_EXAMPLES = sorted((helpers.EXAMPLES / "pools").glob("*.yaml"))
 # Files under manifests/ other than the CRDs: what `kubectl delete` removes after the module.
 INSTALLED = sorted(p for p in helpers.MANIFESTS.glob("*.yaml") if p.name != "kustomization.yaml")
 
@@ -161,6 +163,30 @@ def test_every_example_is_accepted_and_defaulted(
     assert stored["spec"]["profile"] == models.CompositionJobSpec.model_fields["profile"].default
     assert stored["spec"]["params"]["steps"] >= 1
     kubectl(tools, installed, "delete", "-f", str(path), "--wait=false")
+
+
+@pytest.mark.parametrize("path", POOL_EXAMPLES, ids=[p.stem for p in POOL_EXAMPLES])
+def test_every_pool_example_is_accepted_and_defaulted(
+    tools: helpers.Tools, installed: cp.ControlPlane, keda_crd: cp.ControlPlane, path: pathlib.Path
+) -> None:
+    kubectl(tools, installed, "apply", "-f", str(path))
+    try:
+        documents = helpers.parse_documents(path.read_text())
+        assert any(doc["kind"] == pools.KIND for doc in documents)
+        for doc in documents:
+            kind = "cpool" if doc["kind"] == pools.KIND else "scaledobjects.keda.sh"
+            name = doc["metadata"]["name"]
+            out = kubectl(tools, installed, "get", kind, name, "-n", NS, "-o", "json").stdout
+            stored = json.loads(out)
+            if doc["kind"] == pools.KIND:
+                # The server applied the schema's defaults.
+                fields = pools.CompositionPoolSpec.model_fields
+                assert stored["spec"]["leaseSeconds"] == fields["lease_seconds"].default
+                assert stored["spec"]["profile"] == doc["spec"]["profile"]
+            else:
+                assert stored["spec"]["scaleTargetRef"]["kind"] == pools.KIND
+    finally:
+        kubectl(tools, installed, "delete", "-f", str(path), "--wait=false")
 
 
 @pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])

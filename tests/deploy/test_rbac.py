@@ -1,15 +1,18 @@
 """The chart's RBAC grants exactly what the code says it uses: every call, nothing more.
 
 The operator and the gateway each keep ``REQUIRED_PERMISSIONS`` (their own tests check that every
-request they make on the real API server, read from its audit log, is covered by it). Here the
-rendered ClusterRoles and Roles are compared with those lists, in cluster-wide and namespaced
-mode, verb by verb.
+request they make on the real API server, read from its audit log, is covered by it), and the
+pool workers' ``compose_api.pools.WORKER_PERMISSIONS``. Here the rendered ClusterRoles and Roles
+are compared with those lists, in cluster-wide and namespaced mode, verb by verb, both ways.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
+from compose_api import pools
 from compose_gateway import permissions as gateway_permissions
 from compose_operator import permissions as operator_permissions
 from tests.deploy import helpers
@@ -135,3 +138,46 @@ def test_gateway_role_equals_the_gateway_permissions(render: Render) -> None:
         if "gateway" in o["metadata"]["name"]
     ]
     assert gateway_rbac == []
+
+
+def _worker_objects(objects: list[Obj], kind: str) -> list[Obj]:
+    return [
+        o
+        for o in helpers.of_kind(objects, kind)
+        if o["metadata"]["labels"]["app.kubernetes.io/component"] == "worker"
+    ]
+
+
+@pytest.mark.parametrize("values", [None, "namespaced", "cluster-wide", "pools", "pools-keda"])
+def test_worker_roles_equal_the_worker_permissions(render: Render, values: str | None) -> None:
+    objects = render(values)
+    expected = {
+        (group, resource, verb)
+        for group, resource, verbs, _ in pools.WORKER_PERMISSIONS
+        for verb in verbs
+    }
+    accounts = _worker_objects(objects, "ServiceAccount")
+    roles = _worker_objects(objects, "Role")
+    bindings = _worker_objects(objects, "RoleBinding")
+    namespaces = sorted(o["metadata"]["namespace"] for o in accounts)
+    assert namespaces
+    assert sorted(o["metadata"]["namespace"] for o in roles) == namespaces
+    assert sorted(o["metadata"]["namespace"] for o in bindings) == namespaces
+    by_namespace = {o["metadata"]["namespace"]: o for o in roles}
+    for binding in bindings:
+        namespace = binding["metadata"]["namespace"]
+        role = by_namespace[namespace]
+        # Both ways: every permission is granted, and nothing else.
+        assert helpers.rule_triples(role["rules"]) == expected
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": role["metadata"]["name"],
+        }
+        (account,) = [a for a in accounts if a["metadata"]["namespace"] == namespace]
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": namespace}
+        ]
+    # Workers get nothing cluster-wide.
+    for kind in ("ClusterRole", "ClusterRoleBinding"):
+        assert _worker_objects(objects, kind) == []

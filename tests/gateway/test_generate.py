@@ -214,3 +214,36 @@ async def test_json_error_responses_share_one_shape(gateway: Gateway) -> None:
     assert [b["reason"] for b in bodies] == ["Unauthorized", "InvalidRequest", "NotFound",
                                               "NotFound"]  # fmt: skip
     assert all(isinstance(b["message"], str) and b["message"] for b in bodies)
+
+
+async def test_a_job_runs_on_the_default_pool_or_on_an_offered_one(
+    make_gateway: MakeGateway, cluster: cluster_client.ClusterClient
+) -> None:
+    gateway = await make_gateway(default_pool="interactive", pools=["batch"])
+    response = await gateway.post(original_request())
+    assert response.status_code == 202, response.text
+    job = await cluster.get(COMPOSITION_JOBS, response.json()["jobId"], namespace=NAMESPACE)
+    assert job["spec"]["execution"]["pool"] == "interactive"
+    chosen = await gateway.post(original_request(pool="batch"))
+    assert chosen.status_code == 202, chosen.text
+    job = await cluster.get(COMPOSITION_JOBS, chosen.json()["jobId"], namespace=NAMESPACE)
+    assert job["spec"]["execution"]["pool"] == "batch"
+    elsewhere = "s3://someone-elses-bucket/person.jpg"
+    refused = await gateway.post(original_request(pool="gpu-hoarder", personImage=elsewhere))
+    assert refused.status_code == 422
+    fields = {item["field"]: item["message"] for item in refused.json()["errors"]}
+    assert fields["pool"] == "'gpu-hoarder' is not offered here (batch, interactive)"
+    assert "personImage" in fields  # named together with the request's other problems
+
+
+async def test_without_pools_a_request_naming_one_is_refused(
+    gateway: Gateway, cluster: cluster_client.ClusterClient
+) -> None:
+    response = await gateway.post(original_request(pool="interactive"))
+    assert response.status_code == 422
+    assert response.json()["errors"] == [
+        {"field": "pool", "message": "'interactive' is not offered here (none)"}
+    ]
+    plain = await gateway.post(original_request())
+    job = await cluster.get(COMPOSITION_JOBS, plain.json()["jobId"], namespace=NAMESPACE)
+    assert "pool" not in job["spec"].get("execution", {})  # a Job per attempt, as before

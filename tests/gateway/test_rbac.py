@@ -5,6 +5,8 @@ read from the API server's audit log."""
 
 from __future__ import annotations
 
+import asyncio
+
 from compose_gateway import permissions
 from tests.gateway import operator_play
 from tests.gateway.conftest import (
@@ -16,6 +18,7 @@ from tests.gateway.conftest import (
 )
 from tests.support import cluster_client
 from tests.support.cluster_client import poll
+from tests.support.resources import COMPOSITION_JOBS
 
 
 async def test_the_gateway_uses_exactly_its_permissions(
@@ -33,6 +36,18 @@ async def test_the_gateway_uses_exactly_its_permissions(
     await gateway.post(original_request(), headers={"Idempotency-Key": "k"})
     await gateway.get(created["statusUrl"])
     await gateway.get("/jobs")
+    # A request that waits for its job watches it until the operator's end arrives.
+    before = await _names(cluster)
+    waiting = asyncio.create_task(gateway.post(original_request(), params={"wait": "20"}))
+    found: list[str] = []
+
+    async def created_one() -> bool:
+        found[:] = sorted(await _names(cluster) - before)
+        return bool(found)
+
+    await poll(created_one, timeout=10)
+    await operator_play.fail(cluster, found[0], NAMESPACE, reason="JobLost", message="")
+    assert (await waiting).status_code == 502
     await operator_play.fail(cluster, created["jobId"], NAMESPACE, reason="JobLost", message="")
 
     async def delivered() -> bool:
@@ -66,13 +81,19 @@ def test_the_role_rules_are_namespaced_and_minimal() -> None:
         {
             "apiGroups": ["compose.nextunicorn.dev"],
             "resources": ["compositionjobs"],
-            "verbs": ["create", "get", "list", "patch", "delete"],
+            "verbs": ["create", "get", "list", "watch", "patch", "delete"],
         }
     ]
     assert not any(p.cluster_scoped for p in permissions.REQUIRED_PERMISSIONS)
-    assert not permissions.allows(verb="watch", api_group="compose.nextunicorn.dev",
+    assert not permissions.allows(verb="update", api_group="compose.nextunicorn.dev",
                                   resource="compositionjobs")  # fmt: skip
     assert not permissions.allows(
         verb="patch", api_group="compose.nextunicorn.dev", resource="compositionjobs",
         subresource="status",
     )  # fmt: skip
+
+
+async def _names(cluster: cluster_client.ClusterClient) -> set[str]:
+    return {
+        j["metadata"]["name"] for j in await cluster.list(COMPOSITION_JOBS, namespace=NAMESPACE)
+    }

@@ -3,6 +3,10 @@
 No real API server runs in the tests, and the Kubernetes emulator admits anything. This module
 stands in for the API server's admission of a CompositionJob: it reads the committed CRD
 (``crds/compositionjobs.compose.nextunicorn.dev.yaml``, the file a cluster would install) and
+does the steps below. :func:`validate_composition_pool` does the same for a CompositionPool
+(``crds/compositionpools.compose.nextunicorn.dev.yaml``), and :func:`validate_custom_object` for
+an object of any CRD file (the chart's KEDA ScaledObjects against KEDA's published CRD).
+
 
 1. refuses unknown fields (the server prunes them; ``kubectl --validate=strict`` refuses them),
    and prunes nulls of non-nullable fields, as the server does;
@@ -35,10 +39,11 @@ import jsonschema
 import yaml
 from celpy import adapter, celtypes, evaluation
 
-from compose_api import crdgen, models
+from compose_api import crdgen, models, pools
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CRD_PATH = ROOT / "crds" / f"{crdgen.CRD_NAME}.yaml"
+POOL_CRD_PATH = ROOT / "crds" / f"{crdgen.POOL_CRD_NAME}.yaml"
 
 _NOT_CHECKED = (
     'Invalid value: "null": some validation rules were not checked because the object was '
@@ -51,14 +56,29 @@ _DATE_TIME = re.compile(
 
 
 @functools.cache
+def _load_crd(path: pathlib.Path) -> dict[str, Any]:
+    crd: dict[str, Any] = next(
+        doc for doc in yaml.safe_load_all(path.read_text(encoding="utf-8")) if doc
+    )
+    return crd
+
+
+@functools.cache
 def load_schema(path: pathlib.Path = CRD_PATH) -> dict[str, Any]:
     """The openAPIV3Schema of the CRD's storage version, read from the committed file."""
-    crd = yaml.safe_load(path.read_text(encoding="utf-8"))
+    crd = _load_crd(path)
     for version in crd["spec"]["versions"]:
         if version.get("storage"):
             schema: dict[str, Any] = version["schema"]["openAPIV3Schema"]
             return schema
     raise ValueError(f"{path}: no storage version")
+
+
+def _identity_of(path: pathlib.Path) -> tuple[str, str]:
+    """(apiVersion of the storage version, kind) of a CRD file."""
+    spec = _load_crd(path)["spec"]
+    version = next(v["name"] for v in spec["versions"] if v.get("storage"))
+    return f"{spec['group']}/{version}", spec["names"]["kind"]
 
 
 def validate_composition_job(
@@ -72,7 +92,34 @@ def validate_composition_job(
     An empty list means the object is accepted.
     """
     schema = load_schema() if schema is None else schema
-    errors = _check_identity(obj)
+    return _validate(obj, old, schema, api_version=models.API_VERSION, kind=models.KIND)
+
+
+def validate_composition_pool(
+    obj: Mapping[str, Any], old: Mapping[str, Any] | None = None
+) -> list[str]:
+    """:func:`validate_composition_job` for a CompositionPool, against its generated CRD."""
+    schema = load_schema(POOL_CRD_PATH)
+    return _validate(obj, old, schema, api_version=models.API_VERSION, kind=pools.KIND)
+
+
+def validate_custom_object(
+    obj: Mapping[str, Any], crd_path: pathlib.Path, old: Mapping[str, Any] | None = None
+) -> list[str]:
+    """:func:`validate_composition_job` for an object of the CRD in ``crd_path`` (any group)."""
+    api_version, kind = _identity_of(crd_path)
+    return _validate(obj, old, load_schema(crd_path), api_version=api_version, kind=kind)
+
+
+def _validate(
+    obj: Mapping[str, Any],
+    old: Mapping[str, Any] | None,
+    schema: Mapping[str, Any],
+    *,
+    api_version: str,
+    kind: str,
+) -> list[str]:
+    errors = _check_identity(obj, api_version=api_version, kind=kind)
     new, unknown = prune(obj, schema)
     errors += [f'unknown field "{path}"' for path in unknown]
     new = apply_defaults(new, schema)
@@ -458,15 +505,14 @@ def to_cel(value: Any, schema: Mapping[str, Any]) -> Any:
 # The parts of the object the API server checks outside the schema
 
 
-def _check_identity(obj: Mapping[str, Any]) -> list[str]:
+def _check_identity(obj: Mapping[str, Any], *, api_version: str, kind: str) -> list[str]:
     errors = []
-    if obj.get("apiVersion") != models.API_VERSION:
+    if obj.get("apiVersion") != api_version:
         errors.append(
-            f"apiVersion: Invalid value: {_show(obj.get('apiVersion'))}: must be "
-            f'"{models.API_VERSION}"'
+            f'apiVersion: Invalid value: {_show(obj.get("apiVersion"))}: must be "{api_version}"'
         )
-    if obj.get("kind") != models.KIND:
-        errors.append(f'kind: Invalid value: {_show(obj.get("kind"))}: must be "{models.KIND}"')
+    if obj.get("kind") != kind:
+        errors.append(f'kind: Invalid value: {_show(obj.get("kind"))}: must be "{kind}"')
     metadata = obj.get("metadata")
     if not isinstance(metadata, dict):
         return [*errors, "metadata: Required value"]

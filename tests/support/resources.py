@@ -53,7 +53,16 @@ COMPOSITION_JOBS = ResourceSpec(
     status_subresource=True,
     short_names=("cj",),
 )
+COMPOSITION_POOLS = ResourceSpec(
+    "compose.nextunicorn.dev",
+    "v1alpha1",
+    "compositionpools",
+    "CompositionPool",
+    status_subresource=True,
+    short_names=("cpool",),
+)
 JOBS = ResourceSpec("batch", "v1", "jobs", "Job", status_subresource=True)
+DEPLOYMENTS = ResourceSpec("apps", "v1", "deployments", "Deployment", status_subresource=True)
 PODS = ResourceSpec(
     "", "v1", "pods", "Pod", status_subresource=True, short_names=("po",),
     initial_status={"phase": "Pending"},

@@ -212,3 +212,51 @@ NetworkPolicy egress rules: DNS, and the Kubernetes API server.
 {{- define "nextunicorn-compose.gatewayJobsNamespace" -}}
 {{- default .Release.Namespace .Values.gateway.jobsNamespace }}
 {{- end }}
+
+{{/*
+The pool workers' ServiceAccount, and the namespaces it (with its Role and RoleBinding) is created
+in: pools.serviceAccount.namespaces, else the inference ServiceAccount's, plus every namespace of
+pools.list.
+*/}}
+{{- define "nextunicorn-compose.workerServiceAccountName" -}}
+{{- default (printf "%s-worker" (include "nextunicorn-compose.fullname" .)) .Values.pools.serviceAccount.name }}
+{{- end }}
+
+{{- define "nextunicorn-compose.workerNamespaces" -}}
+{{- $ns := .Values.pools.serviceAccount.namespaces }}
+{{- if not $ns }}
+{{- $ns = include "nextunicorn-compose.inferenceNamespaces" . | fromJsonArray }}
+{{- end }}
+{{- range .Values.pools.list }}
+{{- $ns = append $ns (default $.Release.Namespace .namespace) }}
+{{- end }}
+{{- toJson (uniq $ns) }}
+{{- end }}
+
+{{/*
+The defaults of a CompositionPool spec, read from the CRD the chart ships (generated from
+compose_api.pools), as JSON: {"minReplicas": 0, ...}.
+*/}}
+{{- define "nextunicorn-compose.poolSpecDefaults" -}}
+{{- $crd := .Files.Get "crds/compositionpools.compose.nextunicorn.dev.yaml" | fromYaml }}
+{{- $out := dict }}
+{{- range $version := $crd.spec.versions }}
+{{- range $name, $field := $version.schema.openAPIV3Schema.properties.spec.properties }}
+{{- if hasKey $field "default" }}
+{{- $_ := set $out $name $field.default }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/*
+COMPOSE_DEFAULT_POOLS from pools.defaultPools: "profile=pool,..." in the profiles' order.
+*/}}
+{{- define "nextunicorn-compose.defaultPools" -}}
+{{- $pairs := list }}
+{{- range $profile, $pool := .Values.pools.defaultPools }}
+{{- $pairs = append $pairs (printf "%s=%s" $profile $pool) }}
+{{- end }}
+{{- join "," $pairs }}
+{{- end }}

@@ -87,6 +87,7 @@ def running_operator(
     accounts = {o["metadata"]["name"] for o in objects if o["kind"] == "ServiceAccount"}
     operator_sa = next(a for a in accounts if a.endswith("-operator"))
     inference_sa = next(a for a in accounts if a.endswith("-inference"))
+    worker_sa = next(a for a in accounts if a.endswith("-worker"))
     user = f"system:serviceaccount:{namespace}:{operator_sa}"
     _wait_authorized(plane, user, namespace, clusterwide=clusterwide)
     kubeconfig = plane.service_account_kubeconfig(
@@ -96,6 +97,7 @@ def running_operator(
         profiles_path,
         KUBECONFIG=str(kubeconfig),
         COMPOSE_INFERENCE_SERVICE_ACCOUNT=inference_sa,
+        COMPOSE_WORKER_SERVICE_ACCOUNT=worker_sa,
         **({} if clusterwide else {"COMPOSE_NAMESPACES": namespace}),
     )
     env.update(settings)

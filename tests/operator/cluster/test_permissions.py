@@ -7,6 +7,7 @@ Its requests are read from the API server's audit log, by its service account.""
 from __future__ import annotations
 
 import asyncio
+import datetime
 import pathlib
 import subprocess
 import time
@@ -15,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from compose_api import contract, models
+from compose_api import contract, models, pools
 from compose_operator import names, permissions
 from tests.operator.cluster.conftest import (
     MANAGED,
@@ -34,7 +35,14 @@ from tests.operator.operator_process import OperatorProcess
 from tests.support import control_plane as cp
 from tests.support.cluster_client import ClusterClient
 from tests.support.cluster_fixtures import kubectl_path
-from tests.support.resources import COMPOSITION_JOBS, JOBS, RequestRecord
+from tests.support.resources import (
+    COMPOSITION_JOBS,
+    COMPOSITION_POOLS,
+    DEPLOYMENTS,
+    JOBS,
+    LEASES,
+    RequestRecord,
+)
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -230,9 +238,45 @@ async def _walk(
     await cj_with(kube, "adopted", phase="Starting")
     gone = await kube.wait_for(COMPOSITION_JOBS, "edited", lambda obj: obj is None, timeout=20)
     assert gone is None, "retention did not delete the finished job"
+    await _walk_a_pool(kube, namespace)
     # The safety-net sweep asks for the peering object once per interval (0.5 s here).
     peering_read = ("kopf.dev", "clusterkopfpeerings", "get")
     deadline = asyncio.get_running_loop().time() + 10
     while peering_read not in _used(plane, operator):
         assert asyncio.get_running_loop().time() < deadline, "the sweep never read peering"
         await asyncio.sleep(0.2)
+
+
+async def _walk_a_pool(kube: ClusterClient, namespace: str) -> None:
+    """A pool scaled up for a job (its Deployment created, its status written), a worker's Lease
+    that stops being renewed after the job was assigned to it (the operator reads the Lease
+    before calling the worker lost), and the pool scaled back to zero (the Deployment patched)."""
+    pool = {
+        "apiVersion": models.API_VERSION,
+        "kind": pools.KIND,
+        "metadata": {"name": "audit-pool", "namespace": namespace},
+        "spec": {"profile": "smoke", "maxReplicas": 1, "scaleToZeroAfterSeconds": 1},
+    }
+    await kube.create(COMPOSITION_POOLS, pool)
+    await create(kube, namespace, "pooled", profile="smoke",
+                 execution={"pool": "audit-pool", "startDeadlineSeconds": 60})  # fmt: skip
+    await kube.wait_for(
+        DEPLOYMENTS, pools.deployment_name("audit-pool"), lambda obj: obj is not None, timeout=30
+    )
+    now = datetime.datetime.now(datetime.UTC)
+    lease = pools.lease_body(
+        pool="audit-pool", namespace=namespace, pod="audit-worker", pod_uid=None,
+        instance="i1", lease_seconds=2, now=now,
+    )  # fmt: skip
+    await kube.create(LEASES, lease)
+    assigned = await cj_with(kube, "pooled", reason=("Started", "AssignedToWorker"), timeout=30)
+    assert assigned["status"]["assignment"]["worker"] == "audit-worker"
+    # Never renewed: lost before it accepted, the job waits for another worker.
+    await cj_with(kube, "pooled", reason=("Started", "WaitingForWorker"), timeout=30)
+    await kube.delete(COMPOSITION_JOBS, "pooled", namespace=namespace)
+    await kube.wait_for(
+        DEPLOYMENTS,
+        pools.deployment_name("audit-pool"),
+        lambda obj: bool(obj) and obj["spec"]["replicas"] == 0,
+        timeout=30,
+    )

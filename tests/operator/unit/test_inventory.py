@@ -76,3 +76,87 @@ def test_an_admission_holds_its_slot_until_released() -> None:
 
 def test_the_owner_label_is_the_gateways() -> None:
     assert names.OWNER_LABEL == naming.OWNER_LABEL
+
+
+def _pool_cj(name: str, *, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    body = _cj(name)
+    body["spec"]["execution"] = {"pool": "warm"}
+    if status is not None:
+        body["status"] = status
+    return body
+
+
+def _condition(kind: str, state: str) -> dict[str, str]:
+    return {
+        "type": kind,
+        "status": state,
+        "reason": "R",
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }
+
+
+def test_a_pool_job_holds_its_slot_from_admission_and_gives_it_back_when_suspended() -> None:
+    from compose_api import models
+
+    store = inventory.Inventory()
+    store.put(_pool_cj("new"))
+    store.put(_pool_cj("waiting", status={"conditions": [_condition("Queued", "False")]}))
+    assigned = {
+        "pool": "warm",
+        "worker": "w0",
+        "workerInstance": "w0/i",
+        "attempt": 0,
+        "assignedAt": "2026-01-01T00:00:00Z",
+        "seed": 1,
+        "outputBucket": "b",
+        "outputKeyPrefix": "p/",
+    }
+    store.put(
+        _pool_cj(
+            "busy", status={"conditions": [_condition("Queued", "False")], "assignment": assigned}
+        )
+    )
+    entries = {e.uid: (e.running, e.waiting) for e in store.queue_entries("studio")}
+    # As read after a restart: the admitted and the assigned hold a slot, the new one wants one.
+    assert entries == {
+        "uid-new": (False, True),
+        "uid-waiting": (True, False),
+        "uid-busy": (True, False),
+    }
+    assert store.pool_job_uids("studio", "warm") == {"uid-new", "uid-waiting", "uid-busy"}
+    assert store.assigned_to("studio", "w0/i") == "uid-busy"
+    # Suspended (as the operator writes it): the slot is given back.
+    suspended = models.CompositionJobStatus.model_validate(
+        {"conditions": [_condition("Queued", "False"), _condition("Suspended", "True")]}
+    )
+    store.record_write("uid-waiting", suspended, "12")
+    entries = {e.uid: e.running for e in store.queue_entries("studio")}
+    assert entries.get("uid-waiting") is not True
+    assert store.resource_version("uid-waiting") == "12"
+    # Finished: not a pool job any more, and its worker is free.
+    store.finish("uid-busy")
+    assert store.assigned_to("studio", "w0/i") is None
+    assert "uid-busy" not in store.pool_job_uids("studio", "warm")
+
+
+def test_a_workers_report_is_news_not_the_echo_of_our_write() -> None:
+    from compose_api import models
+
+    store = inventory.Inventory()
+    body = _pool_cj("job", status={"conditions": [_condition("Queued", "False")]})
+    store.put(body)
+    written = models.CompositionJobStatus.model_validate(body["status"])
+    store.record_write("uid-job", written)
+    echo = {**body, "status": {**body["status"], "phase": "Starting"}}
+    assert store.is_status_echo(echo)
+    report = {
+        "attempt": 0,
+        "worker": "w0",
+        "workerInstance": "w0/i",
+        "acceptedAt": "2026-01-01T00:00:01Z",
+    }
+    news = {**body, "status": {**body["status"], "workerReport": report}}
+    assert not store.is_status_echo(news)
+    store.put(news)
+    found = store.worker_report("uid-job")
+    assert found is not None and found.worker_instance == "w0/i"

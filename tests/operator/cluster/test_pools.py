@@ -1,0 +1,432 @@
+"""Warm pools end to end: the real operator, real ``compose worker`` processes and the real
+control plane.
+
+The operator runs with exactly the chart's RBAC and reconciles a CompositionPool into a
+Deployment; the real ReplicaSet controller makes its pods and the real scheduler puts them on the
+fake g5 nodes (one GPU each, so at most three workers). kwok runs the pod objects, and
+:class:`~tests.support.worker_kubelet.WorkerKubelet` runs one real ``compose worker`` process per
+running pod, with the pod's own environment, logged in as the chart's worker ServiceAccount (so a
+permission the chart's worker Role lacks fails the test). The workers run the tiny CPU profile
+(64x64, 2 steps) against the moto S3 server. Jobs are created as users create them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pathlib
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import yaml
+
+from compose_api import kube, models
+from compose_api import pools as protocol
+from tests.inference.io.conftest import HttpServer, Reply, encode
+from tests.operator.operator_process import OperatorProcess
+from tests.support import control_plane as cp
+from tests.support import s3
+from tests.support.worker_kubelet import WorkerKubelet, worker_command
+
+Obj = dict[str, Any]
+POOL = "warm"
+PROFILE = "tiny-gpu"
+LEASE_SECONDS = 4
+
+
+@pytest.fixture(scope="module")
+def tiny_profile(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The built-in smoke profile's tiny models (CPU, 64x64, 2 steps), placed as a GPU profile:
+    each worker pod asks for one nvidia.com/gpu on a g5 node."""
+    from compose_inference import tiny
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    tiny.build_tiny_models(root)
+    profile = tiny.smoke_profile(root).model_dump(mode="json", by_alias=True, exclude_none=True)
+    profile["name"] = PROFILE
+    profile["resources"] = {"gpu": 1, "cpu": "1", "memory": "2Gi", "ephemeralStorage": None}
+    profile["placement"] = {"instanceTypes": ["g5.xlarge", "g5.2xlarge"]}
+    return profile
+
+
+@pytest.fixture
+def profiles_path(tmp_path: pathlib.Path, tiny_profile: dict[str, Any]) -> pathlib.Path:
+    path = tmp_path / "profiles.yaml"
+    path.write_text(yaml.safe_dump([tiny_profile]))
+    return path
+
+
+@pytest.fixture
+def results(s3_server: s3.S3Server) -> str:
+    return s3_server.new_bucket("results")
+
+
+@pytest.fixture
+def operator_settings(
+    request: pytest.FixtureRequest, results: str, s3_server: s3.S3Server
+) -> dict[str, str]:
+    """The operator's settings; a test adds its own with indirect parametrization."""
+    return {
+        "COMPOSE_OUTPUT_BUCKET": results,
+        "COMPOSE_S3_ENDPOINT_URL": s3_server.endpoint_url,
+        "COMPOSE_STATUS_COALESCE_SECONDS": "1",
+        **getattr(request, "param", {}),
+    }
+
+
+@pytest.fixture(scope="module")
+def https_inputs(control_plane: cp.ControlPlane) -> Iterator[HttpServer]:
+    """HTTPS inputs on 127.0.0.1 with the test cluster's serving certificate (its SANs hold
+    127.0.0.1); the workers trust its CA through COMPOSE_FETCH_CA_BUNDLE."""
+    server = HttpServer()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(control_plane.pki.server_cert, control_plane.pki.server_key)
+    server._httpd.socket = context.wrap_socket(server._httpd.socket, server_side=True)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Held:
+    """An HTTPS input served only once the test lets it go: a job held in its fetch stage."""
+
+    def __init__(self, server: HttpServer, body: bytes) -> None:
+        self.released = threading.Event()
+        self.asked = threading.Event()
+        path = f"/held-{uuid.uuid4().hex[:8]}.png"
+        self.url = f"https://127.0.0.1:{server.port}{path}"
+
+        def route() -> Reply:
+            self.asked.set()
+            self.released.wait(timeout=60)
+            return Reply(body=body)
+
+        server.routes[path] = route
+
+
+class Scene:
+    """One namespace: the inputs, the pool, its workers, and the API as a user sees it."""
+
+    def __init__(
+        self,
+        client: kube.Client,
+        namespace: str,
+        s3_server: s3.S3Server,
+        inputs: dict[str, str],
+        kubelet: WorkerKubelet,
+    ) -> None:
+        self.client = client
+        self.namespace = namespace
+        self.s3 = s3_server
+        self.inputs = inputs
+        self.kubelet = kubelet
+
+    def path(self, plural: str, name: str | None = None) -> str:
+        return kube.path(models.API_VERSION, plural, namespace=self.namespace, name=name)
+
+    async def create_pool(self, **spec: Any) -> Obj:
+        body = {
+            "apiVersion": models.API_VERSION,
+            "kind": protocol.KIND,
+            "metadata": {"name": POOL},
+            "spec": {"profile": PROFILE, "leaseSeconds": LEASE_SECONDS, **spec},
+        }
+        return await self.client.create(self.path(protocol.PLURAL), body)
+
+    async def create_job(
+        self, name: str, *, person: str | None = None, priority: int = 0, **execution: Any
+    ) -> Obj:
+        body = {
+            "apiVersion": models.API_VERSION,
+            "kind": models.KIND,
+            "metadata": {"name": name},
+            "spec": {
+                "profile": PROFILE,
+                "inputs": {
+                    "person": {"uri": person or self.inputs["person"]},
+                    "clothing": [{"uri": self.inputs["shirt"], "category": "upper"}],
+                    "place": {"uri": self.inputs["place"]},
+                },
+                "execution": {"pool": POOL, "priority": priority, **execution},
+            },
+        }
+        return await self.client.create(self.path(models.PLURAL), body)
+
+    async def job(self, name: str) -> Obj:
+        return await self.client.get(self.path(models.PLURAL, name))
+
+    async def pool(self) -> Obj:
+        return await self.client.get(self.path(protocol.PLURAL, POOL))
+
+    async def jobs(self) -> list[Obj]:
+        items, _ = await self.client.list(self.path(models.PLURAL))
+        return items
+
+    async def until(self, check: Any, *, timeout: float = 90, what: str = "") -> Any:  # noqa: ASYNC109
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            last = await check()
+            if last:
+                return last
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+    async def finished(self, names: list[str], *, timeout: float = 120) -> dict[str, Obj]:  # noqa: ASYNC109
+        async def check() -> dict[str, Obj] | None:
+            found = {j["metadata"]["name"]: j for j in await self.jobs()}
+            done = {
+                name: found[name]
+                for name in names
+                if (found.get(name, {}).get("status") or {}).get("phase") in ("Succeeded", "Failed")
+            }
+            return done if len(done) == len(names) else None
+
+        result: dict[str, Obj] = await self.until(check, timeout=timeout, what=f"{names} done")
+        return result
+
+    async def workers(self) -> list[Obj]:
+        pods, _ = await self.client.list(
+            kube.path("v1", "pods", namespace=self.namespace),
+            label_selector=f"{protocol.POOL_LABEL}={POOL}",
+        )
+        return pods
+
+    def result_keys(self, bucket: str) -> list[str]:
+        listing = self.s3.client().list_objects_v2(Bucket=bucket)
+        return sorted(item["Key"] for item in listing.get("Contents", []))
+
+
+@pytest.fixture(scope="module")
+def photos() -> dict[str, bytes]:
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    return {
+        "person": encode(Image.fromarray(data.astronaut()), "PNG"),
+        "shirt": encode(Image.fromarray(data.coffee()), "PNG"),
+        "place": encode(Image.fromarray(data.rocket()), "PNG"),
+        "faceless": encode(Image.fromarray(np.full((256, 256, 3), 128, np.uint8)), "PNG"),
+    }
+
+
+@pytest_asyncio.fixture
+async def scene(
+    control_plane: cp.ControlPlane,
+    namespace: str,
+    operator: OperatorProcess,
+    s3_server: s3.S3Server,
+    photos: dict[str, bytes],
+    https_inputs: HttpServer,
+    tmp_path: pathlib.Path,
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[Scene]:
+    bucket = s3_server.new_bucket("inputs")
+    inputs = {}
+    for name, body in photos.items():
+        s3_server.client().put_object(Bucket=bucket, Key=f"{name}.png", Body=body)
+        inputs[name] = f"s3://{bucket}/{name}.png"
+    accounts = [
+        item["metadata"]["name"]
+        for item in (
+            await kube.Client(kube.Connection.from_kubeconfig(control_plane.kubeconfig)).list(
+                kube.path("v1", "serviceaccounts", namespace=namespace)
+            )
+        )[0]
+    ]
+    worker_account = next(name for name in accounts if name.endswith("-worker"))
+    kubeconfig = control_plane.service_account_kubeconfig(
+        namespace, worker_account, tmp_path / "worker.kubeconfig"
+    )
+    env = {
+        **s3_server.env(),
+        "KUBECONFIG": str(kubeconfig),
+        # What a kubelet mounts: the node-local model cache and a writable home.
+        "COMPOSE_MODEL_CACHE": str(tmp_path / "node-cache"),
+        "HF_HOME": str(tmp_path / "node-cache" / "huggingface"),
+        "HOME": str(tmp_path),
+        "COMPOSE_NETGUARD_ALLOW_CIDRS": "127.0.0.1/32",
+        "COMPOSE_FETCH_CA_BUNDLE": str(control_plane.pki.ca_cert),
+        "OMP_NUM_THREADS": "1",
+    }
+    logs = tmp_path / "workers"
+    logs.mkdir()
+    async with kube.Client(kube.Connection.from_kubeconfig(control_plane.kubeconfig)) as client:
+        kubelet = WorkerKubelet(client, namespace, POOL, command=worker_command, env=env, logs=logs)
+        async with kubelet:
+            yield Scene(client, namespace, s3_server, inputs, kubelet)
+            report = getattr(request.node, "rep_call", None)
+            if report is not None and report.failed:
+                print(kubelet.logs_text()[-20000:])
+
+
+def attempts(job: Obj) -> list[tuple[str, str | None]]:
+    return [(a["outcome"], a.get("reason")) for a in job["status"].get("attempts", [])]
+
+
+async def test_thirty_jobs_each_run_once_on_warm_workers_that_load_once(
+    scene: Scene, results: str
+) -> None:
+    await scene.create_pool(minReplicas=0, maxReplicas=3, scaleToZeroAfterSeconds=60)
+    names = [f"look-{index:02d}" for index in range(30)]
+    for name in names:
+        await scene.create_job(name)
+    done = await scene.finished(names, timeout=240)
+    assert {job["status"]["phase"] for job in done.values()} == {"Succeeded"}, {
+        name: job["status"].get("message") for name, job in done.items()
+    }
+    workers = set()
+    for job in done.values():
+        status = job["status"]
+        (attempt,) = status["attempts"]  # each job ran exactly once
+        assert attempt["outcome"] == "Succeeded" and attempt["pool"] == POOL
+        assert attempt["instanceType"] in ("g5.xlarge", "g5.2xlarge")
+        workers.add(attempt["podName"])
+        assert "modelLoad" not in status["timings"]  # warm: no load for any job
+        assert status["timings"]["inference"] > 0
+        assert "assignment" not in status  # the job left its worker's watch
+        assert status["result"]["s3Uri"].startswith(f"s3://{results}/")
+        conditions = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+        assert conditions["Succeeded"] == ("True", "Completed")
+    # One result object per job, and the pool really spread the work.
+    keys = scene.result_keys(results)
+    assert len(keys) == 30 and len({key.split("/")[2] for key in keys}) == 30
+    assert len(workers) >= 2
+    # Each worker process loaded its profile once: one warm-up each, and no restart.
+    for pod in workers:
+        assert scene.kubelet.log(pod).count("loaded and warmed up") == 1, scene.kubelet.log(pod)[
+            -3000:
+        ]
+    assert all(c.starts == 1 for c in scene.kubelet.containers.values())
+    pool = (await scene.pool())["status"]
+    assert pool["desiredReplicas"] == 3 and pool["readyWorkers"] == 3
+
+
+async def test_a_worker_killed_mid_job_hands_the_job_to_another(
+    scene: Scene, results: str, https_inputs: HttpServer, photos: dict[str, bytes]
+) -> None:
+    await scene.create_pool(minReplicas=2, maxReplicas=2)
+    held = Held(https_inputs, photos["person"])
+    await scene.create_job("held", person=held.url)
+    job = await scene.until(
+        lambda: _accepted(scene, "held"), what="held accepted by a worker", timeout=120
+    )
+    victim = job["status"]["workerReport"]["worker"]
+    await asyncio.to_thread(held.asked.wait, 30)
+    scene.kubelet.kill(victim)  # SIGKILL in the fetch stage; the kubelet restarts the container
+    held.released.set()
+    (done,) = (await scene.finished(["held"], timeout=120)).values()
+    assert done["status"]["phase"] == "Succeeded", done["status"]
+    assert attempts(done) == [("Failed", "WorkerLost"), ("Succeeded", None)]
+    assert len(scene.result_keys(results)) == 1  # one result object
+
+
+async def test_a_stopping_worker_finishes_its_job_and_takes_no_new_one(
+    scene: Scene, results: str, https_inputs: HttpServer, photos: dict[str, bytes]
+) -> None:
+    await scene.create_pool(minReplicas=1, maxReplicas=1)
+    held = Held(https_inputs, photos["person"])
+    await scene.create_job("held", person=held.url)
+    job = await scene.until(lambda: _accepted(scene, "held"), what="held accepted", timeout=120)
+    worker = job["status"]["workerReport"]["worker"]
+    await asyncio.to_thread(held.asked.wait, 30)
+    await scene.client.delete(kube.path("v1", "pods", namespace=scene.namespace, name=worker))
+    # The pod is Terminating: its process got SIGTERM and drains (its Lease says so).
+    lease_path = kube.path("coordination.k8s.io/v1", "leases", namespace=scene.namespace,
+                           name=worker)  # fmt: skip
+
+    async def draining() -> bool:
+        lease = await scene.client.get_or_none(lease_path)
+        annotations = ((lease or {}).get("metadata") or {}).get("annotations") or {}
+        return annotations.get(protocol.STATE_ANNOTATION) == protocol.STATE_DRAINING
+
+    await scene.until(draining, what="the Lease draining")
+    await scene.create_job("after")
+    held.released.set()
+    (done,) = (await scene.finished(["held"], timeout=60)).values()
+    assert attempts(done) == [("Succeeded", None)]
+    assert done["status"]["attempts"][0]["podName"] == worker
+    (after,) = (await scene.finished(["after"], timeout=180)).values()
+    assert after["status"]["phase"] == "Succeeded"
+    assert after["status"]["attempts"][0]["podName"] != worker  # the replacement took it
+    assert (worker, 0) in scene.kubelet.exited  # drained and exited cleanly
+
+
+async def test_the_pool_scales_from_zero_for_a_job_and_back_to_zero_when_idle(
+    scene: Scene,
+) -> None:
+    await scene.create_pool(minReplicas=0, maxReplicas=2, scaleToZeroAfterSeconds=3)
+    pool = await scene.until(
+        lambda: _pool_with(scene, "ScaledToZero"), what="the pool scaled to zero"
+    )
+    assert pool["status"]["desiredReplicas"] == 0 and await scene.workers() == []
+    await scene.create_job("first")
+    (done,) = (await scene.finished(["first"], timeout=180)).values()
+    assert done["status"]["phase"] == "Succeeded"
+    timings = done["status"]["timings"]
+    assert timings["queued"] >= 0 and "modelLoad" not in timings  # warmed up before it took it
+    await scene.until(lambda: _pool_with(scene, "ScaledToZero"), what="back to zero", timeout=60)
+
+    async def gone() -> bool:
+        return await scene.workers() == []
+
+    await scene.until(gone, what="the worker pods gone", timeout=60)
+    assert [code for _, code in scene.kubelet.exited] == [0]  # drained, not killed
+
+
+@pytest.mark.parametrize(
+    "operator_settings", [{"COMPOSE_MAX_RUNNING_PER_NAMESPACE": "1"}], indirect=True
+)
+async def test_priority_the_namespace_cap_and_bad_input_in_a_pool(
+    scene: Scene, https_inputs: HttpServer, photos: dict[str, bytes]
+) -> None:
+    await scene.create_pool(minReplicas=1, maxReplicas=1)
+    await scene.until(lambda: _pool_with(scene, "WorkersReady"), what="a ready worker", timeout=180)
+    # A job without a face, held in its fetch: it takes the one slot the cap allows.
+    held = Held(https_inputs, photos["faceless"])
+    await scene.create_job("bad", person=held.url)
+    await scene.until(lambda: _accepted(scene, "bad"), what="bad accepted", timeout=60)
+    for name, priority in (("low", 0), ("high", 10), ("mid", 5)):
+        await scene.create_job(name, priority=priority)
+
+    async def queued() -> bool:
+        jobs = {name: await scene.job(name) for name in ("low", "high", "mid")}
+        return all((j.get("status") or {}).get("phase") == "Queued" for j in jobs.values())
+
+    await scene.until(queued, what="the three jobs queued behind the cap")
+    held.released.set()
+    done = await scene.finished(["bad", "low", "high", "mid"], timeout=180)
+    bad = done["bad"]["status"]
+    assert bad["phase"] == "Failed"
+    assert {c["type"]: c["reason"] for c in bad["conditions"]}["Failed"] == "NoFaceFound"
+    assert attempts(done["bad"]) == [("Failed", "NoFaceFound")]
+    worker = bad["attempts"][0]["podName"]
+    for name in ("low", "high", "mid"):
+        status = done[name]["status"]
+        assert status["phase"] == "Succeeded"
+        assert status["attempts"][0]["podName"] == worker  # the worker kept serving
+    # One slot: the queued jobs ran one at a time, in priority order.
+    began = {n: done[n]["status"]["attempts"][0]["startTime"] for n in ("low", "high", "mid")}
+    assert sorted(began, key=began.__getitem__) == ["high", "mid", "low"]
+
+
+async def _accepted(scene: Scene, name: str) -> Obj | None:
+    job = await scene.job(name)
+    report = (job.get("status") or {}).get("workerReport")
+    return job if report and not report.get("finishedAt") else None
+
+
+async def _pool_with(scene: Scene, reason: str) -> Obj | None:
+    pool = await scene.pool()
+    for condition in (pool.get("status") or {}).get("conditions") or []:
+        if condition["type"] == "Available" and condition["reason"] == reason:
+            return pool
+    return None
