@@ -57,7 +57,7 @@ from compose_api import kube, models
 from compose_api import pools as protocol
 from tests.operator.cluster.conftest import running_operator
 from tests.support import control_plane as cp
-from tests.support import s3
+from tests.support import pool_inputs, s3
 from tests.support.cluster_fixtures import GPU_NODES, kubectl_path
 from tests.support.worker_kubelet import WorkerKubelet, pod_env, worker_command
 
@@ -116,31 +116,11 @@ def cluster() -> Iterator[cp.ControlPlane]:
         yield plane
 
 
-def profile(root: pathlib.Path) -> dict[str, Any]:
-    """The tiny models (CPU, 64x64, 2 steps) placed as a GPU profile: one g5 GPU per pod."""
-    from compose_inference import tiny
-
-    tiny.build_tiny_models(root)
-    found = tiny.smoke_profile(root).model_dump(mode="json", by_alias=True, exclude_none=True)
-    found["name"] = PROFILE
-    found["resources"] = {"gpu": 1, "cpu": "1", "memory": "2Gi", "ephemeralStorage": None}
-    found["placement"] = {"instanceTypes": ["g5.xlarge", "g5.2xlarge"]}
-    return found
-
-
 def inputs(server: s3.S3Server) -> dict[str, str]:
-    import io
-
-    from PIL import Image
-    from skimage import data
-
     bucket = server.new_bucket("inputs")
     found = {}
-    for name, array in (("person", data.astronaut()), ("shirt", data.coffee()),
-                        ("place", data.rocket())):  # fmt: skip
-        buffer = io.BytesIO()
-        Image.fromarray(array).save(buffer, format="PNG")
-        server.client().put_object(Bucket=bucket, Key=f"{name}.png", Body=buffer.getvalue())
+    for name, body in pool_inputs.photos().items():
+        server.client().put_object(Bucket=bucket, Key=f"{name}.png", Body=body)
         found[name] = f"s3://{bucket}/{name}.png"
     return found
 
@@ -355,7 +335,7 @@ async def run(args: argparse.Namespace) -> list[Mode]:
         results = server.new_bucket("results")
         photos = inputs(server)
         profiles = work / "profiles.yaml"
-        profiles.write_text(yaml.safe_dump([profile(work / "tiny")]))
+        profiles.write_text(yaml.safe_dump([pool_inputs.gpu_profile(work / "tiny", PROFILE)]))
         settings = {
             "COMPOSE_OUTPUT_BUCKET": results,
             "COMPOSE_S3_ENDPOINT_URL": server.endpoint_url,

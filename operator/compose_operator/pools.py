@@ -26,7 +26,7 @@ import pydantic
 
 from compose_api import models, profiles
 from compose_api import pools as protocol
-from compose_operator import builders, names
+from compose_operator import builders, names, status
 from compose_operator.settings import OperatorSettings
 
 COMPONENT = "worker"
@@ -524,15 +524,7 @@ def status_patch(
     new: protocol.CompositionPoolStatus, old: protocol.CompositionPoolStatus
 ) -> dict[str, Any] | None:
     """A merge patch for the pool's ``status`` (None: nothing changed)."""
-    before = old.model_dump(mode="json", by_alias=True, exclude_none=True)
-    after = new.model_dump(mode="json", by_alias=True, exclude_none=True)
-    if before == after:
-        return None
-    patch: dict[str, Any] = dict(after)
-    for key in before:
-        if key not in after:
-            patch[key] = None
-    return patch
+    return status.to_patch(new, old)
 
 
 def counts_only(new: protocol.CompositionPoolStatus, old: protocol.CompositionPoolStatus) -> bool:

@@ -18,10 +18,8 @@ import json
 import os
 import signal
 import socket
-import ssl
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -31,12 +29,13 @@ from typing import Any
 import pytest
 
 from compose_api import kube, models, pools
-from tests.inference.io.conftest import HttpServer, Reply, encode
+from tests.inference.io.conftest import HttpServer
 from tests.support import control_plane as cp
-from tests.support import s3
+from tests.support import pool_inputs, s3
 from tests.support.cluster_fixtures import control_plane
+from tests.support.pool_inputs import Gate
 
-__all__ = ["control_plane"]
+__all__ = ["Gate", "control_plane"]
 
 Obj = dict[str, Any]
 POOL = "tiny-pool"
@@ -166,22 +165,6 @@ class WorkerProcess:
                 break
             time.sleep(0.1)
         raise AssertionError(f"no {text!r} (x{count}) in the worker's log:\n{self.log()[-6000:]}")
-
-
-class Gate:
-    """An HTTPS input that is served only once the test opens the gate (a run held mid-fetch)."""
-
-    def __init__(self, server: HttpServer, path: str, body: bytes) -> None:
-        self.opened = threading.Event()
-        self.requested = threading.Event()
-        self.url = f"https://127.0.0.1:{server.port}{path}"
-
-        def route() -> Reply:
-            self.requested.set()
-            self.opened.wait(timeout=25)
-            return Reply(body=body)
-
-        server.routes[path] = route
 
 
 class Pool:
@@ -368,32 +351,13 @@ def tiny_profile(tiny_models: dict[str, Path]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def https_inputs(control_plane: cp.ControlPlane) -> Iterator[HttpServer]:
-    """An HTTPS server on 127.0.0.1 (a job's inputs are s3:// or https://), with the test
-    cluster's serving certificate (its SANs hold 127.0.0.1); the worker trusts its CA through
-    COMPOSE_FETCH_CA_BUNDLE."""
-    server = HttpServer()
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(control_plane.pki.server_cert, control_plane.pki.server_key)
-    server._httpd.socket = context.wrap_socket(server._httpd.socket, server_side=True)
-    server.start()
-    try:
+    with pool_inputs.https_inputs(control_plane) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
 def photos() -> dict[str, bytes]:
-    import numpy as np
-    from PIL import Image
-    from skimage import data
-
-    return {
-        "person": encode(Image.fromarray(data.astronaut()), "PNG"),
-        "shirt": encode(Image.fromarray(data.coffee()), "PNG"),
-        "place": encode(Image.fromarray(data.rocket()), "PNG"),
-        "faceless": encode(Image.fromarray(np.full((256, 256, 3), 128, np.uint8)), "PNG"),
-    }
+    return pool_inputs.photos()
 
 
 def start_worker(
