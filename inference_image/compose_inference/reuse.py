@@ -219,11 +219,17 @@ class Index:
     ) -> models.Result | None:
         """On a hit: the earlier result copied to ``target_key`` (in the scope's bucket, with
         ``metadata(earlier result)`` as its S3 metadata), as this job's result, ``reused_from``
-        naming the job it came from. None on a miss."""
+        naming the job it came from. None on a miss.
+
+        An entry of this very job (an earlier attempt stored the result, then could not report
+        it) is this job's own result: it is taken as it is, when still there, with no copy and
+        no ``reused_from``."""
         entry = self._entry(scope, key, output_format)
         if entry is None:
             return None
         source = storage.parse_uri(entry.result.s3_uri)
+        if entry.job.uid == scope.job.uid and source.key == target_key:
+            return entry.result if self._stored(source, entry.result.sha256) else None
         meta = upload.ascii_metadata(metadata(entry.result))
         meta["sha256"] = entry.result.sha256
         meta[REUSED_FROM_METADATA] = f"{entry.job.namespace}/{entry.job.name}/{entry.job.uid}"
@@ -315,6 +321,17 @@ class Index:
             )
             return None
         return entry
+
+    def _stored(self, location: storage.S3Location, sha256: str) -> bool:
+        """Whether the object is there with this content (its ``sha256`` metadata)."""
+        try:
+            head = self._call(
+                lambda: self._client().head_object(Bucket=location.bucket, Key=location.key)
+            )
+        except Exception as error:
+            log.info("reuse: %s is not there (%s): generating", location.uri, error)
+            return False
+        return bool((head.get("Metadata") or {}).get("sha256") == sha256)
 
     def _checksum(self, target: storage.S3Location) -> str | None:
         """The copy's SHA-256 (base64) where the store did not return it: hashed from its body."""

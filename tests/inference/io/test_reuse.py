@@ -226,6 +226,22 @@ def test_a_parameter_the_profile_pins_does_not_make_another_image(setting: Setti
     assert again.steps == 2
 
 
+def test_a_later_attempt_of_the_same_job_takes_its_own_stored_result(setting: Setting) -> None:
+    """An attempt stored its result and its entry, then could not report (its worker died): the
+    next attempt finds the job's own result and hands it on, unchanged, as the job's own."""
+    first = setting.run("retried")
+    document = setting.document("retried")
+    retry = document.model_copy(update={"job": document.job.model_copy(update={"attempt": 1})})
+    again = setting.worker.run(runner.Job.from_document(retry, default_bucket=None))
+    assert again.reused_from is None
+    assert "generate" not in again.timings and "reuse" in again.timings
+    assert (again.uri, again.sha256) == (first.uri, first.sha256)
+    assert setting.result_keys() == [setting.key("retried")]
+    # Gone meanwhile: the attempt generates it again.
+    setting.server.client().delete_object(Bucket=setting.results, Key=setting.key("retried"))
+    assert generated(setting.worker.run(runner.Job.from_document(retry, default_bucket=None)))
+
+
 # -- misses --------------------------------------------------------------------------------------
 
 
