@@ -35,8 +35,8 @@ A copy, not a pointer, because results are deleted with their jobs (the operator
 ``retention.deleteResults`` removes the object in the job's own folder): a pointer would break
 when the earlier job goes, and the later job's retention would never remove what it hands out.
 The copy's SHA-256 (S3 computes it during the copy) must equal the entry's, else the earlier
-object changed and the job generates after all. The entry is then rewritten to point at the new
-copy, the newest, which outlives the older ones under the same retention. A missing or
+object changed and the job generates after all. The runner then rewrites the entry to point at
+the new copy, the newest, which outlives the older ones under the same retention. A missing or
 unreadable entry, a deleted result or any S3 error is a miss: the index never fails a job.
 """
 
@@ -45,6 +45,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -69,8 +70,9 @@ DISTRIBUTION = "nextunicorn-compose"
 REUSED_FROM_METADATA = "reused-from"
 
 
+@functools.cache
 def release() -> str:
-    """The installed release of this package ("unknown" when it is not installed)."""
+    """The installed release of this package ("unknown" when it is not installed); read once."""
     try:
         return importlib.metadata.version(DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
