@@ -2,6 +2,7 @@
 
     python -m benchmarks.pool_bench --jobs 100
     python -m benchmarks.pool_bench --jobs 100 --workers 2 --json out.json
+    python -m benchmarks.pool_bench --jobs 50 --modes reuse
 
 One run, on this machine, against the real test control plane (etcd, kube-apiserver, the real
 controllers and scheduler, kwok), a local S3 server (moto) and the tiny CPU profile (64x64, 2
@@ -14,7 +15,12 @@ steps), with the real ``compose-operator`` logged in with exactly the chart's RB
    controller a pod, the scheduler places it on a fake g5 node, and the benchmark runs the real
    inference process for the pod (``compose`` with the pod's job document, cold: interpreter,
    imports and model load each time) and writes its exit code and termination message into the
-   pod's status, as the kubelet does.
+   pod's status, as the kubelet does;
+3. **reuse** (``--modes reuse``, or added to the list): on a warm pool of its own, ``--jobs``
+   pairs of jobs: a first job with a seed of its own, and once it has succeeded, the same request
+   again (same inputs, parameters and seed), which the worker answers with a copy of the first
+   one's result (``compose_inference.reuse``). Printed: the repeated job's create→Succeeded
+   p50/p99 against the first job's, measured in the same run, and how many repeats were reused.
 
 At most ``--workers`` jobs are in flight at once in both modes (a job is created when one
 finishes), so no job waits behind another: what is measured is the path of one job. For every
@@ -63,6 +69,7 @@ from tests.support.worker_kubelet import WorkerKubelet, pod_env, worker_command
 
 NAMESPACE = "bench"
 POOL = "warm"
+REUSE_POOL = "warm-reuse"  # reuse mode's own pool: the pool mode's may still be going away
 PROFILE = "tiny-gpu"
 DRIVER = "pool-bench"  # the User-Agent of the benchmark's own requests
 KUBELET = "pool-bench-kubelet"  # ... and of those it makes in the kubelet's place
@@ -125,7 +132,9 @@ def inputs(server: s3.S3Server) -> dict[str, str]:
     return found
 
 
-def job_body(name: str, photos: dict[str, str], *, pool: str | None) -> Obj:
+def job_body(
+    name: str, photos: dict[str, str], *, pool: str | None, seed: int | None = None
+) -> Obj:
     execution: dict[str, Any] = {"pool": pool} if pool else {}
     return {
         "apiVersion": models.API_VERSION,
@@ -139,6 +148,7 @@ def job_body(name: str, photos: dict[str, str], *, pool: str | None) -> Obj:
                 "place": {"uri": photos["place"]},
             },
             "execution": execution,
+            "params": {} if seed is None else {"seed": seed},
         },
     }
 
@@ -286,6 +296,57 @@ async def drive(
             await watcher
 
 
+async def drive_pairs(
+    client: kube.Client, first: Mode, again: Mode, photos: dict[str, str], *, jobs: int,
+    parallel: int, pool: str,
+) -> int:  # fmt: skip
+    """``jobs`` pairs (a job, then the same request again once it has succeeded), ``parallel``
+    pairs at a time; each job's create→Succeeded goes into its mode. Returns how many repeats
+    reported a reused result."""
+    done: dict[str, tuple[float, Obj]] = {}
+    seen: dict[str, asyncio.Event] = {}
+    watcher = asyncio.create_task(watch_done(client, done, seen))
+    path = kube.path(models.API_VERSION, models.PLURAL, namespace=NAMESPACE)
+    gate = asyncio.Semaphore(parallel)
+    reused = 0
+
+    async def one(mode: Mode, name: str, seed: int) -> Obj | None:
+        started = time.monotonic()
+        await client.create(path, job_body(name, photos, pool=pool, seed=seed))
+        await seen.setdefault(name, asyncio.Event()).wait()
+        finished, obj = done[name]
+        status = obj.get("status") or {}
+        if status.get("phase") != "Succeeded":
+            mode.failed += 1
+            print(f"  {name}: {status.get('phase')}: {status.get('message')}", file=sys.stderr)
+            return None
+        timings = status.get("timings") or {}
+        generate = float(timings.get("inference") or 0) + float(timings.get("refine") or 0)
+        mode.total.append(finished - started)
+        mode.generate.append(generate)
+        mode.overhead.append(finished - started - generate)
+        mode.orchestration.append(finished - started - float(timings.get("total") or 0))
+        return obj
+
+    async def pair(index: int) -> None:
+        nonlocal reused
+        seed = 1_000_000 + index
+        async with gate:
+            if await one(first, f"first-{index:04d}", seed) is None:
+                return
+            obj = await one(again, f"again-{index:04d}", seed)
+        if obj is not None and ((obj["status"].get("result") or {}).get("reusedFrom")):
+            reused += 1
+
+    try:
+        await asyncio.gather(*(pair(index) for index in range(jobs)))
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    return reused
+
+
 def count_requests(
     plane: cp.ControlPlane, since: int, mode: Mode, *, operator: str, worker: str
 ) -> None:
@@ -327,9 +388,10 @@ async def admin(plane: cp.ControlPlane, agent: str) -> AsyncIterator[kube.Client
         yield client
 
 
-async def run(args: argparse.Namespace) -> list[Mode]:
+async def run(args: argparse.Namespace) -> tuple[list[Mode], int]:
     work = pathlib.Path(tempfile.mkdtemp(prefix="pool-bench-"))
     modes = []
+    reused = 0
     with cluster() as plane, contextlib.ExitStack() as stack:
         server = stack.enter_context(contextlib.contextmanager(s3.start)())
         results = server.new_bucket("results")
@@ -361,6 +423,24 @@ async def run(args: argparse.Namespace) -> list[Mode]:
             mode = Mode(name)
             print(f"{name}: {args.jobs} jobs, {args.workers} at a time ...", file=sys.stderr)
             async with admin(plane, DRIVER) as client, admin(plane, KUBELET) as kubelet_client:
+                if name == "reuse":
+                    logs = work / "reuse-workers"
+                    logs.mkdir(exist_ok=True)
+                    harness = WorkerKubelet(kubelet_client, NAMESPACE, REUSE_POOL,
+                                            command=worker_command, env=env, logs=logs)  # fmt: skip
+                    again = Mode("reuse: again")
+                    mode = Mode("reuse: first")
+                    pool_path = kube.path(models.API_VERSION, protocol.PLURAL,
+                                          namespace=NAMESPACE, name=REUSE_POOL)  # fmt: skip
+                    async with harness:
+                        await _warm_pool(client, args.workers, name=REUSE_POOL)
+                        reused = await drive_pairs(
+                            client, mode, again, photos, jobs=args.jobs, parallel=args.workers,
+                            pool=REUSE_POOL,
+                        )  # fmt: skip
+                        await client.delete(pool_path)
+                    modes.extend([mode, again])
+                    continue
                 if name == "pool":
                     logs = work / "workers"
                     logs.mkdir(exist_ok=True)
@@ -386,7 +466,7 @@ async def run(args: argparse.Namespace) -> list[Mode]:
                         count_requests(plane, since, mode, operator=operator.user,
                                        worker=worker_user)  # fmt: skip
             modes.append(mode)
-    return modes
+    return modes, reused
 
 
 async def _service_accounts(plane: cp.ControlPlane) -> tuple[list[str], None]:
@@ -395,19 +475,19 @@ async def _service_accounts(plane: cp.ControlPlane) -> tuple[list[str], None]:
     return [item["metadata"]["name"] for item in items], None
 
 
-async def _warm_pool(client: kube.Client, workers: int) -> None:
+async def _warm_pool(client: kube.Client, workers: int, *, name: str = POOL) -> None:
     """The pool, and its workers loaded, warmed up and ready before any job is timed."""
     body = {
         "apiVersion": models.API_VERSION,
         "kind": protocol.KIND,
-        "metadata": {"name": POOL, "namespace": NAMESPACE},
+        "metadata": {"name": name, "namespace": NAMESPACE},
         "spec": {"profile": PROFILE, "minReplicas": workers, "maxReplicas": workers},
     }
     path = kube.path(models.API_VERSION, protocol.PLURAL, namespace=NAMESPACE)
     await client.create(path, body)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        pool = await client.get(f"{path}/{POOL}")
+        pool = await client.get(f"{path}/{name}")
         if (pool.get("status") or {}).get("readyWorkers") == workers:
             return
         await asyncio.sleep(0.5)
@@ -417,7 +497,7 @@ async def _warm_pool(client: kube.Client, workers: int) -> None:
 # -- the report -------------------------------------------------------------------------------
 
 
-def report(modes: Sequence[Mode]) -> str:
+def report(modes: Sequence[Mode], reused: int = 0) -> str:
     by_name = {mode.name: mode for mode in modes}
     lines = [
         "| mode | jobs | overhead p50 | overhead p99 | outside the run p50 | outside the run p99 "
@@ -427,6 +507,12 @@ def report(modes: Sequence[Mode]) -> str:
     ours = ("operator", "workers")
     everyone = ("operator", "workers", "controllers", "scheduler", "kubelet", "other")
     for mode in modes:
+        # Reuse mode does not count requests (a reused job's are a generated one's).
+        requests = (
+            f"| {mode.per_job(*ours):.2f} | {mode.per_job(*everyone):.2f} |"
+            if mode.requests
+            else "| — | — |"
+        )
         lines.append(
             f"| {mode.name} | {len(mode.total)} ok, {mode.failed} failed "
             f"| {percentile(mode.overhead, 50) * 1000:.0f} ms "
@@ -434,15 +520,26 @@ def report(modes: Sequence[Mode]) -> str:
             f"| {percentile(mode.orchestration, 50) * 1000:.0f} ms "
             f"| {percentile(mode.orchestration, 99) * 1000:.0f} ms "
             f"| {percentile(mode.total, 50) * 1000:.0f} ms "
-            f"| {percentile(mode.generate, 50) * 1000:.0f} ms "
-            f"| {mode.per_job(*ours):.2f} | {mode.per_job(*everyone):.2f} |"
+            f"| {percentile(mode.generate, 50) * 1000:.0f} ms " + requests
         )
     lines.append("")
-    for mode in modes:
+    for mode in (mode for mode in modes if mode.requests):
         split = ", ".join(
             f"{key} {mode.per_job(key):.2f}" for key in everyone if mode.requests[key]
         )
         lines.append(f"{mode.name}: requests per job by component: {split}")
+    if "reuse: first" in by_name and "reuse: again" in by_name:
+        first, again = by_name["reuse: first"], by_name["reuse: again"]
+        if lines[-1]:
+            lines.append("")
+        lines.append(
+            f"reuse: the same request again, create→Succeeded p50 "
+            f"{percentile(again.total, 50) * 1000:.0f} ms, p99 "
+            f"{percentile(again.total, 99) * 1000:.0f} ms, against the first run's p50 "
+            f"{percentile(first.total, 50) * 1000:.0f} ms "
+            f"({percentile(again.total, 50) / percentile(first.total, 50):.3f}x); "
+            f"{reused} of {len(again.total) + again.failed} repeats reused"
+        )
     if "pool" in by_name and "job" in by_name:
         pool, job = by_name["pool"], by_name["job"]
         lines.append("")
@@ -456,8 +553,8 @@ def report(modes: Sequence[Mode]) -> str:
     return "\n".join(lines)
 
 
-def as_json(modes: Sequence[Mode]) -> dict[str, Any]:
-    return {
+def as_json(modes: Sequence[Mode], reused: int = 0) -> dict[str, Any]:
+    found: dict[str, Any] = {
         mode.name: {
             "jobs": len(mode.total),
             "failed": mode.failed,
@@ -472,6 +569,9 @@ def as_json(modes: Sequence[Mode]) -> dict[str, Any]:
         }
         for mode in modes
     }
+    if any(mode.name.startswith("reuse") for mode in modes):
+        found["reused"] = reused
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -480,19 +580,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2, choices=(1, 2, 3),
                         help="pool workers, and jobs in flight in both modes (default 2; the "
                         "test cluster has three GPU nodes)")  # fmt: skip
-    parser.add_argument("--modes", default="pool,job", help="pool,job (default), or one")
+    parser.add_argument("--modes", default="pool,job",
+                        help="pool,job (default), or one of them; reuse: pairs of the same "
+                        "request on a warm pool")  # fmt: skip
     parser.add_argument("--json", type=pathlib.Path, help="also write the figures as JSON")
     args = parser.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = set(args.modes) - {"pool", "job"}
+    unknown = set(args.modes) - {"pool", "job", "reuse"}
     if unknown or not args.modes:
-        parser.error(f"--modes: pool and/or job, not {sorted(unknown)}")
+        parser.error(f"--modes: pool, job and/or reuse, not {sorted(unknown)}")
     if args.jobs < 1:
         parser.error("--jobs: at least 1")
-    modes = asyncio.run(run(args))
-    print(report(modes))
+    modes, reused = asyncio.run(run(args))
+    print(report(modes, reused))
     if args.json:
-        args.json.write_text(json.dumps(as_json(modes), indent=2))
+        args.json.write_text(json.dumps(as_json(modes, reused), indent=2))
 
 
 if __name__ == "__main__":

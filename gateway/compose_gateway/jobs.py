@@ -19,7 +19,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import pydantic
@@ -122,8 +122,10 @@ class JobService:
         name: str,
         idempotency_key: str | None,
         raw_clothing: Any = None,
+        digests: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        """The CompositionJob for ``request``; RequestError names each bad field."""
+        """The CompositionJob for ``request`` (``digests``: the SHA-256 of the files this
+        request uploaded, by URI); RequestError names each bad field."""
         body = translate.build_job(
             request,
             name=name,
@@ -133,6 +135,7 @@ class JobService:
             idempotency_key=idempotency_key,
             callback_policy=self._callback_policy,
             raw_clothing=raw_clothing,
+            digests=digests,
         )
         if self._ttl is not None:
             body["spec"]["ttlSecondsAfterFinished"] = self._ttl

@@ -11,8 +11,9 @@ concurrent-upload limit (429). Size limits (each file, the whole body) apply whi
 Files are checked by content (JPEG, PNG or WebP magic bytes, not the declared type) and stored
 under ``<inputs prefix><owner>/<job name>/<sha256 of the content>.<ext>``, so a replayed request
 names the same objects. What :func:`receive` returns is the form as a JSON-like payload with
-each file replaced by its ``s3://`` URI, and the stored objects (for clean-up when the request
-then fails).
+each file replaced by its ``s3://`` URI, and the stored objects with the SHA-256 of each (hashed
+as the bytes stream through: the job declares it, so the inference image checks what it fetches
+and keys result reuse on it; and for clean-up when the request then fails).
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ class Stored:
     field: str
     uri: str
     key: str
+    sha256: str  # of the whole content
 
 
 @dataclasses.dataclass
@@ -136,6 +138,10 @@ class Received:
 
     payload: dict[str, Any]
     stored: list[Stored]
+
+    def digests(self) -> dict[str, str]:
+        """The SHA-256 of each stored file, by its ``s3://`` URI."""
+        return {item.uri: item.sha256 for item in self.stored}
 
 
 async def receive(
@@ -333,10 +339,11 @@ class _Receiver:
                 await self._refuse(upload, "is not a JPEG, PNG or WebP image")
             elif upload.stream is not None:
                 extension, media_type = kind
-                key = self._sink.key(f"{upload.hasher.hexdigest()[:32]}.{extension}")
+                digest = upload.hasher.hexdigest()
+                key = self._sink.key(f"{digest[:32]}.{extension}")
                 uri = await upload.stream.finish(key, media_type)
                 self._open.remove(upload.stream)
-                self.stored.append(Stored(field=upload.field, uri=uri, key=key))
+                self.stored.append(Stored(field=upload.field, uri=uri, key=key, sha256=digest))
                 self._add(part.name, uri)
                 return
         self._add(part.name, None)

@@ -35,6 +35,7 @@ from compose_inference import (
     images,
     modelstore,
     pool_worker,
+    reuse,
     runner,
     upload,
 )
@@ -93,6 +94,7 @@ def _worker(
         ),
         store=modelstore.ModelStore(modelstore.StoreSettings.from_env(environ)),
         uploader=upload.Uploader(),
+        results=reuse.Index(),
         limits=_limits(environ),
         device=device,
     )

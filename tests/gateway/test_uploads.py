@@ -79,6 +79,30 @@ async def test_uploads_become_s3_inputs(
     assert (job["spec"]["params"]["steps"], job["spec"]["params"]["prompt"]) == (8, "on a beach")
 
 
+async def test_the_upload_hashes_reach_the_job(
+    gateway: Gateway, cluster: cluster_client.ClusterClient
+) -> None:
+    """Each uploaded file's SHA-256, computed as it streamed through, is declared on the input
+    it fills (the inference image checks the bytes it fetches and keys result reuse on it); an
+    image given by URL carries none. A text field opts out of reuse."""
+    person, shirt = _image("JPEG", "red"), _image("PNG", "white")
+    files = [
+        ("personImage", ("me.jpg", person, "image/jpeg")),
+        ("clothingImages", ("shirt.png", shirt, "image/png")),
+    ]
+    form = {"placeImage": "https://example.com/beach.jpg", "reuse": "false"}
+
+    response = await _upload(gateway, files, form)
+
+    assert response.status_code == 202, response.text
+    job = await cluster.get(COMPOSITION_JOBS, response.json()["jobId"], namespace="compose")
+    inputs = job["spec"]["inputs"]
+    assert inputs["person"]["sha256"] == hashlib.sha256(person).hexdigest()
+    assert inputs["clothing"][0]["sha256"] == hashlib.sha256(shirt).hexdigest()
+    assert inputs["place"] == {"uri": "https://example.com/beach.jpg"}
+    assert job["spec"]["output"]["reuse"] is False
+
+
 async def test_a_file_that_is_not_an_image_is_named(
     gateway: Gateway, s3_env: s3.S3Server, buckets: dict[str, str]
 ) -> None:

@@ -233,6 +233,13 @@ class Pool:
         return f"s3://{self.inputs}/{key}"
 
     def result_keys(self) -> list[str]:
+        """The result objects (the reuse index beside them left out: ``index_keys``)."""
+        return [key for key in self._keys() if ".reuse" not in key.split("/")]
+
+    def index_keys(self) -> list[str]:
+        return [key for key in self._keys() if ".reuse" in key.split("/")]
+
+    def _keys(self) -> list[str]:
         listing = self.s3.client().list_objects_v2(Bucket=self.results)
         return sorted(item["Key"] for item in listing.get("Contents", []))
 
@@ -257,6 +264,7 @@ class Pool:
         place: str,
         clothing: list[str],
         finalizers: list[str] | None = None,
+        reuse: bool = True,
     ) -> Obj:
         name = f"look-{uuid.uuid4().hex[:8]}"
         body = {
@@ -267,7 +275,7 @@ class Pool:
             "spec": {
                 "inputs": {"person": {"uri": person}, "place": {"uri": place},
                            "clothing": [{"uri": uri} for uri in clothing]},
-                "output": {"format": "png"},
+                "output": {"format": "png", "reuse": reuse},
                 "profile": self.profile["name"],
                 "execution": {"pool": POOL},
             },

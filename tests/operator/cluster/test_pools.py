@@ -109,7 +109,13 @@ class Scene:
         return await self.client.create(self.path(protocol.PLURAL), body)
 
     async def create_job(
-        self, name: str, *, person: str | None = None, priority: int = 0, **execution: Any
+        self,
+        name: str,
+        *,
+        person: str | None = None,
+        priority: int = 0,
+        seed: int | None = None,
+        **execution: Any,
     ) -> Obj:
         body = {
             "apiVersion": models.API_VERSION,
@@ -123,6 +129,7 @@ class Scene:
                     "place": {"uri": self.inputs["place"]},
                 },
                 "execution": {"pool": POOL, "priority": priority, **execution},
+                "params": {} if seed is None else {"seed": seed},
             },
         }
         return await self.client.create(self.path(models.PLURAL), body)
@@ -168,8 +175,10 @@ class Scene:
         return pods
 
     def result_keys(self, bucket: str) -> list[str]:
+        """The result objects (the reuse index beside them left out)."""
         listing = self.s3.client().list_objects_v2(Bucket=bucket)
-        return sorted(item["Key"] for item in listing.get("Contents", []))
+        keys = (item["Key"] for item in listing.get("Contents", []))
+        return sorted(key for key in keys if ".reuse" not in key.split("/"))
 
 
 @pytest.fixture(scope="module")
@@ -343,6 +352,30 @@ async def test_the_pool_scales_from_zero_for_a_job_and_back_to_zero_when_idle(
 
     await scene.until(gone, what="the worker pods gone", timeout=60)
     assert [code for _, code in scene.kubelet.exited] == [0]  # drained, not killed
+
+
+async def test_a_repeated_job_on_a_warm_pool_reuses_the_result(scene: Scene, results: str) -> None:
+    """The same request again (same inputs, parameters and seed): the worker copies the first
+    job's result, and the operator puts it in status as reported, naming the first job."""
+    await scene.create_pool(minReplicas=1, maxReplicas=1)
+    await scene.create_job("first", seed=77)
+    (first,) = (await scene.finished(["first"], timeout=180)).values()
+    assert first["status"]["phase"] == "Succeeded", first["status"]
+    await scene.create_job("again", seed=77)
+    (again,) = (await scene.finished(["again"])).values()
+    status = again["status"]
+    assert status["phase"] == "Succeeded", status
+    assert status["result"]["reusedFrom"] == {
+        "namespace": scene.namespace, "name": "first", "uid": first["metadata"]["uid"],
+    }  # fmt: skip
+    assert status["result"]["sha256"] == first["status"]["result"]["sha256"]
+    assert "inference" not in status["timings"] and "modelLoad" not in status["timings"]
+    assert status["timings"]["reuse"] >= 0
+    (attempt,) = status["attempts"]
+    assert attempt["outcome"] == "Succeeded"
+    # Two objects, each job's own (a copy survives the first job's retention).
+    keys = scene.result_keys(results)
+    assert [key.split("/")[1] for key in keys] == ["again", "first"]
 
 
 @pytest.mark.parametrize(
