@@ -274,6 +274,7 @@ async def test_thirty_jobs_each_run_once_on_warm_workers_that_load_once(
             -3000:
         ]
     assert all(c.starts == 1 for c in scene.kubelet.containers.values())
+
     # The demand of 30 jobs scaled the pool to its maximum, whose workers all came up.
     async def all_ready() -> bool:
         found = (await scene.pool())["status"]
