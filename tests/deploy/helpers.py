@@ -38,6 +38,7 @@ VALUE_SETS: tuple[str | None, ...] = (
     "custom-profiles",
     "pools",
     "pools-keda",
+    "tracing",
 )
 # API groups whose kinds are CRDs: not in the Kubernetes OpenAPI schemas, so not validated there.
 CRD_GROUPS = frozenset(
