@@ -50,6 +50,7 @@ CRD_GROUPS = frozenset(
         "karpenter.k8s.aws",
         "kueue.x-k8s.io",
         "keda.sh",
+        "opentelemetry.io",
         "argoproj.io",
         "source.toolkit.fluxcd.io",
         "helm.toolkit.fluxcd.io",
