@@ -160,10 +160,18 @@ class JobKubelet:
     """Runs the inference process of every running Job pod, and ends the pod with its exit code
     and termination message, as the kubelet does."""
 
-    def __init__(self, client: kube.Client, env: dict[str, str], logs: pathlib.Path) -> None:
+    def __init__(
+        self,
+        client: kube.Client,
+        env: dict[str, str],
+        logs: pathlib.Path,
+        *,
+        namespace: str = NAMESPACE,
+    ) -> None:
         self.client = client
         self.env = env
         self.logs = logs
+        self.namespace = namespace
         self.started: set[str] = set()
         self.errors: list[str] = []
         self._task: asyncio.Task[None] | None = None
@@ -181,7 +189,7 @@ class JobKubelet:
                     await task
 
     async def _loop(self) -> None:
-        path = kube.path("v1", "pods", namespace=NAMESPACE)
+        path = kube.path("v1", "pods", namespace=self.namespace)
         while True:
             with contextlib.suppress(kube.KubeError):
                 pods, _ = await self.client.list(

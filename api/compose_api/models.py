@@ -570,6 +570,12 @@ class WorkerAssignment(_StatusModel):
     seed: int = pydantic.Field(ge=0, le=2**32 - 1)
     output_bucket: str
     output_key_prefix: str
+    traceparent: str | None = pydantic.Field(
+        default=None,
+        max_length=256,
+        description="W3C traceparent of the operator's span that assigned the attempt: the "
+        "parent of the worker's run (absent when tracing is off).",
+    )
 
 
 class WorkerReport(_StatusModel):

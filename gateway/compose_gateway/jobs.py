@@ -24,7 +24,7 @@ from typing import Any
 
 import pydantic
 
-from compose_api import kube, models, netguard
+from compose_api import kube, models, netguard, tracing
 from compose_gateway import kubeapi, naming, storage, translate, views
 
 # Pages of the retained count, and how long a count serves before the key's jobs are counted
@@ -175,6 +175,7 @@ class JobService:
                 return await self._replayed(body, owner=owner), False
             except kube.NotFound:
                 raise refused from None
+        tracing.annotate(body["metadata"].setdefault("annotations", {}))  # the request's span
         try:
             created = views.parse(await self._kube.create(body))
         except kube.Conflict:

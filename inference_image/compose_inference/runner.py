@@ -39,6 +39,10 @@ was taken back, ``errors.DeadlineExceeded`` past its deadline); it is called onc
 the upload, so a stopped run uploads nothing.
 
 Every failure is a ``errors.ComposeError`` carrying its exit code.
+
+Each stage timed by :class:`Stopwatch` is also a span (``compose_api.tracing``), a child of the
+span current when the run starts: the pod's or the worker's run span, which the caller makes; the
+face refinement is a span inside ``generate`` (``pipeline``).
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from compose_api import contract, models, parameters, profiles
+from compose_api import contract, models, parameters, profiles, tracing
 from compose_inference import checks, errors, fetching, images, modelstore, reuse, upload
 
 log = logging.getLogger("compose_inference")
@@ -206,9 +210,11 @@ class Stopwatch:
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        """Time the block as stage ``name``; it is also a span, a child of the run's."""
         started = self._clock()
         try:
-            yield
+            with tracing.span(name):
+                yield
         finally:
             elapsed = self._clock() - started
             self.seconds[name] = self.seconds.get(name, 0.0) + elapsed

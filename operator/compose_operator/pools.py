@@ -248,7 +248,11 @@ def build_deployment(
         "name": protocol.CONTAINER_NAME,
         "image": spec.image or profile.image or settings.inference_image,
         "args": ["worker"],
-        "env": [*_worker_env(pool, spec, profile), *builders.storage_env(settings)],
+        "env": [
+            *_worker_env(pool, spec, profile),
+            *builders.storage_env(settings),
+            *builders.tracing_env(settings, builders.WORKER_SERVICE_NAME),
+        ],
         "ports": [{"name": "probes", "containerPort": protocol.PROBE_PORT, "protocol": "TCP"}],
         # Ready once the profile is loaded, warmed up and the Lease held; a model download may
         # take many minutes, so liveness starts only after the start-up probe passed.
