@@ -179,7 +179,7 @@ def test_a_zone_index_does_not_hide_a_forbidden_address() -> None:
 
 def test_a_teredo_address_names_the_forbidden_client_it_embeds() -> None:
     # Teredo 2001:0:<server>:<flags>:<port>:<client, inverted>: server 8.8.8.8, client 10.0.0.1.
-    teredo = ipaddress.ip_address("2001:0:808:808:0:0:f5ff:fffe")
+    teredo = ipaddress.IPv6Address("2001:0:808:808:0:0:f5ff:fffe")
     assert teredo.teredo == (ipaddress.ip_address("8.8.8.8"), ipaddress.ip_address("10.0.0.1"))
     assert netguard.forbidden_reason(teredo) == (
         "IPv6 address embedding a forbidden IPv4 address (private address)"
