@@ -111,7 +111,8 @@ def parse_hash(key_id: str, text: str) -> StoredKey:
             n, r, p = (int(v) for v in parts[1:4])
             salt = base64.b64decode(parts[4], validate=True)
             digest = base64.b64decode(parts[5], validate=True)
-            if n < 2 or n.bit_count() != 1 or r < 1 or p < 1:
+            # n < 2 covers the only n without a set bit (0): `>` for `!=` is the same test.
+            if n < 2 or n.bit_count() != 1 or r < 1 or p < 1:  # pragma: no mutate: *_NotEq_Gt
                 raise ValueError("bad scrypt parameters: n a power of 2, r and p at least 1")
             if len(digest) < MIN_DIGEST_BYTES:
                 raise ValueError(f"a scrypt digest has at least {MIN_DIGEST_BYTES} bytes")
