@@ -123,6 +123,7 @@ class _File:
 
 @dataclasses.dataclass
 class _Part:
+    begun: bool = False  # between the parser's part begin and part end
     name: str = ""
     disposition: bytes = b""
     text: bytearray = dataclasses.field(default_factory=bytearray)
@@ -228,7 +229,7 @@ class _Receiver:
             await self._drain()
         except multipart_exceptions.FormParserError as error:
             raise _malformed(str(error)) from None
-        if self._part.is_file or self._part.name:
+        if self._part.begun:  # even within its headers, before a name is known
             raise _malformed("the body ends inside a part")
         if self._errors:
             raise translate.RequestError(self._errors)
@@ -236,23 +237,24 @@ class _Receiver:
     async def _drain(self) -> None:
         events, self._events = self._events, []
         for name, data in events:
-            if name == "on_part_begin":
-                self._part = _Part()
-            elif name == "on_header_field":
-                self._header_name += data
-            elif name == "on_header_value":
-                self._header_value += data
-            elif name == "on_header_end":
-                if self._header_name.lower() == b"content-disposition":
-                    self._part.disposition = self._header_value
-                self._header_name = self._header_value = b""
-            elif name == "on_headers_finished":
-                self._begin_part()
-            elif name == "on_part_data":
-                await self._data(data)
-            elif name == "on_part_end":
-                await self._end_part()
-                self._part = _Part()
+            match name:
+                case "on_part_begin":
+                    self._part = _Part(begun=True)
+                case "on_header_field":
+                    self._header_name += data
+                case "on_header_value":
+                    self._header_value += data
+                case "on_header_end":
+                    if self._header_name.lower() == b"content-disposition":
+                        self._part.disposition = self._header_value
+                    self._header_name = self._header_value = b""
+                case "on_headers_finished":
+                    self._begin_part()
+                case "on_part_data":
+                    await self._data(data)
+                case "on_part_end":
+                    await self._end_part()
+                    self._part = _Part()
 
     def _begin_part(self) -> None:
         part = self._part
@@ -300,8 +302,10 @@ class _Receiver:
             raise bodies.BodyTooLarge(self._limits.max_file_bytes, upload.field)
         if upload.problem is not None:
             return  # refused already: read past it, store nothing
-        if len(upload.head) < SNIFF_BYTES:
-            upload.head += data[: SNIFF_BYTES - len(upload.head)]
+        # The head stops growing at SNIFF_BYTES, where the file has been judged: `<=`, `!=` or
+        # `is not` for `<` only lets a judged head through again, adding nothing to it.
+        if len(upload.head) < SNIFF_BYTES:  # pragma: no mutate: *_Lt_LtE, *_Lt_NotEq, *_Lt_IsNot
+            upload.head = (upload.head + data)[:SNIFF_BYTES]
             if len(upload.head) >= SNIFF_BYTES and storage.sniff_image(upload.head) is None:
                 await self._refuse(upload, "is not a JPEG, PNG or WebP image")
                 return
