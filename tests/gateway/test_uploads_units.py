@@ -140,9 +140,11 @@ def test_admission_counts_bytes_and_keys_and_releases_on_error() -> None:
         assert admission.in_flight_bytes == 10
 
 
-@pytest.mark.parametrize("per_key", [2, 3])
+@pytest.mark.parametrize("per_key", [1, 2, 3, 300])  # the setting allows 1 to 1000
 def test_a_key_regains_exactly_the_slots_its_finished_uploads_free(per_key: int) -> None:
-    admission = uploads.Admission(budget_bytes=100, per_upload_bytes=10, per_key=per_key)
+    admission = uploads.Admission(
+        budget_bytes=10 * (per_key + 2), per_upload_bytes=10, per_key=per_key
+    )
     with contextlib.ExitStack() as held:
         for _ in range(per_key - 1):
             held.enter_context(admission.admit("alice"))
@@ -156,10 +158,7 @@ def test_a_key_regains_exactly_the_slots_its_finished_uploads_free(per_key: int)
         ):
             pass
     assert admission.in_flight_bytes == 0
-    assert (refused.value.limit, refused.value.retry_after) == (
-        per_key,
-        uploads.RETRY_AFTER_SECONDS,
-    )
+    assert (refused.value.limit, refused.value.retry_after) == (per_key, 2)
     assert f"already has {per_key} uploads in progress" in str(refused.value)
 
 
@@ -169,7 +168,7 @@ def test_an_upload_that_does_not_fit_the_budget_is_refused_with_a_retry_time() -
         with pytest.raises(uploads.UploadsBusy) as busy, admission.admit("carol"):
             pass
         assert admission.in_flight_bytes == 20
-    assert busy.value.retry_after == uploads.RETRY_AFTER_SECONDS >= 1
+    assert busy.value.retry_after == 2  # the gateway README's Retry-After
     with admission.admit("carol"), admission.admit("dave"):
         assert admission.in_flight_bytes == 20
 
@@ -336,6 +335,7 @@ def test_the_form_limits_are_the_documented_ones() -> None:
         "A form has at most 10 files (a person, a place, 8 garments), 64 text fields and"
         " 64 KiB per text field"
     ) in documented
+    assert "`503 UploadCapacity` with `Retry-After: 2`" in documented
     limits = (uploads.MAX_FILES, uploads.MAX_FIELDS, uploads.MAX_FIELD_BYTES)
     assert limits == (10, 64, 64 * 1024)
 
