@@ -1,6 +1,6 @@
 """multipart/form-data uploads: streamed into the inputs bucket under the key's prefix, referenced
 by s3:// URI; size and type checked; admitted within the replica's buffer budget and the key's
-concurrent-upload limit."""
+concurrent-upload limit. Admission and the body's parsing on their own: test_uploads_units.py."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ import random
 from collections.abc import AsyncIterator
 
 import httpx
-import pytest
 from PIL import Image
 
-from compose_gateway import storage, uploads
+from compose_gateway import storage
 from tests.gateway.conftest import ALICE_KEY, BOB_KEY, Gateway, MakeGateway, original_request
 from tests.support import cluster_client, s3
 from tests.support.resources import COMPOSITION_JOBS
@@ -347,23 +346,6 @@ async def test_uploads_beyond_the_key_limit_and_the_replica_budget_are_refused(
     assert finished.status_code == 202, finished.text
     assert after.status_code == 202, after.text
     assert gateway.services.uploads.in_flight_bytes == 0
-
-
-def test_admission_counts_bytes_and_keys_and_releases_on_error() -> None:
-    admission = uploads.Admission(budget_bytes=30, per_upload_bytes=10, per_key=2)
-    with admission.admit("alice"), admission.admit("alice"):
-        with pytest.raises(uploads.TooManyUploads), admission.admit("alice"):
-            pass
-        with admission.admit("bob"):
-            assert admission.in_flight_bytes == 30
-            with pytest.raises(uploads.UploadsBusy), admission.admit("carol"):
-                pass
-        with pytest.raises(RuntimeError), admission.admit("bob"):
-            raise RuntimeError("the upload failed")
-        assert admission.in_flight_bytes == 20
-    assert admission.in_flight_bytes == 0
-    with admission.admit("carol"):
-        assert admission.in_flight_bytes == 10
 
 
 async def test_an_upload_s3_refuses_is_a_502_naming_storage(make_gateway: MakeGateway) -> None:
