@@ -502,7 +502,7 @@ async def test_removing_stored_uploads_is_best_effort(
     s3_env: s3.S3Server, bucket: str, sink: storage.UploadSink
 ) -> None:
     received = await receive(body(file("personImage", _png()), file("placeImage", _webp())), sink)
-    gone = uploads.Stored(field="x", uri="s3://elsewhere/k", key="no-such-key")
+    gone = uploads.Stored(field="x", uri="s3://elsewhere/k", key="no-such-key", sha256="0" * 64)
     elsewhere = storage.Storage(
         inputs_bucket="no-such-bucket-for-removal",
         inputs_prefix="uploads/",
