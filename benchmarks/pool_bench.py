@@ -21,6 +21,11 @@ steps), with the real ``compose-operator`` logged in with exactly the chart's RB
    again (same inputs, parameters and seed), which the worker answers with a copy of the first
    one's result (``compose_inference.reuse``). Printed: the repeated job's create→Succeeded
    p50/p99 against the first job's, measured in the same run, and how many repeats were reused.
+4. **gateway-reuse** (``--modes gateway-reuse``; what ``benchmarks.gateway_bench --reuse N``
+   runs): the same pairs sent as the original API's ``POST /generate?wait=120`` to a real
+   ``compose-gateway`` process (the chart's gateway RBAC, an API key, photos among the key's
+   uploads), on a warm pool of its own: the client's request→answer p50/p99 of the repeat
+   against the first, and how many repeats the gateway's job view calls reused.
 
 At most ``--workers`` jobs are in flight at once in both modes (a job is created when one
 finishes), so no job waits behind another: what is measured is the path of one job. For every
@@ -57,6 +62,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
+import httpx
 import yaml
 
 from compose_api import kube, models
@@ -65,11 +71,15 @@ from tests.operator.cluster.conftest import running_operator
 from tests.support import control_plane as cp
 from tests.support import pool_inputs, s3
 from tests.support.cluster_fixtures import GPU_NODES, kubectl_path
+from tests.support.gateway_process import running_gateway
 from tests.support.worker_kubelet import WorkerKubelet, pod_env, worker_command
 
 NAMESPACE = "bench"
 POOL = "warm"
 REUSE_POOL = "warm-reuse"  # reuse mode's own pool: the pool mode's may still be going away
+GATEWAY_POOL = "warm-gateway"  # ... and gateway-reuse mode's
+OWNER = "bench"  # the gateway's API key's owner
+MODES = ("pool", "job", "reuse", "gateway-reuse")
 PROFILE = "tiny-gpu"
 DRIVER = "pool-bench"  # the User-Agent of the benchmark's own requests
 KUBELET = "pool-bench-kubelet"  # ... and of those it makes in the kubelet's place
@@ -355,6 +365,51 @@ async def drive_pairs(
     return reused
 
 
+async def drive_gateway_pairs(
+    url: str, key: str, first: Mode, again: Mode, photos: dict[str, str], *, jobs: int,
+    parallel: int,
+) -> int:  # fmt: skip
+    """As :func:`drive_pairs`, through the gateway: each job is a ``POST /generate?wait=120`` of
+    the original API's JSON with a seed, timed from the request to its answer. Returns how many
+    repeats the gateway's ``GET /jobs/{id}`` calls reused."""
+    gate = asyncio.Semaphore(parallel)
+    reused = 0
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=300) as http:
+
+        async def one(mode: Mode, seed: int) -> str | None:
+            request = {
+                "personImage": photos["person"],
+                "clothingImages": [photos["shirt"]],
+                "placeImage": photos["place"],
+                "seed": seed,
+            }
+            started = time.monotonic()
+            answer = await http.post("/generate", params={"wait": "120"}, json=request)
+            elapsed = time.monotonic() - started
+            if answer.status_code != 200 or answer.json().get("status") != "success":
+                mode.failed += 1
+                print(f"  gateway: {answer.status_code} {answer.text[:300]}", file=sys.stderr)
+                return None
+            mode.total.append(elapsed)
+            return str(answer.headers["Location"]).rsplit("/", 1)[-1]
+
+        async def pair(index: int) -> None:
+            nonlocal reused
+            seed = 2_000_000 + index
+            async with gate:
+                if await one(first, seed) is None:
+                    return
+                job = await one(again, seed)
+            if job is not None:
+                view = (await http.get(f"/jobs/{job}")).json()
+                if (view.get("result") or {}).get("reused"):
+                    reused += 1
+
+        await asyncio.gather(*(pair(index) for index in range(jobs)))
+    return reused
+
+
 def count_requests(
     plane: cp.ControlPlane, since: int, mode: Mode, *, operator: str, worker: str
 ) -> None:
@@ -396,10 +451,12 @@ async def admin(plane: cp.ControlPlane, agent: str) -> AsyncIterator[kube.Client
         yield client
 
 
-async def run(args: argparse.Namespace) -> tuple[list[Mode], int]:
+async def run(args: argparse.Namespace) -> tuple[list[Mode], dict[str, int]]:
+    """Every mode asked for, in order; and per reuse mode ("reuse", "gateway reuse") how many
+    repeats were reused."""
     work = pathlib.Path(tempfile.mkdtemp(prefix="pool-bench-"))
     modes = []
-    reused = 0
+    reused: dict[str, int] = {}
     with cluster() as plane, contextlib.ExitStack() as stack:
         server = stack.enter_context(contextlib.contextmanager(s3.start)())
         results = server.new_bucket("results")
@@ -431,6 +488,42 @@ async def run(args: argparse.Namespace) -> tuple[list[Mode], int]:
             mode = Mode(name)
             print(f"{name}: {args.jobs} jobs, {args.workers} at a time ...", file=sys.stderr)
             async with admin(plane, DRIVER) as client, admin(plane, KUBELET) as kubelet_client:
+                if name == "gateway-reuse":
+                    logs = work / "gateway-workers"
+                    logs.mkdir(exist_ok=True)
+                    harness = WorkerKubelet(kubelet_client, NAMESPACE, GATEWAY_POOL,
+                                            command=worker_command, env=env, logs=logs)  # fmt: skip
+                    again = Mode("gateway reuse: again")
+                    mode = Mode("gateway reuse: first")
+                    uploads = server.new_bucket("uploads")
+                    own = {}
+                    for photo, body in pool_inputs.photos().items():
+                        key = f"uploads/{OWNER}/photos/{photo}.png"  # the key's own uploads
+                        server.client().put_object(Bucket=uploads, Key=key, Body=body)
+                        own[photo] = f"s3://{uploads}/{key}"
+                    gateway_settings = {
+                        **server.env(),
+                        "COMPOSE_GATEWAY_INPUTS_BUCKET": uploads,
+                        "COMPOSE_GATEWAY_S3_ENDPOINT_URL": server.endpoint_url,
+                        "COMPOSE_GATEWAY_AWS_REGION": s3.REGION,
+                        "COMPOSE_GATEWAY_PROFILE": PROFILE,
+                        "COMPOSE_GATEWAY_DEFAULT_POOL": GATEWAY_POOL,
+                    }
+                    gateway = running_gateway(plane, NAMESPACE, work / "gateway", owner=OWNER,
+                                              settings=gateway_settings)  # fmt: skip
+                    async with harness:
+                        await _warm_pool(client, args.workers, name=GATEWAY_POOL)
+                        with gateway as (url, key):
+                            reused["gateway reuse"] = await drive_gateway_pairs(
+                                url, key, mode, again, own, jobs=args.jobs,
+                                parallel=args.workers,
+                            )  # fmt: skip
+                        await client.delete(kube.path(
+                            models.API_VERSION, protocol.PLURAL, namespace=NAMESPACE,
+                            name=GATEWAY_POOL,
+                        ))  # fmt: skip
+                    modes.extend([mode, again])
+                    continue
                 if name == "reuse":
                     logs = work / "reuse-workers"
                     logs.mkdir(exist_ok=True)
@@ -442,7 +535,7 @@ async def run(args: argparse.Namespace) -> tuple[list[Mode], int]:
                                           namespace=NAMESPACE, name=REUSE_POOL)  # fmt: skip
                     async with harness:
                         await _warm_pool(client, args.workers, name=REUSE_POOL)
-                        reused = await drive_pairs(
+                        reused["reuse"] = await drive_pairs(
                             client, mode, again, photos, jobs=args.jobs, parallel=args.workers,
                             pool=REUSE_POOL,
                         )  # fmt: skip
@@ -505,11 +598,19 @@ async def _warm_pool(client: kube.Client, workers: int, *, name: str = POOL) -> 
 # -- the report -------------------------------------------------------------------------------
 
 
-def report(modes: Sequence[Mode], reused: int = 0) -> str:
+def _ms(values: Sequence[float], pct: float) -> str:
+    """A percentile in milliseconds; a dash where the mode has no such figure (the gateway
+    modes time the request only)."""
+    return f"{percentile(values, pct) * 1000:.0f} ms" if values else "—"
+
+
+def report(modes: Sequence[Mode], reused: dict[str, int] | None = None) -> str:
+    reused = reused or {}
     by_name = {mode.name: mode for mode in modes}
     lines = [
         "| mode | jobs | overhead p50 | overhead p99 | outside the run p50 | outside the run p99 "
-        "| create→Succeeded p50 | generate p50 | requests/job, ours | requests/job, all |",
+        "| create→Succeeded (gateway: request→answer) p50 | generate p50 | requests/job, ours "
+        "| requests/job, all |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     ours = ("operator", "workers")
@@ -523,12 +624,9 @@ def report(modes: Sequence[Mode], reused: int = 0) -> str:
         )
         lines.append(
             f"| {mode.name} | {len(mode.total)} ok, {mode.failed} failed "
-            f"| {percentile(mode.overhead, 50) * 1000:.0f} ms "
-            f"| {percentile(mode.overhead, 99) * 1000:.0f} ms "
-            f"| {percentile(mode.orchestration, 50) * 1000:.0f} ms "
-            f"| {percentile(mode.orchestration, 99) * 1000:.0f} ms "
-            f"| {percentile(mode.total, 50) * 1000:.0f} ms "
-            f"| {percentile(mode.generate, 50) * 1000:.0f} ms " + requests
+            f"| {_ms(mode.overhead, 50)} | {_ms(mode.overhead, 99)} "
+            f"| {_ms(mode.orchestration, 50)} | {_ms(mode.orchestration, 99)} "
+            f"| {_ms(mode.total, 50)} | {_ms(mode.generate, 50)} " + requests
         )
     lines.append("")
     for mode in (mode for mode in modes if mode.requests):
@@ -536,17 +634,19 @@ def report(modes: Sequence[Mode], reused: int = 0) -> str:
             f"{key} {mode.per_job(key):.2f}" for key in everyone if mode.requests[key]
         )
         lines.append(f"{mode.name}: requests per job by component: {split}")
-    if "reuse: first" in by_name and "reuse: again" in by_name:
-        first, again = by_name["reuse: first"], by_name["reuse: again"]
+    for kind, what in (("reuse", "create→Succeeded"), ("gateway reuse", "request→answer")):
+        if f"{kind}: first" not in by_name or f"{kind}: again" not in by_name:
+            continue
+        first, again = by_name[f"{kind}: first"], by_name[f"{kind}: again"]
         if lines[-1]:
             lines.append("")
         lines.append(
-            f"reuse: the same request again, create→Succeeded p50 "
+            f"{kind}: the same request again, {what} p50 "
             f"{percentile(again.total, 50) * 1000:.0f} ms, p99 "
             f"{percentile(again.total, 99) * 1000:.0f} ms, against the first run's p50 "
             f"{percentile(first.total, 50) * 1000:.0f} ms "
             f"({percentile(again.total, 50) / percentile(first.total, 50):.3f}x); "
-            f"{reused} of {len(again.total) + again.failed} repeats reused"
+            f"{reused.get(kind, 0)} of {len(again.total) + again.failed} repeats reused"
         )
     if "pool" in by_name and "job" in by_name:
         pool, job = by_name["pool"], by_name["job"]
@@ -561,7 +661,7 @@ def report(modes: Sequence[Mode], reused: int = 0) -> str:
     return "\n".join(lines)
 
 
-def as_json(modes: Sequence[Mode], reused: int = 0) -> dict[str, Any]:
+def as_json(modes: Sequence[Mode], reused: dict[str, int] | None = None) -> dict[str, Any]:
     found: dict[str, Any] = {
         mode.name: {
             "jobs": len(mode.total),
@@ -577,7 +677,7 @@ def as_json(modes: Sequence[Mode], reused: int = 0) -> dict[str, Any]:
         }
         for mode in modes
     }
-    if any(mode.name.startswith("reuse") for mode in modes):
+    if reused:
         found["reused"] = reused
     return found
 
@@ -590,13 +690,14 @@ def main(argv: Sequence[str] | None = None) -> None:
                         "test cluster has three GPU nodes)")  # fmt: skip
     parser.add_argument("--modes", default="pool,job",
                         help="pool,job (default), or one of them; reuse: pairs of the same "
-                        "request on a warm pool")  # fmt: skip
+                        "request on a warm pool; gateway-reuse: the same through the "
+                        "gateway")  # fmt: skip
     parser.add_argument("--json", type=pathlib.Path, help="also write the figures as JSON")
     args = parser.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = set(args.modes) - {"pool", "job", "reuse"}
+    unknown = set(args.modes) - set(MODES)
     if unknown or not args.modes:
-        parser.error(f"--modes: pool, job and/or reuse, not {sorted(unknown)}")
+        parser.error(f"--modes: some of {', '.join(MODES)}, not {sorted(unknown)}")
     if args.jobs < 1:
         parser.error("--jobs: at least 1")
     modes, reused = asyncio.run(run(args))

@@ -23,12 +23,8 @@ Four jobs, one trace each:
 from __future__ import annotations
 
 import asyncio
-import os
 import pathlib
 import secrets
-import socket
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -42,11 +38,11 @@ import yaml
 from benchmarks.pool_bench import JobKubelet
 from compose_api import kube, models, tracing
 from compose_api import pools as protocol
-from compose_gateway import auth
 from tests.inference.io.conftest import encode
-from tests.operator.cluster.conftest import CHART, _helm, kubectl_apply, running_operator
+from tests.operator.cluster.conftest import running_operator
 from tests.support import control_plane as cp
 from tests.support import otel_collector, s3
+from tests.support.gateway_process import running_gateway
 from tests.support.worker_kubelet import WorkerKubelet, worker_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
@@ -60,13 +56,6 @@ OWNER = "alice"
 WORKER_STEPS = {"accept", "check", "fetch", "validate", "face", "generate", "encode", "upload",
                 "report"}  # fmt: skip
 POD_STEPS = WORKER_STEPS - {"accept", "report"} | {"load"}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _client_traceparent() -> tuple[str, str, str]:
@@ -91,46 +80,6 @@ def profiles_path(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     return path
 
 
-def _gateway_rbac(plane: cp.ControlPlane, namespace: str) -> str:
-    """The chart's gateway ServiceAccount, Role and RoleBinding in ``namespace``; a token."""
-    done = subprocess.run(
-        [_helm(), "template", "trace", str(CHART), "--namespace", namespace,
-         "--set", "gateway.enabled=true", "--set", "gateway.apiKeysSecret.name=keys",
-         "--set", "networkPolicy.apiServerCidrs[0]=127.0.0.1/32"],
-        capture_output=True, text=True, check=True, timeout=120,
-    )  # fmt: skip
-    objects = [
-        d
-        for d in yaml.safe_load_all(done.stdout)
-        if d
-        and d["kind"] in {"ServiceAccount", "Role", "RoleBinding"}
-        and d["metadata"]["name"].endswith("-gateway")
-    ]
-    kubectl_apply(plane, objects)
-    account = next(o for o in objects if o["kind"] == "ServiceAccount")["metadata"]["name"]
-    user = f"system:serviceaccount:{namespace}:{account}"
-    review = {
-        "apiVersion": "authorization.k8s.io/v1",
-        "kind": "SubjectAccessReview",
-        "spec": {
-            "user": user,
-            "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
-            "resourceAttributes": {
-                "namespace": namespace,
-                "group": models.GROUP,
-                "resource": models.PLURAL,
-                "verb": "create",
-            },
-        },
-    }
-    deadline = time.monotonic() + 30
-    path = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
-    while not plane.request("POST", path, review)["status"].get("allowed"):
-        assert time.monotonic() < deadline, f"{user} is still not allowed to create jobs"
-        time.sleep(0.1)
-    return plane.service_account_token(namespace, account)
-
-
 @pytest.fixture
 def gateway(
     control_plane: cp.ControlPlane,
@@ -140,57 +89,21 @@ def gateway(
     tmp_path: pathlib.Path,
 ) -> Iterator[tuple[str, str, str]]:
     """A ``compose-gateway`` process: (base URL, an API key, the inputs bucket)."""
-    token = tmp_path / "gateway.token"
-    token.write_text(_gateway_rbac(control_plane, namespace))
-    key = auth.new_key(OWNER)
-    keys = tmp_path / "api-keys.yaml"
-    keys.write_text(f"{OWNER}: {auth.hash_key(key)}\n")
     inputs = s3_server.new_bucket("inputs")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "OTEL_"))}
-    env.update(
-        {
-            **s3_server.env(),
-            **collector.env(),
-            "COMPOSE_KUBE_URL": control_plane.url,
-            "COMPOSE_KUBE_TOKEN_FILE": str(token),
-            "COMPOSE_KUBE_CA_FILE": str(control_plane.pki.ca_cert),
-            "COMPOSE_GATEWAY_NAMESPACE": namespace,
-            "COMPOSE_GATEWAY_HOST": "127.0.0.1",
-            "COMPOSE_GATEWAY_PORT": str(port),
-            "COMPOSE_GATEWAY_METRICS_ENABLED": "false",
-            "COMPOSE_GATEWAY_API_KEYS_FILE": str(keys),
-            "COMPOSE_GATEWAY_RATE_LIMIT_PER_MINUTE": "0",
-            "COMPOSE_GATEWAY_JOB_POLL_SECONDS": "0.2",
-            "COMPOSE_GATEWAY_INPUTS_BUCKET": inputs,
-            "COMPOSE_GATEWAY_S3_ENDPOINT_URL": s3_server.endpoint_url,
-            "COMPOSE_GATEWAY_AWS_REGION": s3.REGION,
-            "COMPOSE_GATEWAY_PROFILE": PROFILE,
-            "COMPOSE_GATEWAY_DEFAULT_POOL": POOL,
-            "COMPOSE_GATEWAY_LOG_LEVEL": "warning",
-        }
-    )
-    log = tmp_path / "gateway.log"
-    with log.open("wb") as handle:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "compose_gateway"], env=env, stdout=handle, stderr=handle
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()[-4000:]
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()[-4000:]
-            time.sleep(0.1)
+    settings = {
+        **s3_server.env(),
+        **collector.env(),
+        "COMPOSE_GATEWAY_JOB_POLL_SECONDS": "0.2",
+        "COMPOSE_GATEWAY_INPUTS_BUCKET": inputs,
+        "COMPOSE_GATEWAY_S3_ENDPOINT_URL": s3_server.endpoint_url,
+        "COMPOSE_GATEWAY_AWS_REGION": s3.REGION,
+        "COMPOSE_GATEWAY_PROFILE": PROFILE,
+        "COMPOSE_GATEWAY_DEFAULT_POOL": POOL,
+    }
+    with running_gateway(
+        control_plane, namespace, tmp_path / "gateway", owner=OWNER, settings=settings
+    ) as (url, key):
         yield url, key, inputs
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 class Scene:
