@@ -50,6 +50,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -72,7 +73,7 @@ from tests.support import control_plane as cp
 from tests.support import pool_inputs, s3
 from tests.support.cluster_fixtures import GPU_NODES, kubectl_path
 from tests.support.gateway_process import running_gateway
-from tests.support.worker_kubelet import WorkerKubelet, pod_env, worker_command
+from tests.support.worker_kubelet import WorkerKubelet, node_env, pod_env, worker_command
 
 NAMESPACE = "bench"
 POOL = "warm"
@@ -475,12 +476,8 @@ async def run(args: argparse.Namespace) -> tuple[list[Mode], dict[str, int]]:
             NAMESPACE, worker_account, work / "worker.kubeconfig"
         )
         env = {
-            **server.env(),
+            **node_env(work, server.env()),
             "KUBECONFIG": str(kubeconfig),
-            "COMPOSE_MODEL_CACHE": str(work / "node-cache"),
-            "HF_HOME": str(work / "node-cache" / "huggingface"),
-            "HOME": str(work),
-            "OMP_NUM_THREADS": "1",
             "COMPOSE_LOG_LEVEL": "WARNING",
         }
         worker_user = f"system:serviceaccount:{NAMESPACE}:{worker_account}"
@@ -488,11 +485,10 @@ async def run(args: argparse.Namespace) -> tuple[list[Mode], dict[str, int]]:
             mode = Mode(name)
             print(f"{name}: {args.jobs} jobs, {args.workers} at a time ...", file=sys.stderr)
             async with admin(plane, DRIVER) as client, admin(plane, KUBELET) as kubelet_client:
+                warm = functools.partial(
+                    warm_pool, client, kubelet_client, env=env, workers=args.workers, logs=work
+                )
                 if name == "gateway-reuse":
-                    logs = work / "gateway-workers"
-                    logs.mkdir(exist_ok=True)
-                    harness = WorkerKubelet(kubelet_client, NAMESPACE, GATEWAY_POOL,
-                                            command=worker_command, env=env, logs=logs)  # fmt: skip
                     again = Mode("gateway reuse: again")
                     mode = Mode("gateway reuse: first")
                     uploads = server.new_bucket("uploads")
@@ -511,52 +507,31 @@ async def run(args: argparse.Namespace) -> tuple[list[Mode], dict[str, int]]:
                     }
                     gateway = running_gateway(plane, NAMESPACE, work / "gateway", owner=OWNER,
                                               settings=gateway_settings)  # fmt: skip
-                    async with harness:
-                        await _warm_pool(client, args.workers, name=GATEWAY_POOL)
+                    async with warm(GATEWAY_POOL):
                         with gateway as (url, key):
                             reused["gateway reuse"] = await drive_gateway_pairs(
                                 url, key, mode, again, own, jobs=args.jobs,
                                 parallel=args.workers,
                             )  # fmt: skip
-                        await client.delete(kube.path(
-                            models.API_VERSION, protocol.PLURAL, namespace=NAMESPACE,
-                            name=GATEWAY_POOL,
-                        ))  # fmt: skip
                     modes.extend([mode, again])
                     continue
                 if name == "reuse":
-                    logs = work / "reuse-workers"
-                    logs.mkdir(exist_ok=True)
-                    harness = WorkerKubelet(kubelet_client, NAMESPACE, REUSE_POOL,
-                                            command=worker_command, env=env, logs=logs)  # fmt: skip
                     again = Mode("reuse: again")
                     mode = Mode("reuse: first")
-                    pool_path = kube.path(models.API_VERSION, protocol.PLURAL,
-                                          namespace=NAMESPACE, name=REUSE_POOL)  # fmt: skip
-                    async with harness:
-                        await _warm_pool(client, args.workers, name=REUSE_POOL)
+                    async with warm(REUSE_POOL):
                         reused["reuse"] = await drive_pairs(
                             client, mode, again, photos, jobs=args.jobs, parallel=args.workers,
                             pool=REUSE_POOL,
                         )  # fmt: skip
-                        await client.delete(pool_path)
                     modes.extend([mode, again])
                     continue
                 if name == "pool":
-                    logs = work / "workers"
-                    logs.mkdir(exist_ok=True)
-                    harness = WorkerKubelet(
-                        kubelet_client, NAMESPACE, POOL, command=worker_command, env=env, logs=logs
-                    )
-                    async with harness:
-                        await _warm_pool(client, args.workers)
+                    async with warm(POOL):
                         since = plane.audit_offset()
                         await drive(client, mode, photos, jobs=args.jobs, parallel=args.workers,
                                     pool=POOL)  # fmt: skip
                         count_requests(plane, since, mode, operator=operator.user,
                                        worker=worker_user)  # fmt: skip
-                        await client.delete(kube.path(models.API_VERSION, protocol.PLURAL,
-                                                      namespace=NAMESPACE, name=POOL))  # fmt: skip
                 else:
                     logs = work / "jobs"
                     logs.mkdir(exist_ok=True)
@@ -576,8 +551,23 @@ async def _service_accounts(plane: cp.ControlPlane) -> tuple[list[str], None]:
     return [item["metadata"]["name"] for item in items], None
 
 
-async def _warm_pool(client: kube.Client, workers: int, *, name: str = POOL) -> None:
-    """The pool, and its workers loaded, warmed up and ready before any job is timed."""
+@contextlib.asynccontextmanager
+async def warm_pool(
+    client: kube.Client,
+    kubelet_client: kube.Client,
+    name: str,
+    *,
+    env: dict[str, str],
+    workers: int,
+    logs: pathlib.Path,
+) -> AsyncIterator[None]:
+    """A CompositionPool of ``workers`` real worker processes (the kubelet's part played with
+    ``kubelet_client``), loaded, warmed up and ready before any job is timed; deleted after."""
+    folder = logs / f"{name}-workers"
+    folder.mkdir(exist_ok=True)
+    harness = WorkerKubelet(
+        kubelet_client, NAMESPACE, name, command=worker_command, env=env, logs=folder
+    )
     body = {
         "apiVersion": models.API_VERSION,
         "kind": protocol.KIND,
@@ -585,14 +575,16 @@ async def _warm_pool(client: kube.Client, workers: int, *, name: str = POOL) -> 
         "spec": {"profile": PROFILE, "minReplicas": workers, "maxReplicas": workers},
     }
     path = kube.path(models.API_VERSION, protocol.PLURAL, namespace=NAMESPACE)
-    await client.create(path, body)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        pool = await client.get(f"{path}/{name}")
-        if (pool.get("status") or {}).get("readyWorkers") == workers:
-            return
-        await asyncio.sleep(0.5)
-    raise RuntimeError(f"the pool's {workers} workers were not ready within 300 s")
+    async with harness:
+        await client.create(path, body)
+        deadline = time.monotonic() + 300
+        while (((await client.get(f"{path}/{name}")).get("status") or {})
+               .get("readyWorkers") != workers):  # fmt: skip
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the pool's {workers} workers were not ready within 300 s")
+            await asyncio.sleep(0.5)
+        yield
+        await client.delete(f"{path}/{name}")
 
 
 # -- the report -------------------------------------------------------------------------------

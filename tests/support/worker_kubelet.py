@@ -40,6 +40,19 @@ def free_port() -> int:
         return port
 
 
+def node_env(root: pathlib.Path, s3_env: Mapping[str, str]) -> dict[str, str]:
+    """What a kubelet mounts or injects into a worker's or a Job pod's container besides the
+    pod's own env: the node-local model cache, a writable home, the S3 credentials (a real
+    node's come from its IAM role), and one thread per process on the shared test machine."""
+    return {
+        **s3_env,
+        "COMPOSE_MODEL_CACHE": str(root / "node-cache"),
+        "HF_HOME": str(root / "node-cache" / "huggingface"),
+        "HOME": str(root),
+        "OMP_NUM_THREADS": "1",
+    }
+
+
 def pod_env(pod: Obj) -> dict[str, str]:
     """The environment the pod's container (the worker's, or its only one) gets: its literal
     values, and the downward API fields it asks for."""

@@ -43,7 +43,7 @@ from tests.operator.cluster.conftest import running_operator
 from tests.support import control_plane as cp
 from tests.support import otel_collector, s3
 from tests.support.gateway_process import running_gateway
-from tests.support.worker_kubelet import WorkerKubelet, worker_command
+from tests.support.worker_kubelet import WorkerKubelet, node_env, worker_command
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -177,13 +177,7 @@ async def scene(
             namespace, worker_account, tmp_path / "worker.kubeconfig"
         )
         # What a kubelet mounts or injects; the OTEL_* settings come from the pods' own specs.
-        node = {
-            **s3_server.env(),
-            "COMPOSE_MODEL_CACHE": str(tmp_path / "node-cache"),
-            "HF_HOME": str(tmp_path / "node-cache" / "huggingface"),
-            "HOME": str(tmp_path),
-            "OMP_NUM_THREADS": "1",
-        }
+        node = node_env(tmp_path, s3_server.env())
         logs = tmp_path / "pods"
         logs.mkdir()
         async with kube.Client(connection) as client:

@@ -30,7 +30,7 @@ from tests.operator.operator_process import OperatorProcess
 from tests.support import control_plane as cp
 from tests.support import pool_inputs, s3
 from tests.support.pool_inputs import Gate
-from tests.support.worker_kubelet import WorkerKubelet, worker_command
+from tests.support.worker_kubelet import WorkerKubelet, node_env, worker_command
 
 Obj = dict[str, Any]
 POOL = "warm"
@@ -202,32 +202,24 @@ async def scene(
     for name, body in photos.items():
         s3_server.client().put_object(Bucket=bucket, Key=f"{name}.png", Body=body)
         inputs[name] = f"s3://{bucket}/{name}.png"
-    accounts = [
-        item["metadata"]["name"]
-        for item in (
-            await kube.Client(kube.Connection.from_kubeconfig(control_plane.kubeconfig)).list(
-                kube.path("v1", "serviceaccounts", namespace=namespace)
-            )
-        )[0]
-    ]
-    worker_account = next(name for name in accounts if name.endswith("-worker"))
-    kubeconfig = control_plane.service_account_kubeconfig(
-        namespace, worker_account, tmp_path / "worker.kubeconfig"
-    )
-    env = {
-        **s3_server.env(),
-        "KUBECONFIG": str(kubeconfig),
-        # What a kubelet mounts: the node-local model cache and a writable home.
-        "COMPOSE_MODEL_CACHE": str(tmp_path / "node-cache"),
-        "HF_HOME": str(tmp_path / "node-cache" / "huggingface"),
-        "HOME": str(tmp_path),
-        "COMPOSE_NETGUARD_ALLOW_CIDRS": "127.0.0.1/32",
-        "COMPOSE_FETCH_CA_BUNDLE": str(control_plane.pki.ca_cert),
-        "OMP_NUM_THREADS": "1",
-    }
-    logs = tmp_path / "workers"
-    logs.mkdir()
     async with kube.Client(kube.Connection.from_kubeconfig(control_plane.kubeconfig)) as client:
+        accounts, _ = await client.list(kube.path("v1", "serviceaccounts", namespace=namespace))
+        worker_account = next(
+            item["metadata"]["name"]
+            for item in accounts
+            if item["metadata"]["name"].endswith("-worker")
+        )
+        kubeconfig = control_plane.service_account_kubeconfig(
+            namespace, worker_account, tmp_path / "worker.kubeconfig"
+        )
+        env = {
+            **node_env(tmp_path, s3_server.env()),
+            "KUBECONFIG": str(kubeconfig),
+            "COMPOSE_NETGUARD_ALLOW_CIDRS": "127.0.0.1/32",
+            "COMPOSE_FETCH_CA_BUNDLE": str(control_plane.pki.ca_cert),
+        }
+        logs = tmp_path / "workers"
+        logs.mkdir()
         kubelet = WorkerKubelet(client, namespace, POOL, command=worker_command, env=env, logs=logs)
         async with kubelet:
             yield Scene(client, namespace, s3_server, inputs, kubelet)
