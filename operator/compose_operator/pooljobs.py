@@ -472,26 +472,14 @@ def worker_gone(
             message=f"{why}; waiting for another worker of pool {assignment.pool}",
             now=now,
         )
-    if disrupted is not None:
-        entry = _attempt(
-            assignment,
-            report,
-            nodes,
-            outcome=models.AttemptOutcome.INTERRUPTED,
-            reason=Reason.SPOT_INTERRUPTED,
-            message=f"{why}: {disrupted}",
-            end_time=now,
-        )
-    else:
-        entry = _attempt(
-            assignment,
-            report,
-            nodes,
-            outcome=models.AttemptOutcome.FAILED,
-            reason=reason,
-            message=why,
-            end_time=now,
-        )
+    outcome, cause, text = (
+        (models.AttemptOutcome.FAILED, reason, why)
+        if disrupted is None
+        else (models.AttemptOutcome.INTERRUPTED, Reason.SPOT_INTERRUPTED, f"{why}: {disrupted}")
+    )
+    entry = _attempt(
+        assignment, report, nodes, outcome=outcome, reason=cause, message=text, end_time=now
+    )
     attempts = _with_attempt(previous.attempts, entry)
     verdict = _failed_for_good(cj, attempts, str(entry.reason), why, permanent=False)
     if verdict is not None:
