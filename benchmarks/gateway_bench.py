@@ -23,6 +23,13 @@ slows as it fills, so absolute figures are for comparing the two phases of one r
    their default concurrent-upload limit. It prints the gateway's peak RSS (VmHWM) idle, after
    one upload alone (the same-run baselines), and after the N concurrent ones, with the ratios;
    the target is a peak under 300 MB for 16 concurrent maximum-size uploads.
+
+4. result reuse (``--reuse N``, 0 skips it, the default): N pairs of the same ``POST
+   /generate?wait=120`` (same photos, parameters and seed) to a real gateway on the real test
+   control plane, with the operator and a warm pool of real workers: the repeat's
+   request→answer p50/p99 against the first request's, and how many repeats were reused. It runs
+   ``benchmarks.pool_bench --modes gateway-reuse`` (which starts all of that) after the other
+   phases; the target is a repeated request answered in under 1 s on a warm pool.
 """
 
 from __future__ import annotations
@@ -394,10 +401,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--upload-mib", type=float, default=largest, help="size of each upload body"
     )
+    parser.add_argument(
+        "--reuse", type=int, default=0, help="pairs of the same request on a warm pool; 0: none"
+    )
     parser.add_argument("--json", type=pathlib.Path, help="also write the figures here")
     args = parser.parse_args(argv)
-    if args.requests < 1 or args.concurrency < 1 or args.uploads < 0:
-        parser.error("--requests and --concurrency must be at least 1, --uploads at least 0")
+    if args.requests < 1 or args.concurrency < 1 or args.uploads < 0 or args.reuse < 0:
+        parser.error(
+            "--requests and --concurrency must be at least 1, --uploads and --reuse at least 0"
+        )
     figures = asyncio.run(run(args.requests, args.concurrency, args.uploads, args.upload_mib))
 
     print(f"gateway benchmark: {args.requests} jobs, concurrency {args.concurrency}")
@@ -429,6 +441,14 @@ def main(argv: list[str] | None = None) -> None:
             f"  MiB received at once per MiB of RSS growth: "
             f"{upload['mib_received_concurrently_per_mib_of_rss_growth']:.1f}"
         )
+    if args.reuse:
+        from benchmarks import pool_bench
+
+        modes, reused = asyncio.run(
+            pool_bench.run(argparse.Namespace(modes=["gateway-reuse"], jobs=args.reuse, workers=1))
+        )
+        print(pool_bench.report(modes, reused).rsplit("\n", 1)[-1])
+        figures["reuse"] = pool_bench.as_json(modes, reused)
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 

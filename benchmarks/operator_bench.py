@@ -20,6 +20,10 @@ baseline, then ``compose-operator``), in the same run and on the same machine:
    per job (user+system, psutil), peak RSS, and create-to-Job latency p50/p99 -- with ratios to
    the baseline.
 
+``--operators compose,traced`` compares compose-operator with tracing off (the default: no
+OTLP endpoint, a no-op tracer) and on (its spans exported over OTLP/HTTP to a real OpenTelemetry
+Collector, tests/support/otel_collector.py, running on the same machine).
+
 ``--cap N`` runs compose-operator with COMPOSE_MAX_RUNNING_PER_NAMESPACE=N (the chart's default
 is 4); ``--step-delay S`` makes each container take S seconds before it ends (a slow workload).
 The API server, etcd, the controllers and kwok share the machine's cores with the operator:
@@ -52,7 +56,7 @@ import yaml
 
 from compose_api import contract, models
 from compose_api.kube import Gone, KubeError, NotFound
-from tests.support import control_plane, resources
+from tests.support import control_plane, otel_collector, resources
 from tests.support.cluster_client import ClusterClient
 from tests.support.resources import COMPOSITION_JOBS, JOBS, PODS
 
@@ -77,6 +81,7 @@ class OperatorKind:
     title: str
     command: tuple[str, ...]
     done: Callable[[Mapping[str, Any]], bool]
+    traced: bool = False  # exports its spans to a real OpenTelemetry Collector
 
 
 def _done(cj: Mapping[str, Any]) -> bool:
@@ -95,6 +100,13 @@ OPERATORS = {
         "compose-operator",
         (sys.executable, "-m", "compose_operator"),
         _done,
+    ),
+    "traced": OperatorKind(
+        "traced",
+        "compose-operator, tracing on",
+        (sys.executable, "-m", "compose_operator"),
+        _done,
+        traced=True,
     ),
 }
 
@@ -257,7 +269,11 @@ def _stop(process: subprocess.Popen[Any]) -> None:
 
 @contextlib.contextmanager
 def operator_process(
-    kind: OperatorKind, workdir: pathlib.Path, kubeconfig: pathlib.Path, cap: int = 0
+    kind: OperatorKind,
+    workdir: pathlib.Path,
+    kubeconfig: pathlib.Path,
+    cap: int = 0,
+    extra_env: Mapping[str, str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
     profiles = workdir / "profiles.yaml"
     profiles.write_text(PROFILES_YAML)
@@ -272,6 +288,7 @@ def operator_process(
         COMPOSE_HEALTH_PORT="0",
         COMPOSE_MAX_RUNNING_PER_NAMESPACE=str(cap),
     )
+    env.update(extra_env or {})
     log_path = workdir / f"{kind.key}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -470,10 +487,16 @@ class Scenario:
 async def run_one(kind: OperatorKind, scenario: Scenario) -> Result:
     with tempfile.TemporaryDirectory(prefix=f"bench-{kind.key}-") as tmp:
         workdir = pathlib.Path(tmp)
-        cap = scenario.cap if kind.key == "compose" else 0  # the naive operator has no cap
+        cap = scenario.cap if kind.key != "naive" else 0  # the naive operator has no cap
         with contextlib.ExitStack() as stack:
             cluster = stack.enter_context(real_cluster(workdir, scenario.jobs))
-            process = stack.enter_context(operator_process(kind, workdir, cluster.kubeconfig, cap))
+            # Tracing on: the spans go to a real collector on this machine (its default batch
+            # delay, as deployed), and every job's reconciles are traced.
+            extra = stack.enter_context(otel_collector.start()).env() if kind.traced else {}
+            extra.pop("OTEL_BSP_SCHEDULE_DELAY", None)
+            process = stack.enter_context(
+                operator_process(kind, workdir, cluster.kubeconfig, cap, extra)
+            )
             try:
                 return await _measure(kind, cluster, process, scenario)
             except Exception:
@@ -723,8 +746,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--operators",
         default="naive,compose",
-        help="comma-separated, the first is the baseline: naive, compose, or compose:N "
-        "(compose-operator with a namespace cap of N)",
+        help="comma-separated, the first is the baseline: naive, compose, compose:N "
+        "(compose-operator with a namespace cap of N), or traced (compose-operator exporting "
+        "its spans to a real OpenTelemetry Collector)",
     )
     parser.add_argument(
         "--step-delay",
@@ -758,8 +782,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     chosen: list[tuple[OperatorKind, int]] = []
     for item in args.operators.split(","):
         key, _, cap = item.partition(":")
-        if key not in OPERATORS or (cap and (key != "compose" or not cap.isdigit())):
-            parser.error(f"--operators: unknown {item!r}; choose from naive, compose, compose:N")
+        if key not in OPERATORS or (cap and (key == "naive" or not cap.isdigit())):
+            parser.error(
+                f"--operators: unknown {item!r}; choose from naive, compose, compose:N, traced"
+            )
         kind = OPERATORS[key]
         if cap:
             kind = dataclasses.replace(kind, title=f"{kind.title} cap {cap}")

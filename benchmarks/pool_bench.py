@@ -2,6 +2,7 @@
 
     python -m benchmarks.pool_bench --jobs 100
     python -m benchmarks.pool_bench --jobs 100 --workers 2 --json out.json
+    python -m benchmarks.pool_bench --jobs 50 --modes reuse
 
 One run, on this machine, against the real test control plane (etcd, kube-apiserver, the real
 controllers and scheduler, kwok), a local S3 server (moto) and the tiny CPU profile (64x64, 2
@@ -14,7 +15,17 @@ steps), with the real ``compose-operator`` logged in with exactly the chart's RB
    controller a pod, the scheduler places it on a fake g5 node, and the benchmark runs the real
    inference process for the pod (``compose`` with the pod's job document, cold: interpreter,
    imports and model load each time) and writes its exit code and termination message into the
-   pod's status, as the kubelet does.
+   pod's status, as the kubelet does;
+3. **reuse** (``--modes reuse``, or added to the list): on a warm pool of its own, ``--jobs``
+   pairs of jobs: a first job with a seed of its own, and once it has succeeded, the same request
+   again (same inputs, parameters and seed), which the worker answers with a copy of the first
+   one's result (``compose_inference.reuse``). Printed: the repeated job's create→Succeeded
+   p50/p99 against the first job's, measured in the same run, and how many repeats were reused.
+4. **gateway-reuse** (``--modes gateway-reuse``; what ``benchmarks.gateway_bench --reuse N``
+   runs): the same pairs sent as the original API's ``POST /generate?wait=120`` to a real
+   ``compose-gateway`` process (the chart's gateway RBAC, an API key, photos among the key's
+   uploads), on a warm pool of its own: the client's request→answer p50/p99 of the repeat
+   against the first, and how many repeats the gateway's job view calls reused.
 
 At most ``--workers`` jobs are in flight at once in both modes (a job is created when one
 finishes), so no job waits behind another: what is measured is the path of one job. For every
@@ -51,18 +62,24 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
+import httpx
 import yaml
 
 from compose_api import kube, models
 from compose_api import pools as protocol
 from tests.operator.cluster.conftest import running_operator
 from tests.support import control_plane as cp
-from tests.support import s3
+from tests.support import pool_inputs, s3
 from tests.support.cluster_fixtures import GPU_NODES, kubectl_path
+from tests.support.gateway_process import running_gateway
 from tests.support.worker_kubelet import WorkerKubelet, pod_env, worker_command
 
 NAMESPACE = "bench"
 POOL = "warm"
+REUSE_POOL = "warm-reuse"  # reuse mode's own pool: the pool mode's may still be going away
+GATEWAY_POOL = "warm-gateway"  # ... and gateway-reuse mode's
+OWNER = "bench"  # the gateway's API key's owner
+MODES = ("pool", "job", "reuse", "gateway-reuse")
 PROFILE = "tiny-gpu"
 DRIVER = "pool-bench"  # the User-Agent of the benchmark's own requests
 KUBELET = "pool-bench-kubelet"  # ... and of those it makes in the kubelet's place
@@ -116,36 +133,18 @@ def cluster() -> Iterator[cp.ControlPlane]:
         yield plane
 
 
-def profile(root: pathlib.Path) -> dict[str, Any]:
-    """The tiny models (CPU, 64x64, 2 steps) placed as a GPU profile: one g5 GPU per pod."""
-    from compose_inference import tiny
-
-    tiny.build_tiny_models(root)
-    found = tiny.smoke_profile(root).model_dump(mode="json", by_alias=True, exclude_none=True)
-    found["name"] = PROFILE
-    found["resources"] = {"gpu": 1, "cpu": "1", "memory": "2Gi", "ephemeralStorage": None}
-    found["placement"] = {"instanceTypes": ["g5.xlarge", "g5.2xlarge"]}
-    return found
-
-
 def inputs(server: s3.S3Server) -> dict[str, str]:
-    import io
-
-    from PIL import Image
-    from skimage import data
-
     bucket = server.new_bucket("inputs")
     found = {}
-    for name, array in (("person", data.astronaut()), ("shirt", data.coffee()),
-                        ("place", data.rocket())):  # fmt: skip
-        buffer = io.BytesIO()
-        Image.fromarray(array).save(buffer, format="PNG")
-        server.client().put_object(Bucket=bucket, Key=f"{name}.png", Body=buffer.getvalue())
+    for name, body in pool_inputs.photos().items():
+        server.client().put_object(Bucket=bucket, Key=f"{name}.png", Body=body)
         found[name] = f"s3://{bucket}/{name}.png"
     return found
 
 
-def job_body(name: str, photos: dict[str, str], *, pool: str | None) -> Obj:
+def job_body(
+    name: str, photos: dict[str, str], *, pool: str | None, seed: int | None = None
+) -> Obj:
     execution: dict[str, Any] = {"pool": pool} if pool else {}
     return {
         "apiVersion": models.API_VERSION,
@@ -159,6 +158,7 @@ def job_body(name: str, photos: dict[str, str], *, pool: str | None) -> Obj:
                 "place": {"uri": photos["place"]},
             },
             "execution": execution,
+            "params": {} if seed is None else {"seed": seed},
         },
     }
 
@@ -170,10 +170,18 @@ class JobKubelet:
     """Runs the inference process of every running Job pod, and ends the pod with its exit code
     and termination message, as the kubelet does."""
 
-    def __init__(self, client: kube.Client, env: dict[str, str], logs: pathlib.Path) -> None:
+    def __init__(
+        self,
+        client: kube.Client,
+        env: dict[str, str],
+        logs: pathlib.Path,
+        *,
+        namespace: str = NAMESPACE,
+    ) -> None:
         self.client = client
         self.env = env
         self.logs = logs
+        self.namespace = namespace
         self.started: set[str] = set()
         self.errors: list[str] = []
         self._task: asyncio.Task[None] | None = None
@@ -191,7 +199,7 @@ class JobKubelet:
                     await task
 
     async def _loop(self) -> None:
-        path = kube.path("v1", "pods", namespace=NAMESPACE)
+        path = kube.path("v1", "pods", namespace=self.namespace)
         while True:
             with contextlib.suppress(kube.KubeError):
                 pods, _ = await self.client.list(
@@ -306,6 +314,102 @@ async def drive(
             await watcher
 
 
+async def drive_pairs(
+    client: kube.Client, first: Mode, again: Mode, photos: dict[str, str], *, jobs: int,
+    parallel: int, pool: str,
+) -> int:  # fmt: skip
+    """``jobs`` pairs (a job, then the same request again once it has succeeded), ``parallel``
+    pairs at a time; each job's create→Succeeded goes into its mode. Returns how many repeats
+    reported a reused result."""
+    done: dict[str, tuple[float, Obj]] = {}
+    seen: dict[str, asyncio.Event] = {}
+    watcher = asyncio.create_task(watch_done(client, done, seen))
+    path = kube.path(models.API_VERSION, models.PLURAL, namespace=NAMESPACE)
+    gate = asyncio.Semaphore(parallel)
+    reused = 0
+
+    async def one(mode: Mode, name: str, seed: int) -> Obj | None:
+        started = time.monotonic()
+        await client.create(path, job_body(name, photos, pool=pool, seed=seed))
+        await seen.setdefault(name, asyncio.Event()).wait()
+        finished, obj = done[name]
+        status = obj.get("status") or {}
+        if status.get("phase") != "Succeeded":
+            mode.failed += 1
+            print(f"  {name}: {status.get('phase')}: {status.get('message')}", file=sys.stderr)
+            return None
+        timings = status.get("timings") or {}
+        generate = float(timings.get("inference") or 0) + float(timings.get("refine") or 0)
+        mode.total.append(finished - started)
+        mode.generate.append(generate)
+        mode.overhead.append(finished - started - generate)
+        mode.orchestration.append(finished - started - float(timings.get("total") or 0))
+        return obj
+
+    async def pair(index: int) -> None:
+        nonlocal reused
+        seed = 1_000_000 + index
+        async with gate:
+            if await one(first, f"first-{index:04d}", seed) is None:
+                return
+            obj = await one(again, f"again-{index:04d}", seed)
+        if obj is not None and ((obj["status"].get("result") or {}).get("reusedFrom")):
+            reused += 1
+
+    try:
+        await asyncio.gather(*(pair(index) for index in range(jobs)))
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+    return reused
+
+
+async def drive_gateway_pairs(
+    url: str, key: str, first: Mode, again: Mode, photos: dict[str, str], *, jobs: int,
+    parallel: int,
+) -> int:  # fmt: skip
+    """As :func:`drive_pairs`, through the gateway: each job is a ``POST /generate?wait=120`` of
+    the original API's JSON with a seed, timed from the request to its answer. Returns how many
+    repeats the gateway's ``GET /jobs/{id}`` calls reused."""
+    gate = asyncio.Semaphore(parallel)
+    reused = 0
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=300) as http:
+
+        async def one(mode: Mode, seed: int) -> str | None:
+            request = {
+                "personImage": photos["person"],
+                "clothingImages": [photos["shirt"]],
+                "placeImage": photos["place"],
+                "seed": seed,
+            }
+            started = time.monotonic()
+            answer = await http.post("/generate", params={"wait": "120"}, json=request)
+            elapsed = time.monotonic() - started
+            if answer.status_code != 200 or answer.json().get("status") != "success":
+                mode.failed += 1
+                print(f"  gateway: {answer.status_code} {answer.text[:300]}", file=sys.stderr)
+                return None
+            mode.total.append(elapsed)
+            return str(answer.headers["Location"]).rsplit("/", 1)[-1]
+
+        async def pair(index: int) -> None:
+            nonlocal reused
+            seed = 2_000_000 + index
+            async with gate:
+                if await one(first, seed) is None:
+                    return
+                job = await one(again, seed)
+            if job is not None:
+                view = (await http.get(f"/jobs/{job}")).json()
+                if (view.get("result") or {}).get("reused"):
+                    reused += 1
+
+        await asyncio.gather(*(pair(index) for index in range(jobs)))
+    return reused
+
+
 def count_requests(
     plane: cp.ControlPlane, since: int, mode: Mode, *, operator: str, worker: str
 ) -> None:
@@ -347,15 +451,18 @@ async def admin(plane: cp.ControlPlane, agent: str) -> AsyncIterator[kube.Client
         yield client
 
 
-async def run(args: argparse.Namespace) -> list[Mode]:
+async def run(args: argparse.Namespace) -> tuple[list[Mode], dict[str, int]]:
+    """Every mode asked for, in order; and per reuse mode ("reuse", "gateway reuse") how many
+    repeats were reused."""
     work = pathlib.Path(tempfile.mkdtemp(prefix="pool-bench-"))
     modes = []
+    reused: dict[str, int] = {}
     with cluster() as plane, contextlib.ExitStack() as stack:
         server = stack.enter_context(contextlib.contextmanager(s3.start)())
         results = server.new_bucket("results")
         photos = inputs(server)
         profiles = work / "profiles.yaml"
-        profiles.write_text(yaml.safe_dump([profile(work / "tiny")]))
+        profiles.write_text(yaml.safe_dump([pool_inputs.gpu_profile(work / "tiny", PROFILE)]))
         settings = {
             "COMPOSE_OUTPUT_BUCKET": results,
             "COMPOSE_S3_ENDPOINT_URL": server.endpoint_url,
@@ -381,6 +488,60 @@ async def run(args: argparse.Namespace) -> list[Mode]:
             mode = Mode(name)
             print(f"{name}: {args.jobs} jobs, {args.workers} at a time ...", file=sys.stderr)
             async with admin(plane, DRIVER) as client, admin(plane, KUBELET) as kubelet_client:
+                if name == "gateway-reuse":
+                    logs = work / "gateway-workers"
+                    logs.mkdir(exist_ok=True)
+                    harness = WorkerKubelet(kubelet_client, NAMESPACE, GATEWAY_POOL,
+                                            command=worker_command, env=env, logs=logs)  # fmt: skip
+                    again = Mode("gateway reuse: again")
+                    mode = Mode("gateway reuse: first")
+                    uploads = server.new_bucket("uploads")
+                    own = {}
+                    for photo, body in pool_inputs.photos().items():
+                        key = f"uploads/{OWNER}/photos/{photo}.png"  # the key's own uploads
+                        server.client().put_object(Bucket=uploads, Key=key, Body=body)
+                        own[photo] = f"s3://{uploads}/{key}"
+                    gateway_settings = {
+                        **server.env(),
+                        "COMPOSE_GATEWAY_INPUTS_BUCKET": uploads,
+                        "COMPOSE_GATEWAY_S3_ENDPOINT_URL": server.endpoint_url,
+                        "COMPOSE_GATEWAY_AWS_REGION": s3.REGION,
+                        "COMPOSE_GATEWAY_PROFILE": PROFILE,
+                        "COMPOSE_GATEWAY_DEFAULT_POOL": GATEWAY_POOL,
+                    }
+                    gateway = running_gateway(plane, NAMESPACE, work / "gateway", owner=OWNER,
+                                              settings=gateway_settings)  # fmt: skip
+                    async with harness:
+                        await _warm_pool(client, args.workers, name=GATEWAY_POOL)
+                        with gateway as (url, key):
+                            reused["gateway reuse"] = await drive_gateway_pairs(
+                                url, key, mode, again, own, jobs=args.jobs,
+                                parallel=args.workers,
+                            )  # fmt: skip
+                        await client.delete(kube.path(
+                            models.API_VERSION, protocol.PLURAL, namespace=NAMESPACE,
+                            name=GATEWAY_POOL,
+                        ))  # fmt: skip
+                    modes.extend([mode, again])
+                    continue
+                if name == "reuse":
+                    logs = work / "reuse-workers"
+                    logs.mkdir(exist_ok=True)
+                    harness = WorkerKubelet(kubelet_client, NAMESPACE, REUSE_POOL,
+                                            command=worker_command, env=env, logs=logs)  # fmt: skip
+                    again = Mode("reuse: again")
+                    mode = Mode("reuse: first")
+                    pool_path = kube.path(models.API_VERSION, protocol.PLURAL,
+                                          namespace=NAMESPACE, name=REUSE_POOL)  # fmt: skip
+                    async with harness:
+                        await _warm_pool(client, args.workers, name=REUSE_POOL)
+                        reused["reuse"] = await drive_pairs(
+                            client, mode, again, photos, jobs=args.jobs, parallel=args.workers,
+                            pool=REUSE_POOL,
+                        )  # fmt: skip
+                        await client.delete(pool_path)
+                    modes.extend([mode, again])
+                    continue
                 if name == "pool":
                     logs = work / "workers"
                     logs.mkdir(exist_ok=True)
@@ -406,7 +567,7 @@ async def run(args: argparse.Namespace) -> list[Mode]:
                         count_requests(plane, since, mode, operator=operator.user,
                                        worker=worker_user)  # fmt: skip
             modes.append(mode)
-    return modes
+    return modes, reused
 
 
 async def _service_accounts(plane: cp.ControlPlane) -> tuple[list[str], None]:
@@ -415,19 +576,19 @@ async def _service_accounts(plane: cp.ControlPlane) -> tuple[list[str], None]:
     return [item["metadata"]["name"] for item in items], None
 
 
-async def _warm_pool(client: kube.Client, workers: int) -> None:
+async def _warm_pool(client: kube.Client, workers: int, *, name: str = POOL) -> None:
     """The pool, and its workers loaded, warmed up and ready before any job is timed."""
     body = {
         "apiVersion": models.API_VERSION,
         "kind": protocol.KIND,
-        "metadata": {"name": POOL, "namespace": NAMESPACE},
+        "metadata": {"name": name, "namespace": NAMESPACE},
         "spec": {"profile": PROFILE, "minReplicas": workers, "maxReplicas": workers},
     }
     path = kube.path(models.API_VERSION, protocol.PLURAL, namespace=NAMESPACE)
     await client.create(path, body)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        pool = await client.get(f"{path}/{POOL}")
+        pool = await client.get(f"{path}/{name}")
         if (pool.get("status") or {}).get("readyWorkers") == workers:
             return
         await asyncio.sleep(0.5)
@@ -437,32 +598,56 @@ async def _warm_pool(client: kube.Client, workers: int) -> None:
 # -- the report -------------------------------------------------------------------------------
 
 
-def report(modes: Sequence[Mode]) -> str:
+def _ms(values: Sequence[float], pct: float) -> str:
+    """A percentile in milliseconds; a dash where the mode has no such figure (the gateway
+    modes time the request only)."""
+    return f"{percentile(values, pct) * 1000:.0f} ms" if values else "—"
+
+
+def report(modes: Sequence[Mode], reused: dict[str, int] | None = None) -> str:
+    reused = reused or {}
     by_name = {mode.name: mode for mode in modes}
     lines = [
         "| mode | jobs | overhead p50 | overhead p99 | outside the run p50 | outside the run p99 "
-        "| create→Succeeded p50 | generate p50 | requests/job, ours | requests/job, all |",
+        "| create→Succeeded (gateway: request→answer) p50 | generate p50 | requests/job, ours "
+        "| requests/job, all |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     ours = ("operator", "workers")
     everyone = ("operator", "workers", "controllers", "scheduler", "kubelet", "other")
     for mode in modes:
+        # Reuse mode does not count requests (a reused job's are a generated one's).
+        requests = (
+            f"| {mode.per_job(*ours):.2f} | {mode.per_job(*everyone):.2f} |"
+            if mode.requests
+            else "| — | — |"
+        )
         lines.append(
             f"| {mode.name} | {len(mode.total)} ok, {mode.failed} failed "
-            f"| {percentile(mode.overhead, 50) * 1000:.0f} ms "
-            f"| {percentile(mode.overhead, 99) * 1000:.0f} ms "
-            f"| {percentile(mode.orchestration, 50) * 1000:.0f} ms "
-            f"| {percentile(mode.orchestration, 99) * 1000:.0f} ms "
-            f"| {percentile(mode.total, 50) * 1000:.0f} ms "
-            f"| {percentile(mode.generate, 50) * 1000:.0f} ms "
-            f"| {mode.per_job(*ours):.2f} | {mode.per_job(*everyone):.2f} |"
+            f"| {_ms(mode.overhead, 50)} | {_ms(mode.overhead, 99)} "
+            f"| {_ms(mode.orchestration, 50)} | {_ms(mode.orchestration, 99)} "
+            f"| {_ms(mode.total, 50)} | {_ms(mode.generate, 50)} " + requests
         )
     lines.append("")
-    for mode in modes:
+    for mode in (mode for mode in modes if mode.requests):
         split = ", ".join(
             f"{key} {mode.per_job(key):.2f}" for key in everyone if mode.requests[key]
         )
         lines.append(f"{mode.name}: requests per job by component: {split}")
+    for kind, what in (("reuse", "create→Succeeded"), ("gateway reuse", "request→answer")):
+        if f"{kind}: first" not in by_name or f"{kind}: again" not in by_name:
+            continue
+        first, again = by_name[f"{kind}: first"], by_name[f"{kind}: again"]
+        if lines[-1]:
+            lines.append("")
+        lines.append(
+            f"{kind}: the same request again, {what} p50 "
+            f"{percentile(again.total, 50) * 1000:.0f} ms, p99 "
+            f"{percentile(again.total, 99) * 1000:.0f} ms, against the first run's p50 "
+            f"{percentile(first.total, 50) * 1000:.0f} ms "
+            f"({percentile(again.total, 50) / percentile(first.total, 50):.3f}x); "
+            f"{reused.get(kind, 0)} of {len(again.total) + again.failed} repeats reused"
+        )
     if "pool" in by_name and "job" in by_name:
         pool, job = by_name["pool"], by_name["job"]
         lines.append("")
@@ -476,8 +661,8 @@ def report(modes: Sequence[Mode]) -> str:
     return "\n".join(lines)
 
 
-def as_json(modes: Sequence[Mode]) -> dict[str, Any]:
-    return {
+def as_json(modes: Sequence[Mode], reused: dict[str, int] | None = None) -> dict[str, Any]:
+    found: dict[str, Any] = {
         mode.name: {
             "jobs": len(mode.total),
             "failed": mode.failed,
@@ -492,6 +677,9 @@ def as_json(modes: Sequence[Mode]) -> dict[str, Any]:
         }
         for mode in modes
     }
+    if reused:
+        found["reused"] = reused
+    return found
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -500,19 +688,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=2, choices=(1, 2, 3),
                         help="pool workers, and jobs in flight in both modes (default 2; the "
                         "test cluster has three GPU nodes)")  # fmt: skip
-    parser.add_argument("--modes", default="pool,job", help="pool,job (default), or one")
+    parser.add_argument("--modes", default="pool,job",
+                        help="pool,job (default), or one of them; reuse: pairs of the same "
+                        "request on a warm pool; gateway-reuse: the same through the "
+                        "gateway")  # fmt: skip
     parser.add_argument("--json", type=pathlib.Path, help="also write the figures as JSON")
     args = parser.parse_args(argv)
     args.modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    unknown = set(args.modes) - {"pool", "job"}
+    unknown = set(args.modes) - set(MODES)
     if unknown or not args.modes:
-        parser.error(f"--modes: pool and/or job, not {sorted(unknown)}")
+        parser.error(f"--modes: some of {', '.join(MODES)}, not {sorted(unknown)}")
     if args.jobs < 1:
         parser.error("--jobs: at least 1")
-    modes = asyncio.run(run(args))
-    print(report(modes))
+    modes, reused = asyncio.run(run(args))
+    print(report(modes, reused))
     if args.json:
-        args.json.write_text(json.dumps(as_json(modes), indent=2))
+        args.json.write_text(json.dumps(as_json(modes, reused), indent=2))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ small fixture module so the command cannot rot. Usage::
     python scripts/mutation.py --list
     python scripts/mutation.py netguard auth
     python scripts/mutation.py --all --test-timeout 30 --json mutation-report.json
-    python scripts/mutation.py --all --check      # configs, imports and mutant counts only
+    python scripts/mutation.py --all --check      # configs, imports, collection, mutant counts
 """
 
 from __future__ import annotations
@@ -511,11 +511,27 @@ def tail(text: str | None, lines: int = 15) -> str:
     return "\n".join((text or "").rstrip().splitlines()[-lines:])
 
 
+def check_collects(target: Target) -> None:
+    """Fail unless pytest, run as under a mutant, collects every listed test (a node id whose
+    test was renamed or moved would otherwise only show when the baseline fails)."""
+    command = [
+        sys.executable, "-m", "pytest", "--collect-only", "-q", "--no-header",
+        "-p", "no:cacheprovider", *target.pytest_args, *target.tests,
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RunError(
+            f"{target.config}: tests: pytest does not collect them (exit {done.returncode}):\n"
+            + tail(done.stdout + done.stderr)
+        )
+
+
 def run_module(target: Target, copy: Path, options: Options) -> ModuleResult:
     module_path = copy / target.module
     check_imports_copy(copy, target.module)
     result = ModuleResult(target=target, mutants=enumerate_mutants(module_path, target))
     if options.check_only:
+        check_collects(target)
         return result
 
     test_timeout = options.test_timeout or target.test_timeout or DEFAULT_TEST_TIMEOUT
@@ -643,7 +659,7 @@ def report(results: Sequence[ModuleResult], check_only: bool) -> str:
             out.append(
                 f"{r.target.module}: {to_run} mutants to run (less those that turn out not to "
                 f"be valid Python), {r.count(EQUIVALENT)} marked equivalent; ignored: "
-                f"{r.ignored()}; the tests import the copy"
+                f"{r.ignored()}; the tests collect and import the copy"
             )
         return "\n".join(out)
     out.append(table(results))
@@ -694,7 +710,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--check",
         action="store_true",
-        help="check configs, imports from the copy and count mutants, without running tests",
+        help="check configs, imports from the copy and the tests' collection, and count "
+        "mutants, without running tests",
     )
     parser.add_argument(
         "--test-timeout",

@@ -39,3 +39,6 @@ echo "installed into $(pwd)/.venv"
 # The test control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kwok),
 # built from source once per machine into a cache outside the checkout.
 bash scripts/build_k8s.sh >/dev/null
+# The OpenTelemetry Collector the tracing tests receive spans with (the core distribution's OTLP
+# receiver and file exporter), built the same way into the same cache.
+bash scripts/build_otelcol.sh >/dev/null

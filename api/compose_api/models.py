@@ -105,10 +105,24 @@ ImageUri = Annotated[
 ]
 
 
+Sha256 = Annotated[
+    str | None,
+    pydantic.Field(
+        pattern=r"^[0-9a-f]{64}$",
+        min_length=64,
+        max_length=64,
+        description="The SHA-256 of the image's bytes (64 lowercase hex digits), when known: the "
+        "gateway sets it for the files it received. The inference image checks the bytes it "
+        "fetches against it (InputRejected when they differ). Empty: hashed when fetched.",
+    ),
+]
+
+
 class ImageRef(_Model):
     """One input image."""
 
     uri: ImageUri
+    sha256: Sha256 = None
 
 
 class ClothingItem(_Model):
@@ -119,6 +133,7 @@ class ClothingItem(_Model):
         default=None,
         description="Where the garment is worn; guides the body-region mask. Empty: inferred.",
     )
+    sha256: Sha256 = None
 
 
 _CLOTHING_CEL: list[pydantic.JsonValue] = [
@@ -187,6 +202,14 @@ class Output(_Model):
         description="Key prefix; the result goes to <prefix><namespace>/<name>/<uid>/.",
     )
     format: ImageFormat = pydantic.Field(default=ImageFormat.PNG, description="png, jpeg or webp.")
+    reuse: bool = pydantic.Field(
+        default=True,
+        description="True: when an earlier succeeded job of the namespace had the same input "
+        "contents, parameters, seed, format and profile, its result is copied to this job's key "
+        "and nothing is generated (status.result.reusedFrom names that job); this job's result "
+        "is offered to later ones. False: always generate, and keep the result out of the "
+        "reuse index.",
+    )
 
 
 class Params(_Model):
@@ -488,7 +511,20 @@ class Timings(_StatusModel):
     )
     postprocess: float | None = None
     upload: float | None = None
+    reuse: float | None = pydantic.Field(
+        default=None,
+        description="The result-reuse index: the lookup (and the copy of a reused result), and "
+        "the index entry written after the upload.",
+    )
     total: float | None = None
+
+
+class JobReference(_StatusModel):
+    """Another CompositionJob, by namespace, name and uid."""
+
+    namespace: str
+    name: str
+    uid: str
 
 
 class Result(_StatusModel):
@@ -513,6 +549,11 @@ class Result(_StatusModel):
         default=None,
         description="Identity similarity of the first pass, before the face was refined.",
     )
+    reused_from: JobReference | None = pydantic.Field(
+        default=None,
+        description="Set when nothing was generated: the result is a copy of this earlier job's "
+        "(same input contents, parameters, seed, format and profile; spec.output.reuse).",
+    )
 
 
 class WorkerAssignment(_StatusModel):
@@ -529,6 +570,12 @@ class WorkerAssignment(_StatusModel):
     seed: int = pydantic.Field(ge=0, le=2**32 - 1)
     output_bucket: str
     output_key_prefix: str
+    traceparent: str | None = pydantic.Field(
+        default=None,
+        max_length=256,
+        description="W3C traceparent of the operator's span that assigned the attempt: the "
+        "parent of the worker's run (absent when tracing is off).",
+    )
 
 
 class WorkerReport(_StatusModel):

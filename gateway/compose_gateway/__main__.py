@@ -19,9 +19,12 @@ import prometheus_client
 import pydantic
 import uvicorn
 
+from compose_api import tracing
 from compose_gateway import app as app_module
 from compose_gateway import auth, naming, signing
 from compose_gateway import settings as settings_module
+
+SERVICE_NAME = "compose-gateway"  # OpenTelemetry's service.name, unless OTEL_SERVICE_NAME says
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,8 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     try:
+        tracing.configure(SERVICE_NAME)  # off unless OTEL_EXPORTER_OTLP_ENDPOINT is set
         application = app_module.create_app(settings)
-    except (ValueError, RuntimeError) as error:
+    except (ValueError, RuntimeError) as error:  # tracing.SettingsError is a ValueError
         print(f"compose-gateway: {error}", file=sys.stderr)
         return 2
     if settings.metrics_enabled:

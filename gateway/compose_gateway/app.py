@@ -5,7 +5,9 @@ tests call it with settings, an API client on the test cluster, and clocks of th
 builds the services (``routes.Services``), installs the routes (``routes``; the studio page's,
 ``studio``), the error handlers (``errors``), CORS and the metrics middleware, and runs the
 callback loop in the app's lifespan.
-``/metrics`` is a separate ASGI app (:func:`metrics_app`), served on its own port.
+``/metrics`` is a separate ASGI app (:func:`metrics_app`), served on its own port. Each API
+request is a span of FastAPI's own when tracing is on (``compose_api.tracing``, set up by
+``__main__``); the jobs it creates carry its traceparent (``jobs``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import pathlib
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -206,6 +209,17 @@ def create_app(
         "the given place. Each request becomes a CompositionJob in Kubernetes.",
         root_path=settings.root_path,
         lifespan=lifespan,
+        # FastAPI's own request spans (the trace's root, or a child of the caller's traceparent
+        # header) when compose_api.tracing installed a provider; no FastAPI metrics or logs
+        # (Prometheus has the metrics), no spans for its internal steps, none for the probes
+        # and the studio's files.
+        telemetry={
+            "metrics": False,
+            "logs": False,
+            "operation_spans": False,
+            "auto_configure": False,
+            "exclude": untraced,
+        },
     )
     app.state.services = svc
     errors.install(app)
@@ -233,6 +247,14 @@ def create_app(
         )
     app.add_middleware(_MetricsMiddleware, metrics_=metrics_)
     return app
+
+
+_UNTRACED = re.compile(r"/(healthz|readyz)$|/studio(/|$)")
+
+
+def untraced(scope: Any) -> bool:
+    """Requests FastAPI makes no span for: the probes and the studio page's files."""
+    return bool(_UNTRACED.search(str(scope.get("path") or "")))
 
 
 def metrics_app(application: fastapi.FastAPI) -> Any:

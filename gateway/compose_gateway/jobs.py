@@ -19,12 +19,12 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import pydantic
 
-from compose_api import kube, models, netguard
+from compose_api import kube, models, netguard, tracing
 from compose_gateway import kubeapi, naming, storage, translate, views
 
 # Pages of the retained count, and how long a count serves before the key's jobs are counted
@@ -122,8 +122,10 @@ class JobService:
         name: str,
         idempotency_key: str | None,
         raw_clothing: Any = None,
+        digests: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        """The CompositionJob for ``request``; RequestError names each bad field."""
+        """The CompositionJob for ``request`` (``digests``: the SHA-256 of the files this
+        request uploaded, by URI); RequestError names each bad field."""
         body = translate.build_job(
             request,
             name=name,
@@ -133,6 +135,7 @@ class JobService:
             idempotency_key=idempotency_key,
             callback_policy=self._callback_policy,
             raw_clothing=raw_clothing,
+            digests=digests,
         )
         if self._ttl is not None:
             body["spec"]["ttlSecondsAfterFinished"] = self._ttl
@@ -172,6 +175,7 @@ class JobService:
                 return await self._replayed(body, owner=owner), False
             except kube.NotFound:
                 raise refused from None
+        tracing.annotate(body["metadata"].setdefault("annotations", {}))  # the request's span
         try:
             created = views.parse(await self._kube.create(body))
         except kube.Conflict:

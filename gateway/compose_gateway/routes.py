@@ -319,7 +319,13 @@ async def _submit(
         try:
             payload = translate.attach_categories(received.payload)
             parsed = translate.parse_request(payload)
-            body = svc.jobs.build(parsed, owner=owner, name=name, idempotency_key=idempotency_key)
+            body = svc.jobs.build(
+                parsed,
+                owner=owner,
+                name=name,
+                idempotency_key=idempotency_key,
+                digests=received.digests(),
+            )
             await svc.jobs.check_callback(parsed)
         except translate.RequestError:
             if not idempotent:

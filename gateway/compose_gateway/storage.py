@@ -25,6 +25,8 @@ from compose_gateway import settings as settings_module
 # S3's smallest part of a multipart upload (but the last): the most one upload holds in memory.
 PART_BYTES = 5 * 1024 * 1024
 
+# What sniff_image() needs at most: RIFF, a 4-byte size, WEBP.
+SNIFF_BYTES = 12
 # Magic numbers of the accepted image types: (prefix, extension, content type).
 _SIGNATURES: tuple[tuple[bytes, str, str], ...] = (
     (b"\xff\xd8\xff", "jpg", "image/jpeg"),
@@ -37,7 +39,7 @@ def sniff_image(data: bytes) -> tuple[str, str] | None:
     for magic, extension, content_type in _SIGNATURES:
         if data.startswith(magic):
             return extension, content_type
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+    if len(data) >= SNIFF_BYTES and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "webp", "image/webp"
     return None
 

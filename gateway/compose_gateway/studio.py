@@ -152,6 +152,7 @@ TIMING_LABELS: dict[str, str] = {
     "safetyCheck": "Checking the image",
     "postprocess": "Finishing",
     "upload": "Storing the image",
+    "reuse": "Looking for the same image made before",
     "total": "Total",
 }
 

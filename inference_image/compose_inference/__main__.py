@@ -11,12 +11,17 @@
 - ``compose worker``: a warm worker of a CompositionPool (``pool_worker``), settings from the
   environment (``compose_api.pools``); a bad setting exits 2 naming the variable.
 
+Tracing (``compose_api.tracing``): on when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set (the operator
+hands its own export settings to the pods and workers it creates). A pod's run is a span whose
+parent is ``TRACEPARENT`` (the operator's span that created the Job); the stages are its children.
+
 Wiring only: settings come from the environment and the command line, the work is in ``runner``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -24,10 +29,11 @@ import secrets
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import pydantic
 
-from compose_api import contract, models, parameters, profiles
+from compose_api import contract, models, parameters, profiles, tracing
 from compose_inference import (
     catalogue,
     errors,
@@ -35,6 +41,7 @@ from compose_inference import (
     images,
     modelstore,
     pool_worker,
+    reuse,
     runner,
     upload,
 )
@@ -42,6 +49,9 @@ from compose_inference.samples import write_samples
 
 log = logging.getLogger("compose_inference")
 
+# OpenTelemetry's service.name (unless OTEL_SERVICE_NAME says otherwise, as the operator does).
+SERVICE_NAME = "compose-inference"
+WORKER_SERVICE = "compose-worker"
 TERMINATION_LOG_ENV = "COMPOSE_TERMINATION_LOG"
 RESULTS_BUCKET_ENV = "COMPOSE_OUTPUT_BUCKET"
 MAX_PIXELS_ENV = "COMPOSE_MAX_INPUT_PIXELS"
@@ -60,6 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    try:
+        tracing.configure(WORKER_SERVICE if args[:1] == ["worker"] else SERVICE_NAME)
+    except tracing.SettingsError as error:
+        if args[:1] == ["worker"]:
+            print(f"compose worker: error: {error}", file=sys.stderr)
+            return 2
+        log.warning("tracing off: %s", error)  # a job never fails for its tracing
     if args and args[0] == "run-job":
         return run_job(args[1:])
     if args and args[0] == "samples":
@@ -93,6 +110,7 @@ def _worker(
         ),
         store=modelstore.ModelStore(modelstore.StoreSettings.from_env(environ)),
         uploader=upload.Uploader(),
+        results=reuse.Index(),
         limits=_limits(environ),
         device=device,
     )
@@ -129,7 +147,8 @@ def run_job(argv: Sequence[str], *, environ: Mapping[str, str] | None = None) ->
             document = document.model_copy(update={"profile": profile})
         job = runner.Job.from_document(document, default_bucket=env.get(RESULTS_BUCKET_ENV))
         pinned = parameters.Pinned(job.params, job.pinned)
-        outcome = worker.run(job, watch=watch)
+        with _run_span(document, env):
+            outcome = worker.run(job, watch=watch)
     except errors.ComposeError as error:
         failure = error
     except Exception as error:  # the process must still report why it stopped
@@ -148,6 +167,26 @@ def run_job(argv: Sequence[str], *, environ: Mapping[str, str] | None = None) ->
         log.info("done: %s", message.to_json())
     print(message.to_json())
     return message.exit_code
+
+
+def _run_span(
+    document: contract.JobDocument, env: Mapping[str, str]
+) -> contextlib.AbstractContextManager[Any]:
+    """The pod's span of the run: a child of the operator's ``create Job`` span, which the Job
+    hands over in ``TRACEPARENT``; the stages' spans are its children."""
+    identity = document.job
+    return tracing.span(
+        "run",
+        parent=tracing.context_of(env.get(tracing.TRACEPARENT_ENV)),
+        attributes={
+            "k8s.namespace.name": identity.namespace,
+            "compose.job": identity.name,
+            "compose.job.uid": identity.uid,
+            "compose.attempt": identity.attempt,
+            "compose.profile": document.profile.name,
+        },
+        entry=True,
+    )
 
 
 def _read_document(path: Path | None, env: Mapping[str, str]) -> contract.JobDocument:
@@ -325,7 +364,8 @@ def local(argv: Sequence[str], *, environ: Mapping[str, str] | None = None) -> i
             output_format=_output_format(options.out, options.format),
             target=runner.LocalTarget(path=options.out),
         )
-        outcome = worker.run(job)
+        with tracing.span("run", attributes={"compose.profile": profile.name}, entry=True):
+            outcome = worker.run(job)
     except errors.ComposeError as error:
         print(f"compose: error: {error.message}", file=sys.stderr)
         print(f"exit code {int(error.exit_code)} ({error.exit_code.name})", file=sys.stderr)

@@ -38,8 +38,9 @@ canvas (~114 px at 1024²), too small for IdentityNet, whose checkpoints are mad
 So, as ADetailer-style tools do for InstantID, a second pass crops the face region of the first
 result, upscales it to ``refine_size``, runs InstantID img2img on it (same face tokens, keypoints
 moved into the crop, ``refine_strength`` of the schedule) and blends it back with a feathered
-mask. Its time is reported apart (``timings["refine"]``), and the unrefined image is returned too
-so that the runner can report the identity similarity before and after.
+mask. Its time is reported apart (``timings["refine"]``) and it is a span of its own (inside the
+run's ``generate``), and the unrefined image is returned too so that the runner can report the
+identity similarity before and after.
 
 Large sizes: above ``vae_tile_pixels`` (1024² by default) the VAE decodes in overlapping tiles
 (diffusers' tiled decoding), so 2048² needs about the decoder memory of 1024² instead of 4x.
@@ -60,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
 
-from compose_api import models
+from compose_api import models, tracing
 from compose_inference import adapters, checks, faces, layout
 
 # Re-exported: the options are parsed (without torch) in ``checks``.
@@ -493,18 +494,19 @@ class ComposePipeline:
         if self.options.refine_face and face_tokens is not None:
             started = time.perf_counter()
             unrefined = image
-            image = self._refine_face(
-                image,
-                canvas,
-                face_tokens,
-                text_embeds,
-                pooled,
-                params,
-                generator,
-                cfg=cfg,
-                interrupt=interrupt,
-            )
-            _synchronize(self.device)
+            with tracing.span("refine"):
+                image = self._refine_face(
+                    image,
+                    canvas,
+                    face_tokens,
+                    text_embeds,
+                    pooled,
+                    params,
+                    generator,
+                    cfg=cfg,
+                    interrupt=interrupt,
+                )
+                _synchronize(self.device)
             timings["refine"] = time.perf_counter() - started
         return GenerationResult(
             image=image, seed=request.seed, timings=timings, unrefined=unrefined

@@ -29,7 +29,10 @@ of it. ``__main__`` only wires it (settings from the environment, the ``runner.W
    counted from the accept, the run stops the same way and is reported as failed with
    ``contract.ExitCode.DEADLINE_EXCEEDED`` (reason ``DeadlineExceeded``, retried by the operator
    as a Job pod stopped at its deadline is).
-6. **Drain** (SIGTERM or SIGINT): the Lease is marked draining, nothing new is accepted, the job
+6. **Tracing** (``compose_api.tracing``): each assignment is a ``run`` span (with ``accept``,
+   the stages and ``report`` inside), a child of the operator's ``assign worker`` span named by
+   ``status.assignment.traceparent``; the warm-up is a trace of its own.
+7. **Drain** (SIGTERM or SIGINT): the Lease is marked draining, nothing new is accepted, the job
    in hand is finished and reported, the Lease is deleted, and the process exits 0.
 """
 
@@ -52,7 +55,7 @@ from typing import Annotated, Any
 
 import pydantic
 
-from compose_api import contract, kube, models, parameters, pools, profiles
+from compose_api import contract, kube, models, parameters, pools, profiles, tracing
 from compose_inference import catalogue, errors, fetching, runner, samples
 
 log = logging.getLogger("compose_inference.worker")
@@ -164,7 +167,8 @@ def resolve_profile(profile: profiles.ModelProfile, worker: runner.Worker) -> pr
 def warm_up(worker: runner.Worker, profile: profiles.ModelProfile, folder: Path) -> runner.Outcome:
     """Load the profile, then generate once from the built-in samples into ``folder`` (local
     files only: the warm-up needs no network)."""
-    worker.load(profile)
+    with tracing.span("load"):
+        worker.load(profile)
     person, shirt, trousers, place = samples.write_samples(folder / "samples")
     params = runner.pin_profile(models.Params(seed=0), profile).params
     job = runner.Job(
@@ -363,7 +367,10 @@ class PoolWorker:
                 self.profile = await asyncio.to_thread(
                     resolve_profile, self.settings.profile, self.worker
                 )
-                outcome = await asyncio.to_thread(warm_up, self.worker, self.profile, Path(folder))
+                with tracing.span("warm-up", attributes=self._attributes(), entry=True):
+                    outcome = await asyncio.to_thread(
+                        warm_up, self.worker, self.profile, Path(folder)
+                    )
         except Exception as error:
             failure = errors.classify(error)
             log.error(
@@ -593,7 +600,8 @@ class PoolWorker:
             if chosen is not None and self._clock() < self._retry_at:
                 wait, chosen = self._retry_at - self._clock(), None
             if chosen is not None:
-                await self._serve(*chosen)
+                with self._run_span(*chosen):
+                    await self._serve(*chosen)
                 continue
             self._wake.clear()
             if wait is None and not self.fresh():
@@ -613,12 +621,13 @@ class PoolWorker:
             accepted_at=accepted_at,
         )
         try:
-            await self.client.patch(
-                kube.path(models.API_VERSION, models.PLURAL, namespace=self.settings.namespace,
-                          name=name, subresource="status"),
-                pools.accept_patch(assignment, report),
-                content_type=kube.JSON_PATCH,
-            )  # fmt: skip
+            with tracing.span("accept"):
+                await self.client.patch(
+                    kube.path(models.API_VERSION, models.PLURAL, namespace=self.settings.namespace,
+                              name=name, subresource="status"),
+                    pools.accept_patch(assignment, report),
+                    content_type=kube.JSON_PATCH,
+                )  # fmt: skip
         except (kube.Invalid, kube.NotFound) as error:
             log.info("%s attempt %d: not accepted, the assignment moved (%s)",
                      name, assignment.attempt, error.reason)  # fmt: skip
@@ -648,10 +657,36 @@ class PoolWorker:
                 self._take_back(run)
             final = await self._run(run, obj)
             if final is not None:
-                await self._report(run, final)
+                with tracing.span("report"):
+                    await self._report(run, final)
         finally:
             self.current = None
             self._wake.set()
+
+    def _attributes(self) -> dict[str, Any]:
+        return {
+            "k8s.namespace.name": self.settings.namespace,
+            "k8s.pod.name": self.settings.pod,
+            "compose.pool": self.settings.pool,
+            "compose.profile": self.profile.name,
+        }
+
+    def _run_span(
+        self, obj: Obj, assignment: models.WorkerAssignment
+    ) -> contextlib.AbstractContextManager[Any]:
+        """The worker's span of one assignment (accept, run, report): a child of the operator's
+        ``assign worker`` span (``status.assignment.traceparent``), else of the job's context."""
+        meta = obj.get("metadata") or {}
+        parent = tracing.context_of(assignment.traceparent) or tracing.job_context(
+            meta.get("annotations"), str(meta.get("uid") or "")
+        )
+        attributes = {
+            **self._attributes(),
+            "compose.job": self._name(obj),
+            "compose.job.uid": str(meta.get("uid") or ""),
+            "compose.attempt": assignment.attempt,
+        }
+        return tracing.span("run", parent=parent, attributes=attributes, entry=True)
 
     async def _run(self, run: Run, obj: Obj) -> models.WorkerReport | None:
         """Run the job in a thread; its final report, or None when it was taken back."""
@@ -677,6 +712,7 @@ class PoolWorker:
             outcome=outcome, error=failure, watch=watch, pinned=pinned
         )
         if failure is not None:
+            tracing.fail(tracing.current(), message.reason, failure.message)
             log.info("%s: failed (exit %d, %s): %s",
                      run.name, message.exit_code, message.reason, failure.message)  # fmt: skip
         else:

@@ -6,9 +6,14 @@ a fraction of a second instead of after a minute of model loading; torch and dif
 even imported until step 5:
 
 1. check      the request against the profile's pipeline (``checks``), no input read yet
-2. fetch      every input's bytes (``fetching``)
-3. validate   decode and check every image (``images``); then, when the profile's ``safety``
-              says ``inputs``, the safety check of every photo (``moderation``)
+2. fetch      every input's bytes (``fetching``), and their SHA-256, checked against the hashes
+              the job declares (the gateway's, for uploads)
+3. validate   decode and check every image (``images``)
+   reuse      when an earlier job of the namespace made this very image (same input hashes,
+              parameters, seed, format and profile: ``reuse``), its result is copied to this
+              job's key and the run ends here: no model is loaded, nothing generated. Then,
+              when the profile's ``safety`` says ``inputs``, the safety check of every photo
+              (``moderation``)
 4. face       resolve the face models only, find the face (``modelstore``, ``faces``)
 5. load       resolve and load the generation pipeline, once per profile (``pipeline``)
 6. generate   the image (and the face refinement, timed as ``refine``), with the identity check
@@ -16,7 +21,8 @@ even imported until step 5:
    then, when the profile's ``safety`` says ``output`` (its default), the safety check of the
    image (``moderation``): a flagged image fails the job with CONTENT_REJECTED, nothing stored
 7. encode     to the requested format (``images.encode``)
-8. upload     to S3 with metadata (``upload``), or write a local file in local mode
+8. upload     to S3 with metadata (``upload``), or write a local file in local mode; then the
+              reuse index entry that offers this result to later jobs (timed as ``reuse``)
 
 Parameters: the job's ``models.Params`` are the only parameter type, from the job document or
 from the command-line flags generated from the same model (``compose_api.parameters``). A
@@ -33,6 +39,10 @@ was taken back, ``errors.DeadlineExceeded`` past its deadline); it is called onc
 the upload, so a stopped run uploads nothing.
 
 Every failure is a ``errors.ComposeError`` carrying its exit code.
+
+Each stage timed by :class:`Stopwatch` is also a span (``compose_api.tracing``), a child of the
+span current when the run starts: the pod's or the worker's run span, which the caller makes; the
+face refinement is a span inside ``generate`` (``pipeline``).
 """
 
 from __future__ import annotations
@@ -46,8 +56,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from compose_api import contract, models, parameters, profiles
-from compose_inference import checks, errors, fetching, images, modelstore, upload
+from compose_api import contract, models, parameters, profiles, tracing
+from compose_inference import checks, errors, fetching, images, modelstore, reuse, upload
 
 log = logging.getLogger("compose_inference")
 
@@ -92,6 +102,10 @@ class Job:
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
     # What the profile's pins changed: name -> (asked, used).
     pinned: dict[str, tuple[Any, Any]] = dataclasses.field(default_factory=dict)
+    # The SHA-256 the job declares for its inputs, by field (``spec.inputs.person``, ...).
+    declared: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Where this job's results are indexed for reuse; None: no reuse (opted out, local mode).
+    reuse: reuse.Scope | None = None
 
     @classmethod
     def from_document(cls, document: contract.JobDocument, *, default_bucket: str | None) -> Job:
@@ -103,6 +117,21 @@ class Job:
             )
         fmt = str(spec.output.format)
         identity = document.job
+        inputs = spec.inputs
+        refs = [
+            ("spec.inputs.person", inputs.person.sha256),
+            *((f"spec.inputs.clothing[{i}]", c.sha256) for i, c in enumerate(inputs.clothing)),
+            ("spec.inputs.place", inputs.place.sha256),
+        ]
+        scope = None
+        if spec.output.reuse and identity.uid:
+            scope = reuse.Scope(
+                bucket=bucket,
+                prefix=spec.output.prefix,
+                job=models.JobReference(
+                    namespace=identity.namespace, name=identity.name, uid=identity.uid
+                ),
+            )
         pinned = pin_profile(
             spec.params.model_copy(update={"seed": document.seed}), document.profile
         )
@@ -124,6 +153,8 @@ class Job:
                 "uid": identity.uid,
                 "attempt": str(identity.attempt),
             },
+            declared={field: digest for field, digest in refs if digest is not None},
+            reuse=scope,
         )
 
 
@@ -144,6 +175,7 @@ class Outcome:
     steps: int | None = None
     guidance: float | None = None
     identity_similarity_before_refinement: float | None = None
+    reused_from: models.JobReference | None = None  # the job whose result was copied
 
     def result(self) -> models.Result:
         return models.Result(
@@ -160,6 +192,7 @@ class Outcome:
             identity_similarity_before_refinement=_round4(
                 self.identity_similarity_before_refinement
             ),
+            reused_from=self.reused_from,
         )
 
 
@@ -177,9 +210,11 @@ class Stopwatch:
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
+        """Time the block as stage ``name``; it is also a span, a child of the run's."""
         started = self._clock()
         try:
-            yield
+            with tracing.span(name):
+                yield
         finally:
             elapsed = self._clock() - started
             self.seconds[name] = self.seconds.get(name, 0.0) + elapsed
@@ -201,6 +236,7 @@ class Stopwatch:
             safety_check=_round(s.get("safety")),
             postprocess=_round(s.get("encode")),
             upload=_round(s.get("upload")),
+            reuse=_round(s.get("reuse")),
             total=_round(self.total()),
         )
 
@@ -235,6 +271,7 @@ class Worker:
         fetcher: fetching.Fetcher,
         store: modelstore.ModelStore,
         uploader: upload.Uploader | None = None,
+        results: reuse.Index | None = None,
         limits: images.ImageLimits = images.ImageLimits(),
         device: str | None = None,
         clock: Callable[[], float] = time.perf_counter,
@@ -242,6 +279,7 @@ class Worker:
         self.fetcher = fetcher
         self.store = store
         self.uploader = uploader
+        self.results = results  # the reuse index; None: every job generates
         self.limits = limits
         self.device = device
         self._clock = clock
@@ -295,6 +333,14 @@ class Worker:
                 for index, (uri, _) in enumerate(job.clothing)
             ]
             place_bytes = fetcher.fetch(job.place, field="spec.inputs.place.uri")
+            person_sha, *clothing_sha, place_sha = reuse.hash_inputs(
+                [
+                    ("spec.inputs.person", person_bytes),
+                    *((f"spec.inputs.clothing[{i}]", b) for i, b in enumerate(clothing_bytes)),
+                    ("spec.inputs.place", place_bytes),
+                ],
+                job.declared,
+            )
         # 3. validate
         stop()
         with watch.stage("validate"):
@@ -309,7 +355,27 @@ class Worker:
                 for index, data in enumerate(clothing_bytes)
             ]
             place = images.decode(place_bytes, field="spec.inputs.place.uri", limits=self.limits)
-        # 3b. the safety check of the inputs, before any model for generation is loaded
+        # 3b. reuse: an earlier job made this very image; a hit copies it and ends the run
+        scope = job.reuse if self.results is not None else None
+        key = None
+        if scope is not None:
+            key = reuse.digest(
+                reuse.describe(
+                    person=person_sha,
+                    clothing=[
+                        (sha, c) for sha, (_, c) in zip(clothing_sha, job.clothing, strict=True)
+                    ],
+                    place=place_sha,
+                    params=params,
+                    output_format=job.output_format,
+                    profile=job.profile,
+                )
+            )
+            stop()
+            reused = self._reuse(job, scope, key, watch)
+            if reused is not None:
+                return reused
+        # 3c. the safety check of the inputs, before any model for generation is loaded
         if job.profile.safety is not None and job.profile.safety.inputs:
             photos = [
                 ("spec.inputs.person.uri", person.image),
@@ -356,8 +422,7 @@ class Worker:
         stop()
         with watch.stage("upload"):
             uri = self._store(job, data, seed=generated.seed, similarity=generated.similarity)
-        watch.seconds["total"] = watch.total()
-        return Outcome(
+        outcome = Outcome(
             uri=uri,
             sha256=digest,
             bytes=len(data),
@@ -371,6 +436,49 @@ class Worker:
             steps=params.steps,
             guidance=params.guidance,
             identity_similarity_before_refinement=generated.similarity_before_refinement,
+        )
+        # 9. offer the stored result to later jobs of the same description
+        if scope is not None and key is not None and self.results is not None:
+            with watch.stage("reuse"):
+                self.results.record(scope, key, outcome.result())
+        watch.seconds["total"] = watch.total()
+        outcome.timings = dict(watch.seconds)
+        return outcome
+
+    def _reuse(self, job: Job, scope: reuse.Scope, key: str, watch: Stopwatch) -> Outcome | None:
+        """The earlier result copied to this job's key, and the index pointed at the copy (the
+        newest, which outlives the others); None when there is none to reuse."""
+        if self.results is None or not isinstance(job.target, S3Target):
+            return None
+        with watch.stage("reuse"):
+            result = self.results.reuse(
+                scope,
+                key,
+                target_key=job.target.key,
+                output_format=job.output_format,
+                metadata=lambda found: _metadata(
+                    job, seed=found.seed, similarity=found.identity_similarity
+                ),
+            )
+            if result is None:
+                return None
+            self.results.record(scope, key, result)
+        watch.seconds["total"] = watch.total()
+        return Outcome(
+            uri=result.s3_uri,
+            sha256=result.sha256,
+            bytes=result.bytes or 0,
+            width=result.width,
+            height=result.height,
+            format=job.output_format,
+            seed=result.seed,
+            identity_similarity=result.identity_similarity,
+            timings=dict(watch.seconds),
+            attempts=0,
+            steps=result.steps,
+            guidance=result.guidance,
+            identity_similarity_before_refinement=result.identity_similarity_before_refinement,
+            reused_from=result.reused_from,
         )
 
     def check(self, job: Job) -> None:
@@ -556,18 +664,23 @@ class Worker:
             return str(path)
         if self.uploader is None:
             raise errors.UploadFailed("no uploader configured for an S3 target")
-        metadata = dict(job.metadata)
-        metadata.update({"seed": str(seed), "profile": job.profile.name})
-        if similarity is not None:
-            metadata["identity-similarity"] = f"{similarity:.4f}"
         stored = self.uploader.upload(
             data,
             bucket=job.target.bucket,
             key=job.target.key,
             fmt=job.output_format,
-            metadata=metadata,
+            metadata=_metadata(job, seed=seed, similarity=similarity),
         )
         return stored.uri
+
+
+def _metadata(job: Job, *, seed: int, similarity: float | None) -> dict[str, str]:
+    """The result object's S3 metadata: the job, its profile, the seed and similarity kept."""
+    metadata = dict(job.metadata)
+    metadata.update({"seed": str(seed), "profile": job.profile.name})
+    if similarity is not None:
+        metadata["identity-similarity"] = f"{similarity:.4f}"
+    return metadata
 
 
 def _checker_name(profile: profiles.ModelProfile) -> str:
@@ -594,8 +707,7 @@ def termination_message(
         return contract.TerminationMessage(
             exit_code=int(code),
             reason=str(code.reason),
-            message=f"composed {outcome.width}x{outcome.height} {outcome.format}"
-            + (f"; {pinned}" if pinned else ""),
+            message=_done(outcome) + (f"; {pinned}" if pinned else ""),
             result=outcome.result(),
             timings=watch.timings(),
         )
@@ -606,3 +718,11 @@ def termination_message(
         message=failure.message,
         timings=watch.timings(),
     )
+
+
+def _done(outcome: Outcome) -> str:
+    size = f"{outcome.width}x{outcome.height} {outcome.format}"
+    source = outcome.reused_from
+    if source is None:
+        return f"composed {size}"
+    return f"reused the {size} result of {source.namespace}/{source.name} (uid {source.uid})"

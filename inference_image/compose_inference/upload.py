@@ -75,7 +75,7 @@ class Uploader:
         """Store ``data`` at s3://bucket/key; the sha256 goes into the object's metadata too."""
         digest = hashlib.sha256(data).hexdigest()
         content_type = images.CONTENT_TYPES[fmt.lower()]
-        meta = {name: _ascii(value) for name, value in metadata.items()}
+        meta = ascii_metadata(metadata)
         meta["sha256"] = digest
 
         def put() -> None:
@@ -111,9 +111,12 @@ class Uploader:
         )
 
 
-def _ascii(value: str) -> str:
+def ascii_metadata(metadata: Mapping[str, str]) -> dict[str, str]:
     """S3 user metadata travels in HTTP headers: keep it ASCII."""
-    return value.encode("ascii", "backslashreplace").decode("ascii")
+    return {
+        name: value.encode("ascii", "backslashreplace").decode("ascii")
+        for name, value in metadata.items()
+    }
 
 
 def _base64_sha256(data: bytes) -> str:

@@ -19,7 +19,10 @@ from collections.abc import Mapping, Sequence
 
 import kopf
 
+from compose_api import tracing
 from compose_operator import handlers, kubeapi, metrics, peering, reconciler, retention, settings
+
+SERVICE_NAME = "compose-operator"  # OpenTelemetry's service.name, unless OTEL_SERVICE_NAME says
 
 ENVIRONMENT_HELP = """\
 environment (all optional unless marked):
@@ -55,6 +58,9 @@ environment (all optional unless marked):
   COMPOSE_STATUS_COALESCE_SECONDS  same-phase status progress written at most this often (5)
   COMPOSE_LOG_LEVEL                DEBUG, INFO, WARNING or ERROR
   COMPOSE_SETTINGS_FILE            KEY=VALUE file (a mounted ConfigMap); the environment wins
+  OTEL_EXPORTER_OTLP_ENDPOINT      OTLP/HTTP receiver (a collector's :4318): traces the jobs, and
+                                   is handed on to the Job pods and workers with the other OTEL_*
+                                   export settings; unset: tracing off
 """
 
 
@@ -153,6 +159,11 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     logging.basicConfig(
         level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:
+        tracing.configure(SERVICE_NAME)
+    except tracing.SettingsError as error:
+        print(f"compose-operator: invalid settings:\n{error}", file=sys.stderr)
+        return 2
     if config.log_level != "DEBUG":
         # kopf logs "Handler ... succeeded." at INFO for every event of every object; the
         # operator logs (and posts Events for) the status transitions instead.

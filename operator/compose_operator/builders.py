@@ -25,6 +25,9 @@ RUN_AS = 10001
 MODEL_CACHE_MOUNT = "/models"
 SEED_ANNOTATION = f"{models.GROUP}/seed"
 SPEC_HASH_ANNOTATION = f"{models.GROUP}/spec-hash"
+# OTEL_SERVICE_NAME of the Job pods and of the pool workers (tracing_env).
+INFERENCE_SERVICE_NAME = "compose-inference"
+WORKER_SERVICE_NAME = "compose-worker"
 
 # Spot interruptions absorbed within the Job's overall deadline (see build_job).
 INTERRUPTION_ALLOWANCE = 3
@@ -155,10 +158,20 @@ def storage_env(settings: OperatorSettings) -> list[dict[str, str]]:
     return env
 
 
+def tracing_env(settings: OperatorSettings, service_name: str) -> list[dict[str, str]]:
+    """The operator's OpenTelemetry export settings for an inference container, under its own
+    service name; nothing when tracing is off."""
+    if not settings.tracing_env:
+        return []
+    env = [{"name": name, "value": value} for name, value in sorted(settings.tracing_env.items())]
+    return [*env, {"name": "OTEL_SERVICE_NAME", "value": service_name}]
+
+
 def _env(document: contract.JobDocument, settings: OperatorSettings) -> list[dict[str, str]]:
     return [
         {"name": contract.JOB_DOCUMENT_ENV, "value": document.to_json()},
         *storage_env(settings),
+        *tracing_env(settings, INFERENCE_SERVICE_NAME),
     ]
 
 

@@ -118,11 +118,23 @@ class PoolReconciler:
         """Something the pool reads changed: reconcile it soon (once for a burst), and offer its
         idle workers to its waiting jobs."""
         key = (namespace, pool)
-        if status and key not in self._pending:
-            loop = asyncio.get_running_loop()
-            self._pending[key] = loop.call_later(DEBOUNCE_SECONDS, self._run_pending, key)
+        if status:
+            self._reconcile_in(key, DEBOUNCE_SECONDS)
         if dispatch:
             self.dispatch_soon(namespace, pool)
+
+    def _reconcile_in(self, key: Key, delay: float) -> None:
+        """Reconcile the pool in ``delay`` seconds, or sooner where a reconcile is already due
+        sooner: one timer per pool, always the earliest asked for (a later recheck of the scale
+        down never postpones a status write or an event's reconcile)."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay
+        handle = self._pending.get(key)
+        if handle is not None:
+            if handle.when() <= due:
+                return
+            handle.cancel()
+        self._pending[key] = loop.call_at(due, self._run_pending, key)
 
     def _run_pending(self, key: Key) -> None:
         self._pending.pop(key, None)
@@ -292,11 +304,7 @@ class PoolReconciler:
         )
         if scaled.recheck_at is not None:
             delay = max(0.5, (scaled.recheck_at - self.jobs.clock()).total_seconds() + 1.0)
-            loop = asyncio.get_running_loop()
-            handle = self._pending.pop(key, None)
-            if handle is not None:
-                handle.cancel()
-            self._pending[key] = loop.call_later(delay, self._run_pending, key)
+            self._reconcile_in(key, delay)
 
     async def _write_status(
         self,
@@ -315,9 +323,7 @@ class PoolReconciler:
         if not urgent and last is not None and window > 0:
             wait = window - (time.monotonic() - last)
             if wait > 0:
-                if key not in self._pending:
-                    loop = asyncio.get_running_loop()
-                    self._pending[key] = loop.call_later(wait, self._run_pending, key)
+                self._reconcile_in(key, wait)
                 return
         try:
             await self.client.patch_pool_status(pool.namespace, pool.name, patch)

@@ -26,7 +26,7 @@ import pydantic
 
 from compose_api import models, profiles
 from compose_api import pools as protocol
-from compose_operator import builders, names
+from compose_operator import builders, names, status
 from compose_operator.settings import OperatorSettings
 
 COMPONENT = "worker"
@@ -248,7 +248,11 @@ def build_deployment(
         "name": protocol.CONTAINER_NAME,
         "image": spec.image or profile.image or settings.inference_image,
         "args": ["worker"],
-        "env": [*_worker_env(pool, spec, profile), *builders.storage_env(settings)],
+        "env": [
+            *_worker_env(pool, spec, profile),
+            *builders.storage_env(settings),
+            *builders.tracing_env(settings, builders.WORKER_SERVICE_NAME),
+        ],
         "ports": [{"name": "probes", "containerPort": protocol.PROBE_PORT, "protocol": "TCP"}],
         # Ready once the profile is loaded, warmed up and the Lease held; a model download may
         # take many minutes, so liveness starts only after the start-up probe passed.
@@ -524,15 +528,7 @@ def status_patch(
     new: protocol.CompositionPoolStatus, old: protocol.CompositionPoolStatus
 ) -> dict[str, Any] | None:
     """A merge patch for the pool's ``status`` (None: nothing changed)."""
-    before = old.model_dump(mode="json", by_alias=True, exclude_none=True)
-    after = new.model_dump(mode="json", by_alias=True, exclude_none=True)
-    if before == after:
-        return None
-    patch: dict[str, Any] = dict(after)
-    for key in before:
-        if key not in after:
-            patch[key] = None
-    return patch
+    return status.to_patch(new, old)
 
 
 def counts_only(new: protocol.CompositionPoolStatus, old: protocol.CompositionPoolStatus) -> bool:

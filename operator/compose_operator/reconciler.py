@@ -40,6 +40,7 @@ from compose_operator import (
     pooljobs,
     pools,
     queueing,
+    spans,
     status,
 )
 from compose_operator.settings import OperatorSettings
@@ -216,7 +217,8 @@ class Reconciler:
                 continue
             self._awaiting_pods.pop(uid, None)
             try:
-                await self._execute(uid, body, seen, decided)
+                with spans.reconcile(body, decided, seen.previous):
+                    await self._execute(uid, body, seen, decided)
             except kubeapi.ApiError as error:
                 if error.status != 409 or not _conditional(decided):
                     raise
@@ -381,21 +383,23 @@ class Reconciler:
             self.inventory.admit(uid)  # taken before the first await: no double admission
         created = False
         try:
-            for action in decided.actions:
-                if isinstance(action, plan.WriteStatus):
-                    await self._write(uid, body, seen.previous, action)
-                    created = created or action.outcome.status.assignment is not None
-                elif isinstance(action, plan.CreateJob):
-                    job = await self.client.create_job(action.manifest)
-                    self.inventory.put_child("job", job, deleted=False)
-                    created = True
-                elif isinstance(action, plan.DeleteJob):
-                    await self.client.delete_job(namespace, action.name)
-                    gone = {"metadata": {"name": action.name, "labels": {names.UID_LABEL: uid}}}
-                    self.inventory.put_child("job", gone, deleted=True)
-                    self._kick_queue(namespace)
-                elif isinstance(action, plan.SuspendJob):
-                    await self._set_suspended(uid, namespace, action)
+            for planned in decided.actions:
+                with spans.action(planned, seen.previous):
+                    action = spans.stamped(planned, seen.previous)
+                    if isinstance(action, plan.WriteStatus):
+                        await self._write(uid, body, seen.previous, action)
+                        created = created or action.outcome.status.assignment is not None
+                    elif isinstance(action, plan.CreateJob):
+                        job = await self.client.create_job(action.manifest)
+                        self.inventory.put_child("job", job, deleted=False)
+                        created = True
+                    elif isinstance(action, plan.DeleteJob):
+                        await self.client.delete_job(namespace, action.name)
+                        gone = {"metadata": {"name": action.name, "labels": {names.UID_LABEL: uid}}}
+                        self.inventory.put_child("job", gone, deleted=True)
+                        self._kick_queue(namespace)
+                    elif isinstance(action, plan.SuspendJob):
+                        await self._set_suspended(uid, namespace, action)
         except BaseException:
             if decided.admit and not created:
                 self.inventory.release(uid)

@@ -4,7 +4,9 @@
 every other part; nothing else reads the environment. The Helm chart sets these variables (and
 mounts the model profiles from its ConfigMap), so their names are a contract with the chart.
 A ConfigMap may also be mounted as an env file (``KEY=VALUE`` lines) named by
-``COMPOSE_SETTINGS_FILE``; variables set in the environment win over the file.
+``COMPOSE_SETTINGS_FILE``; variables set in the environment win over the file. The one exception
+to ``COMPOSE_*``: the standard ``OTEL_*`` export variables, which configure the operator's own
+tracing (``compose_api.tracing``) and are handed on to the pods it creates (``tracing_env``).
 
 Every problem is reported as ``COMPOSE_<NAME>: <reason>``, all of them at once.
 """
@@ -18,7 +20,7 @@ from typing import Any, Literal
 
 import pydantic
 
-from compose_api import models
+from compose_api import models, tracing
 from compose_api import profiles as profiles_module
 from compose_operator import queueing
 
@@ -102,6 +104,12 @@ class OperatorSettings(pydantic.BaseModel):
         "many seconds per job; phase changes and terminal states at once. 0: every change.",
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    tracing_env: dict[str, str] = pydantic.Field(
+        default_factory=dict,
+        description="The OpenTelemetry export settings handed on to the Job pods and pool "
+        "workers: the operator's own OTEL_* variables (compose_api.tracing.forwarded), not "
+        "COMPOSE_* ones; empty when tracing is off.",
+    )
 
     @pydantic.field_validator("namespaces", mode="before")
     @classmethod
@@ -187,8 +195,9 @@ def from_environment(environ: Mapping[str, str]) -> OperatorSettings:
     raw: dict[str, Any] = {}
     for key, value in merged.items():
         name = key.removeprefix(PREFIX).lower()
-        if key.startswith(PREFIX) and name in fields and name != "profiles":
+        if key.startswith(PREFIX) and name in fields and name not in ("profiles", "tracing_env"):
             raw[name] = value
+    raw["tracing_env"] = tracing.forwarded(environ)
 
     problems: list[str] = []
     if not raw.get("profiles_path"):

@@ -815,12 +815,11 @@ def start_deadline_at(
     return origin + datetime.timedelta(seconds=seconds)
 
 
-def to_patch(
-    new: models.CompositionJobStatus, old: models.CompositionJobStatus
-) -> dict[str, Any] | None:
-    """A JSON merge patch for ``status`` (None when nothing changed); removed keys become null."""
-    before = old.to_api()
-    after = new.to_api()
+def to_patch(new: pydantic.BaseModel, old: pydantic.BaseModel) -> dict[str, Any] | None:
+    """A JSON merge patch for a ``status`` (a job's or a pool's; None when nothing changed);
+    removed keys become null."""
+    before = old.model_dump(mode="json", by_alias=True, exclude_none=True)
+    after = new.model_dump(mode="json", by_alias=True, exclude_none=True)
     if before == after:
         return None
     patch: dict[str, Any] = dict(after)

@@ -1,5 +1,6 @@
 """The pool benchmark runs end to end with a few jobs, so it never rots: a warm pool of real
-``compose worker`` processes, then a Job per job with the real inference process, on the test
+``compose worker`` processes, then a Job per job with the real inference process, then pairs of
+the same request on a warm pool (result reuse), directly and through a real gateway, on the test
 control plane; the figures come out in its JSON."""
 
 from __future__ import annotations
@@ -12,17 +13,27 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def test_benchmark_runs_both_modes_and_reports_their_figures(tmp_path: pathlib.Path) -> None:
+def test_benchmark_runs_every_mode_and_reports_their_figures(tmp_path: pathlib.Path) -> None:
     out = tmp_path / "bench.json"
     completed = subprocess.run(
         [sys.executable, "-m", "benchmarks.pool_bench", "--jobs", "3", "--workers", "1",
-         "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=420, check=False,
+         "--modes", "pool,job,reuse,gateway-reuse", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert completed.returncode == 0, completed.stderr[-4000:]
     figures = json.loads(out.read_text())
-    assert set(figures) == {"pool", "job"}
-    for mode in figures.values():
+    assert set(figures) == {"pool", "job", "reuse: first", "reuse: again", "gateway reuse: first",
+                            "gateway reuse: again", "reused"}  # fmt: skip
+    # Every repeated request was answered with the first one's result: nothing generated.
+    assert figures.pop("reused") == {"reuse": 3, "gateway reuse": 3}
+    assert figures["reuse: first"]["generate_p50_s"] > 0
+    assert figures["reuse: again"]["generate_p50_s"] == 0
+    assert "reuse: the same request again, create→Succeeded p50" in completed.stdout
+    assert "gateway reuse: the same request again, request→answer p50" in completed.stdout
+    for name, mode in figures.items():
+        if "reuse" in name:
+            assert mode["jobs"] == 3 and mode["failed"] == 0, mode
+            continue
         assert mode["jobs"] == 3 and mode["failed"] == 0, mode
         assert 0 < mode["outside_run_p50_s"] <= mode["overhead_p50_s"] < mode["total_p50_s"]
         assert mode["requests_per_job"]["operator"] > 0

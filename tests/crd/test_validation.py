@@ -34,9 +34,9 @@ def _job(**spec_overrides: Any) -> dict[str, Any]:
 
 FULL_SPEC: dict[str, Any] = {
     "inputs": {
-        "person": {"uri": "https://cdn.example.com/people/ana.jpg?size=large"},
+        "person": {"uri": "https://cdn.example.com/people/ana.jpg?size=large", "sha256": "0" * 64},
         "clothing": [
-            {"uri": "s3://wardrobe/jackets/denim.png", "category": "outerwear"},
+            {"uri": "s3://wardrobe/jackets/denim.png", "category": "outerwear", "sha256": "a" * 64},
             {"uri": "s3://wardrobe/shirts/white.png", "category": "upper"},
             {"uri": "s3://wardrobe/jeans/blue.png", "category": "lower"},
             {"uri": "s3://wardrobe/shoes/white.png", "category": "shoes"},
@@ -45,7 +45,12 @@ FULL_SPEC: dict[str, Any] = {
         ],
         "place": {"uri": "s3://places.example/beach/sunset.webp"},
     },
-    "output": {"bucket": "results-bucket", "prefix": "campaign-7/", "format": "webp"},
+    "output": {
+        "bucket": "results-bucket",
+        "prefix": "campaign-7/",
+        "format": "webp",
+        "reuse": False,
+    },
     "params": {
         "prompt": "a person on a beach at sunset",
         "negativePrompt": "blurry",
@@ -78,7 +83,7 @@ def test_minimal_job_is_accepted_and_defaulted() -> None:
     assert validate_composition_job(job) == []
     stored = default_object(job)
     assert stored["spec"]["params"]["steps"] == 30
-    assert stored["spec"]["output"] == {"prefix": "", "format": "png"}
+    assert stored["spec"]["output"] == {"prefix": "", "format": "png", "reuse": True}
     assert stored["spec"]["execution"]["capacityType"] == "any"
     assert stored["spec"]["profile"] == "instantid-sdxl"
 
@@ -245,6 +250,16 @@ REFUSED: list[tuple[str, dict[str, Any], str]] = [
         "unknown clothing category",
         {"inputs": _inputs(clothing=[{"uri": "s3://wardrobe/a.png", "category": "hat"}])},
         'spec.inputs.clothing[0].category: Unsupported value: "hat"',
+    ),
+    (
+        "input sha256 in capitals",
+        {"inputs": _inputs(place={"uri": "s3://places/a.png", "sha256": "A" * 64})},
+        "spec.inputs.place.sha256: Invalid value: ",
+    ),
+    (
+        "input sha256 too short",
+        {"inputs": _inputs(clothing=[{"uri": "s3://wardrobe/a.png", "sha256": "ab"}])},
+        "spec.inputs.clothing[0].sha256: Invalid value: ",
     ),
     (
         "bucket with capitals",

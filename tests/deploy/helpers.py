@@ -38,6 +38,7 @@ VALUE_SETS: tuple[str | None, ...] = (
     "custom-profiles",
     "pools",
     "pools-keda",
+    "tracing",
 )
 # API groups whose kinds are CRDs: not in the Kubernetes OpenAPI schemas, so not validated there.
 CRD_GROUPS = frozenset(
@@ -49,6 +50,7 @@ CRD_GROUPS = frozenset(
         "karpenter.k8s.aws",
         "kueue.x-k8s.io",
         "keda.sh",
+        "opentelemetry.io",
         "argoproj.io",
         "source.toolkit.fluxcd.io",
         "helm.toolkit.fluxcd.io",

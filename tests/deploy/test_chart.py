@@ -226,6 +226,60 @@ def test_network_policies_and_service_monitor(render: Render) -> None:
     assert [rule for rule in worker["egress"] if "to" in rule] == api
 
 
+def test_tracing_reaches_the_operator_the_gateway_and_the_collector(
+    render: Render, tmp_path: pathlib.Path
+) -> None:
+    objects = render("tracing")
+    wanted = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://adot-collector.observability:4318",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.25",
+        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment=test,cloud.platform=aws_eks",
+    }
+    for component in ("operator", "gateway"):
+        (container,) = helpers.one(objects, "Deployment", f"-{component}")["spec"]["template"][
+            "spec"
+        ]["containers"]
+        env = helpers.env_of(container)
+        assert {k: v for k, v in env.items() if k.startswith("OTEL_")} == {
+            **wanted,
+            "OTEL_SERVICE_NAME": f"compose-{component}",
+        }
+    # The operator hands the export settings on to its pods (not its own service name).
+    settings_module = importlib.import_module("compose_operator.settings")
+    operator = helpers.one(objects, "Deployment", "-operator")["spec"]["template"]["spec"]
+    env = helpers.env_of(operator["containers"][0])
+    profiles_file = tmp_path / "profiles.yaml"
+    profiles_file.write_text(
+        helpers.one(objects, "ConfigMap", "-profiles")["data"]["profiles.yaml"]
+    )
+    settings = settings_module.from_environment(
+        {**env, "COMPOSE_PROFILES_PATH": str(profiles_file)}
+    )
+    assert settings.tracing_env == wanted
+    # Every component may reach the collector's port in its namespace, and only there.
+    collector = {
+        "ports": [{"port": 4318, "protocol": "TCP"}],
+        "to": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "observability"}}}
+        ],
+    }
+    policies = helpers.of_kind(objects, "NetworkPolicy")
+    assert {p["metadata"]["name"].removeprefix("nextunicorn-compose-") for p in policies} >= {
+        "operator",
+        "inference",
+        "gateway",
+    }
+    for policy in policies:
+        assert collector in policy["spec"]["egress"], policy["metadata"]["name"]
+    # Off by default: not one OTEL_ variable, not one rule more.
+    default = render(None)
+    for deployment in helpers.of_kind(default, "Deployment"):
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            assert not [k for k in helpers.env_of(container) if k.startswith("OTEL_")]
+
+
 def _rendered_profiles(objects: list[Obj]) -> dict[str, profiles_module.ModelProfile]:
     config_map = helpers.one(objects, "ConfigMap", "-profiles")
     return profiles_module.load_profiles(config_map["data"]["profiles.yaml"])

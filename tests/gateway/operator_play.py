@@ -46,8 +46,21 @@ async def succeed(
     *,
     s3_uri: str,
     data: bytes = b"png",
+    reused_from: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The job succeeded with its result at ``s3_uri``."""
+    """The job succeeded with its result at ``s3_uri`` (a copy of ``reused_from``'s, when
+    given)."""
+    result: dict[str, Any] = {
+        "s3Uri": s3_uri,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "width": 1024,
+        "height": 1024,
+        "format": "png",
+        "bytes": len(data),
+        "seed": 42,
+    }
+    if reused_from is not None:
+        result["reusedFrom"] = reused_from
     return await kube.patch_status(
         COMPOSITION_JOBS,
         name,
@@ -63,15 +76,7 @@ async def succeed(
             ],
             "attempts": [{"index": 0, "jobName": f"{name}-0", "outcome": "Succeeded"}],
             "timings": {"fetch": 0.4, "inference": 11.5, "upload": 0.2, "total": 14.0},
-            "result": {
-                "s3Uri": s3_uri,
-                "sha256": hashlib.sha256(data).hexdigest(),
-                "width": 1024,
-                "height": 1024,
-                "format": "png",
-                "bytes": len(data),
-                "seed": 42,
-            },
+            "result": result,
         },
         namespace=namespace,
     )

@@ -59,6 +59,7 @@ async def test_optional_parameters_reach_the_spec(
         clothingStrength=0.7,
         placeStrength=0.5,
         format="webp",
+        reuse=False,
     )  # fmt: skip
     response = await gateway.post(request)
 
@@ -88,6 +89,23 @@ async def test_optional_parameters_reach_the_spec(
         params["placeStrength"],
     ) == (0.9, 0.7, 0.5)
     assert spec["output"]["format"] == "webp"
+    assert spec["output"]["reuse"] is False
+    # Images given by URL carry no hash: the inference image hashes what it fetches.
+    assert "sha256" not in spec["inputs"]["person"]
+
+
+async def test_reuse_is_on_unless_the_request_opts_out(
+    gateway: Gateway, cluster: cluster_client.ClusterClient
+) -> None:
+    for given, stored in ((None, True), (True, True), (False, False)):
+        extra = {} if given is None else {"reuse": given}
+        response = await gateway.post(original_request(**extra))
+        assert response.status_code == 202, response.text
+        job = await cluster.get(COMPOSITION_JOBS, response.json()["jobId"], namespace=NAMESPACE)
+        assert job["spec"]["output"]["reuse"] is stored
+    refused = await gateway.post(original_request(reuse="sometimes"))
+    assert refused.status_code == 422
+    assert [e["field"] for e in refused.json()["errors"]] == ["reuse"]
 
 
 async def test_wait_answers_the_original_success_response(

@@ -3,6 +3,8 @@ key never sees or cancels another key's jobs."""
 
 from __future__ import annotations
 
+import json
+
 from compose_gateway import naming
 from tests.gateway import operator_play
 from tests.gateway.conftest import BOB_KEY, NAMESPACE, Gateway, MakeGateway, original_request
@@ -51,6 +53,26 @@ async def test_job_status_follows_the_job(
         5,
     )
     assert "X-Amz-Signature=" in result["imageUrl"]
+    assert result["reused"] is False
+
+
+async def test_a_reused_result_says_so(
+    gateway: Gateway,
+    cluster: cluster_client.ClusterClient,
+    s3_env: s3.S3Server,
+    buckets: dict[str, str],
+) -> None:
+    """The source job is not named: it may be another key's."""
+    name = (await gateway.post(original_request())).json()["jobId"]
+    s3_env.client().put_object(Bucket=buckets["results"], Key="r/again.png", Body=b"image")
+    earlier = {"namespace": NAMESPACE, "name": "gw-earlier", "uid": "uid-earlier"}
+    await operator_play.succeed(
+        cluster, name, NAMESPACE, s3_uri=f"s3://{buckets['results']}/r/again.png",
+        data=b"image", reused_from=earlier,
+    )  # fmt: skip
+    done = (await gateway.get(f"/jobs/{name}")).json()
+    assert done["result"]["reused"] is True
+    assert "gw-earlier" not in json.dumps(done)
 
 
 async def test_a_failed_job_reports_its_reason(

@@ -1,6 +1,6 @@
 """multipart/form-data uploads: streamed into the inputs bucket under the key's prefix, referenced
 by s3:// URI; size and type checked; admitted within the replica's buffer budget and the key's
-concurrent-upload limit."""
+concurrent-upload limit. Admission and the body's parsing on their own: test_uploads_units.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from compose_gateway import storage, uploads
+from compose_gateway import storage
 from tests.gateway.conftest import ALICE_KEY, BOB_KEY, Gateway, MakeGateway, original_request
 from tests.support import cluster_client, s3
 from tests.support.resources import COMPOSITION_JOBS
@@ -77,6 +77,30 @@ async def test_uploads_become_s3_inputs(
     assert stored[2]["Body"].read() == trousers
     assert stored[2]["ContentType"] == "image/png"
     assert (job["spec"]["params"]["steps"], job["spec"]["params"]["prompt"]) == (8, "on a beach")
+
+
+async def test_the_upload_hashes_reach_the_job(
+    gateway: Gateway, cluster: cluster_client.ClusterClient
+) -> None:
+    """Each uploaded file's SHA-256, computed as it streamed through, is declared on the input
+    it fills (the inference image checks the bytes it fetches and keys result reuse on it); an
+    image given by URL carries none. A text field opts out of reuse."""
+    person, shirt = _image("JPEG", "red"), _image("PNG", "white")
+    files = [
+        ("personImage", ("me.jpg", person, "image/jpeg")),
+        ("clothingImages", ("shirt.png", shirt, "image/png")),
+    ]
+    form = {"placeImage": "https://example.com/beach.jpg", "reuse": "false"}
+
+    response = await _upload(gateway, files, form)
+
+    assert response.status_code == 202, response.text
+    job = await cluster.get(COMPOSITION_JOBS, response.json()["jobId"], namespace="compose")
+    inputs = job["spec"]["inputs"]
+    assert inputs["person"]["sha256"] == hashlib.sha256(person).hexdigest()
+    assert inputs["clothing"][0]["sha256"] == hashlib.sha256(shirt).hexdigest()
+    assert inputs["place"] == {"uri": "https://example.com/beach.jpg"}
+    assert job["spec"]["output"]["reuse"] is False
 
 
 async def test_a_file_that_is_not_an_image_is_named(
@@ -323,23 +347,6 @@ async def test_uploads_beyond_the_key_limit_and_the_replica_budget_are_refused(
     assert finished.status_code == 202, finished.text
     assert after.status_code == 202, after.text
     assert gateway.services.uploads.in_flight_bytes == 0
-
-
-def test_admission_counts_bytes_and_keys_and_releases_on_error() -> None:
-    admission = uploads.Admission(budget_bytes=30, per_upload_bytes=10, per_key=2)
-    with admission.admit("alice"), admission.admit("alice"):
-        with pytest.raises(uploads.TooManyUploads), admission.admit("alice"):
-            pass
-        with admission.admit("bob"):
-            assert admission.in_flight_bytes == 30
-            with pytest.raises(uploads.UploadsBusy), admission.admit("carol"):
-                pass
-        with pytest.raises(RuntimeError), admission.admit("bob"):
-            raise RuntimeError("the upload failed")
-        assert admission.in_flight_bytes == 20
-    assert admission.in_flight_bytes == 0
-    with admission.admit("carol"):
-        assert admission.in_flight_bytes == 10
 
 
 async def test_an_upload_s3_refuses_is_a_502_naming_storage(make_gateway: MakeGateway) -> None:

@@ -117,9 +117,11 @@ def test_every_real_config_names_a_module_and_tests_that_exist() -> None:
         "inference_image/compose_inference/fetching.py",
     } <= set(active)
     for module in active:
-        # Each module's tests, run from the copy, import the copy's module (not the checkout's).
+        # Each module's tests, run from the copy, are collected and import the copy's module
+        # (not the checkout's).
         assert any(
-            line.startswith(f"{module}: ") and line.endswith("the tests import the copy")
+            line.startswith(f"{module}: ")
+            and line.endswith("the tests collect and import the copy")
             for line in done.stdout.splitlines()
         ), (module, done.stdout)
     assert "planned" in listing  # modules the open issues add, ready to switch on
@@ -156,3 +158,20 @@ def test_tests_that_do_not_pass_unmutated_stop_the_module(tmp_path: pathlib.Path
 
     assert done.returncode == 2
     assert f"{MODULE}: the tests fail without any mutation" in done.stderr
+
+
+def test_check_refuses_a_listed_test_that_pytest_does_not_collect(tmp_path: pathlib.Path) -> None:
+    # The file exists, the test in it does not (renamed or moved): --check says so, naming the
+    # config, instead of leaving it to the first real run's baseline.
+    config = (FIXTURE / "configs" / "pricing.toml").read_text()
+    config = config.replace('checks_pricing.py"]', 'checks_pricing.py::test_renamed"]')
+    (tmp_path / "moved.toml").write_text(config)
+
+    done = mutation("--config-dir", tmp_path, "--check", "moved")
+    kept = mutation("--config-dir", FIXTURE / "configs", "--check", "pricing")
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"{tmp_path / 'moved.toml'}: tests: pytest does not collect them" in done.stderr
+    assert "test_renamed" in done.stderr
+    assert kept.returncode == 0, kept.stderr
+    assert kept.stdout.strip().endswith("the tests collect and import the copy")

@@ -260,3 +260,56 @@ COMPOSE_DEFAULT_POOLS from pools.defaultPools: "profile=pool,..." in the profile
 {{- end }}
 {{- join "," $pairs }}
 {{- end }}
+
+{{/*
+The OpenTelemetry settings of one component (dict "ctx" . "service" "compose-operator"): the
+standard OTEL_* variables, empty while tracing.otlpEndpoint is.
+*/}}
+{{- define "nextunicorn-compose.tracingEnv" -}}
+{{- $t := .ctx.Values.tracing }}
+{{- if $t.otlpEndpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $t.otlpEndpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: http/protobuf
+- name: OTEL_SERVICE_NAME
+  value: {{ .service | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ $t.sampler | quote }}
+{{- with $t.samplerArg }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ . | quote }}
+{{- end }}
+{{- with $t.resourceAttributes }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+NetworkPolicy egress to the collector: the port of tracing.otlpEndpoint (80 or 443 when it names
+none), to tracing.collectorNamespaces when given; empty while tracing is off.
+*/}}
+{{- define "nextunicorn-compose.tracingEgress" -}}
+{{- $t := .Values.tracing }}
+{{- if $t.otlpEndpoint }}
+{{- $url := urlParse $t.otlpEndpoint }}
+{{- $port := ternary "443" "80" (eq $url.scheme "https") }}
+{{- $parts := splitList ":" $url.host }}
+{{- if gt (len $parts) 1 }}
+{{- $port = last $parts }}
+{{- end }}
+- ports:
+    - port: {{ $port | int }}
+      protocol: TCP
+  {{- with $t.collectorNamespaces }}
+  to:
+    {{- range . }}
+    - namespaceSelector:
+        matchLabels:
+          kubernetes.io/metadata.name: {{ . }}
+    {{- end }}
+  {{- end }}
+{{- end }}
+{{- end }}

@@ -120,7 +120,14 @@ def test_job_runs_end_to_end_from_s3_to_s3(
     assert (message.exit_code, message.reason) == (0, "Completed")
     assert message.result is not None
     key = "results/team-a/look-1/uid-1234/result.png"
-    assert bucket_keys(s3_server, results) == [key]
+    # The result, and the reuse index entry that offers it to later jobs of the namespace.
+    keys = bucket_keys(s3_server, results)
+    assert key in keys
+    (index_key,) = set(keys) - {key}
+    assert index_key.startswith("results/.reuse/team-a/") and index_key.endswith(".json")
+    entry = json.loads(client.get_object(Bucket=results, Key=index_key)["Body"].read())
+    assert entry["job"] == {"namespace": "team-a", "name": "look-1", "uid": "uid-1234"}
+    assert entry["result"]["s3Uri"] == f"s3://{results}/{key}"
     assert message.result.s3_uri == f"s3://{results}/{key}"
 
     stored = client.get_object(Bucket=results, Key=key)
@@ -146,6 +153,7 @@ def test_job_runs_end_to_end_from_s3_to_s3(
         assert value is not None and value >= 0, stage
     assert timings.total is not None and timings.total >= (timings.inference or 0) > 0
     assert timings.refine is not None and timings.refine > 0  # its own stage
+    assert timings.reuse is not None and timings.reuse >= 0  # the lookup and the index entry
     # The values used are in the result, and what the profile's pins changed is said.
     assert (message.result.steps, message.result.guidance) == (2, 5.0)
     assert message.message == (

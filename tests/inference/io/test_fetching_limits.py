@@ -8,9 +8,11 @@ import os
 import re
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from compose_api import netguard
 from compose_inference import errors, fetching
 from tests.inference.io.conftest import HttpServer, Reply, SleepLog
 from tests.support import s3
@@ -218,3 +220,243 @@ def test_settings_cannot_change_under_a_fetcher(fetch_settings: fetching.FetchSe
     """One Fetcher serves many jobs: its settings are frozen."""
     with pytest.raises(dataclasses.FrozenInstanceError):
         fetch_settings.max_bytes = 1  # type: ignore[misc]
+
+
+# -- a pipe past the limit, odd limits ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("limit", [10_000, 10_001])
+def test_a_pipe_past_the_limit_is_refused_without_waiting_for_its_end(
+    tmp_path: Path, small: fetching.FetchSettings, sleeps: SleepLog, limit: int
+) -> None:
+    """A pipe that has sent one byte more than the limit is refused at once, while its writer
+    still holds it open: the read stops one byte past the limit, it does not wait for more."""
+    local = dataclasses.replace(small, allow_local_paths=True, max_bytes=limit)
+    fifo = tmp_path / "endless.png"
+    os.mkfifo(fifo)
+    refused = threading.Event()
+    closed_first: list[bool] = []
+
+    def writer() -> None:
+        with fifo.open("wb") as handle:
+            handle.write(b"p" * (limit + 1))
+            handle.flush()
+            closed_first.append(not refused.wait(timeout=5))
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    with pytest.raises(errors.InputRejected, match=f"larger than the limit of {limit} bytes"):
+        _fetcher(local, sleeps).fetch(str(fifo), field="f")
+    refused.set()
+    thread.join(timeout=10)
+    assert closed_first == [False]
+
+
+def test_a_local_file_of_exactly_an_odd_limit_passes_whole(
+    tmp_path: Path, small: fetching.FetchSettings, sleeps: SleepLog
+) -> None:
+    local = dataclasses.replace(small, allow_local_paths=True, max_bytes=10_001)
+    exact = tmp_path / "exact.png"
+    exact.write_bytes(bytes(range(256)) * 39 + b"x" * 17)
+    assert _fetcher(local, sleeps).fetch(str(exact), field="f") == exact.read_bytes()
+
+
+# -- statuses that are not a success: their bodies are never read -----------------------------
+
+
+@pytest.mark.parametrize("status", [300, 404, 501])
+def test_a_failed_answer_is_named_by_its_status_whatever_its_body(
+    http_server: HttpServer, small: fetching.FetchSettings, sleeps: SleepLog, status: int
+) -> None:
+    # An error page larger than the limit: the answer fails for its status, the page unread.
+    http_server.routes["/page"] = lambda: Reply(status=status, body=b"e" * (small.max_bytes + 1))
+    with pytest.raises(errors.InputUnavailable, match=f"answered HTTP {status}$"):
+        _fetcher(small, sleeps).fetch(http_server.url("/page"), field="f")
+
+
+def test_an_informational_status_is_no_success(
+    http_server: HttpServer, fetch_settings: fetching.FetchSettings, sleeps: SleepLog
+) -> None:
+    http_server.routes["/early"] = lambda: Reply(status=199, body=b"")
+    with pytest.raises(errors.InputUnavailable, match=r"answered HTTP 199$"):
+        _fetcher(fetch_settings, sleeps).fetch(http_server.url("/early"), field="f")
+
+
+# -- the Host header -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("scheme", "host", "port", "header"),
+    [
+        ("https", "images.example.com", 443, "images.example.com"),
+        ("http", "images.example.com", 80, "images.example.com"),
+        ("https", "images.example.com", 8443, "images.example.com:8443"),
+        ("https", "images.example.com", 80, "images.example.com:80"),  # below the default
+        ("http", "images.example.com", 443, "images.example.com:443"),
+        ("http", "images.example.com", 8080, "images.example.com:8080"),
+        ("https", "2606:4700::1111", 443, "[2606:4700::1111]"),
+        ("https", "2606:4700::1111", 8443, "[2606:4700::1111]:8443"),
+    ],
+)
+def test_the_host_header_carries_the_port_only_when_it_is_not_the_default(
+    scheme: str, host: str, port: int, header: str
+) -> None:
+    url = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{port}/a.png"
+    destination = netguard.check_url(
+        url, netguard.Policy(allow_http=True), resolver=lambda h, p: ["93.184.215.14"]
+    )
+    assert destination.port == port
+    assert fetching.host_header(destination) == header
+
+
+# -- time: the deadline, the minimum rate and its grace, at their bounds -------------------------
+
+
+class Ticks:
+    """A clock that moves ``step`` seconds at every reading, from ``start``."""
+
+    def __init__(self, step: float, start: float = 1000.0) -> None:
+        self.now = start
+        self.step = step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+CHUNK = 64 * 1024
+
+
+@pytest.fixture
+def three_chunks(s3_env: s3.S3Server) -> str:
+    """An S3 object read in exactly three reads of 64 KiB."""
+    bucket = s3_env.new_bucket("inputs")
+    s3_env.client().put_object(Bucket=bucket, Key="three", Body=b"t" * (3 * CHUNK))
+    return f"s3://{bucket}/three"
+
+
+def _timed(settings: fetching.FetchSettings, clock: Ticks, **changes: Any) -> fetching.Fetcher:
+    changed = dataclasses.replace(settings, max_bytes=10 * CHUNK, **changes)
+    return fetching.Fetcher(changed, sleep=SleepLog(), clock=clock)
+
+
+# The S3 path reads the clock once for the deadline, once when the transfer starts and once
+# after each chunk: with Ticks(1.0) from 1000, the deadline is 1001 + deadline, chunk k arrives
+# at 1002 + k, k seconds into the transfer, at 64 KiB/s.
+
+
+def test_a_transfer_whose_last_chunk_arrives_at_the_deadline_passes(
+    three_chunks: str, fetch_settings: fetching.FetchSettings
+) -> None:
+    on_time = _timed(fetch_settings, Ticks(1.0), deadline=4.0, min_rate=0)
+    late = _timed(fetch_settings, Ticks(1.0), deadline=3.5, min_rate=0)
+
+    assert on_time.fetch(three_chunks, field="f") == b"t" * (3 * CHUNK)
+    with pytest.raises(errors.InputUnavailable, match=r"too slow: 196608 bytes when the fetch"):
+        late.fetch(three_chunks, field="f")
+
+
+def test_the_rate_is_judged_only_after_the_grace_period(
+    three_chunks: str, fetch_settings: fetching.FetchSettings
+) -> None:
+    # Far below any rate (64 KiB/s against 1 GB/s), but never past the grace of 3 s.
+    strict = {"min_rate": 10**9, "deadline": 1e6}
+    within = _timed(fetch_settings, Ticks(1.0), rate_grace=3.0, **strict)
+    past = _timed(fetch_settings, Ticks(1.0), rate_grace=2.5, **strict)
+
+    assert within.fetch(three_chunks, field="f") == b"t" * (3 * CHUNK)
+    with pytest.raises(errors.InputUnavailable, match=r"too slow: 65536 bytes/s over 3 s"):
+        past.fetch(three_chunks, field="f")
+
+
+@pytest.mark.parametrize(
+    ("step", "min_rate", "passes"),
+    [
+        (1.0, 65536, True),  # exactly the minimum
+        (1.0, 65535, True),
+        (1.0, 65537, False),
+        (2.0, 32769, False),  # 32768 bytes/s
+        (2.0, 32768, True),
+    ],
+)
+def test_a_transfer_at_exactly_the_minimum_rate_passes_and_just_below_fails(
+    three_chunks: str,
+    fetch_settings: fetching.FetchSettings,
+    step: float,
+    min_rate: int,
+    passes: bool,
+) -> None:
+    fetcher = _timed(fetch_settings, Ticks(step), min_rate=min_rate, rate_grace=0.5, deadline=1e6)
+    if passes:
+        assert fetcher.fetch(three_chunks, field="f") == b"t" * (3 * CHUNK)
+    else:
+        with pytest.raises(errors.InputUnavailable, match=f"below the minimum of {min_rate}"):
+            fetcher.fetch(three_chunks, field="f")
+
+
+# -- no single wait past the deadline ------------------------------------------------------------
+
+
+@pytest.fixture
+def stalled(http_server: HttpServer) -> str:
+    """Headers at once, the body 0.6 s later."""
+    http_server.routes["/stalled"] = lambda: Reply(body=b"late", chunk_size=4, chunk_delay=0.6)
+    return http_server.url("/stalled")
+
+
+def test_a_read_never_waits_past_the_deadline(
+    stalled: str, fetch_settings: fetching.FetchSettings
+) -> None:
+    # 0.2 s left (the clock stands still): the read gives up after 0.2 s, not after its 5 s.
+    settings = dataclasses.replace(fetch_settings, deadline=0.2, read_timeout=5.0)
+    fetcher = fetching.Fetcher(settings, sleep=SleepLog(), clock=lambda: 1000.0)
+    with pytest.raises(errors.InputUnavailable, match="unreachable after 1 attempts"):
+        fetcher.fetch(stalled, field="f")
+
+
+def test_an_attempt_that_starts_at_the_deadline_still_gets_a_short_timeout(
+    stalled: str, fetch_settings: fetching.FetchSettings
+) -> None:
+    # The clock is already past the deadline when the request starts: a floor of 0.05 s, not a
+    # negative timeout (which urllib3 would refuse with a ValueError).
+    settings = dataclasses.replace(fetch_settings, deadline=0.5)
+    fetcher = fetching.Fetcher(settings, sleep=SleepLog(), clock=Ticks(1.0))
+    with pytest.raises(errors.InputUnavailable, match=r"fetch deadline of 0\.5 s left no time"):
+        fetcher.fetch(stalled, field="f")
+
+
+def test_the_settings_defaults_are_the_documented_ones() -> None:
+    """What FetchSettings() gives without the environment (connect/read timeouts and the rate's
+    grace have no variable) matches inference_image/README.md and from_env."""
+    readme = (Path(__file__).resolve().parents[3] / "inference_image" / "README.md").read_text()
+    assert "timeouts (5 s to connect, 30 s per read," in readme
+    assert "64 KiB/s,\njudged after 5 s" in readme and "at most 5)" in readme
+    defaults = fetching.FetchSettings()
+    assert (defaults.connect_timeout, defaults.read_timeout, defaults.rate_grace) == (5, 30, 5)
+    assert (defaults.max_redirects, defaults.deadline, defaults.min_rate) == (5, 120, 64 * 1024)
+    from_env = fetching.FetchSettings.from_env({})
+    assert dataclasses.replace(from_env, policy=defaults.policy) == defaults
+
+
+# -- S3 URIs and errors ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uri", "why"), [("s3:///key.png", "no bucket"), ("s3://bucket", "no object key")]
+)
+def test_an_s3_uri_without_bucket_or_key_is_refused_naming_the_field(
+    fetch_settings: fetching.FetchSettings, sleeps: SleepLog, uri: str, why: str
+) -> None:
+    with pytest.raises(errors.InputRejected, match=f"^spec.inputs.place.uri: .*{why}"):
+        _fetcher(fetch_settings, sleeps).fetch(uri, field="spec.inputs.place.uri")
+
+
+def test_an_archived_s3_object_is_unavailable_and_not_called_denied(
+    s3_env: s3.S3Server, fetch_settings: fetching.FetchSettings, sleeps: SleepLog
+) -> None:
+    bucket = s3_env.new_bucket("inputs")
+    s3_env.client().put_object(Bucket=bucket, Key="cold.png", Body=b"c", StorageClass="GLACIER")
+    with pytest.raises(errors.InputUnavailable) as info:
+        _fetcher(fetch_settings, sleeps).fetch(f"s3://{bucket}/cold.png", field="f")
+    assert str(info.value).startswith(f"f: s3://{bucket}/cold.png could not be read: ")
+    assert "InvalidObjectState" in str(info.value) and sleeps.delays == []

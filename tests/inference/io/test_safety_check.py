@@ -94,7 +94,10 @@ class Case:
         return code, message
 
     def stored(self) -> list[str]:
-        return bucket_keys(self.server, self.results)
+        """The results (the reuse index beside them left out)."""
+        return [
+            key for key in bucket_keys(self.server, self.results) if ".reuse" not in key.split("/")
+        ]
 
 
 @pytest.fixture

@@ -18,10 +18,8 @@ import json
 import os
 import signal
 import socket
-import ssl
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
@@ -31,12 +29,13 @@ from typing import Any
 import pytest
 
 from compose_api import kube, models, pools
-from tests.inference.io.conftest import HttpServer, Reply, encode
+from tests.inference.io.conftest import HttpServer
 from tests.support import control_plane as cp
-from tests.support import s3
+from tests.support import pool_inputs, s3
 from tests.support.cluster_fixtures import control_plane
+from tests.support.pool_inputs import Gate
 
-__all__ = ["control_plane"]
+__all__ = ["Gate", "control_plane"]
 
 Obj = dict[str, Any]
 POOL = "tiny-pool"
@@ -168,22 +167,6 @@ class WorkerProcess:
         raise AssertionError(f"no {text!r} (x{count}) in the worker's log:\n{self.log()[-6000:]}")
 
 
-class Gate:
-    """An HTTPS input that is served only once the test opens the gate (a run held mid-fetch)."""
-
-    def __init__(self, server: HttpServer, path: str, body: bytes) -> None:
-        self.opened = threading.Event()
-        self.requested = threading.Event()
-        self.url = f"https://127.0.0.1:{server.port}{path}"
-
-        def route() -> Reply:
-            self.requested.set()
-            self.opened.wait(timeout=25)
-            return Reply(body=body)
-
-        server.routes[path] = route
-
-
 class Pool:
     """One namespace with a worker's RBAC, pod object, inputs and results buckets, and the
     operator's side of the protocol."""
@@ -250,6 +233,13 @@ class Pool:
         return f"s3://{self.inputs}/{key}"
 
     def result_keys(self) -> list[str]:
+        """The result objects (the reuse index beside them left out: ``index_keys``)."""
+        return [key for key in self._keys() if ".reuse" not in key.split("/")]
+
+    def index_keys(self) -> list[str]:
+        return [key for key in self._keys() if ".reuse" in key.split("/")]
+
+    def _keys(self) -> list[str]:
         listing = self.s3.client().list_objects_v2(Bucket=self.results)
         return sorted(item["Key"] for item in listing.get("Contents", []))
 
@@ -274,6 +264,7 @@ class Pool:
         place: str,
         clothing: list[str],
         finalizers: list[str] | None = None,
+        reuse: bool = True,
     ) -> Obj:
         name = f"look-{uuid.uuid4().hex[:8]}"
         body = {
@@ -284,7 +275,7 @@ class Pool:
             "spec": {
                 "inputs": {"person": {"uri": person}, "place": {"uri": place},
                            "clothing": [{"uri": uri} for uri in clothing]},
-                "output": {"format": "png"},
+                "output": {"format": "png", "reuse": reuse},
                 "profile": self.profile["name"],
                 "execution": {"pool": POOL},
             },
@@ -368,32 +359,13 @@ def tiny_profile(tiny_models: dict[str, Path]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def https_inputs(control_plane: cp.ControlPlane) -> Iterator[HttpServer]:
-    """An HTTPS server on 127.0.0.1 (a job's inputs are s3:// or https://), with the test
-    cluster's serving certificate (its SANs hold 127.0.0.1); the worker trusts its CA through
-    COMPOSE_FETCH_CA_BUNDLE."""
-    server = HttpServer()
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(control_plane.pki.server_cert, control_plane.pki.server_key)
-    server._httpd.socket = context.wrap_socket(server._httpd.socket, server_side=True)
-    server.start()
-    try:
+    with pool_inputs.https_inputs(control_plane) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
 def photos() -> dict[str, bytes]:
-    import numpy as np
-    from PIL import Image
-    from skimage import data
-
-    return {
-        "person": encode(Image.fromarray(data.astronaut()), "PNG"),
-        "shirt": encode(Image.fromarray(data.coffee()), "PNG"),
-        "place": encode(Image.fromarray(data.rocket()), "PNG"),
-        "faceless": encode(Image.fromarray(np.full((256, 256, 3), 128, np.uint8)), "PNG"),
-    }
+    return pool_inputs.photos()
 
 
 def start_worker(

@@ -156,6 +156,56 @@ async def test_jobs_are_accepted_run_warm_and_reported(
     assert worker.log().count("loaded and warmed up") == 1
 
 
+async def test_a_repeated_job_is_reused_and_generates_nothing(
+    pool: Pool, worker: WorkerProcess, client: kube.Client, photos: dict[str, bytes]
+) -> None:
+    """The same inputs (other objects, the same bytes), parameters and seed as an earlier job:
+    the worker copies that job's result (``compose_inference.reuse``) and says so in its
+    report; a job that opts out generates."""
+    instance = await instance_of(pool, client)
+    shirt = pool.put("shirt.png", photos["shirt"])
+    place = pool.put("place.png", photos["place"])
+    first = await pool.create_job(
+        client, person=pool.put("person.png", photos["person"]), clothing=[shirt], place=place
+    )
+    await pool.assign(client, first, instance, seed=31)
+    report = await pool.final_report(client, first)
+    assert report["message"].startswith("composed 64x64 png"), report
+    again = await pool.create_job(
+        client, person=pool.put("again/person.png", photos["person"]), clothing=[shirt], place=place
+    )
+    assignment = await pool.assign(client, again, instance, seed=31)
+    reused = await pool.final_report(client, again)
+
+    meta = first["metadata"]
+    source = {"namespace": pool.namespace, "name": meta["name"], "uid": meta["uid"]}
+    assert reused["exitCode"] == 0
+    assert reused["message"].startswith(
+        f"reused the 64x64 png result of {pool.namespace}/{meta['name']}"
+    )
+    assert reused["result"]["reusedFrom"] == source
+    assert reused["result"]["sha256"] == report["result"]["sha256"]
+    key = f"{assignment.output_key_prefix}result.png"
+    assert reused["result"]["s3Uri"] == f"s3://{pool.results}/{key}"
+    body = pool.s3.client().get_object(Bucket=pool.results, Key=key)["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == report["result"]["sha256"]
+    timings = reused["timings"]
+    assert "reuse" in timings and "fetch" in timings
+    assert not {"faceAnalysis", "modelLoad", "inference", "upload"} & set(timings)
+
+    out = await pool.create_job(
+        client,
+        person=pool.put("out/person.png", photos["person"]),
+        clothing=[shirt],
+        place=place,
+        reuse=False,
+    )
+    await pool.assign(client, out, instance, seed=31)
+    generated = await pool.final_report(client, out)
+    assert generated["message"].startswith("composed 64x64 png")
+    assert "reusedFrom" not in generated["result"] and generated["timings"]["inference"] > 0
+
+
 async def test_bad_input_is_reported_and_the_next_job_is_served(
     pool: Pool, client: kube.Client, photos: dict[str, bytes]
 ) -> None:

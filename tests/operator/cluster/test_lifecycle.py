@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from compose_api import contract
+from compose_api import contract, models
 from tests.operator.cluster.conftest import (
     child_jobs,
     cj_with,
@@ -64,6 +64,35 @@ async def test_success_puts_the_result_and_the_node_in_status(
         return bool(jobs) and condition(jobs[0], "Complete") is not None
 
     await wait_until(kube, complete, what="the Job controller to complete the Job")
+
+
+async def test_a_reused_result_is_stored_in_status_as_the_pod_reported_it(
+    operator: OperatorProcess, kube: ClusterClient, namespace: str
+) -> None:
+    """The pod copied an earlier job's result (``compose_inference.reuse``): the status keeps
+    ``result.reusedFrom`` (the CRD's schema holds it, so the API server does not prune it) and
+    the timings of a run that loaded and generated nothing."""
+    await create(kube, namespace, "again")
+    pod = await running_pod(kube, "again")
+    earlier = models.JobReference(namespace=namespace, name="portrait", uid="uid-portrait")
+    message = contract.TerminationMessage(
+        exit_code=0,
+        reason="Completed",
+        message=f"reused the 1024x1024 png result of {namespace}/portrait (uid uid-portrait)",
+        result=models.Result(
+            s3_uri="s3://results-bucket/x/result.png", sha256="ab" * 32, width=1024,
+            height=1024, format=models.ImageFormat.PNG, bytes=1000, seed=42, reused_from=earlier,
+        ),
+        timings=models.Timings(fetch=0.05, reuse=0.02, total=0.08),
+    ).to_json()  # fmt: skip
+    await cp.finish_pod(kube, pod, exit_code=0, message=message)
+    cj = await cj_with(kube, "again", phase="Succeeded")
+    status = cj["status"]
+    assert status["result"]["reusedFrom"] == {
+        "namespace": namespace, "name": "portrait", "uid": "uid-portrait",
+    }  # fmt: skip
+    assert status["timings"]["reuse"] == 0.02
+    assert "modelLoad" not in status["timings"] and "inference" not in status["timings"]
 
 
 async def test_retryable_failure_is_retried_by_the_job_controller_then_fails(

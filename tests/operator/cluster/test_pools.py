@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import pathlib
-import ssl
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -27,31 +25,22 @@ import yaml
 
 from compose_api import kube, models
 from compose_api import pools as protocol
-from tests.inference.io.conftest import HttpServer, Reply, encode
+from tests.inference.io.conftest import HttpServer
 from tests.operator.operator_process import OperatorProcess
 from tests.support import control_plane as cp
-from tests.support import s3
+from tests.support import pool_inputs, s3
+from tests.support.pool_inputs import Gate
 from tests.support.worker_kubelet import WorkerKubelet, worker_command
 
 Obj = dict[str, Any]
 POOL = "warm"
 PROFILE = "tiny-gpu"
-LEASE_SECONDS = 4
+LEASE_SECONDS = 10  # long enough for a busy 2-core machine; no test here waits for one to expire
 
 
 @pytest.fixture(scope="module")
 def tiny_profile(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """The built-in smoke profile's tiny models (CPU, 64x64, 2 steps), placed as a GPU profile:
-    each worker pod asks for one nvidia.com/gpu on a g5 node."""
-    from compose_inference import tiny
-
-    root = tmp_path_factory.mktemp("tiny-models")
-    tiny.build_tiny_models(root)
-    profile = tiny.smoke_profile(root).model_dump(mode="json", by_alias=True, exclude_none=True)
-    profile["name"] = PROFILE
-    profile["resources"] = {"gpu": 1, "cpu": "1", "memory": "2Gi", "ephemeralStorage": None}
-    profile["placement"] = {"instanceTypes": ["g5.xlarge", "g5.2xlarge"]}
-    return profile
+    return pool_inputs.gpu_profile(tmp_path_factory.mktemp("tiny-models"), PROFILE)
 
 
 @pytest.fixture
@@ -81,34 +70,13 @@ def operator_settings(
 
 @pytest.fixture(scope="module")
 def https_inputs(control_plane: cp.ControlPlane) -> Iterator[HttpServer]:
-    """HTTPS inputs on 127.0.0.1 with the test cluster's serving certificate (its SANs hold
-    127.0.0.1); the workers trust its CA through COMPOSE_FETCH_CA_BUNDLE."""
-    server = HttpServer()
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(control_plane.pki.server_cert, control_plane.pki.server_key)
-    server._httpd.socket = context.wrap_socket(server._httpd.socket, server_side=True)
-    server.start()
-    try:
+    with pool_inputs.https_inputs(control_plane) as server:
         yield server
-    finally:
-        server.stop()
 
 
-class Held:
-    """An HTTPS input served only once the test lets it go: a job held in its fetch stage."""
-
-    def __init__(self, server: HttpServer, body: bytes) -> None:
-        self.released = threading.Event()
-        self.asked = threading.Event()
-        path = f"/held-{uuid.uuid4().hex[:8]}.png"
-        self.url = f"https://127.0.0.1:{server.port}{path}"
-
-        def route() -> Reply:
-            self.asked.set()
-            self.released.wait(timeout=60)
-            return Reply(body=body)
-
-        server.routes[path] = route
+def held(server: HttpServer, body: bytes) -> Gate:
+    """An HTTPS input held until the test opens it: a job held in its fetch stage."""
+    return Gate(server, f"/held-{uuid.uuid4().hex[:8]}.png", body)
 
 
 class Scene:
@@ -141,7 +109,13 @@ class Scene:
         return await self.client.create(self.path(protocol.PLURAL), body)
 
     async def create_job(
-        self, name: str, *, person: str | None = None, priority: int = 0, **execution: Any
+        self,
+        name: str,
+        *,
+        person: str | None = None,
+        priority: int = 0,
+        seed: int | None = None,
+        **execution: Any,
     ) -> Obj:
         body = {
             "apiVersion": models.API_VERSION,
@@ -155,6 +129,7 @@ class Scene:
                     "place": {"uri": self.inputs["place"]},
                 },
                 "execution": {"pool": POOL, "priority": priority, **execution},
+                "params": {} if seed is None else {"seed": seed},
             },
         }
         return await self.client.create(self.path(models.PLURAL), body)
@@ -200,22 +175,15 @@ class Scene:
         return pods
 
     def result_keys(self, bucket: str) -> list[str]:
+        """The result objects (the reuse index beside them left out)."""
         listing = self.s3.client().list_objects_v2(Bucket=bucket)
-        return sorted(item["Key"] for item in listing.get("Contents", []))
+        keys = (item["Key"] for item in listing.get("Contents", []))
+        return sorted(key for key in keys if ".reuse" not in key.split("/"))
 
 
 @pytest.fixture(scope="module")
 def photos() -> dict[str, bytes]:
-    import numpy as np
-    from PIL import Image
-    from skimage import data
-
-    return {
-        "person": encode(Image.fromarray(data.astronaut()), "PNG"),
-        "shirt": encode(Image.fromarray(data.coffee()), "PNG"),
-        "place": encode(Image.fromarray(data.rocket()), "PNG"),
-        "faceless": encode(Image.fromarray(np.full((256, 256, 3), 128, np.uint8)), "PNG"),
-    }
+    return pool_inputs.photos()
 
 
 @pytest_asyncio.fixture
@@ -306,23 +274,28 @@ async def test_thirty_jobs_each_run_once_on_warm_workers_that_load_once(
             -3000:
         ]
     assert all(c.starts == 1 for c in scene.kubelet.containers.values())
-    pool = (await scene.pool())["status"]
-    assert pool["desiredReplicas"] == 3 and pool["readyWorkers"] == 3
+
+    # The demand of 30 jobs scaled the pool to its maximum, whose workers all came up.
+    async def all_ready() -> bool:
+        found = (await scene.pool())["status"]
+        return found["desiredReplicas"] == 3 and found["readyWorkers"] == 3
+
+    await scene.until(all_ready, what="three ready workers", timeout=60)
 
 
 async def test_a_worker_killed_mid_job_hands_the_job_to_another(
     scene: Scene, results: str, https_inputs: HttpServer, photos: dict[str, bytes]
 ) -> None:
     await scene.create_pool(minReplicas=2, maxReplicas=2)
-    held = Held(https_inputs, photos["person"])
-    await scene.create_job("held", person=held.url)
+    gate = held(https_inputs, photos["person"])
+    await scene.create_job("held", person=gate.url)
     job = await scene.until(
         lambda: _accepted(scene, "held"), what="held accepted by a worker", timeout=120
     )
     victim = job["status"]["workerReport"]["worker"]
-    await asyncio.to_thread(held.asked.wait, 30)
+    await asyncio.to_thread(gate.requested.wait, 30)
     scene.kubelet.kill(victim)  # SIGKILL in the fetch stage; the kubelet restarts the container
-    held.released.set()
+    gate.opened.set()
     (done,) = (await scene.finished(["held"], timeout=120)).values()
     assert done["status"]["phase"] == "Succeeded", done["status"]
     assert attempts(done) == [("Failed", "WorkerLost"), ("Succeeded", None)]
@@ -333,11 +306,11 @@ async def test_a_stopping_worker_finishes_its_job_and_takes_no_new_one(
     scene: Scene, results: str, https_inputs: HttpServer, photos: dict[str, bytes]
 ) -> None:
     await scene.create_pool(minReplicas=1, maxReplicas=1)
-    held = Held(https_inputs, photos["person"])
-    await scene.create_job("held", person=held.url)
+    gate = held(https_inputs, photos["person"])
+    await scene.create_job("held", person=gate.url)
     job = await scene.until(lambda: _accepted(scene, "held"), what="held accepted", timeout=120)
     worker = job["status"]["workerReport"]["worker"]
-    await asyncio.to_thread(held.asked.wait, 30)
+    await asyncio.to_thread(gate.requested.wait, 30)
     await scene.client.delete(kube.path("v1", "pods", namespace=scene.namespace, name=worker))
     # The pod is Terminating: its process got SIGTERM and drains (its Lease says so).
     lease_path = kube.path("coordination.k8s.io/v1", "leases", namespace=scene.namespace,
@@ -350,7 +323,7 @@ async def test_a_stopping_worker_finishes_its_job_and_takes_no_new_one(
 
     await scene.until(draining, what="the Lease draining")
     await scene.create_job("after")
-    held.released.set()
+    gate.opened.set()
     (done,) = (await scene.finished(["held"], timeout=60)).values()
     assert attempts(done) == [("Succeeded", None)]
     assert done["status"]["attempts"][0]["podName"] == worker
@@ -382,6 +355,30 @@ async def test_the_pool_scales_from_zero_for_a_job_and_back_to_zero_when_idle(
     assert [code for _, code in scene.kubelet.exited] == [0]  # drained, not killed
 
 
+async def test_a_repeated_job_on_a_warm_pool_reuses_the_result(scene: Scene, results: str) -> None:
+    """The same request again (same inputs, parameters and seed): the worker copies the first
+    job's result, and the operator puts it in status as reported, naming the first job."""
+    await scene.create_pool(minReplicas=1, maxReplicas=1)
+    await scene.create_job("first", seed=77)
+    (first,) = (await scene.finished(["first"], timeout=180)).values()
+    assert first["status"]["phase"] == "Succeeded", first["status"]
+    await scene.create_job("again", seed=77)
+    (again,) = (await scene.finished(["again"])).values()
+    status = again["status"]
+    assert status["phase"] == "Succeeded", status
+    assert status["result"]["reusedFrom"] == {
+        "namespace": scene.namespace, "name": "first", "uid": first["metadata"]["uid"],
+    }  # fmt: skip
+    assert status["result"]["sha256"] == first["status"]["result"]["sha256"]
+    assert "inference" not in status["timings"] and "modelLoad" not in status["timings"]
+    assert status["timings"]["reuse"] >= 0
+    (attempt,) = status["attempts"]
+    assert attempt["outcome"] == "Succeeded"
+    # Two objects, each job's own (a copy survives the first job's retention).
+    keys = scene.result_keys(results)
+    assert [key.split("/")[1] for key in keys] == ["again", "first"]
+
+
 @pytest.mark.parametrize(
     "operator_settings", [{"COMPOSE_MAX_RUNNING_PER_NAMESPACE": "1"}], indirect=True
 )
@@ -391,8 +388,8 @@ async def test_priority_the_namespace_cap_and_bad_input_in_a_pool(
     await scene.create_pool(minReplicas=1, maxReplicas=1)
     await scene.until(lambda: _pool_with(scene, "WorkersReady"), what="a ready worker", timeout=180)
     # A job without a face, held in its fetch: it takes the one slot the cap allows.
-    held = Held(https_inputs, photos["faceless"])
-    await scene.create_job("bad", person=held.url)
+    gate = held(https_inputs, photos["faceless"])
+    await scene.create_job("bad", person=gate.url)
     await scene.until(lambda: _accepted(scene, "bad"), what="bad accepted", timeout=60)
     for name, priority in (("low", 0), ("high", 10), ("mid", 5)):
         await scene.create_job(name, priority=priority)
@@ -402,7 +399,7 @@ async def test_priority_the_namespace_cap_and_bad_input_in_a_pool(
         return all((j.get("status") or {}).get("phase") == "Queued" for j in jobs.values())
 
     await scene.until(queued, what="the three jobs queued behind the cap")
-    held.released.set()
+    gate.opened.set()
     done = await scene.finished(["bad", "low", "high", "mid"], timeout=180)
     bad = done["bad"]["status"]
     assert bad["phase"] == "Failed"

@@ -123,5 +123,6 @@ def test_help_lists_the_variables(capsys: pytest.CaptureFixture[str]) -> None:
     assert caught.value.code == 0
     out = capsys.readouterr().out
     for name in settings.OperatorSettings.model_fields:
-        if name != "profiles":
+        if name not in ("profiles", "tracing_env"):  # tracing_env: the OTEL_* variables
             assert f"COMPOSE_{name.upper()}" in out
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in out
