@@ -16,16 +16,18 @@ baseline, then ``compose-operator``), in the same run and on the same machine:
    message), until every CompositionJob is done (phase Succeeded or Failed: both operators
    follow the Job to the end and write the result);
 4. print, for the operator process alone: API requests per job (from the API server's audit
-   log, by the operator's service account), object writes and Events per job, CPU milliseconds
-   per job (user+system, psutil), peak RSS, and create-to-Job latency p50/p99 -- with ratios to
-   the baseline.
+   log, by the operator's service account), object writes and Events per job, the most status
+   writes and Events any one job had, the status writes that came at least the coalescing
+   window after the same job's previous one, CPU milliseconds per job (user+system, psutil),
+   peak RSS, and create-to-Job latency p50/p99 -- with ratios to the baseline.
 
 ``--operators compose,traced`` compares compose-operator with tracing off (the default: no
 OTLP endpoint, a no-op tracer) and on (its spans exported over OTLP/HTTP to a real OpenTelemetry
 Collector, tests/support/otel_collector.py, running on the same machine).
 
-``--cap N`` runs compose-operator with COMPOSE_MAX_RUNNING_PER_NAMESPACE=N (the chart's default
-is 4); ``--step-delay S`` makes each container take S seconds before it ends (a slow workload).
+``compose:N`` in ``--operators`` runs compose-operator with COMPOSE_MAX_RUNNING_PER_NAMESPACE=N
+(the chart's default is 4); ``--step-delay S`` makes each container take S seconds before it
+ends (a slow workload).
 The API server, etcd, the controllers and kwok share the machine's cores with the operator:
 compare operators within one run, on a quiet machine.
 """
@@ -56,6 +58,7 @@ import yaml
 
 from compose_api import contract, models
 from compose_api.kube import Gone, KubeError, NotFound
+from compose_operator.settings import OperatorSettings
 from tests.support import control_plane, otel_collector, resources
 from tests.support.cluster_client import ClusterClient
 from tests.support.resources import COMPOSITION_JOBS, JOBS, PODS
@@ -121,6 +124,12 @@ class Result:
     writes: int  # object writes: creates, patches and deletes, Events not counted
     events: int
     requests_by_verb: dict[str, int]
+    # per CompositionJob: its status writes and its Events (the most any one job had)
+    max_status_writes: int
+    max_events: int
+    # status writes that came at least the coalescing window after the same job's previous one:
+    # the phase changes and the progress writes a job that waits that long may have
+    late_status_writes: int
     cpu_ms: float
     peak_rss_mib: float
     create_to_job_ms: list[float]
@@ -133,6 +142,9 @@ class Result:
             "requests_per_job": self.requests / self.jobs,
             "writes_per_job": self.writes / self.jobs,
             "events_per_job": self.events / self.jobs,
+            "max_status_writes": float(self.max_status_writes),
+            "max_events": float(self.max_events),
+            "late_status_writes_per_job": self.late_status_writes / self.jobs,
             "cpu_ms_per_job": self.cpu_ms / self.jobs,
             "peak_rss_mib": self.peak_rss_mib,
             "create_to_job_p50_ms": _percentile(self.create_to_job_ms, 50),
@@ -195,8 +207,17 @@ class Cluster:
 def real_cluster(workdir: pathlib.Path, jobs: int) -> Iterator[Cluster]:
     with control_plane.start() as plane:
         _apply_crds(plane)
+        # Room for every pod (1 GPU, 3 CPUs, 14 GiB each): the jobs wait for nothing but the
+        # operators and the control plane, never for capacity.
+        per_node = max(8, jobs // 2)
         for index in range(4):
-            plane.ensure_gpu_node(f"gpu-{index}", capacity_type="on-demand", gpus=max(8, jobs // 2))
+            plane.ensure_gpu_node(
+                f"gpu-{index}",
+                capacity_type="on-demand",
+                gpus=per_node,
+                cpu=str(4 * per_node),
+                memory=f"{16 * per_node}Gi",
+            )
         plane.create_namespace(NAMESPACE)
         # The operator's and the inference pods' (compose-operator's default) accounts.
         for account in ("bench-operator", "compose-inference"):
@@ -523,6 +544,8 @@ async def _measure(
             )
         finally:
             wall = time.monotonic() - started
+            # What the operator still does for these jobs (Events it has queued) is theirs.
+            await _quiet(observed)
             cpu_end = observed.cpu_times()
             cluster_cpu_end = cluster.cpu_seconds()
             stop_sampling.set()
@@ -546,7 +569,10 @@ async def _measure(
         requests=len(mine),
         writes=sum(1 for r in mine if r.verb in _WRITES and r.resource != "events"),
         events=sum(1 for r in mine if r.verb == "create" and r.resource == "events"),
-        requests_by_verb=dict(Counter(f"{r.verb} {r.resource}{_sub(r)}" for r in mine)),
+        requests_by_verb=dict(Counter(f"{r.verb} {r.resource}{_sub(r)}{_failed(r)}" for r in mine)),
+        max_status_writes=max(_status_writes(mine).values(), default=0),
+        max_events=max(_events(mine).values(), default=0),
+        late_status_writes=_late_status_writes(mine),
         cpu_ms=1000 * (cpu_end.user + cpu_end.system - cpu_start.user - cpu_start.system),
         peak_rss_mib=_peak_rss_mib(observed, peak[0]),
         create_to_job_ms=[
@@ -564,8 +590,53 @@ async def _measure(
     )
 
 
+def _status_writes(records: Sequence[resources.RequestRecord]) -> Counter[str]:
+    """Status writes per CompositionJob, by name."""
+    return Counter(
+        r.name or ""
+        for r in records
+        if r.resource == COMPOSITION_JOBS.plural and r.subresource == "status" and r.verb in _WRITES
+    )
+
+
+# compose-operator's COMPOSE_STATUS_COALESCE_SECONDS (the benchmark keeps the default)
+COALESCE_SECONDS = float(OperatorSettings.model_fields["status_coalesce_seconds"].default)
+
+
+def _late_status_writes(records: Sequence[resources.RequestRecord]) -> int:
+    """Status writes that came at least :data:`COALESCE_SECONDS` after the same job's previous
+    status write (as the API server saw them arrive). compose-operator writes progress within a
+    phase only then: beyond its intent, start and end, a job's writes are among these."""
+    last: dict[str, float] = {}
+    late = 0
+    for r in sorted(records, key=lambda r: r.at):
+        if r.resource != COMPOSITION_JOBS.plural or r.subresource != "status":
+            continue
+        if r.verb not in _WRITES:
+            continue
+        name = r.name or ""
+        if name in last and r.at - last[name] >= COALESCE_SECONDS - 0.05:
+            late += 1
+        last[name] = r.at
+    return late
+
+
+def _events(records: Sequence[resources.RequestRecord]) -> Counter[str]:
+    """Events per CompositionJob (both operators name an Event ``<object>.<suffix>``)."""
+    return Counter(
+        (r.name or r.path.rsplit("/", 1)[-1]).rsplit(".", 1)[0]
+        for r in records
+        if r.resource == "events" and r.verb == "create"
+    )
+
+
 def _sub(record: resources.RequestRecord) -> str:
     return f"/{record.subresource}" if record.subresource else ""
+
+
+def _failed(record: resources.RequestRecord) -> str:
+    """`` (409)`` for a request the API server refused, so that retries show apart."""
+    return f" ({record.status})" if record.status >= 400 else ""
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -574,6 +645,9 @@ _ROWS = (
     ("requests_per_job", "API requests per job", "{:.2f}"),
     ("writes_per_job", "  object writes", "{:.2f}"),
     ("events_per_job", "  Events posted", "{:.2f}"),
+    ("max_status_writes", "  most status writes, 1 job", "{:.0f}"),
+    ("max_events", "  most Events, 1 job", "{:.0f}"),
+    ("late_status_writes_per_job", "  status writes after a quiet window", "{:.2f}"),
     ("cpu_ms_per_job", "CPU ms per job (user+sys)", "{:.1f}"),
     ("peak_rss_mib", "peak RSS (MiB)", "{:.1f}"),
     ("create_to_job_p50_ms", "create->Job p50 (ms)", "{:.0f}"),
@@ -650,6 +724,18 @@ async def _create_finished(kube: ClusterClient, count: int, concurrency: int = 1
             await kube.patch_status(COMPOSITION_JOBS, name, finished_status(name))
 
     await asyncio.gather(*(one(i) for i in range(count)))
+
+
+async def _quiet(observed: psutil.Process, *, quiet_s: float = 1.0, limit_s: float = 30) -> None:
+    """Until the process has used under 2 % of a CPU for ``quiet_s`` (at most ``limit_s``)."""
+    deadline = time.monotonic() + limit_s
+    last = observed.cpu_times()
+    while time.monotonic() < deadline:
+        await asyncio.sleep(quiet_s)
+        now = observed.cpu_times()
+        if now.user + now.system - last.user - last.system < 0.02 * quiet_s:
+            return
+        last = now
 
 
 async def _settled_rss(process: subprocess.Popen[bytes], *, quiet_s: float = 5.0) -> float:

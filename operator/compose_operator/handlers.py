@@ -1,12 +1,18 @@
-"""The kopf handlers: thin adapters from watch events to :class:`~compose_operator.reconciler.
+"""The handlers: thin adapters from watch events to :class:`~compose_operator.reconciler.
 Reconciler`.
 
-Importing this module registers the handlers in kopf's default registry; ``__main__`` imports it
-and passes a :class:`Runtime` in kopf's memo. The CompositionJob and its children are observed
-with ``kopf.on.event`` (level-based: every event re-derives the status) rather than
-``on.create``/``on.update``, so kopf writes no progress annotations and needs no finalizer — a
-CompositionJob can be deleted while the operator is down. A sweep task started at start-up is the
-safety net for time-based decisions (start deadline, queue admission) and for errors.
+CompositionJobs, their child Jobs and pods (and the pool workers' pods) come from the operator's
+own watches (:mod:`compose_operator.watching`, started at start-up): each event is recorded in
+the inventory at once and the job it concerns is reconciled soon, once for a burst of events.
+The pools' own resources (CompositionPools, their Deployments, the workers' Leases) come through
+``kopf.on.event``. Importing this module registers those and the start-up, clean-up and login
+handlers in kopf's default registry; ``__main__`` imports it and passes a :class:`Runtime` in
+kopf's memo. Everything is level-based (every event re-derives the status), so kopf writes no
+progress annotations and needs no finalizer: a CompositionJob can be deleted while the operator
+is down. With peering, the operator acts only while kopf's peering object shows no live peer
+that outranks it (:func:`compose_operator.peering.standing_down`, on every change of the object
+and at each sweep). A sweep task started at start-up is the safety net for time-based decisions
+(start deadline, queue admission) and for errors.
 """
 
 from __future__ import annotations
@@ -23,13 +29,20 @@ import pydantic
 
 from compose_api import models
 from compose_api import pools as protocol
-from compose_operator import names, peering, reconciler
+from compose_operator import kubeapi, names, peering, reconciler, watching
 from compose_operator import retention as retention_module
 from compose_operator.settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
 
 CHILD_LABELS = {names.MANAGED_BY_LABEL: names.MANAGED_BY}
+MANAGED = f"{names.MANAGED_BY_LABEL}={names.MANAGED_BY}"
+# Only the operator's own Jobs and pods come over the wire (server-side label selection).
+COMPOSITION_JOBS = kubeapi.Watched(models.API_VERSION, models.PLURAL)
+JOBS = kubeapi.Watched("batch/v1", "jobs", label_selector=MANAGED)
+PODS = kubeapi.Watched("v1", "pods", label_selector=MANAGED)
+LIST_CHUNK = 500  # objects per page of kopf's initial lists
+WORKER_IDLE_SECONDS = 0.5  # how long kopf keeps an object's worker (and its last body) idle
 
 
 class EventsOnlyDiffBase(kopf.DiffBaseStorage):
@@ -84,9 +97,15 @@ class Runtime:
     # uid -> the timer that reads a finished job again when its retention is due
     retention_timers: dict[str, asyncio.TimerHandle] = dataclasses.field(default_factory=dict)
     background: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+    watches: watching.Watches | None = None
+    # kopf's peering object per scope ("" cluster-wide, else its namespace): its status, once
+    # listed; the operator acts only when none shows a live peer that outranks it
+    peers: dict[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    peering_scopes: int = 0  # how many scopes have a peering object to wait for
 
-    async def enforce_retention(self, body: Mapping[str, Any]) -> None:
-        """Delete a finished CompositionJob that is due; otherwise set a timer for when it is."""
+    def schedule_retention(self, body: Mapping[str, Any]) -> None:
+        """Delete a finished CompositionJob that is due (in a task of its own); otherwise set a
+        timer for when it is."""
         if self.retention is None:
             return
         meta = body.get("metadata") or {}
@@ -95,10 +114,15 @@ class Runtime:
             job = models.CompositionJob.model_validate(body)
         except pydantic.ValidationError:
             return  # not ours to judge: the reconciler reports it
-        wait = await self.retention.enforce(job, now=reconciler.utcnow())
+        now = reconciler.utcnow()
+        decided = retention_module.plan(job, now=now, settings=self.retention.settings)
         old = self.retention_timers.pop(uid, None)
         if old is not None:
             old.cancel()
+        if decided.due:
+            self._spawn(self._expire(job))
+            return
+        wait = decided.wait_seconds(now)
         if wait is None:
             return
         namespace, name = str(meta.get("namespace") or "default"), str(meta.get("name") or "")
@@ -107,15 +131,26 @@ class Runtime:
             wait, lambda: self._spawn(self._retention_due(namespace, name, uid))
         )
 
+    async def _expire(self, job: models.CompositionJob) -> None:
+        if self.retention is None or self.reconciler.paused:
+            return
+        meta = job.metadata
+        try:
+            await self.retention.enforce(job, now=reconciler.utcnow())
+        except Exception:
+            logger.exception("retention of %s/%s failed; it is retried at the next event",
+                             meta.namespace, meta.name)  # fmt: skip
+
     async def _retention_due(self, namespace: str, name: str, uid: str) -> None:
         self.retention_timers.pop(uid, None)
         try:
             body = await self.reconciler.client.get_composition_job(namespace, name)
-            if body is not None and (body.get("metadata") or {}).get("uid") == uid:
-                await self.enforce_retention(body)
         except Exception:
             logger.exception("retention of %s/%s failed; it is retried at the next event",
                              namespace, name)  # fmt: skip
+            return
+        if body is not None and (body.get("metadata") or {}).get("uid") == uid:
+            self.schedule_retention(body)
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -127,23 +162,23 @@ class Runtime:
         if timer is not None:
             timer.cancel()
 
-    async def standing_by(self) -> bool:
-        """Whether a peer with a priority >= ours is alive (kopf has paused us, then)."""
+    def peering_changed(self, scope: str, peers: Mapping[str, Any] | None) -> None:
+        """kopf's peering object in ``scope`` changed (None: it is gone)."""
+        self.peers[scope] = dict(peers or {})
+        self.update_pause()
+
+    def update_pause(self) -> None:
+        """Stand by while a live peer outranks this instance (kopf pauses its own watches
+        then); act again when none does. Until every scope's peering object has been read, wait.
+        """
         if self.settings.standalone:
-            return False
-        scopes: list[str | None] = (
-            [None] if self.settings.clusterwide else list(self.settings.namespaces)
-        )
+            return
         now = reconciler.utcnow()
-        for namespace in scopes:
-            peers = await self.reconciler.client.peering_status(
-                self.settings.peering_name, namespace
-            )
-            if peering.standing_down(
-                peers, identity=self.identity, priority=self.priority, now=now
-            ):
-                return True
-        return False
+        standing = len(self.peers) < self.peering_scopes or any(
+            peering.standing_down(peers, identity=self.identity, priority=self.priority, now=now)
+            for peers in self.peers.values()
+        )
+        self.reconciler.set_paused(standing)
 
 
 async def connection(
@@ -174,7 +209,8 @@ async def _sweep_forever(
     while True:
         await asyncio.sleep(runtime.settings.reconcile_interval_seconds)
         try:
-            if await runtime.standing_by():
+            runtime.update_pause()  # a peer that outranked this one may have died since
+            if runtime.reconciler.paused:
                 continue  # the active peer does the work; what we last saw may be stale
             await runtime.reconciler.sweep()
         except Exception:
@@ -197,18 +233,56 @@ async def configure(
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
     settings.posting.loggers = False  # events are posted for transitions only
+    # kopf's initial lists come in pages, and its per-object worker, which keeps the object's
+    # last body while it waits for the next event, ends soon after its event.
+    settings.watching.chunk_size = LIST_CHUNK
+    settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
     # Level-based on.event handlers need neither a diff base nor progress records (see above).
     settings.persistence.diffbase_storage = EventsOnlyDiffBase()
     settings.persistence.progress_storage = EventsOnlyProgress()
-    # Only our own Jobs and pods come over the wire (server-side label selection), not the
-    # whole cluster's; the handlers' label filters below repeat it on the client side.
-    managed = f"{names.MANAGED_BY_LABEL}={names.MANAGED_BY}"
-    settings.watching.label_selectors["batch", "v1", "jobs"] = managed
-    settings.watching.label_selectors["v1", "pods"] = managed
-    settings.watching.label_selectors["apps", "v1", "deployments"] = managed
-    # Pool workers' Leases only (the label's presence), not every Lease of the cluster.
+    # Only the pools' own Deployments and the workers' Leases (the label's presence) come over
+    # the wire, not the whole cluster's.
+    settings.watching.label_selectors["apps", "v1", "deployments"] = MANAGED
     settings.watching.label_selectors["coordination.k8s.io", "v1", "leases"] = protocol.POOL_LABEL
+    start_watches(runtime)
     runtime.sweeper = asyncio.create_task(_sweep_forever(runtime, logger))
+
+
+def start_watches(runtime: Runtime) -> None:
+    """The operator's own watches. Jobs and pods first: CompositionJobs are watched once their
+    first lists are in, so that the first reconcile of a running job finds its children."""
+    config = runtime.settings
+    client = runtime.reconciler.client
+    watches = runtime.watches = watching.Watches(client, config.namespaces)
+    if not config.standalone:
+        runtime.reconciler.set_paused(True)  # until the peering objects are read
+        plural = "clusterkopfpeerings" if config.clusterwide else "kopfpeerings"
+        kind = kubeapi.Watched(
+            "kopf.dev/v1",
+            plural,
+            field_selector=f"metadata.name={config.peering_name}",
+            namespaced=not config.clusterwide,
+        )
+        runtime.peering_scopes = len(watches.fixed)
+        peerings = watches.start(kind, lambda kind_, body: _peering_event(runtime, kind_, body))
+
+        async def peering_read() -> None:
+            await watches.listed(kind)
+            for watch in peerings:  # a scope without the object yet: no peer there
+                runtime.peers.setdefault(watch.namespace or "", {})
+            runtime.update_pause()
+
+        runtime._spawn(peering_read())
+    watches.start(JOBS, lambda kind, body: job_event(runtime, kind, body))
+    watches.start(PODS, lambda kind, body: pod_event(runtime, kind, body))
+
+    async def then_composition_jobs() -> None:
+        await watches.listed(JOBS, PODS)
+        watches.start(
+            COMPOSITION_JOBS, lambda kind, body: composition_job_event(runtime, kind, body)
+        )
+
+    runtime._spawn(then_composition_jobs())
 
 
 @kopf.on.cleanup()
@@ -218,6 +292,8 @@ async def stop(memo: Any, **_: Any) -> None:
         runtime.sweeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await runtime.sweeper
+    if runtime.watches is not None:
+        await runtime.watches.stop()
     await runtime.reconciler.client.close()
 
 
@@ -231,46 +307,41 @@ async def login(
     return await connection(_runtime(memo).settings, logger, settings)
 
 
-@kopf.on.event(models.GROUP, models.VERSION, models.PLURAL)
-async def composition_job_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
-    runtime = _runtime(memo)
-    body = event["object"]
-    if event.get("type") == "DELETED":
+def _peering_event(runtime: Runtime, kind: str, body: Mapping[str, Any]) -> None:
+    meta = body.get("metadata") or {}
+    peers = None if kind == "DELETED" else body.get("status")
+    scope = str(meta.get("namespace") or "")
+    runtime.peering_changed(scope, peers if isinstance(peers, Mapping) else None)
+
+
+def composition_job_event(runtime: Runtime, kind: str, body: dict[str, Any]) -> None:
+    if kind == "DELETED":
         runtime.reconciler.forget(body)
         runtime.forget_retention(str((body.get("metadata") or {}).get("uid") or ""))
         return
     if (body.get("status") or {}).get("phase") in models.TERMINAL_PHASES:
-        try:
-            await runtime.enforce_retention(body)
-        except Exception:
-            logger.exception("retention failed; it is tried again at the job's next event")
-    echo = runtime.reconciler.inventory.is_status_echo(body)
-    uid = runtime.reconciler.inventory.put(body)
-    if echo:
-        return  # our own status patch coming back, or a finished job: nothing to decide
-    await runtime.reconciler.reconcile(uid)
+        runtime.schedule_retention(body)
+    inventory = runtime.reconciler.inventory
+    echo = inventory.is_status_echo(body)
+    uid = inventory.put(body)
+    if not echo:  # our own status patch coming back, or a finished job: nothing to decide
+        runtime.reconciler.poke(uid)
 
 
-@kopf.on.event("batch", "v1", "jobs", labels=CHILD_LABELS)
-async def job_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
-    runtime = _runtime(memo)
-    deleted = event.get("type") == "DELETED"
-    owner = runtime.reconciler.child_changed("job", event["object"], deleted=deleted)
+def job_event(runtime: Runtime, kind: str, body: dict[str, Any]) -> None:
+    owner = runtime.reconciler.child_changed("job", body, deleted=kind == "DELETED")
     if owner is not None:
-        await runtime.reconciler.reconcile(owner)
+        runtime.reconciler.poke(owner)
 
 
-@kopf.on.event("v1", "pods", labels=CHILD_LABELS)
-async def pod_event(event: Mapping[str, Any], memo: Any, **_: Any) -> None:
-    runtime = _runtime(memo)
-    deleted = event.get("type") == "DELETED"
-    body = event["object"]
+def pod_event(runtime: Runtime, kind: str, body: dict[str, Any]) -> None:
+    deleted = kind == "DELETED"
     if protocol.POOL_LABEL in ((body.get("metadata") or {}).get("labels") or {}):
         runtime.reconciler.pools.pod_event(body, deleted=deleted)  # a pool's worker
         return
     owner = runtime.reconciler.child_changed("pod", body, deleted=deleted)
     if owner is not None:
-        await runtime.reconciler.reconcile(owner)
+        runtime.reconciler.poke(owner)
 
 
 @kopf.on.event(models.GROUP, models.VERSION, protocol.PLURAL)

@@ -288,18 +288,31 @@ class Inventory:
 
     def put_child(self, kind: str, body: Mapping[str, Any], *, deleted: bool) -> str | None:
         """Record a Job or Pod event; returns the owning CompositionJob's uid."""
+        return self.record_child(kind, body, deleted=deleted)[0]
+
+    def record_child(
+        self, kind: str, body: Mapping[str, Any], *, deleted: bool
+    ) -> tuple[str | None, bool]:
+        """Record a Job or Pod event: (the owning CompositionJob's uid, whether anything a
+        decision reads changed; not, for instance, the Job's pod counters or a finalizer)."""
         owner = observed.owner_uid(body)
         if owner is None:
-            return None
+            return None, False
         name = str((body.get("metadata") or {}).get("name") or "")
         found = self.tracked.get(owner)
         if kind != "job":
+            pods = self.pods.get(owner, {})
+            before = pods.get(name)
             if deleted:
-                self.pods.get(owner, {}).pop(name, None)
-            elif found is None or not found.finished:
-                self.pods[owner][name] = observed.slim(body)
-            return owner
+                pods.pop(name, None)
+                return owner, before is not None
+            if found is not None and found.finished:
+                return owner, False
+            kept = observed.slim(body)
+            self.pods[owner][name] = kept
+            return owner, before is None or not observed.same(before, kept)
         view = observed.view_job(body)
+        before_job = self.jobs.get(owner, {}).get(name)
         if found is not None:
             found.revision += 1
         if not deleted and not view.held_by_operator:
@@ -310,7 +323,8 @@ class Inventory:
             self.jobs[owner][name] = view
         if found is not None and found.finished:
             self._prune(owner)
-        return owner
+        changed = deleted or before_job is None or not observed.same(before_job.body, view.body)
+        return owner, changed
 
     def job(self, uid: str, name: str) -> observed.JobView | None:
         return self.jobs.get(uid, {}).get(name)

@@ -1,9 +1,10 @@
-"""The operator's Kubernetes API calls, typed (kopf watches the resources itself).
+"""The operator's Kubernetes API calls, typed: its lists and watches, writes and reads.
 
 A thin layer over the project's one client (:class:`compose_api.kube.Client`): each method names
 a path and a verb, and says which answers are expected (404 as "missing", 409 as "already
-there"). :mod:`compose_operator.reconciler` uses it to create, suspend and delete child Jobs,
-patch the CompositionJob's ``/status``, post Events and read node labels; retention deletes
+there"). :mod:`compose_operator.watching` lists and watches with it; :mod:`compose_operator.
+reconciler` uses it to create, suspend and delete child Jobs, patch the CompositionJob's
+``/status``, post Events and read node labels; retention deletes
 finished CompositionJobs; ``__main__`` creates the peering object. Every verb is listed in
 :mod:`compose_operator.permissions`.
 
@@ -18,10 +19,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import datetime
 import pathlib
 import secrets
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import kopf
@@ -36,6 +38,25 @@ LoginFn = Callable[[], Awaitable[kopf.ConnectionInfo]]
 Obj = dict[str, Any]
 
 ApiError = kube.KubeError
+Gone = kube.Gone
+
+WATCH_SECONDS = 300  # the server ends each watch request after this long; it is resumed
+
+
+@dataclasses.dataclass(frozen=True)
+class Watched:
+    """A kind of object the operator lists and watches with this client
+    (:mod:`compose_operator.watching`): where it lives and which of them (server-side
+    selectors)."""
+
+    api_version: str
+    plural: str
+    label_selector: str | None = None
+    field_selector: str | None = None
+    namespaced: bool = True
+
+    def path(self, namespace: str | None) -> str:
+        return kube.path(self.api_version, self.plural, namespace=namespace)
 
 
 class ForeignObjectError(kube.Conflict):
@@ -106,6 +127,34 @@ class KubeClient:
 
     async def close(self) -> None:
         await self._api.close()
+
+    # -- watching ---------------------------------------------------------------------------
+
+    async def list_page(
+        self, kind: Watched, namespace: str | None, continue_: str | None = None
+    ) -> tuple[list[Obj], str | None, str]:
+        """One page of ``kind`` (None: every namespace): items, the next page's token, the
+        list's resourceVersion."""
+        return await self._api.list_page(
+            kind.path(namespace),
+            label_selector=kind.label_selector,
+            field_selector=kind.field_selector,
+            limit=kube.LIST_CHUNK,
+            continue_=continue_,
+        )
+
+    def watch(
+        self, kind: Watched, namespace: str | None, resource_version: str
+    ) -> AsyncIterator[tuple[str, Obj]]:
+        """``(type, object)`` from ``resource_version`` on, bookmarks included, until the server
+        ends the request; 410 raises :class:`Gone` (list again)."""
+        return self._api.watch(
+            kind.path(namespace),
+            resource_version=resource_version,
+            label_selector=kind.label_selector,
+            field_selector=kind.field_selector,
+            timeout_seconds=WATCH_SECONDS,
+        )
 
     # -- Jobs -------------------------------------------------------------------------------
 
@@ -254,12 +303,6 @@ class KubeClient:
         except kube.Conflict:
             return False
         return True
-
-    async def peering_status(self, name: str, namespace: str | None) -> Obj:
-        """The ``status`` of kopf's (Cluster)KopfPeering object (empty when it is missing)."""
-        found = await self._api.get_or_none(_peerings(namespace, name)) or {}
-        peers = found.get("status")
-        return dict(peers) if isinstance(peers, dict) else {}
 
     # -- Pods and nodes ---------------------------------------------------------------------
 

@@ -57,19 +57,39 @@ class JobView:
 
 
 _KEPT_SPEC = ("suspend", "nodeName")  # all the status mapping reads of a Job's or Pod's spec
+_DROPPED_METADATA = frozenset({"managedFields"})
+# A Job's pod counters: nothing reads them (the pods themselves are watched).
+_DROPPED_STATUS = frozenset({"active", "ready", "terminating", "succeeded", "failed",
+                             "uncountedTerminatedPods"})  # fmt: skip
+# What changes with every write and says nothing about the object's state.
+_VOLATILE_METADATA = frozenset({"resourceVersion", "generation", "finalizers"})
 
 
 def slim(obj: Obj) -> dict[str, Any]:
-    """A child as the status mapping reads it: without managedFields and without its pod
-    template (which carries the job document), so that thousands of them stay small."""
+    """A child as the status mapping reads it: without managedFields, without its pod
+    template (which carries the job document) and without a Job's pod counters, so that
+    thousands of them stay small."""
     kept = dict(obj)
     meta = kept.get("metadata")
-    if isinstance(meta, Mapping) and "managedFields" in meta:
-        kept["metadata"] = {k: v for k, v in meta.items() if k != "managedFields"}
+    if isinstance(meta, Mapping) and _DROPPED_METADATA & meta.keys():
+        kept["metadata"] = {k: v for k, v in meta.items() if k not in _DROPPED_METADATA}
     spec = kept.get("spec")
     if isinstance(spec, Mapping):
         kept["spec"] = {k: spec[k] for k in _KEPT_SPEC if k in spec}
+    state = kept.get("status")
+    if isinstance(state, Mapping) and _DROPPED_STATUS & state.keys():
+        kept["status"] = {k: v for k, v in state.items() if k not in _DROPPED_STATUS}
     return kept
+
+
+def same(old: Obj, new: Obj) -> bool:
+    """Whether two slim bodies of one child say the same (its resourceVersion, generation and
+    finalizers aside): an event that changes nothing a decision reads needs no reconcile."""
+    if old.get("status") != new.get("status") or old.get("spec") != new.get("spec"):
+        return False
+    before, after = _meta(old), _meta(new)
+    keys = (before.keys() | after.keys()) - _VOLATILE_METADATA
+    return all(before.get(key) == after.get(key) for key in keys)
 
 
 def owner_uid(obj: Obj) -> str | None:

@@ -37,8 +37,8 @@ class Permission:
 
 REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
     Permission(models.GROUP, models.PLURAL, ("list", "watch", "get", "delete"), Scope.NAMESPACED,
-               "kopf watches CompositionJobs; retention reads a finished one again when it is "
-               "due and deletes it (ttlSecondsAfterFinished)"),
+               "the operator watches CompositionJobs; retention reads a finished one again when "
+               "it is due and deletes it (ttlSecondsAfterFinished)"),
     Permission(models.GROUP, f"{models.PLURAL}/status", ("patch",), Scope.NAMESPACED,
                "the operator writes status (never spec)"),
     Permission("batch", "jobs", ("list", "watch", "get", "create", "patch", "delete"),
@@ -56,20 +56,23 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
     Permission("coordination.k8s.io", "leases", ("list", "watch", "get"), Scope.NAMESPACED,
                "the pool workers' Leases: which workers are warm, ready, busy or lost"),
     Permission("", "events", ("create",), Scope.NAMESPACED,
-               "Kubernetes Events on every transition (posted by kopf)"),
+               "Kubernetes Events for the transitions a user reads (posted by the operator)"),
     Permission("", "nodes", ("get",), Scope.CLUSTER,
                "instance type and capacity type of the node an attempt ran on"),
     Permission("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch"),
                Scope.CLUSTER, "kopf discovers and re-scans the CRDs it serves"),
     Permission("", "namespaces", ("list", "watch"), Scope.CLUSTER_NAMESPACED_ONLY,
-               "kopf lists and watches namespaces when limited to COMPOSE_NAMESPACES (they may "
-               "be glob patterns); cluster-wide it needs them discoverable only"),
-    Permission("kopf.dev", "clusterkopfpeerings", ("list", "watch", "patch", "get", "create"),
+               "kopf and the operator list and watch namespaces when limited to "
+               "COMPOSE_NAMESPACES (they may be glob patterns); cluster-wide it needs them "
+               "discoverable only"),
+    Permission("kopf.dev", "clusterkopfpeerings", ("list", "watch", "patch", "create"),
                Scope.CLUSTERWIDE_ONLY,
-               "active/standby peering, cluster-wide (the operator creates the object)"),
-    Permission("kopf.dev", "kopfpeerings", ("list", "watch", "patch", "get", "create"),
+               "active/standby peering, cluster-wide (the operator creates the object and "
+               "watches it to stand by while a peer outranks it)"),
+    Permission("kopf.dev", "kopfpeerings", ("list", "watch", "patch", "create"),
                Scope.NAMESPACED_ONLY,
-               "active/standby peering per namespace (the operator creates the objects)"),
+               "active/standby peering per namespace (the operator creates the objects and "
+               "watches them to stand by while a peer outranks it)"),
 )  # fmt: skip
 
 

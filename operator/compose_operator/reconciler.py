@@ -51,6 +51,7 @@ Clock = Callable[[], datetime.datetime]
 
 # Plans in one reconcile (each may ask for one thing first: a fresh list, the pod wait).
 _MAX_PLANS = 4
+EVENT_POSTERS = 4  # Events in flight at once
 
 
 def utcnow() -> datetime.datetime:
@@ -83,16 +84,45 @@ class Reconciler:
         # uid -> until when a Job that finished waits for its pods' events (monotonic time)
         self._awaiting_pods: dict[str, float] = {}
         self._failed: set[str] = set()  # reconciles that raised: the sweep retries them
+        self._poked: set[str] = set()  # uids with a reconcile scheduled that has not started
+        # Events are posted a few at a time, so that a burst of them does not take the
+        # connections the Job creates and status writes need.
+        self._posting = asyncio.Semaphore(EVENT_POSTERS)
+        # With peering: a live peer outranks this instance, which then only keeps its view.
+        self.paused = False
         self.pools = pool_reconciler.PoolReconciler(self)
 
     # -- entry points -----------------------------------------------------------------------
+
+    def poke(self, uid: str) -> None:
+        """Reconcile the job soon, in a task of its own: once for all the events that come
+        before that reconcile starts (it reads the newest of everything)."""
+        if uid in self._poked:
+            return
+        self._poked.add(uid)
+        self._spawn(uid)
+
+    def set_paused(self, paused: bool) -> None:
+        """Stand by (a peer outranks this instance) or act; on acting again every active job
+        is reconciled, as what changed meanwhile brought no reconcile."""
+        was, self.paused = self.paused, paused
+        if was and not paused:
+            namespaces = set()
+            for uid in self.inventory.active_uids():
+                self.poke(uid)
+                found = self.inventory.tracked.get(uid)
+                if found is not None:
+                    namespaces.add(found.fields.namespace)
+            for namespace in namespaces:
+                self._kick_queue(namespace)
 
     async def reconcile(self, uid: str) -> None:
         """Bring one CompositionJob's children and status in line; errors are counted, and the
         sweep tries again."""
         async with self.inventory.lock(uid):
+            self._poked.discard(uid)  # events from here on need a reconcile of their own
             body = self.inventory.body(uid)
-            if body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            if self.paused or body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
                 return
             try:
                 await self._reconcile(uid, body)
@@ -120,13 +150,13 @@ class Reconciler:
 
     def child_changed(self, kind: str, body: Mapping[str, Any], *, deleted: bool) -> str | None:
         """Record a Job or Pod event; a Job that finished or went frees a slot. Returns the
-        owning CompositionJob's uid."""
-        owner = self.inventory.put_child(kind, body, deleted=deleted)
+        owning CompositionJob's uid when the event changed anything its decision reads."""
+        owner, changed = self.inventory.record_child(kind, body, deleted=deleted)
         if owner is not None and kind == "job":
             view = observed.view_job(body)
             if deleted or not view.live:
                 self._kick_queue(view.namespace)
-        return owner
+        return owner if changed else None
 
     async def sweep(self) -> None:
         """The safety net: reconcile what failed or waits on time, admit what the queue now
@@ -391,7 +421,7 @@ class Reconciler:
 
     def spawn(self, uid: str) -> None:
         """Reconcile the job soon, in a task of its own."""
-        self._spawn(uid)
+        self.poke(uid)
 
     async def _set_suspended(self, uid: str, namespace: str, action: plan.SuspendJob) -> None:
         await self.client.patch_job(namespace, action.name, plan.suspend_patch(action.suspended))
@@ -435,19 +465,22 @@ class Reconciler:
             self._last_write[uid] = self._monotonic()
         if action.event is not None:
             # Off the critical path: the Job create that follows an intent write does not wait.
-            task = asyncio.create_task(self._post_event(dict(body), action.event))
+            task = asyncio.create_task(self._post_event(dict(body), action.event, self.clock()))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         if outcome.terminal and previous.phase not in models.TERMINAL_PHASES:
             self.metrics.observe_finish(outcome.status)
             self._kick_queue(namespace)
 
-    async def _post_event(self, body: Mapping[str, Any], event: status.Event) -> None:
+    async def _post_event(
+        self, body: Mapping[str, Any], event: status.Event, at: datetime.datetime
+    ) -> None:
         """Post one Event; a failure is logged and counted, and loses nothing else."""
         try:
-            await self.client.post_event(
-                body, type=event.type, reason=event.reason, message=event.message, now=self.clock()
-            )
+            async with self._posting:
+                await self.client.post_event(
+                    body, type=event.type, reason=event.reason, message=event.message, now=at
+                )
         except Exception as error:
             self.metrics.reconcile_errors.labels(f"Event{type(error).__name__}").inc()
             logger.warning("posting the %s Event of %s failed: %s", event.reason, _ref(body), error)
@@ -466,7 +499,7 @@ class Reconciler:
 
     def _reconcile_deferred(self, uid: str) -> None:
         self._deferred.pop(uid, None)
-        self._spawn(uid)
+        self.poke(uid)
 
     def _spawn(self, uid: str) -> None:
         task = asyncio.create_task(self.reconcile(uid))

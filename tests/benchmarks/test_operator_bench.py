@@ -38,8 +38,13 @@ def test_benchmark_runs_both_operators_and_reports_their_figures(tmp_path: pathl
     assert naive["requests_by_verb"]["list pods"] == 4
     assert naive["requests_by_verb"]["patch compositionjobs/status"] == 8  # kopf's, then ours
     assert compose["requests_by_verb"].get("create jobs") == 4
-    # The targets per successful job: at most 4 object writes and 3 Events.
-    assert compose["writes"] <= 4 * 4, compose["requests_by_verb"]
+    # The targets per successful job: at most 4 object writes and 3 Events. A job that waits
+    # longer than the coalescing window between two writes (a loaded machine: the scheduler or
+    # the API server slow to place or start its pod) may have its progress written once per
+    # window: those writes come at least the window after the job's previous one, and only they
+    # may exceed the bound.
+    late = compose["late_status_writes"]
+    assert compose["writes"] <= 4 * 4 + late, compose["requests_by_verb"]
     assert compose["events"] <= 3 * 4, compose["requests_by_verb"]
     assert "API requests per job" in completed.stdout
     assert "ratio to naive kopf" in completed.stdout

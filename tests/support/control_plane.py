@@ -468,7 +468,7 @@ class ControlPlane:
                     status=0
                     if event.get("stage") == "ResponseStarted"
                     else int((event.get("responseStatus") or {}).get("code") or 0),
-                    at=0.0,
+                    at=_received(event),
                 )
             )
         return records
@@ -1012,3 +1012,12 @@ __all__ = [
     "terminated_status",
     "write_kubeconfig",
 ]
+
+
+def _received(event: Mapping[str, Any]) -> float:
+    """When the API server received an audited request, in seconds since the epoch (0.0 when
+    the event does not say)."""
+    stamp = event.get("requestReceivedTimestamp")
+    if not stamp:
+        return 0.0
+    return datetime.datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()

@@ -118,7 +118,9 @@ class RequestRecord:
     path: str
     user_agent: str
     status: int  # 0 while a watch is still streaming
-    at: float  # time.monotonic() when the request arrived
+    # when the request arrived: time.monotonic() in the emulator, the audit log's
+    # requestReceivedTimestamp (seconds since the epoch) on the real control plane
+    at: float
 
     @property
     def is_resource_request(self) -> bool:

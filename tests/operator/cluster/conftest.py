@@ -392,6 +392,12 @@ def label_selector(record: RequestRecord) -> str | None:
     return (query.get("labelSelector") or [None])[0]
 
 
+def field_selector(record: RequestRecord) -> str | None:
+    """The ``fieldSelector`` a list or watch asked for."""
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(record.path).query)
+    return (query.get("fieldSelector") or [None])[0]
+
+
 async def status_patches(
     plane: cp.ControlPlane, operator: OperatorProcess, name: str, *, settle: float = 0.5
 ) -> int:
