@@ -56,6 +56,7 @@ environment (all optional unless marked):
   COMPOSE_KUBE_URL                 plain http URL of the API (tests, benchmarks)
   COMPOSE_RECONCILE_INTERVAL_SECONDS  safety-net sweep interval (default 10)
   COMPOSE_STATUS_COALESCE_SECONDS  same-phase status progress written at most this often (5)
+  COMPOSE_STARTING_PROGRESS_SECONDS  ... and a starting Job's normal progress (30; warnings: 5)
   COMPOSE_LOG_LEVEL                DEBUG, INFO, WARNING or ERROR
   COMPOSE_SETTINGS_FILE            KEY=VALUE file (a mounted ConfigMap); the environment wins
   OTEL_EXPORTER_OTLP_ENDPOINT      OTLP/HTTP receiver (a collector's :4318): traces the jobs, and

@@ -235,9 +235,15 @@ def _coalesce_wait(
 ) -> float | None:
     """Seconds to defer a progress-only write (same phase, not terminal) that comes within
     ``status_coalesce_seconds`` of the job's last write, so that a pod going through several
-    states in quick succession costs one status patch, not one each. Phase changes, terminal
-    outcomes and stopped Jobs are written at once. None: write now."""
+    states in quick succession costs one status patch, not one each. A starting Job's normal
+    progress (created, scheduling, pulling its image) waits ``starting_progress_seconds``: the
+    ``Running`` write that usually comes first carries it, so a job that starts within that
+    time costs no write for it; a warning, and the progress that clears one, keep the short
+    window. Phase changes, terminal outcomes and stopped Jobs are written at once. None: write
+    now."""
     window = settings.status_coalesce_seconds
+    if _normal_start(observed.previous, outcome):
+        window = max(window, settings.starting_progress_seconds)
     since = observed.since_last_write
     if (
         window <= 0
@@ -252,6 +258,13 @@ def _coalesce_wait(
     if wait <= 0 or status.to_patch(outcome.status, observed.previous) is None:
         return None
     return wait
+
+
+def _normal_start(previous: models.CompositionJobStatus, outcome: status.Outcome) -> bool:
+    """Starting before and after, with no warning shown before (one being cleared is news)."""
+    if previous.phase != models.Phase.STARTING or outcome.status.phase != models.Phase.STARTING:
+        return False
+    return not any(c.reason in status.WARNING_REASONS for c in previous.conditions)
 
 
 def _problem(

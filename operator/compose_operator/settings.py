@@ -103,6 +103,15 @@ class OperatorSettings(pydantic.BaseModel):
         description="Progress within one phase is written to status at most once per this "
         "many seconds per job; phase changes and terminal states at once. 0: every change.",
     )
+    starting_progress_seconds: float = pydantic.Field(
+        default=30.0,
+        ge=0,
+        le=600,
+        description="A starting Job's normal progress (JobCreated -> Scheduling -> "
+        "ImagePulling) is written at most once per this many seconds per job (at least "
+        "status_coalesce_seconds); a warning (Unschedulable, ImagePullBackOff, Retrying) and "
+        "the progress that clears it are written within status_coalesce_seconds.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     tracing_env: dict[str, str] = pydantic.Field(
         default_factory=dict,

@@ -28,7 +28,12 @@ from tests.support.resources import COMPOSITION_JOBS, EVENTS
 
 pytestmark = pytest.mark.timeout(150)
 
-SETTINGS = {"COMPOSE_MAX_RUNNING_PER_NAMESPACE": "1", "COMPOSE_RECONCILE_INTERVAL_SECONDS": "60"}
+SETTINGS = {
+    "COMPOSE_MAX_RUNNING_PER_NAMESPACE": "1",
+    "COMPOSE_RECONCILE_INTERVAL_SECONDS": "60",
+    # A pod still pulling its image shows ImagePulling well before its 30 s start deadline.
+    "COMPOSE_STARTING_PROGRESS_SECONDS": "5",
+}
 
 
 @pytest.fixture

@@ -158,10 +158,49 @@ def test_progress_within_a_phase_is_coalesced(config: settings.OperatorSettings)
     soon = seen(starting, jobs=(job_view(config, cj),), pods=pending, since_last_write=0.25)
     decided = plan.plan(soon, at(7), config)
     assert decided.actions == ()
-    assert decided.later == pytest.approx(config.status_coalesce_seconds - 0.25)
+    # A starting Job's normal progress waits the longer window: Running usually comes first.
+    assert config.starting_progress_seconds > config.status_coalesce_seconds
+    assert decided.later == pytest.approx(config.starting_progress_seconds - 0.25)
     since = config.status_coalesce_seconds + 0.5
+    within = seen(starting, jobs=(job_view(config, cj),), pods=pending, since_last_write=since)
+    assert plan.plan(within, at(8), config).actions == ()
+    since = config.starting_progress_seconds + 0.5
     later = seen(starting, jobs=(job_view(config, cj),), pods=pending, since_last_write=since)
-    assert kinds(plan.plan(later, at(8), config)) == ["WriteStatus"]
+    assert kinds(plan.plan(later, at(40), config)) == ["WriteStatus"]
+    # The pod runs: a phase change, written at once however recent the last write.
+    running = (
+        pod("p1", 6, phase="Running", node="gpu-1", state={"running": {"startedAt": ts(9)}}),
+    )
+    now = seen(starting, jobs=(job_view(config, cj),), pods=running, since_last_write=0.25)
+    assert kinds(plan.plan(now, at(9), config)) == ["WriteStatus"]
+
+
+def test_a_warning_while_starting_and_its_clearing_keep_the_short_window(
+    config: settings.OperatorSettings,
+) -> None:
+    cj = make_cj()
+    created = plan.plan(seen(cj, jobs=(job_view(config, cj),)), at(6), config).actions[0]
+    assert isinstance(created, plan.WriteStatus)
+    starting = cj.model_copy(update={"status": created.outcome.status})
+    no_room = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+               "message": "0/3 nodes are available", "lastTransitionTime": ts(7)}  # fmt: skip
+    unschedulable = (pod("p1", 6, conditions=[no_room]),)
+    soon = seen(starting, jobs=(job_view(config, cj),), pods=unschedulable, since_last_write=0.25)
+    warned = plan.plan(soon, at(7), config)
+    assert kinds(warned) == ["WriteStatus"]  # a warning: at once
+    write = warned.actions[0]
+    assert isinstance(write, plan.WriteStatus) and write.event is not None
+    assert write.event.type == "Warning" and write.event.reason == "Unschedulable"
+    shown = starting.model_copy(update={"status": write.outcome.status})
+    # A node came: the pod is scheduled and pulls its image. Clearing the warning is news.
+    pulling = (pod("p1", 6, node="gpu-1", conditions=[scheduled(20)], state={"waiting": {}}),)
+    soon = seen(shown, jobs=(job_view(config, cj),), pods=pulling, since_last_write=0.25)
+    cleared = plan.plan(soon, at(20), config)
+    assert cleared.actions == ()
+    assert cleared.later == pytest.approx(config.status_coalesce_seconds - 0.25)
+    since = config.status_coalesce_seconds + 0.5
+    due = seen(shown, jobs=(job_view(config, cj),), pods=pulling, since_last_write=since)
+    assert kinds(plan.plan(due, at(26), config)) == ["WriteStatus"]
 
 
 def test_a_spec_change_before_the_start_runs_as_a_new_attempt(
