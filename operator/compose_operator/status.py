@@ -179,7 +179,9 @@ def view_pod(pod: Mapping[str, Any]) -> PodView:
             report,
             ran,
         )
-    if phase == "Failed" or terminated is not None:
+    # Succeeded returned above; Pending, Running and Unknown sort after "Failed": `<=` for `==`
+    # cannot change the result.
+    if phase == "Failed" or terminated is not None:  # pragma: no mutate: *_Eq_LtE
         if status.get("reason") == "DeadlineExceeded" and terminated is None:
             return PodView(
                 models.AttemptOutcome.FAILED,
@@ -657,7 +659,9 @@ def _failure(run: Run, job: Mapping[str, Any]) -> tuple[str, str] | None:
         code = view.exit_code
         if code is not None and code in contract.PERMANENT_EXIT_CODES:
             failure = (str(view.reason), view.message or "")
-        elif view.reason == Reason.RESULT_UNREADABLE:  # exit 0: the Job completes, no retry
+        # exit 0: the Job completes, no retry. view_pod sets this reason as the member itself (no
+        # container reports it: it is no ExitCode's reason), so `is` for `==` cannot change it.
+        elif view.reason == Reason.RESULT_UNREADABLE:  # pragma: no mutate: *_Eq_Is
             failure = (Reason.RESULT_UNREADABLE, view.message or "")
     if failure is None and run.job_complete and run.result is None:
         # The Job completed, but no pod is left to read the result from (pods are listed
@@ -676,7 +680,9 @@ def _progress(run: Run) -> tuple[str, str]:
         return Reason.JOB_CREATED, f"job {run.job_name} created"
     if view.outcome == "Interrupted":
         return Reason.SPOT_INTERRUPTED, (view.message or "") + "; a replacement pod will be created"
-    if view.outcome == "Failed":
+    # Interrupted returned above; Pending, Running and Succeeded sort after "Failed": `<=` for
+    # `==` cannot change the result.
+    if view.outcome == "Failed":  # pragma: no mutate: *_Eq_LtE
         failed = f"attempt {len(run.attempts) - 1} failed: {view.reason}: {view.message or ''}"
         return Reason.RETRYING, failed
     return str(view.reason), view.message or ""
@@ -702,7 +708,11 @@ def _resumed_at_the_end(cj: models.CompositionJob, finished: bool) -> list[Wante
     """Suspended: as the spec says while running; a finished job is no longer suspended."""
     if not finished:
         return _suspension(cj)
-    if any(c.type == CT.SUSPENDED and c.status == TRUE for c in cj.status.conditions):
+    suspension = [c for c in cj.status.conditions if c.type == CT.SUSPENDED]
+    # A Suspended condition is True or False (never Unknown), and False always reads Resumed
+    # with no message: `<` for `==` re-states that same condition (no transition, no Event, the
+    # same lastTransitionTime; at most its observedGeneration moves to the current one).
+    if any(c.status == TRUE for c in suspension):  # pragma: no mutate: *_Eq_Lt
         return [Wanted(CT.SUSPENDED, FALSE, Reason.RESUMED, "")]
     return []
 
