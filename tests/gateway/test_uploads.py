@@ -11,6 +11,7 @@ import random
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 from PIL import Image
 
 from compose_gateway import storage
