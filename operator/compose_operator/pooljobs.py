@@ -84,9 +84,12 @@ def start_origin(previous: models.CompositionJobStatus) -> datetime.datetime | N
     """When the job was admitted to its pool (``Started`` went Unknown): the start deadline
     counts from there."""
     for item in previous.conditions:
-        # Only Started is ever Unknown, and Unknown sorts after True and False: `>=` for either
-        # `==` cannot change the result.
-        if item.type == CT.STARTED and item.status == UNKNOWN:  # pragma: no mutate: *_Eq_GtE
+        # Only Started is ever Unknown (so any order on the type finds the same condition),
+        # and Unknown sorts after True and False (`>=` for its `==` is the same test).
+        if (
+            item.type == CT.STARTED  # pragma: no mutate: *_Eq_[GL]t*
+            and item.status == UNKNOWN  # pragma: no mutate: *_Eq_GtE
+        ):
             return item.last_transition_time
     return None
 
@@ -164,7 +167,13 @@ def _attempt(
 
 
 def failures(attempts: Sequence[models.Attempt]) -> int:
-    return sum(1 for item in attempts if item.outcome == models.AttemptOutcome.FAILED)
+    # Of the outcomes, only Failed sorts at or before "Failed", and the outcome is the enum
+    # member itself (a validated model field): `<=` or `is` for `==` cannot change the count.
+    return sum(
+        1
+        for item in attempts
+        if item.outcome == models.AttemptOutcome.FAILED  # pragma: no mutate: *_Eq_LtE,*_Eq_Is
+    )
 
 
 def interruptions(attempts: Sequence[models.Attempt]) -> int:

@@ -250,6 +250,10 @@ def test_an_unaccepted_attempt_is_dropped_and_the_earlier_ones_kept(
     assert [a.index for a in failed.status.attempts] == [0]
     back = pooljobs.taken_back(cj, assignment, None, seed=42, why="suspended", nodes={}, now=at(5))
     assert [a.index for a in back.status.attempts] == [0]
+    lost = pooljobs.worker_gone(
+        cj, assignment, None, seed=42, why="worker lost", disrupted=None, nodes={}, now=at(5)
+    )
+    assert [a.index for a in lost.status.attempts] == [0]
 
 
 def test_a_job_failed_before_any_worker_ran_it_never_started(
