@@ -320,3 +320,81 @@ def test_a_failure_posts_a_warning_event_even_for_a_reason_that_is_no_warning(
     event = status.event_for(models.CompositionJobStatus(), outcome)
     assert event is not None
     assert (event.type, event.reason) == ("Warning", models.Reason.NO_FACE_FOUND)
+
+
+def test_a_job_failed_without_a_reason_names_its_pods_failure_alone(
+    tmp_path: pathlib.Path,
+) -> None:
+    no_face = pod(
+        "p1",
+        6,
+        phase="Failed",
+        node="gpu-1",
+        conditions=[scheduled(8)],
+        state=terminated(11, 20, 30, report(contract.ExitCode.NO_FACE, "no face in person")),
+    )
+    outcome = _compute(tmp_path, job({"type": "Failed", "status": "True"}), [no_face], 31)
+    failed = next(c for c in outcome.status.conditions if c.type == "Failed")
+    assert (failed.reason, failed.message) == (models.Reason.NO_FACE_FOUND, "no face in person")
+
+
+def test_a_scheduled_pod_read_from_the_api_is_pulling_its_image() -> None:
+    pulling = pod("p1", 6, node="gpu-1", conditions=[scheduled(8)], state={"waiting": {}})
+    assert status.view_pod(from_api(pulling)).reason == models.Reason.IMAGE_PULLING
+
+
+def test_the_queue_time_of_the_first_job_is_kept_for_the_next_attempts(
+    tmp_path: pathlib.Path,
+) -> None:
+    first = _compute(tmp_path, job(), [pod("p1", 6)], 7)
+    assert first.status.timings is not None and first.status.timings.queued == 5.0
+    # A later attempt's Job, created at 100 s: the job was queued once, before the first.
+    retry = job()
+    retry["metadata"]["creationTimestamp"] = ts(100)
+    again = _compute(tmp_path, retry, [pod("p2", 101)], 102, previous=first.status)
+    assert again.status.timings is not None and again.status.timings.queued == 5.0
+
+
+def test_the_status_message_is_a_true_or_unknown_conditions_never_a_false_ones() -> None:
+    previous = models.CompositionJobStatus()
+    quiet, _ = status.finish(
+        previous,
+        1,
+        [
+            status.Wanted(status.CT.ACCEPTED, status.TRUE, models.Reason.VALID, ""),
+            status.Wanted(status.CT.QUEUED, status.FALSE, models.Reason.ADMITTED, "not queued"),
+        ],
+        at(1),
+    )
+    assert quiet.message is None
+    waiting, _ = status.finish(
+        previous,
+        1,
+        [
+            status.Wanted(status.CT.QUEUED, status.FALSE, models.Reason.ADMITTED, "not queued"),
+            status.Wanted(status.CT.STARTED, status.UNKNOWN, models.Reason.JOB_CREATED, "creating"),
+        ],
+        at(1),
+    )
+    assert waiting.message == "creating"
+
+
+def test_a_crash_without_a_message_is_named_by_its_exit_code_and_reason() -> None:
+    killed = pod("p1", 6, phase="Failed", node="gpu-1", state=terminated(137, 20, 30, None))
+    killed["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] = "OOMKilled"
+    view = status.view_pod(from_api(killed))
+    assert view.message == "exit code 137 (OOMKilled)"
+
+
+def test_an_attempt_names_the_job_its_pod_belongs_to(tmp_path: pathlib.Path) -> None:
+    theirs = pod("p1", 6)
+    theirs["metadata"]["labels"]["job-name"] = "portrait-080e0235-1"
+    outcome = _compute(tmp_path, job(), [theirs], 7)
+    assert [a.job_name for a in outcome.status.attempts] == ["portrait-080e0235-1"]
+
+
+def test_timings_are_kept_to_the_millisecond(tmp_path: pathlib.Path) -> None:
+    bound = pod("p1", 6, node="gpu-1", conditions=[scheduled(8)], state={"waiting": {}})
+    bound["status"]["conditions"][0]["lastTransitionTime"] = "2026-01-01T00:00:07.123456Z"
+    outcome = _compute(tmp_path, job(), [bound], 9)
+    assert outcome.status.timings is not None and outcome.status.timings.scheduling == 1.123
