@@ -428,9 +428,8 @@ def derive_phase(conditions: Sequence[models.Condition]) -> models.Phase:
         found = by_type.get(kind)
         # Only Started is ever Unknown, and read as true here (Unknown sorts after True) it
         # gives Starting, as the intent below does: `>=` for `==` cannot change the phase.
-        return (
-            found if found is not None and found.status == TRUE else None
-        )  # pragma: no mutate: *_Eq_GtE
+        held = found is not None and found.status == TRUE  # pragma: no mutate: *_Eq_GtE
+        return found if held else None
 
     if true(CT.FAILED):
         return models.Phase.FAILED
@@ -661,8 +660,10 @@ def _failure(run: Run, job: Mapping[str, Any]) -> tuple[str, str] | None:
     view = run.view
     # Of the outcomes, only Failed sorts at or before "Failed": `<=` for `==` cannot change it.
     if (
-        failure is None and view is not None and view.outcome == "Failed"
-    ):  # pragma: no mutate: *_Eq_LtE
+        failure is None
+        and view is not None
+        and view.outcome == "Failed"  # pragma: no mutate: *_Eq_LtE
+    ):
         code = view.exit_code
         if code is not None and code in contract.PERMANENT_EXIT_CODES:
             failure = (str(view.reason), view.message or "")
