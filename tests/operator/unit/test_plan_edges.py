@@ -4,6 +4,7 @@ in pool mode, names and states decoded from the API as the operator reads them."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 from typing import Any
@@ -250,3 +251,70 @@ def test_an_assigned_job_no_worker_accepted_fails_at_its_start_deadline(
     write = only_write(decided)
     assert write.conditional
     assert write.outcome.status.phase == models.Phase.FAILED
+
+
+def test_any_edit_before_the_start_rebuilds_whichever_way_its_hash_sorts(
+    config: settings.OperatorSettings,
+) -> None:
+    one, other = make_cj(), make_cj(params={"seed": 42, "steps": 20})
+    for before, edited in ((one, other), (other, one)):
+        decided = plan.plan(seen(edited, jobs=(job_view(config, before),)), at(6), config)
+        assert kinds(decided) == ["CreateJob", "DeleteJob"]
+
+
+def test_an_assigned_job_moved_to_any_other_pool_is_taken_back(
+    config: settings.OperatorSettings,
+) -> None:
+    cj = pool_plan.assigned_job(config)
+    for pool in ("a-first", "z-last"):
+        decided = plan.plan(
+            pool_plan.seen(cj, pool_name=pool, lease=pool_plan.lease(3)), at(5), config
+        )
+        new = only_write(decided).outcome.status
+        assert new.assignment is None
+
+
+def test_a_job_without_a_seed_annotation_keeps_the_seed_in_its_status(
+    config: settings.OperatorSettings,
+) -> None:
+    cj = make_cj(params={"seed": 42})
+    body = dict(job_view(config, cj).body)
+    meta = dict(body["metadata"])
+    meta["annotations"] = {}  # a Job from before the seed annotation
+    body["metadata"] = meta
+    unannotated = observed.view_job(body)
+    assert unannotated.seed is None
+    earlier = cj.model_copy(update={"status": models.CompositionJobStatus(seed=7)})
+    write = only_write(plan.plan(seen(earlier, jobs=(unannotated,)), at(7), config))
+    assert write.outcome.status.seed == 7
+
+
+def test_the_status_written_with_a_suspension_reads_the_job_as_suspended(
+    config: settings.OperatorSettings,
+) -> None:
+    # The Job is suspended before its first status: it was not admitted, so no queue time.
+    cj = make_cj(suspend=True)
+    decided = plan.plan(seen(cj, jobs=(job_view(config, make_cj()),)), at(9), config)
+    _, write = decided.actions
+    assert isinstance(write, plan.WriteStatus)
+    timings = write.outcome.status.timings
+    assert timings is None or timings.queued is None
+
+
+def test_a_missing_job_whose_attempts_are_recorded_is_lost_not_created_again(
+    config: settings.OperatorSettings,
+) -> None:
+    cj = make_cj()
+    name = names.job_name("portrait", cj.metadata.uid or "", 0)
+    intent = status.waiting(cj, seed=42, queue=None, now=at(0), creating=name).status
+    ran = models.Attempt(index=0, job_name=name, pod_name="p1", outcome="Running")
+    recorded = cj.model_copy(update={"status": intent.model_copy(update={"attempts": [ran]})})
+    decided = plan.plan(seen(recorded, listed=True), at(10), config)  # well within the TTL
+    assert kinds(decided) == ["WriteStatus"]
+    assert _lost_message(decided) == f"job {name} disappeared before it finished"
+
+
+def test_actions_cannot_change_once_planned() -> None:
+    for action in (plan.CreateJob({}), plan.DeleteJob("j"), plan.SuspendJob("j", True)):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            action.__setattr__("name", "other")
