@@ -345,7 +345,10 @@ def deployment_patch(
     if found.template_hash != want_hash:
         patch["metadata"] = {"annotations": {TEMPLATE_HASH_ANNOTATION: want_hash}}
         patch["spec"] = {"template": wanted["spec"]["template"]}
-    if found.replicas != wanted["spec"]["replicas"]:
+    # The wanted count is at most maxReplicas (100): two equal counts are then small ints, one
+    # object each in CPython, and unequal ones differ either way: `is not` for `!=` cannot
+    # change the result.
+    if found.replicas != wanted["spec"]["replicas"]:  # pragma: no mutate: *_NotEq_IsNot
         patch.setdefault("spec", {})["replicas"] = wanted["spec"]["replicas"]
     return patch or None
 

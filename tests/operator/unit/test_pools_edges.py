@@ -166,3 +166,66 @@ def test_no_workers_is_the_default_count_and_views_are_frozen() -> None:
     for value in (pool_view(), pools.Size(1, None)):
         with pytest.raises(dataclasses.FrozenInstanceError):
             value.__setattr__("name", "other")
+
+
+def test_an_available_condition_that_turns_true_gets_a_new_transition_time() -> None:
+    starting = pools.compute_status(
+        pool_view(maxReplicas=2),
+        deployment=None,
+        workers=pools.Workers(),
+        queued=1,
+        running=0,
+        scaled=pools.Size(1, at(0)),
+        problem=None,
+        now=at(1),
+    )
+    body = pool_body(maxReplicas=2)
+    body["status"] = starting.model_dump(mode="json", by_alias=True, exclude_none=True)
+    ready = pools.compute_status(
+        pools.view_pool(body),
+        deployment=None,
+        workers=pools.Workers(ready=1, idle=1),
+        queued=0,
+        running=0,
+        scaled=pools.Size(1, at(0)),
+        problem=None,
+        now=at(30),
+    )
+    available = {c.type: c for c in ready.conditions}[protocol.PoolConditionType.AVAILABLE]
+    assert (available.status, available.last_transition_time) == ("True", at(30))
+    accepted = {c.type: c for c in ready.conditions}[protocol.PoolConditionType.ACCEPTED]
+    assert accepted.last_transition_time == at(1)  # unchanged: True before and after
+
+
+def test_a_pools_status_is_read_from_its_body() -> None:
+    body = pool_body()
+    body["status"] = {"readyWorkers": 2, "desiredReplicas": 3}
+    view = pools.view_pool(from_api(body))
+    assert (view.status.ready_workers, view.status.desired_replicas) == (2, 3)
+    assert view.deleting is False
+    kept = pools.PoolView("studio", "p", "u", 1, None, None, view.status)
+    assert kept.deleting is False  # only a deletionTimestamp says so
+
+
+def test_an_idle_worker_read_from_the_api_is_counted_idle() -> None:
+    body = protocol.lease_body(
+        pool="interactive",
+        namespace="studio",
+        pod="w0",
+        pod_uid="u",
+        instance="run-1",
+        lease_seconds=15,
+        now=at(0),
+        state=protocol.STATE_READY,
+    )
+    found = protocol.view_lease(from_api(body))
+    assert found is not None
+    workers = pools.count_workers([found], set(), at(1))
+    assert (workers.ready, workers.idle, workers.busy) == (1, 1, 0)
+
+
+def test_a_worker_pod_view_is_frozen() -> None:
+    found = pools.view_worker_pod(worker_pod())
+    assert found is not None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        found.__setattr__("name", "other")
