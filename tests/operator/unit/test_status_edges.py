@@ -398,3 +398,70 @@ def test_timings_are_kept_to_the_millisecond(tmp_path: pathlib.Path) -> None:
     bound["status"]["conditions"][0]["lastTransitionTime"] = "2026-01-01T00:00:07.123456Z"
     outcome = _compute(tmp_path, job(), [bound], 9)
     assert outcome.status.timings is not None and outcome.status.timings.scheduling == 1.123
+
+
+def test_a_crash_past_the_backoff_limit_read_from_the_api(tmp_path: pathlib.Path) -> None:
+    limit = "Job has reached the specified backoff limit"
+    crashed = pod("p1", 6, phase="Failed", node="gpu-1", state=terminated(137, 20, 30, None))
+    child = from_api(job(cond("Failed", "BackoffLimitExceeded", limit)))
+    outcome = _compute(tmp_path, child, [from_api(crashed)], 31)
+    failed = next(c for c in outcome.status.conditions if c.type == "Failed")
+    assert (failed.reason, failed.message) == (
+        models.Reason.BACKOFF_LIMIT_EXCEEDED,
+        f"{limit}: exit code 137 (Error)",
+    )
+    # A pod that failed with nothing to say adds nothing to the Job's message.
+    mute = pod("p1", 6, phase="Failed", node="gpu-1")
+    outcome = _compute(tmp_path, child, [from_api(mute)], 31)
+    failed = next(c for c in outcome.status.conditions if c.type == "Failed")
+    assert (failed.reason, failed.message) == (models.Reason.BACKOFF_LIMIT_EXCEEDED, limit)
+
+
+def test_only_failed_pods_count_as_failed_attempts(tmp_path: pathlib.Path) -> None:
+    load = pod(
+        "p1",
+        6,
+        phase="Failed",
+        node="gpu-1",
+        conditions=[scheduled(8)],
+        state=terminated(20, 20, 30, report(contract.ExitCode.MODEL_LOAD_FAILED, "bad sha")),
+    )
+    spot = pod(
+        "p2",
+        40,
+        phase="Failed",
+        node="gpu-1",
+        conditions=[scheduled(41), cond("DisruptionTarget", "TerminationByKubelet", "shutdown")],
+        state=terminated(143, 42, 50, None),
+    )
+    limit = "Job has reached the specified backoff limit"
+    child = job(cond("Failed", "BackoffLimitExceeded", limit))
+    outcome = _compute(tmp_path, from_api(child), [from_api(load), from_api(spot)], 51)
+    failed = next(c for c in outcome.status.conditions if c.type == "Failed")
+    assert failed.reason == models.Reason.MODEL_LOAD_FAILED
+    assert "(after 1 failed attempts; " in failed.message
+
+
+def test_a_result_that_raced_a_drain_keeps_its_timings(tmp_path: pathlib.Path) -> None:
+    # The pod exited 0 while drained: the Job controller replaced it (the disruption is
+    # ignored), and the replacement is the newest pod. The result and its timings are the
+    # first pod's.
+    raced = pod(
+        "p1",
+        6,
+        phase="Failed",
+        node="gpu-1",
+        conditions=[scheduled(8), cond("DisruptionTarget", "EvictionByEvictionAPI", "drain")],
+        state=terminated(0, 20, 60, report(contract.ExitCode.OK, result=True)),
+    )
+    replacement = pod("p2", 61)
+    outcome = _compute(tmp_path, job(), [from_api(raced), from_api(replacement)], 62)
+    assert outcome.status.phase == models.Phase.SUCCEEDED
+    assert outcome.status.timings is not None and outcome.status.timings.inference == 9.0
+
+
+def test_new_pods_are_attempts_in_creation_order_not_name_order(tmp_path: pathlib.Path) -> None:
+    older = pod("p2", 6, phase="Failed", node="gpu-1", state=terminated(1, 7, 8, None))
+    newer = pod("p10", 20)
+    outcome = _compute(tmp_path, job(), [from_api(newer), from_api(older)], 21)
+    assert [a.pod_name for a in outcome.status.attempts] == ["p2", "p10"]
