@@ -250,7 +250,9 @@ def _coalesce_wait(
         window <= 0  # pragma: no mutate: *_LtE_Lt
         or since is None
         or outcome.terminal
-        or outcome.stop_job
+        # A stopped Job's outcome is terminal, and a terminal outcome is a change of phase (a
+        # terminal status is never planned again): `and` for this `or` cannot change the result.
+        or outcome.stop_job  # pragma: no mutate: ReplaceOrWithAnd
         or outcome.status.phase != observed.previous.phase
         or any(t.warning for t in outcome.transitions)
     ):

@@ -318,3 +318,80 @@ def test_actions_cannot_change_once_planned() -> None:
     for action in (plan.CreateJob({}), plan.DeleteJob("j"), plan.SuspendJob("j", True)):
         with pytest.raises(dataclasses.FrozenInstanceError):
             action.__setattr__("name", "other")
+
+
+def test_a_suspension_within_the_coalescing_window_is_written_at_once(
+    config: settings.OperatorSettings,
+) -> None:
+    # Running to Suspended: a phase change, whichever way the phases sort.
+    cj = make_cj()
+    running_pod = pod(
+        "p1",
+        6,
+        phase="Running",
+        node="gpu-1",
+        conditions=[scheduled(7)],
+        state={"running": {"startedAt": ts(8)}},
+    )
+    first = only_write(
+        plan.plan(seen(cj, jobs=(job_view(config, cj),), pods=(running_pod,)), at(9), config)
+    )
+    assert first.outcome.status.phase == models.Phase.RUNNING
+    held = make_cj(suspend=True).model_copy(update={"status": first.outcome.status})
+    decided = plan.plan(
+        seen(held, jobs=(job_view(config, cj),), pods=(running_pod,), since_last_write=0.25),
+        at(10),
+        config,
+    )
+    assert kinds(decided) == ["SuspendJob", "WriteStatus"]
+
+
+def test_a_pool_of_any_other_profile_is_refused(config: settings.OperatorSettings) -> None:
+    for profile in ("aaa-first", "zzz-last"):
+        other = pool_plan.pool_view(profile=profile)
+        decided = plan.plan(pool_plan.seen(pool_plan.pool_cj(), pool=other), at(1), config)
+        assert only_write(decided).outcome.status.phase == models.Phase.FAILED
+
+
+def test_an_attempt_well_past_its_active_deadline_is_ended(
+    config: settings.OperatorSettings,
+) -> None:
+    cj = pool_plan.assigned_job(config)
+    accepted = pool_plan.report(4)
+    running = after_write(
+        cj,
+        plan.plan(
+            pool_plan.seen(cj, lease=pool_plan.lease(3), worker_report=accepted), at(5), config
+        ),
+    )
+    late = plan.plan(
+        pool_plan.seen(running, lease=pool_plan.lease(690), worker_report=accepted), at(700), config
+    )
+    new = only_write(late).outcome.status
+    assert [(a.outcome, a.reason) for a in new.attempts] == [("Failed", "DeadlineExceeded")]
+
+
+def after_write(cj: models.CompositionJob, decided: plan.Plan) -> models.CompositionJob:
+    return cj.model_copy(update={"status": only_write(decided).outcome.status})
+
+
+def test_a_listed_job_without_pods_is_decided_on_what_it_shows(
+    config: settings.OperatorSettings,
+) -> None:
+    # The list came back with no pod (all gone): no need to list again.
+    attempt = models.Attempt(index=0, job_name="x", pod_name="p1")
+    cj = make_cj().model_copy(update={"status": models.CompositionJobStatus(attempts=[attempt])})
+    decided = plan.plan(seen(cj, jobs=(job_view(config, cj),), listed=True), at(7), config)
+    assert decided.need is None
+    assert kinds(decided) == ["WriteStatus"]
+
+
+def test_an_edit_after_a_pod_started_runs_in_the_same_job(
+    config: settings.OperatorSettings,
+) -> None:
+    before = make_cj()
+    started = make_cj(params={"seed": 42, "steps": 20}).model_copy(
+        update={"status": models.CompositionJobStatus(start_time=at(8))}
+    )
+    decided = plan.plan(seen(started, jobs=(job_view(config, before),)), at(9), config)
+    assert "CreateJob" not in kinds(decided)
