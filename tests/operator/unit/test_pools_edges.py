@@ -229,3 +229,54 @@ def test_a_worker_pod_view_is_frozen() -> None:
     assert found is not None
     with pytest.raises(dataclasses.FrozenInstanceError):
         found.__setattr__("name", "other")
+
+
+def test_a_ready_worker_is_not_disrupted() -> None:
+    ready = worker_pod(condition("PodScheduled", "True"), condition("Ready", "True"))
+    found = pools.view_worker_pod(ready)
+    assert found is not None and found.disrupted is None and found.problem is None
+
+
+def test_an_available_condition_that_turns_false_gets_a_new_transition_time() -> None:
+    ready = pools.compute_status(
+        pool_view(maxReplicas=2),
+        deployment=None,
+        workers=pools.Workers(ready=1, idle=1),
+        queued=0,
+        running=0,
+        scaled=pools.Size(1, at(0)),
+        problem=None,
+        now=at(1),
+    )
+    body = pool_body(maxReplicas=2)
+    body["status"] = ready.model_dump(mode="json", by_alias=True, exclude_none=True)
+    gone = pools.compute_status(
+        pools.view_pool(body),
+        deployment=None,
+        workers=pools.Workers(),
+        queued=1,
+        running=0,
+        scaled=pools.Size(1, at(0)),
+        problem=None,
+        now=at(30),
+    )
+    available = {c.type: c for c in gone.conditions}[protocol.PoolConditionType.AVAILABLE]
+    assert (available.status, available.last_transition_time) == ("False", at(30))
+    assert gone.replicas == 0  # no Deployment: no worker pod exists
+
+
+def test_an_idle_pool_at_its_minimum_keeps_its_last_active_time() -> None:
+    idle = pools.size(spec(minReplicas=0, maxReplicas=2), current=0, demand=0,
+                      last_active=at(3), now=at(50))  # fmt: skip
+    assert (idle.desired, idle.last_active) == (0, at(3))
+
+
+def test_a_deployment_without_a_status_has_no_pods_yet(config: settings.OperatorSettings) -> None:
+    profile = config.profiles["instantid-sdxl"]
+    fresh = pools.build_deployment(pool_view(), profile, config, replicas=1)
+    found = pools.view_deployment(from_api(fresh))
+    assert found is not None and (found.existing, found.ready) == (0, 0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        found.__setattr__("name", "other")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        pools.Workers().__setattr__("ready", 1)
