@@ -280,14 +280,15 @@ def assigned(
     The attempt is the next one, or the same one when its worker was lost before accepting."""
     previous = cj.status
     # No attempt is Pending here (an unaccepted one is dropped when its worker goes, and a
-    # new one is assigned only once the last has ended), none Running or Succeeded: `<=` or
-    # `is not` (the outcome is the enum member itself) for `!=` cannot change the count.
+    # new one is assigned only once the last has ended), none Running or Succeeded, and the
+    # others (Failed, Interrupted) sort before "Pending": `<`, `<=` or `is not` (the outcome is
+    # the enum member itself) for `!=` cannot change the count.
     attempt = len(
         [
             item
             for item in previous.attempts
             if item.outcome
-            != models.AttemptOutcome.PENDING  # pragma: no mutate: *_NotEq_LtE,*_NotEq_IsNot
+            != models.AttemptOutcome.PENDING  # pragma: no mutate: *_NotEq_Lt*,*_NotEq_IsNot
         ]
     )
     assignment = models.WorkerAssignment(

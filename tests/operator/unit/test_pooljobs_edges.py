@@ -278,3 +278,29 @@ def test_a_job_failed_before_any_worker_ran_it_never_started(
 def test_an_offer_cannot_change_once_made() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         OFFER.__setattr__("pod", "other")
+
+
+def test_a_report_of_an_earlier_attempt_is_not_this_ones(
+    config: settings.OperatorSettings,
+) -> None:
+    cj = _second_assigned(config)
+    assignment = cj.status.assignment
+    assert assignment is not None and assignment.attempt == 1
+    stale = report(2, attempt=0, worker_instance=assignment.worker_instance)
+    assert pooljobs.report_for(assignment, stale) is None
+
+
+def test_a_worker_killed_by_a_signal_is_retried(config: settings.OperatorSettings) -> None:
+    # A negative exit code (a process killed by a signal) is a failure like any other, not a
+    # success without a result.
+    cj = _report(config, _assign(config, pool_cj(backoffLimit=2), 0, 1), 3, code=-9, reason=None)
+    assert cj.status.phase == models.Phase.STARTING
+    assert [(a.outcome, a.reason) for a in cj.status.attempts] == [("Failed", "ContainerFailed")]
+
+
+def test_the_start_deadline_of_a_pool_job_is_one_second_past_an_odd_deadline(
+    config: settings.OperatorSettings,
+) -> None:
+    cj = pool_cj(startDeadlineSeconds=61)
+    decided = plan.plan(seen(cj), at(1), config)
+    assert decided.recheck_at == at(1 + 61 + 1)
