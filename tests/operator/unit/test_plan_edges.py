@@ -17,7 +17,7 @@ from compose_operator import names, observed, plan, settings, status
 from tests.operator.unit import test_pool_plan as pool_plan
 from tests.operator.unit.test_builders import make_cj, make_settings
 from tests.operator.unit.test_plan import job_view, kinds, seen
-from tests.operator.unit.test_status import at, pod, report, scheduled, terminated, ts
+from tests.operator.unit.test_status import at, cond, pod, report, scheduled, terminated, ts
 
 
 @pytest.fixture
@@ -88,10 +88,14 @@ def test_a_phase_change_is_written_at_once_within_the_coalescing_window(
 def test_a_one_second_window_still_coalesces_and_a_first_write_never_waits(
     tmp_path: pathlib.Path,
 ) -> None:
+    # The progress that clears a warning (Unschedulable, then scheduled and pulling) is
+    # coalesced within status_coalesce_seconds.
     config = make_settings(tmp_path, COMPOSE_STATUS_COALESCE_SECONDS="1")
     cj = make_cj()
-    created = only_write(plan.plan(seen(cj, jobs=(job_view(config, cj),)), at(6), config))
-    starting = cj.model_copy(update={"status": created.outcome.status})
+    short = (pod("p1", 6, conditions=[cond("PodScheduled", "Unschedulable", "0/3", "False")]),)
+    stuck = only_write(plan.plan(seen(cj, jobs=(job_view(config, cj),), pods=short), at(6), config))
+    assert stuck.outcome.status.phase == models.Phase.STARTING
+    starting = cj.model_copy(update={"status": stuck.outcome.status})
     pulling = (pod("p1", 6, node="gpu-1", conditions=[scheduled(7)], state={"waiting": {}}),)
     soon = seen(starting, jobs=(job_view(config, cj),), pods=pulling, since_last_write=0.25)
     decided = plan.plan(soon, at(7), config)
