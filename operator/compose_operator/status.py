@@ -297,7 +297,12 @@ def _attempts(
                 start_time=parse_time((pod.get("status") or {}).get("startTime")),
                 end_time=parse_time(terminated.get("finishedAt")),
                 outcome=view.outcome,
-                reason=view.reason if view.reason != Reason.RUNNING else None,
+                # Running is set as the member itself (view_pod): `is not` cannot change it.
+                reason=(
+                    view.reason
+                    if view.reason != Reason.RUNNING  # pragma: no mutate: *_NotEq_IsNot
+                    else None
+                ),
                 message=view.message,
                 exit_code=view.exit_code,
             )
@@ -717,10 +722,10 @@ def _resumed_at_the_end(cj: models.CompositionJob, finished: bool) -> list[Wante
     if not finished:
         return _suspension(cj)
     suspension = [c for c in cj.status.conditions if c.type == CT.SUSPENDED]
-    # A Suspended condition is True or False (never Unknown), and False always reads Resumed
-    # with no message: `<` for `==` re-states that same condition (no transition, no Event, the
-    # same lastTransitionTime; at most its observedGeneration moves to the current one).
-    if any(c.status == TRUE for c in suspension):  # pragma: no mutate: *_Eq_Lt
+    # A Suspended condition is True or False (never Unknown), so `>=` is `==`; and False always
+    # reads Resumed with no message: `<` or `<=` for `==` re-states that same condition (no
+    # transition, no Event, the same lastTransitionTime; at most its observedGeneration moves).
+    if any(c.status == TRUE for c in suspension):  # pragma: no mutate: *_Eq_Lt*,*_Eq_GtE
         return [Wanted(CT.SUSPENDED, FALSE, Reason.RESUMED, "")]
     return []
 
@@ -804,12 +809,23 @@ def event_for(previous: models.CompositionJobStatus, outcome: Outcome) -> Event 
         return None
     phase = outcome.status.phase
     finished = outcome.terminal and previous.phase not in models.TERMINAL_PHASES
-    started = phase == models.Phase.RUNNING and previous.phase != models.Phase.RUNNING
+    # Phases are the enum members themselves (validated model fields): `is not` for `!=`
+    # cannot change the result.
+    started = (
+        phase == models.Phase.RUNNING
+        and previous.phase != models.Phase.RUNNING  # pragma: no mutate: *_NotEq_IsNot
+    )
     warnings = [t for t in items if t.warning]
     suspension = any(t.type == CT.SUSPENDED for t in items)
     if not (not previous.conditions or finished or started or warnings or suspension):
         return None
-    ending = [t for t in items if t.type in (CT.SUCCEEDED, CT.FAILED) and t.status == TRUE]
+    # Succeeded and Failed are only ever set True: `is not` for `==` (always true on a plain
+    # str) keeps the same transitions.
+    ending = [
+        t
+        for t in items
+        if t.type in (CT.SUCCEEDED, CT.FAILED) and t.status == TRUE  # pragma: no mutate: *_Eq_IsNot
+    ]
     named = (ending or warnings or items)[-1]
     text = "; ".join(
         f"{t.type}={t.status} {t.reason}" + (f": {t.message}" if t.message else "") for t in items

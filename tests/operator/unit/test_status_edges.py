@@ -11,6 +11,7 @@ from compose_api import contract, models
 from compose_operator import status
 from tests.operator.unit.test_builders import make_cj, make_settings
 from tests.operator.unit.test_status import (
+    JOB,
     at,
     cond,
     job,
@@ -117,6 +118,7 @@ def test_the_start_deadline_counts_from_the_jobs_start_not_its_creation(
     waiting = _compute(tmp_path, admitted_late, [pod("p1", 31)], 80)
     assert waiting.status.phase == models.Phase.STARTING
     assert not waiting.stop_job
+    assert status.start_deadline_at(make_cj(), admitted_late, waiting) == at(30 + 60 + 1)
     late = _compute(tmp_path, admitted_late, [pod("p1", 31)], 91)
     assert late.stop_job
 
@@ -465,3 +467,17 @@ def test_new_pods_are_attempts_in_creation_order_not_name_order(tmp_path: pathli
     newer = pod("p10", 20)
     outcome = _compute(tmp_path, job(), [from_api(newer), from_api(older)], 21)
     assert [a.pod_name for a in outcome.status.attempts] == ["p2", "p10"]
+
+
+def test_a_pod_without_a_job_label_is_an_attempt_of_the_job(tmp_path: pathlib.Path) -> None:
+    bare = pod("p1", 6)
+    del bare["metadata"]["labels"]
+    outcome = _compute(tmp_path, job(), [bare], 7)
+    assert [a.job_name for a in outcome.status.attempts] == [JOB]
+
+
+def test_only_a_computed_outcome_stops_a_job(tmp_path: pathlib.Path) -> None:
+    cj = make_cj()
+    assert not status.waiting(cj, seed=42, queue=None, now=at(1)).stop_job
+    assert not status.lost(cj, JOB, now=at(1)).stop_job
+    assert not status.rejected(cj.status, 1, models.Reason.INVALID_SPEC, "x", now=at(1)).stop_job
