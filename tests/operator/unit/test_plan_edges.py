@@ -319,7 +319,14 @@ def test_a_missing_job_whose_attempts_are_recorded_is_lost_not_created_again(
 
 
 def test_actions_cannot_change_once_planned() -> None:
-    for action in (plan.CreateJob({}), plan.DeleteJob("j"), plan.SuspendJob("j", True)):
+    outcome = status.waiting(make_cj(), seed=42, queue=None, now=at(1))
+    for action in (
+        plan.CreateJob({}),
+        plan.DeleteJob("j"),
+        plan.SuspendJob("j", True),
+        plan.WriteStatus(outcome, None),
+        plan.Plan(),
+    ):
         with pytest.raises(dataclasses.FrozenInstanceError):
             action.__setattr__("name", "other")
 
@@ -399,3 +406,17 @@ def test_an_edit_after_a_pod_started_runs_in_the_same_job(
     )
     decided = plan.plan(seen(started, jobs=(job_view(config, before),)), at(9), config)
     assert "CreateJob" not in kinds(decided)
+
+
+def test_a_job_that_ended_without_pods_in_the_watch_is_listed_first(
+    config: settings.OperatorSettings,
+) -> None:
+    # Past its deadline with no pod seen: a terminal status is decided on a fresh list.
+    cj = make_cj()
+    expired = job_view(
+        config, cj, conditions=[{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]
+    )
+    assert plan.plan(seen(cj, jobs=(expired,)), at(700), config).need is plan.Need.LIST
+    (write,) = plan.plan(seen(cj, jobs=(expired,), listed=True), at(700), config).actions
+    assert isinstance(write, plan.WriteStatus)
+    assert write.outcome.status.phase == models.Phase.FAILED
