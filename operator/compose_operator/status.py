@@ -809,12 +809,7 @@ def event_for(previous: models.CompositionJobStatus, outcome: Outcome) -> Event 
         return None
     phase = outcome.status.phase
     finished = outcome.terminal and previous.phase not in models.TERMINAL_PHASES
-    # Phases are the enum members themselves (validated model fields): `is not` for `!=`
-    # cannot change the result.
-    started = (
-        phase == models.Phase.RUNNING
-        and previous.phase != models.Phase.RUNNING  # pragma: no mutate: *_NotEq_IsNot
-    )
+    started = phase == models.Phase.RUNNING and previous.phase != models.Phase.RUNNING
     warnings = [t for t in items if t.warning]
     suspension = any(t.type == CT.SUSPENDED for t in items)
     if not (not previous.conditions or finished or started or warnings or suspension):

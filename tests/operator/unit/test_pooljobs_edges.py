@@ -304,3 +304,77 @@ def test_the_start_deadline_of_a_pool_job_is_one_second_past_an_odd_deadline(
     cj = pool_cj(startDeadlineSeconds=61)
     decided = plan.plan(seen(cj), at(1), config)
     assert decided.recheck_at == at(1 + 61 + 1)
+
+
+def test_another_worker_instance_is_never_this_assignments(
+    config: settings.OperatorSettings,
+) -> None:
+    cj = assigned_job(config)
+    assignment = cj.status.assignment
+    assert assignment is not None
+    for other in ("a-worker/run-0", "zz-worker/run-9"):
+        assert pooljobs.report_for(assignment, report(4, worker_instance=other)) is None
+    # Its Lease held by another process of whatever name: the assigned one is lost.
+    for instance in ("aaa", "zzz"):
+        assert pooljobs.lost(assignment, lease(3, instance=instance), at(4))
+    assert not pooljobs.lost(assignment, lease(3), at(4))
+
+
+def test_an_assigned_job_failed_before_its_worker_accepted_never_started(
+    config: settings.OperatorSettings,
+) -> None:
+    cj = assigned_job(config)
+    assignment = cj.status.assignment
+    assert assignment is not None
+    late = pooljobs.failed(
+        cj, "StartDeadlineExceeded", "late", assignment=assignment, report=None, nodes={},
+        now=at(70),
+    )  # fmt: skip
+    assert conditions(late.status).get("Started") != ("True", "Running")
+
+
+def test_the_end_of_a_retried_job_keeps_its_first_start_and_queue_time(
+    config: settings.OperatorSettings,
+) -> None:
+    cj = pool_cj(backoffLimit=2)  # created at 0 s
+    first = _assign(config, cj, 0, 1.5)
+    assert first.status.timings is not None and first.status.timings.queued == 1.5
+    accepted = report(2, attempt=0, worker="w0", worker_instance="w0/run")
+    assignment = first.status.assignment
+    assert assignment is not None
+    running = pooljobs.running(first, assignment, accepted, nodes={}, now=at(2))
+    first = first.model_copy(update={"status": running.status})
+    assert first.status.start_time == at(2)
+    failed_once = _report(config, first, 4)
+    second = _assign(config, failed_once, 1, 10)
+    assert second.status.timings is not None and second.status.timings.queued == 1.5
+    timings = models.Timings(inference=9.0)  # the worker's own; the queue time is not one
+    done = _report(config, second, 12, code=0, reason=None, result=result_of(), timings=timings)
+    assert done.status.phase == models.Phase.SUCCEEDED
+    assert done.status.start_time == at(2)
+    assert done.status.timings is not None
+    assert (done.status.timings.queued, done.status.timings.inference) == (1.5, 9.0)
+    failed = _report(config, second, 12)
+    failed = _report(config, _assign(config, failed, 2, 13), 15)
+    assert failed.status.phase == models.Phase.FAILED
+    assert failed.status.start_time == at(2)
+
+
+def result_of() -> models.Result:
+    return models.Result(
+        s3_uri="s3://results-bucket/compose/studio/portrait/u/result.png",
+        sha256="a" * 64,
+        width=1024,
+        height=1024,
+        seed=42,
+    )
+
+
+def test_a_job_that_finishes_as_it_is_suspended_is_not_left_suspended(
+    config: settings.OperatorSettings,
+) -> None:
+    cj = _assign(config, pool_cj(), 0, 1)
+    suspended = cj.model_copy(update={"spec": cj.spec.model_copy(update={"suspend": True})})
+    done = _report(config, suspended, 3, code=0, reason=None, result=result_of())
+    assert done.status.phase == models.Phase.SUCCEEDED
+    assert conditions(done).get("Suspended", ("False", ""))[0] == "False"

@@ -481,3 +481,15 @@ def test_only_a_computed_outcome_stops_a_job(tmp_path: pathlib.Path) -> None:
     assert not status.waiting(cj, seed=42, queue=None, now=at(1)).stop_job
     assert not status.lost(cj, JOB, now=at(1)).stop_job
     assert not status.rejected(cj.status, 1, models.Reason.INVALID_SPEC, "x", now=at(1)).stop_job
+
+
+def test_progress_while_running_posts_no_event() -> None:
+    # The phase read back from the API is a plain string: still Running, so no "started" Event.
+    running = models.CompositionJobStatus.model_validate(
+        {"phase": "Running", "conditions": [
+            {"type": "Started", "status": "True", "reason": "Running", "lastTransitionTime": ts(8)}
+        ]}
+    )  # fmt: skip
+    after = running.model_copy(update={"message": "still running"})
+    moved = status.Outcome(after, [status.Transition("Queued", "False", "Admitted", "")])
+    assert status.event_for(running, moved) is None
