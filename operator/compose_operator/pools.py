@@ -129,13 +129,14 @@ def view_worker_pod(body: Mapping[str, Any]) -> WorkerPod | None:
         if reason is not None:
             problem = (reason, f"{waiting.get('reason')}: {waiting.get('message') or ''}".strip())
     for item in status.get("conditions") or []:
-        # Only the scheduler's PodScheduled condition carries the reason Unschedulable (Ready,
-        # the one pod condition type that sorts after it, never does): `>=` for `==` cannot
-        # change the result.
+        # Only the scheduler's PodScheduled condition carries the reason Unschedulable (no
+        # other pod condition type does, whichever way it sorts), "False" is the least status,
+        # and no reason the scheduler gives sorts after "Unschedulable": `<=`/`>=` for these
+        # `==` cannot change the result.
         if (
-            item.get("type") == "PodScheduled"  # pragma: no mutate: *_Eq_GtE
-            and item.get("status") == "False"
-            and item.get("reason") == "Unschedulable"
+            item.get("type") == "PodScheduled"  # pragma: no mutate: *_Eq_[GL]tE
+            and item.get("status") == "False"  # pragma: no mutate: *_Eq_LtE
+            and item.get("reason") == "Unschedulable"  # pragma: no mutate: *_Eq_GtE
         ):
             detail = item.get("message") or ""
             problem = (
@@ -421,7 +422,13 @@ def count_workers(
         return protocol.holder_identity(lease.pod, lease.instance) in busy_instances
 
     busy = [lease for lease in fresh if busy_one(lease)]
-    draining = [lease for lease in fresh if lease.state == protocol.STATE_DRAINING]
+    # "draining" sorts before "ready", the only other state a worker writes: `<=` for `==`
+    # cannot change the result.
+    draining = [
+        lease
+        for lease in fresh
+        if lease.state == protocol.STATE_DRAINING  # pragma: no mutate: *_Eq_LtE
+    ]
     # A worker writes its state as "ready" or "draining" only, and "draining" sorts before
     # "ready": `>=` for `==` cannot change the result.
     idle = [
@@ -487,7 +494,8 @@ def compute_status(
             if workers.ready <= scaled.desired
             else f"{workers.ready} workers ready, scaling down to {scaled.desired}",
         )
-    elif scaled.desired == 0:
+    # A size, never negative: `<=` for `==` cannot change the result.
+    elif scaled.desired == 0:  # pragma: no mutate: *_Eq_LtE
         available = (
             CT.AVAILABLE,
             false,

@@ -280,3 +280,26 @@ def test_a_deployment_without_a_status_has_no_pods_yet(config: settings.Operator
         found.__setattr__("name", "other")
     with pytest.raises(dataclasses.FrozenInstanceError):
         pools.Workers().__setattr__("ready", 1)
+
+
+def test_a_worker_with_its_containers_ready_is_not_disrupted() -> None:
+    up = worker_pod(condition("ContainersReady", "True"), condition("Initialized", "True"))
+    found = pools.view_worker_pod(up)
+    assert found is not None and found.disrupted is None
+
+
+def test_a_draining_worker_read_from_the_api_is_counted_draining() -> None:
+    body = protocol.lease_body(
+        pool="interactive",
+        namespace="studio",
+        pod="w0",
+        pod_uid="u",
+        instance="run-1",
+        lease_seconds=15,
+        now=at(0),
+        state=protocol.STATE_DRAINING,
+    )
+    found = protocol.view_lease(from_api(body))
+    assert found is not None
+    workers = pools.count_workers([found], set(), at(1))
+    assert (workers.ready, workers.draining, workers.idle) == (1, 1, 0)
