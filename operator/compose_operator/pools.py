@@ -385,12 +385,15 @@ def size(
     # "external" sorts before "operator", the only other value: `<=` for `==` cannot change it.
     if spec.scaling == protocol.Scaling.EXTERNAL:  # pragma: no mutate: *_Eq_LtE
         wanted = spec.replicas if spec.replicas is not None else spec.min_replicas
-        active = now if demand > 0 else last_active
+        # A demand is a count, never negative: `!=` for `>` cannot change the result.
+        active = now if demand > 0 else last_active  # pragma: no mutate: *_Gt_NotEq
         return Size(_clamp(wanted, spec), active)
     target = _clamp(demand, spec)
     have = _clamp(current if current is not None else spec.min_replicas, spec)
     if target >= have:
-        return Size(target, now if demand >= have and demand > 0 else last_active)
+        # A demand is a count, never negative: `!=` for `>` cannot change the result.
+        filled = demand >= have and demand > 0  # pragma: no mutate: *_Gt_NotEq
+        return Size(target, now if filled else last_active)
     delay = datetime.timedelta(seconds=spec.scale_to_zero_after_seconds)
     if last_active is None or now - last_active >= delay:
         return Size(target, last_active)

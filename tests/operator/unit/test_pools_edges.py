@@ -303,3 +303,15 @@ def test_a_draining_worker_read_from_the_api_is_counted_draining() -> None:
     assert found is not None
     workers = pools.count_workers([found], set(), at(1))
     assert (workers.ready, workers.draining, workers.idle) == (1, 1, 0)
+
+
+def test_a_pool_and_its_deployment_read_their_generation_and_namespace(
+    config: settings.OperatorSettings,
+) -> None:
+    view = pools.view_pool(from_api(pool_body()))
+    assert (view.namespace, view.generation) == ("studio", 3)
+    profile = config.profiles["instantid-sdxl"]
+    found = pools.view_deployment(
+        from_api(pools.build_deployment(view, profile, config, replicas=1))
+    )
+    assert found is not None and found.namespace == "studio"
