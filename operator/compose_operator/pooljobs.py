@@ -199,15 +199,16 @@ def _suspension(cj: models.CompositionJob, *, finished: bool = False) -> list[Wa
     if cj.spec.suspend and not finished:
         return [Wanted(CT.SUSPENDED, TRUE, Reason.SUSPENDED_BY_USER, "suspended by spec.suspend")]
     # No condition type sorts after Suspended: `>=` for `==` is the same test. A Suspended
-    # condition is True or False, so `>=` is `==` on its status too, and `<=` only re-states a
-    # Suspended=False, which always reads Resumed with no message (no transition, no Event; at
-    # most its observedGeneration moves on).
+    # condition is True or False, so `>=` is `==` on its status too, and `<=` or `is not`
+    # (always true on the plain str the model holds) only re-states a Suspended=False, which
+    # always reads Resumed with no message (no transition, no Event; at most its
+    # observedGeneration moves on).
     held = [
         c
         for c in cj.status.conditions
         if c.type == CT.SUSPENDED  # pragma: no mutate: *_Eq_GtE
     ]
-    if any(finished or c.status == TRUE for c in held):  # pragma: no mutate: *_Eq_[GL]tE
+    if any(finished or c.status == TRUE for c in held):  # pragma: no mutate: *_Eq_[GL]tE,*_Eq_IsNot
         return [Wanted(CT.SUSPENDED, FALSE, Reason.RESUMED, "")]
     return []
 
