@@ -99,7 +99,9 @@ def _node_affinity(profile: profiles.ModelProfile, capacity: str) -> dict[str, A
                 "values": list(profile.placement.instance_types),
             }
         )
-    if capacity == models.CapacityType.ANY:
+    # "any" sorts before "on-demand" and "spot", the only other values (CapacityType), so `<=`
+    # for `==` cannot change the result.
+    if capacity == models.CapacityType.ANY:  # pragma: no mutate: *_Eq_LtE
         terms = [{"matchExpressions": base}] if base else []
     else:
         # Terms are ORed: nodes from Karpenter carry one label, EKS managed node groups the other.
@@ -177,7 +179,12 @@ def _env(document: contract.JobDocument, settings: OperatorSettings) -> list[dic
 
 def inference_capacity(capacity_type: str, profile: profiles.ModelProfile) -> str:
     """The capacity type asked for, or the profile's default when the ask is 'any'."""
-    if capacity_type == models.CapacityType.ANY and profile.placement.capacity_type:
+    # "any" sorts before "on-demand" and "spot", the only other values (CapacityType), so `<=`
+    # for `==` cannot change the result.
+    if (
+        capacity_type == models.CapacityType.ANY  # pragma: no mutate: *_Eq_LtE
+        and profile.placement.capacity_type
+    ):
         return str(profile.placement.capacity_type)
     return capacity_type
 

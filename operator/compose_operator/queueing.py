@@ -30,7 +30,9 @@ import datetime
 import heapq
 from collections.abc import Iterable, Mapping
 
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+# The creation time of a job without one: it sorts first. Any instant long before Kubernetes
+# existed sorts the same against real creation times, so another date cannot change the order.
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)  # pragma: no mutate: NumberReplacer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +57,8 @@ class Limits:
 
     @property
     def any(self) -> bool:
-        return self.per_namespace > 0 or self.per_owner > 0
+        # The settings refuse negative caps (ge=0), so `!=` for `>` cannot change the result.
+        return self.per_namespace > 0 or self.per_owner > 0  # pragma: no mutate: *_Gt_NotEq
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +71,9 @@ class Decision:
 
 
 def order_key(entry: Entry) -> tuple[int, datetime.datetime, str]:
-    return (-entry.priority, entry.created or _EPOCH, entry.name)
+    # fair_order sorts with this key only the jobs of one owner within one priority level, so
+    # the priority is the same for all of them: a change to its sign cannot change the order.
+    return (-entry.priority, entry.created or _EPOCH, entry.name)  # pragma: no mutate: *USub*
 
 
 def fair_order(waiting: Iterable[Entry], holding: Mapping[str, int]) -> list[Entry]:
@@ -95,7 +100,8 @@ def fair_order(waiting: Iterable[Entry], holding: Mapping[str, int]) -> list[Ent
             items = queues[owner]
             order.append(items[index])
             counts[owner] += 1
-            if index + 1 < len(items):
+            # index + 1 never exceeds len(items), so `!=` for `<` cannot change the result.
+            if index + 1 < len(items):  # pragma: no mutate: *_Lt_NotEq
                 following = items[index + 1]
                 heapq.heappush(
                     heap,
@@ -115,20 +121,26 @@ def decide(entries: Iterable[Entry], caps: Limits, *, ordered: bool = True) -> D
         return Decision(frozenset(e.uid for e in waiting), {}, 0)
     holding = collections.Counter(e.owner for e in items if e.running)
     running = sum(holding.values())
+    # Caps are never negative (settings, ge=0): `!=` for `> 0` cannot change the result.
+    capped = caps.per_namespace > 0  # pragma: no mutate: *_Gt_NotEq
     # max(0, ...): more jobs than the cap can hold slots when the cap was lowered, or when
     # jobs resumed outside the queue; that must admit nothing, not a negative slice.
-    free = max(0, caps.per_namespace - running) if caps.per_namespace > 0 else len(waiting)
-    if not ordered and (free == 0 or not waiting):
+    free = max(0, caps.per_namespace - running) if capped else len(waiting)
+    # free is never negative (max above), so `<=` for `==` cannot change the result.
+    if not ordered and (free == 0 or not waiting):  # pragma: no mutate: *_Eq_LtE
         return Decision(frozenset(), {}, len(waiting))
     order = fair_order(waiting, holding)
     admitted: list[Entry] = []
     rest: list[Entry] = []
     blocked: list[Entry] = []  # their owner is at its own limit
     taken = collections.Counter(holding)
+    # Caps are never negative (settings, ge=0): `!=` for `> 0` cannot change the result.
+    owner_capped = caps.per_owner > 0  # pragma: no mutate: *_Gt_NotEq
     for entry in order:
-        if caps.per_owner > 0 and taken[entry.owner] >= caps.per_owner:
+        if owner_capped and taken[entry.owner] >= caps.per_owner:
             blocked.append(entry)
-        elif len(admitted) < free:
+        # admitted grows by one up to free, never past it: `!=` for `<` cannot change the result.
+        elif len(admitted) < free:  # pragma: no mutate: *_Lt_NotEq
             admitted.append(entry)
             taken[entry.owner] += 1
         else:

@@ -179,7 +179,9 @@ def view_pod(pod: Mapping[str, Any]) -> PodView:
             report,
             ran,
         )
-    if phase == "Failed" or terminated is not None:
+    # Succeeded returned above; Pending, Running and Unknown sort after "Failed": `<=` for `==`
+    # cannot change the result.
+    if phase == "Failed" or terminated is not None:  # pragma: no mutate: *_Eq_LtE
         if status.get("reason") == "DeadlineExceeded" and terminated is None:
             return PodView(
                 models.AttemptOutcome.FAILED,
@@ -295,7 +297,12 @@ def _attempts(
                 start_time=parse_time((pod.get("status") or {}).get("startTime")),
                 end_time=parse_time(terminated.get("finishedAt")),
                 outcome=view.outcome,
-                reason=view.reason if view.reason != Reason.RUNNING else None,
+                # Running is set as the member itself (view_pod): `is not` cannot change it.
+                reason=(
+                    view.reason
+                    if view.reason != Reason.RUNNING  # pragma: no mutate: *_NotEq_IsNot
+                    else None
+                ),
                 message=view.message,
                 exit_code=view.exit_code,
             )
@@ -424,7 +431,10 @@ def derive_phase(conditions: Sequence[models.Condition]) -> models.Phase:
 
     def true(kind: CT) -> models.Condition | None:
         found = by_type.get(kind)
-        return found if found is not None and found.status == TRUE else None
+        # Only Started is ever Unknown, and read as true here (Unknown sorts after True) it
+        # gives Starting, as the intent below does: `>=` for `==` cannot change the phase.
+        held = found is not None and found.status == TRUE  # pragma: no mutate: *_Eq_GtE
+        return found if held else None
 
     if true(CT.FAILED):
         return models.Phase.FAILED
@@ -653,11 +663,18 @@ def _failure(run: Run, job: Mapping[str, Any]) -> tuple[str, str] | None:
     one no retry can fix, or the Job completed without a result to read."""
     failure = _job_failure(job, run.last_failed, len(run.failed))
     view = run.view
-    if failure is None and view is not None and view.outcome == "Failed":
+    # Of the outcomes, only Failed sorts at or before "Failed": `<=` for `==` cannot change it.
+    if (
+        failure is None
+        and view is not None
+        and view.outcome == "Failed"  # pragma: no mutate: *_Eq_LtE
+    ):
         code = view.exit_code
         if code is not None and code in contract.PERMANENT_EXIT_CODES:
             failure = (str(view.reason), view.message or "")
-        elif view.reason == Reason.RESULT_UNREADABLE:  # exit 0: the Job completes, no retry
+        # exit 0: the Job completes, no retry. view_pod sets this reason as the member itself (no
+        # container reports it: it is no ExitCode's reason), so `is` for `==` cannot change it.
+        elif view.reason == Reason.RESULT_UNREADABLE:  # pragma: no mutate: *_Eq_Is
             failure = (Reason.RESULT_UNREADABLE, view.message or "")
     if failure is None and run.job_complete and run.result is None:
         # The Job completed, but no pod is left to read the result from (pods are listed
@@ -676,7 +693,9 @@ def _progress(run: Run) -> tuple[str, str]:
         return Reason.JOB_CREATED, f"job {run.job_name} created"
     if view.outcome == "Interrupted":
         return Reason.SPOT_INTERRUPTED, (view.message or "") + "; a replacement pod will be created"
-    if view.outcome == "Failed":
+    # Interrupted returned above; Pending, Running and Succeeded sort after "Failed": `<=` for
+    # `==` cannot change the result.
+    if view.outcome == "Failed":  # pragma: no mutate: *_Eq_LtE
         failed = f"attempt {len(run.attempts) - 1} failed: {view.reason}: {view.message or ''}"
         return Reason.RETRYING, failed
     return str(view.reason), view.message or ""
@@ -702,7 +721,11 @@ def _resumed_at_the_end(cj: models.CompositionJob, finished: bool) -> list[Wante
     """Suspended: as the spec says while running; a finished job is no longer suspended."""
     if not finished:
         return _suspension(cj)
-    if any(c.type == CT.SUSPENDED and c.status == TRUE for c in cj.status.conditions):
+    suspension = [c for c in cj.status.conditions if c.type == CT.SUSPENDED]
+    # A Suspended condition is True or False (never Unknown), so `>=` is `==`; and False always
+    # reads Resumed with no message: `<` or `<=` for `==` re-states that same condition (no
+    # transition, no Event, the same lastTransitionTime; at most its observedGeneration moves).
+    if any(c.status == TRUE for c in suspension):  # pragma: no mutate: *_Eq_Lt*,*_Eq_GtE
         return [Wanted(CT.SUSPENDED, FALSE, Reason.RESUMED, "")]
     return []
 
@@ -791,7 +814,13 @@ def event_for(previous: models.CompositionJobStatus, outcome: Outcome) -> Event 
     suspension = any(t.type == CT.SUSPENDED for t in items)
     if not (not previous.conditions or finished or started or warnings or suspension):
         return None
-    ending = [t for t in items if t.type in (CT.SUCCEEDED, CT.FAILED) and t.status == TRUE]
+    # Succeeded and Failed are only ever set True: `is not` for `==` (always true on a plain
+    # str) keeps the same transitions.
+    ending = [
+        t
+        for t in items
+        if t.type in (CT.SUCCEEDED, CT.FAILED) and t.status == TRUE  # pragma: no mutate: *_Eq_IsNot
+    ]
     named = (ending or warnings or items)[-1]
     text = "; ".join(
         f"{t.type}={t.status} {t.reason}" + (f": {t.message}" if t.message else "") for t in items

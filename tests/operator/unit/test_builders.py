@@ -130,6 +130,18 @@ def test_spot_kueue_job_with_cache_and_endpoint(tmp_path: pathlib.Path) -> None:
     assert pod["activeDeadlineSeconds"] == 900
     assert spec["activeDeadlineSeconds"] == 300 + 900 * (1 + 1 + builders.INTERRUPTION_ALLOWANCE)
     assert pod["priorityClassName"] == "batch-high"
+    # On spot, a pod lost to an interruption must be replaced without spending a retry: the
+    # DisruptionTarget rule comes first, before the exit codes that fail the Job.
+    ignore, fail = spec["podFailurePolicy"]["rules"]
+    assert ignore == {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    }
+    assert (fail["action"], fail["onExitCodes"]["operator"]) == ("FailJob", "In")
+    assert fail["onExitCodes"]["values"] == sorted(contract.PERMANENT_EXIT_CODES)
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
     assert pod["serviceAccountName"] == "composer"
     terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
         "nodeSelectorTerms"
@@ -273,3 +285,44 @@ def test_the_job_deadline_leaves_room_for_spot_interruptions(tmp_path: pathlib.P
     assert pod_deadline == 600
     # One counted attempt plus the allowance of interrupted ones, after the start deadline.
     assert job["spec"]["activeDeadlineSeconds"] >= 60 + 600 * (1 + builders.INTERRUPTION_ALLOWANCE)
+
+
+def test_an_explicit_capacity_type_wins_over_the_profiles_default(tmp_path: pathlib.Path) -> None:
+    # The smoke profile defaults to on-demand; only an ask of "any" takes that default.
+    config = make_settings(tmp_path)
+    smoke = config.profiles["smoke"]
+    spot = builders.build_job(make_cj(execution={"capacityType": "spot"}), smoke, config, 0, 1)
+    terms = spot["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]["nodeSelectorTerms"]
+    assert [t["matchExpressions"][0]["values"] for t in terms] == [["spot"], ["SPOT"]]
+    assert builders.inference_capacity("on-demand", smoke) == "on-demand"
+    assert builders.inference_capacity("any", smoke) == "on-demand"
+    assert builders.inference_capacity("any", config.profiles["instantid-sdxl"]) == "any"
+
+
+def test_the_job_deadline_counts_every_retry(tmp_path: pathlib.Path) -> None:
+    # backoffLimit 4: 1 + 4 counted attempts and the interruption allowance, after the start
+    # deadline (a limit whose bits overlap the allowance's, so `|` or `^` for `+` would show).
+    cj = make_cj(
+        execution={"backoffLimit": 4, "startDeadlineSeconds": 60, "activeDeadlineSeconds": 600}
+    )
+    config = make_settings(tmp_path)
+    job = builders.build_job(cj, config.profiles["instantid-sdxl"], config, 0, 1)
+    allowance = builders.INTERRUPTION_ALLOWANCE
+    assert job["spec"]["activeDeadlineSeconds"] == 60 + 600 * (4 + 1 + allowance)
+
+
+def test_a_derived_seed_spans_32_bits() -> None:
+    # A derived seed takes 4 bytes of the uid's digest: over 64 uids, one at least reaches past
+    # 24 bits (each misses with odds 1/256), and none reaches 32.
+    seeds = [
+        builders.choose_seed(
+            make_cj(params={}).model_copy(
+                update={"metadata": make_cj().metadata.model_copy(update={"uid": f"uid-{i}"})}
+            )
+        )
+        for i in range(64)
+    ]
+    assert max(seeds) >= 2**24
+    assert all(0 <= seed < 2**32 for seed in seeds)

@@ -3,7 +3,10 @@ jobs holding slots than its cap (lowered cap, or jobs resumed outside the queue)
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+
+import pytest
 
 from compose_operator import queueing
 
@@ -105,6 +108,10 @@ def test_more_running_than_the_cap_admits_nothing() -> None:
     assert decision.admitted == frozenset()
     assert decision.positions == {"wait-0": 1, "wait-1": 2}
     assert decision.depth == 2
+    # Asked only for admissions (a freed slot), it stops before ordering, as when exactly full:
+    # the slots over the cap are no negative number of free ones.
+    admissions = queueing.decide(entries, queueing.Limits(per_namespace=2), ordered=False)
+    assert (admissions.admitted, admissions.positions, admissions.depth) == (frozenset(), {}, 2)
 
 
 def test_the_order_is_linear_in_work_not_quadratic() -> None:
@@ -123,3 +130,84 @@ def test_admissions_alone_cost_no_ordering_when_the_namespace_is_full() -> None:
     assert (full.admitted, full.positions, full.depth) == (frozenset(), {}, 1)
     free = queueing.decide(entries, queueing.Limits(per_namespace=2), ordered=False)
     assert free.admitted == {"wait"}
+
+
+@pytest.mark.parametrize(
+    ("jobs", "expected"),
+    [
+        # Each owner's next job competes by its own creation time, not by that of the job
+        # before it or of the first one.
+        (
+            [("a0", "alice", 0), ("a1", "alice", 10), ("a2", "alice", 11),
+             ("b0", "bob", 1), ("b1", "bob", 2), ("b2", "bob", 12)],
+            ["a0", "b0", "b1", "a1", "a2", "b2"],
+        ),
+        (
+            [("a0", "alice", 0), ("a1", "alice", 10), ("a2", "alice", 13),
+             ("b0", "bob", 1), ("b1", "bob", 2), ("b2", "bob", 12)],
+            ["a0", "b0", "b1", "a1", "b2", "a2"],
+        ),
+        # The first jobs compete by creation time, not by name, nor by a later job's time.
+        ([("a-late", "alice", 5), ("b-early", "bob", 1)], ["b-early", "a-late"]),
+        ([("a0", "alice", 0), ("a1", "alice", 20), ("b0", "bob", 1)], ["a0", "b0", "a1"]),
+    ],
+)  # fmt: skip
+def test_between_owners_with_equal_shares_the_older_next_job_goes_first(
+    jobs: list[tuple[str, str, int]], expected: list[str]
+) -> None:
+    entries = [entry(name, owner, second=second) for name, owner, second in jobs]
+    assert [e.name for e in queueing.fair_order(entries, {})] == expected
+
+
+def test_each_job_picked_counts_once_against_its_owners_share() -> None:
+    # alice holds one slot; bob's first pick brings him level with her, and his next job,
+    # older than hers, goes before it.
+    entries = [entry("a0", "alice", second=5), entry("b0", "bob", second=1),
+               entry("b1", "bob", second=2)]  # fmt: skip
+    ordered = [e.name for e in queueing.fair_order(entries, {"alice": 1})]
+    assert ordered == ["b0", "b1", "a0"]
+
+
+def test_an_owner_over_its_limit_is_admitted_nothing() -> None:
+    # The per-owner limit was lowered to 2 while alice ran 3: she stays over it, not at it.
+    entries = [entry(f"run-{i}", "alice", running=True) for i in range(3)]
+    entries += [entry("a-wait", "alice", second=1), entry("b-wait", "bob", second=2)]
+    decision = queueing.decide(entries, queueing.Limits(per_namespace=10, per_owner=2))
+    assert decision.admitted == {"b-wait"}
+    assert decision.positions == {"a-wait": 1}
+
+
+def test_a_job_that_neither_runs_nor_waits_is_not_queued() -> None:
+    # Suspended by its user: it holds no slot and wants none.
+    paused = dataclasses.replace(entry("paused", "alice"), waiting=False)
+    decision = queueing.decide(
+        [paused, entry("x", "bob", running=True), entry("y", "bob", second=1)],
+        queueing.Limits(per_namespace=1),
+    )
+    assert (decision.admitted, decision.positions, decision.depth) == (frozenset(), {"y": 1}, 1)
+    free = queueing.decide([paused], queueing.Limits(per_namespace=1))
+    assert (free.admitted, free.positions, free.depth) == (frozenset(), {}, 0)
+
+
+def test_no_caps_is_the_default_and_means_none() -> None:
+    none = queueing.Limits()
+    assert (none.per_namespace, none.per_owner) == (0, 0)
+    assert none.any is False
+    assert queueing.Limits(per_namespace=1).any is True
+    assert queueing.Limits(per_owner=1).any is True
+
+
+def test_the_queues_values_cannot_change_under_their_readers() -> None:
+    decision = queueing.decide([entry("x", "alice")], queueing.Limits(per_namespace=1))
+    for value in (entry("x", "alice"), queueing.Limits(), decision):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            value.__setattr__("uid", "other")
+
+
+def test_a_cap_and_a_queue_past_the_small_integers_count_exactly() -> None:
+    # 310 jobs of one owner under a cap of 300: past 256, where Python's int identity no longer
+    # follows equality, the counts must still be compared by value.
+    entries = [entry(f"j{i:03d}", "alice", second=i) for i in range(310)]
+    decision = queueing.decide(entries, queueing.Limits(per_namespace=300))
+    assert decision.admitted == {f"j{i:03d}" for i in range(300)}
+    assert order(decision) == [f"j{i:03d}" for i in range(300, 310)]

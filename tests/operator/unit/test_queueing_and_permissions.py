@@ -51,6 +51,7 @@ def test_no_cap_admits_everything() -> None:
     )
     assert decision.admitted == {"uid-y", "uid-z"}
     assert decision.positions == {}
+    assert decision.depth == 0
 
 
 def _cj(name: str, *, suspend: bool = False) -> dict[str, object]:
