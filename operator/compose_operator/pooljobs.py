@@ -177,7 +177,15 @@ def failures(attempts: Sequence[models.Attempt]) -> int:
 
 
 def interruptions(attempts: Sequence[models.Attempt]) -> int:
-    return sum(1 for item in attempts if item.outcome == models.AttemptOutcome.INTERRUPTED)
+    """Attempts a disruption ended (spot, eviction, node loss). A suspension the user asked
+    for ends its attempt Interrupted too, but is never held against the job (as in Job mode,
+    where the Job controller does not count the pods a suspension deletes)."""
+    return sum(
+        1
+        for item in attempts
+        if item.outcome == models.AttemptOutcome.INTERRUPTED
+        and item.reason != Reason.SUSPENDED_BY_USER
+    )
 
 
 # -- outcomes ---------------------------------------------------------------------------------

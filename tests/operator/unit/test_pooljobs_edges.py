@@ -223,6 +223,32 @@ def test_only_interrupted_attempts_count_as_interruptions() -> None:
     assert pooljobs.failures(attempts) == 1
 
 
+def test_suspensions_are_not_interruptions(config: settings.OperatorSettings) -> None:
+    """A job suspended and resumed more often than any allowance still runs: the attempts its
+    suspensions ended are the user's doing, not disruptions."""
+    limit = 0
+    many = builders.INTERRUPTION_ALLOWANCE + limit + 3
+    suspended = [
+        attempt(i, Outcome.INTERRUPTED, start_time=at(i), reason="SuspendedByUser")
+        for i in range(many)
+    ]
+    assert pooljobs.interruptions(suspended) == 0
+    cj = _assign(config, with_attempts(pool_cj(backoffLimit=limit), *suspended), many, 100)
+    assignment = cj.status.assignment
+    assert assignment is not None
+    accepted = report(
+        101,
+        attempt=assignment.attempt,
+        worker=assignment.worker,
+        worker_instance=assignment.worker_instance,
+    )
+    gone = pooljobs.worker_gone(
+        cj, assignment, accepted, seed=42, why="worker lost", disrupted="spot",
+        nodes={}, now=at(102),
+    )  # fmt: skip
+    assert gone.status.phase == models.Phase.STARTING  # one real interruption: retried
+
+
 def test_the_queue_time_is_kept_to_the_millisecond_and_never_negative() -> None:
     cj = pool_cj()  # created at 0 s
     given = pooljobs.assigned(cj, OFFER, seed=42, bucket="b", key_prefix="p/", now=at(0.23456))
