@@ -29,6 +29,7 @@ from tests.inference.io.conftest import HttpServer
 from tests.operator.operator_process import OperatorProcess
 from tests.support import control_plane as cp
 from tests.support import pool_inputs, s3
+from tests.support.cluster_fixtures import GPU_NODES
 from tests.support.pool_inputs import Gate
 from tests.support.worker_kubelet import WorkerKubelet, node_env, worker_command
 
@@ -174,6 +175,17 @@ class Scene:
         )
         return pods
 
+    async def gpus_free(self) -> bool:
+        """No pod of any namespace holds a GPU node's GPU (not finished, bound to one)."""
+        pods, _ = await self.client.list(kube.path("v1", "pods"))
+        gpu_nodes = {name for name, _, _ in GPU_NODES}
+        return not [
+            pod
+            for pod in pods
+            if pod["spec"].get("nodeName") in gpu_nodes
+            and pod["status"].get("phase") not in ("Succeeded", "Failed")
+        ]
+
     def result_keys(self, bucket: str) -> list[str]:
         """The result objects (the reuse index beside them left out)."""
         listing = self.s3.client().list_objects_v2(Bucket=bucket)
@@ -235,7 +247,12 @@ def attempts(job: Obj) -> list[tuple[str, str | None]]:
 async def test_thirty_jobs_each_run_once_on_warm_workers_that_load_once(
     scene: Scene, results: str
 ) -> None:
-    await scene.create_pool(minReplicas=0, maxReplicas=3, scaleToZeroAfterSeconds=60)
+    # The pool's maximum is the cluster's three GPUs: pods of earlier tests whose namespaces are
+    # still going away must have let go of them first.
+    await scene.until(scene.gpus_free, what="every GPU node free", timeout=120)
+    # Held at its size long after the demand: the third worker may still be loading when two
+    # warm ones have run all 30 jobs (scaling back to zero has a test of its own).
+    await scene.create_pool(minReplicas=0, maxReplicas=3, scaleToZeroAfterSeconds=600)
     names = [f"look-{index:02d}" for index in range(30)]
     for name in names:
         await scene.create_job(name)
@@ -268,11 +285,20 @@ async def test_thirty_jobs_each_run_once_on_warm_workers_that_load_once(
     assert all(c.starts == 1 for c in scene.kubelet.containers.values())
 
     # The demand of 30 jobs scaled the pool to its maximum, whose workers all came up.
-    async def all_ready() -> bool:
-        found = (await scene.pool())["status"]
-        return found["desiredReplicas"] == 3 and found["readyWorkers"] == 3
+    seen: dict[str, Any] = {}
 
-    await scene.until(all_ready, what="three ready workers", timeout=60)
+    async def all_ready() -> bool:
+        seen["status"] = (await scene.pool())["status"]
+        seen["pods"] = [
+            (pod["metadata"]["name"], pod["spec"].get("nodeName"), pod["status"].get("phase"))
+            for pod in await scene.workers()
+        ]
+        return bool(seen["status"]["desiredReplicas"] == 3 and seen["status"]["readyWorkers"] == 3)
+
+    try:
+        await scene.until(all_ready, what="three ready workers", timeout=180)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; the pool's status and pods: {seen}") from None
 
 
 async def test_a_worker_killed_mid_job_hands_the_job_to_another(
