@@ -180,6 +180,23 @@ def test_success_without_a_result_fails_at_once(config: settings.OperatorSetting
     assert conditions(cj)["Failed"] == ("True", "ResultUnreadable")
 
 
+def _spot_lost(config: settings.OperatorSettings, cj: models.CompositionJob) -> pooljobs.Outcome:
+    """The job's next attempt assigned, accepted, and its worker's spot node taken away."""
+    cj = _assign(config, cj, len(cj.status.attempts), 100)
+    assignment = cj.status.assignment
+    assert assignment is not None
+    accepted = report(
+        101,
+        attempt=assignment.attempt,
+        worker=assignment.worker,
+        worker_instance=assignment.worker_instance,
+    )
+    return pooljobs.worker_gone(
+        cj, assignment, accepted, seed=42, why="worker lost", disrupted="spot",
+        nodes={}, now=at(102),
+    )  # fmt: skip
+
+
 def test_interruptions_past_the_allowance_fail_the_job(config: settings.OperatorSettings) -> None:
     limit = 1  # backoffLimit: 1 + INTERRUPTION_ALLOWANCE interruptions are absorbed
     absorbed = builders.INTERRUPTION_ALLOWANCE + limit
@@ -189,20 +206,7 @@ def test_interruptions_past_the_allowance_fail_the_job(config: settings.Operator
             attempt(i, Outcome.INTERRUPTED, start_time=at(i), reason="SpotInterrupted")
             for i in range(count - 1)
         ]
-        cj = with_attempts(pool_cj(backoffLimit=limit), *earlier)
-        cj = _assign(config, cj, count - 1, 100)
-        assignment = cj.status.assignment
-        assert assignment is not None
-        accepted = report(
-            101,
-            attempt=assignment.attempt,
-            worker=assignment.worker,
-            worker_instance=assignment.worker_instance,
-        )
-        return pooljobs.worker_gone(
-            cj, assignment, accepted, seed=42, why="worker lost", disrupted="spot",
-            nodes={}, now=at(102),
-        )  # fmt: skip
+        return _spot_lost(config, with_attempts(pool_cj(backoffLimit=limit), *earlier))
 
     kept = interrupted(absorbed)
     assert kept.status.phase == models.Phase.STARTING
@@ -233,19 +237,7 @@ def test_suspensions_are_not_interruptions(config: settings.OperatorSettings) ->
         for i in range(many)
     ]
     assert pooljobs.interruptions(suspended) == 0
-    cj = _assign(config, with_attempts(pool_cj(backoffLimit=limit), *suspended), many, 100)
-    assignment = cj.status.assignment
-    assert assignment is not None
-    accepted = report(
-        101,
-        attempt=assignment.attempt,
-        worker=assignment.worker,
-        worker_instance=assignment.worker_instance,
-    )
-    gone = pooljobs.worker_gone(
-        cj, assignment, accepted, seed=42, why="worker lost", disrupted="spot",
-        nodes={}, now=at(102),
-    )  # fmt: skip
+    gone = _spot_lost(config, with_attempts(pool_cj(backoffLimit=limit), *suspended))
     assert gone.status.phase == models.Phase.STARTING  # one real interruption: retried
 
 
