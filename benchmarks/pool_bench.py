@@ -103,6 +103,23 @@ class Mode:
         jobs = len(self.total) + self.failed
         return sum(self.requests[c] for c in components) / jobs if jobs else 0.0
 
+    def record(self, name: str, obj: Obj, seconds: float) -> bool:
+        """One finished job, ``seconds`` from its create to a watch showing its end: counted
+        failed, or its time split into generation, overhead and what happened outside the
+        run (the hand-off, the API round trips, and in Job mode the pod and process start)."""
+        status = obj.get("status") or {}
+        if status.get("phase") != "Succeeded":
+            self.failed += 1
+            print(f"  {name}: {status.get('phase')}: {status.get('message')}", file=sys.stderr)
+            return False
+        timings = status.get("timings") or {}
+        generate = float(timings.get("inference") or 0) + float(timings.get("refine") or 0)
+        self.total.append(seconds)
+        self.generate.append(generate)
+        self.overhead.append(seconds - generate)
+        self.orchestration.append(seconds - float(timings.get("total") or 0))
+        return True
+
 
 def percentile(values: Sequence[float], pct: float) -> float:
     ordered = sorted(values)
@@ -292,20 +309,7 @@ async def drive(
             await client.create(path, job_body(name, photos, pool=pool))
             await seen.setdefault(name, asyncio.Event()).wait()
         finished, obj = done[name]
-        status = obj.get("status") or {}
-        if status.get("phase") != "Succeeded":
-            mode.failed += 1
-            print(f"  {name}: {status.get('phase')}: {status.get('message')}", file=sys.stderr)
-            return
-        timings = status.get("timings") or {}
-        generate = float(timings.get("inference") or 0) + float(timings.get("refine") or 0)
-        total = finished - started
-        mode.total.append(total)
-        mode.generate.append(generate)
-        mode.overhead.append(total - generate)
-        # Outside the run itself (the inference process's or worker's own stages): the
-        # hand-off, the API round trips, and in Job mode the pod and process start.
-        mode.orchestration.append(total - float(timings.get("total") or 0))
+        mode.record(name, obj, finished - started)
 
     try:
         await asyncio.gather(*(one(index) for index in range(jobs)))
@@ -334,18 +338,7 @@ async def drive_pairs(
         await client.create(path, job_body(name, photos, pool=pool, seed=seed))
         await seen.setdefault(name, asyncio.Event()).wait()
         finished, obj = done[name]
-        status = obj.get("status") or {}
-        if status.get("phase") != "Succeeded":
-            mode.failed += 1
-            print(f"  {name}: {status.get('phase')}: {status.get('message')}", file=sys.stderr)
-            return None
-        timings = status.get("timings") or {}
-        generate = float(timings.get("inference") or 0) + float(timings.get("refine") or 0)
-        mode.total.append(finished - started)
-        mode.generate.append(generate)
-        mode.overhead.append(finished - started - generate)
-        mode.orchestration.append(finished - started - float(timings.get("total") or 0))
-        return obj
+        return obj if mode.record(name, obj, finished - started) else None
 
     async def pair(index: int) -> None:
         nonlocal reused

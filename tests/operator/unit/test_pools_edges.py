@@ -207,7 +207,8 @@ def test_a_pools_status_is_read_from_its_body() -> None:
     assert kept.deleting is False  # only a deletionTimestamp says so
 
 
-def test_an_idle_worker_read_from_the_api_is_counted_idle() -> None:
+def _counted_from_the_api(state: str) -> pools.Workers:
+    """One worker's Lease in ``state``, as the API server answers it, counted a second later."""
     body = protocol.lease_body(
         pool="interactive",
         namespace="studio",
@@ -216,11 +217,15 @@ def test_an_idle_worker_read_from_the_api_is_counted_idle() -> None:
         instance="run-1",
         lease_seconds=15,
         now=at(0),
-        state=protocol.STATE_READY,
+        state=state,
     )
     found = protocol.view_lease(from_api(body))
     assert found is not None
-    workers = pools.count_workers([found], set(), at(1))
+    return pools.count_workers([found], set(), at(1))
+
+
+def test_an_idle_worker_read_from_the_api_is_counted_idle() -> None:
+    workers = _counted_from_the_api(protocol.STATE_READY)
     assert (workers.ready, workers.idle, workers.busy) == (1, 1, 0)
 
 
@@ -289,19 +294,7 @@ def test_a_worker_with_its_containers_ready_is_not_disrupted() -> None:
 
 
 def test_a_draining_worker_read_from_the_api_is_counted_draining() -> None:
-    body = protocol.lease_body(
-        pool="interactive",
-        namespace="studio",
-        pod="w0",
-        pod_uid="u",
-        instance="run-1",
-        lease_seconds=15,
-        now=at(0),
-        state=protocol.STATE_DRAINING,
-    )
-    found = protocol.view_lease(from_api(body))
-    assert found is not None
-    workers = pools.count_workers([found], set(), at(1))
+    workers = _counted_from_the_api(protocol.STATE_DRAINING)
     assert (workers.ready, workers.draining, workers.idle) == (1, 1, 0)
 
 
