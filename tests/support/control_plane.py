@@ -645,15 +645,12 @@ class ControlPlane:
                 "annotations": {"kwok.x-k8s.io/node": "fake"},
             },
             "spec": {"taints": [dict(t) for t in taints]},
+            # With the status in the create (nodes take it there): kwok's first status patch
+            # copies the capacity it reads, and a node created bare and patched a moment later
+            # could have it copy none, leaving the scheduler a node that fits no pod.
+            "status": {"capacity": dict(capacity), "allocatable": dict(capacity)},
         }
-        self.request("POST", "/api/v1/nodes", body)
-        status = {"status": {"capacity": dict(capacity), "allocatable": dict(capacity)}}
-        created: Obj = self.request(
-            "PATCH",
-            f"/api/v1/nodes/{name}/status",
-            status,
-            content_type="application/merge-patch+json",
-        )
+        created: Obj = self.request("POST", "/api/v1/nodes", body)
         return created
 
     # -- lifecycle ----------------------------------------------------------------------------

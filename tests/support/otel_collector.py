@@ -85,11 +85,13 @@ class Collector:
     process: subprocess.Popen[bytes]
 
     def spans(self) -> list[Span]:
-        """Every span received so far."""
+        """Every span received so far (a line the collector is still writing is left for later)."""
         if not self.output.exists():
             return []
         found = []
-        for line in self.output.read_text().splitlines():
+        text = self.output.read_text()
+        complete = text[: text.rfind("\n") + 1]
+        for line in complete.splitlines():
             if not line.strip():
                 continue
             for resource_spans in json.loads(line).get("resourceSpans", []):
