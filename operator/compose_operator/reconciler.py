@@ -18,6 +18,7 @@ errors, lost events and queue positions that have moved.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import logging
@@ -52,6 +53,9 @@ Clock = Callable[[], datetime.datetime]
 # Plans in one reconcile (each may ask for one thing first: a fresh list, the pod wait).
 _MAX_PLANS = 4
 EVENT_POSTERS = 4  # Events in flight at once
+# An Event waits while reconciles are pending (a burst of new jobs), at most this long: the API
+# server's time goes to the Job creates and status writes first. The Event keeps its time.
+EVENT_DEFER_SECONDS = 10.0
 
 
 def utcnow() -> datetime.datetime:
@@ -88,6 +92,9 @@ class Reconciler:
         # Events are posted a few at a time, so that a burst of them does not take the
         # connections the Job creates and status writes need.
         self._posting = asyncio.Semaphore(EVENT_POSTERS)
+        self._active = 0  # reconciles running now
+        self._quiet = asyncio.Event()  # set while no reconcile runs or waits to
+        self._quiet.set()
         # With peering: a live peer outranks this instance, which then only keeps its view.
         self.paused = False
         self.pools = pool_reconciler.PoolReconciler(self)
@@ -100,6 +107,7 @@ class Reconciler:
         if uid in self._poked:
             return
         self._poked.add(uid)
+        self._quiet.clear()
         self._spawn(uid)
 
     def set_paused(self, paused: bool) -> None:
@@ -119,21 +127,31 @@ class Reconciler:
     async def reconcile(self, uid: str) -> None:
         """Bring one CompositionJob's children and status in line; errors are counted, and the
         sweep tries again."""
-        async with self.inventory.lock(uid):
-            self._poked.discard(uid)  # events from here on need a reconcile of their own
-            body = self.inventory.body(uid)
-            if self.paused or body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
-                return
-            try:
-                await self._reconcile(uid, body)
-            except Exception as error:
-                self._failed.add(uid)
-                self.metrics.reconcile_errors.labels(type(error).__name__).inc()
-                logger.exception("reconciling %s failed", _ref(body))
-            else:
-                self._failed.discard(uid)
-            finally:
-                self._return_offer(uid, str((body.get("metadata") or {}).get("namespace") or ""))
+        self._active += 1
+        self._quiet.clear()
+        try:
+            async with self.inventory.lock(uid):
+                self._poked.discard(uid)  # events from here on need a reconcile of their own
+                await self._reconcile_locked(uid)
+        finally:
+            self._active -= 1
+            if not self._active and not self._poked:
+                self._quiet.set()
+
+    async def _reconcile_locked(self, uid: str) -> None:
+        body = self.inventory.body(uid)
+        if self.paused or body is None or (body.get("metadata") or {}).get("deletionTimestamp"):
+            return
+        try:
+            await self._reconcile(uid, body)
+        except Exception as error:
+            self._failed.add(uid)
+            self.metrics.reconcile_errors.labels(type(error).__name__).inc()
+            logger.exception("reconciling %s failed", _ref(body))
+        else:
+            self._failed.discard(uid)
+        finally:
+            self._return_offer(uid, str((body.get("metadata") or {}).get("namespace") or ""))
 
     def _return_offer(self, uid: str, namespace: str) -> None:
         """A worker reserved for the job and not assigned to it goes back to its pool."""
@@ -475,8 +493,12 @@ class Reconciler:
     async def _post_event(
         self, body: Mapping[str, Any], event: status.Event, at: datetime.datetime
     ) -> None:
-        """Post one Event; a failure is logged and counted, and loses nothing else."""
+        """Post one Event once no reconcile is pending (or after ``EVENT_DEFER_SECONDS``); a
+        failure is logged and counted, and loses nothing else."""
         try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(EVENT_DEFER_SECONDS):
+                    await self._quiet.wait()
             async with self._posting:
                 await self.client.post_event(
                     body, type=event.type, reason=event.reason, message=event.message, now=at
