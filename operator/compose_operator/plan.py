@@ -220,16 +220,19 @@ def _position_only(observed: Observed, outcome: status.Outcome, settings: Operat
     written until ``queue_position_refresh_seconds`` have passed since its last write."""
     previous = observed.previous
     # A change of phase is a change of some condition (derive_phase), so a transition, which
-    # returns False below: `<` or `>` for either `!=` cannot change the result.
+    # returns False below: `<` or `>` for either `!=` cannot change the result, nor can `is`
+    # (a phase is the enum's plain string value, never the member itself: `is` is always
+    # False, which leaves the other test, and the transitions catch the rest).
     if (
-        previous.phase != models.Phase.QUEUED  # pragma: no mutate: *_NotEq_[GL]t
-        or outcome.status.phase != models.Phase.QUEUED  # pragma: no mutate: *_NotEq_[GL]t
+        previous.phase != models.Phase.QUEUED  # pragma: no mutate: *_NotEq_[GLI][ts]
+        or outcome.status.phase != models.Phase.QUEUED  # pragma: no mutate: *_NotEq_[GLI][ts]
     ):
         return False
     if outcome.transitions or previous.queue_position is None:
         return False
     refresh = settings.queue_position_refresh_seconds
-    if refresh <= 0:
+    # The settings refuse a negative refresh (ge=0): `==` for `<=` cannot change the result.
+    if refresh <= 0:  # pragma: no mutate: *_LtE_Eq
         return True
     since = observed.since_last_write
     return since is not None and since < refresh
@@ -251,15 +254,17 @@ def _coalesce_wait(
         window = max(window, settings.starting_progress_seconds)
     since = observed.since_last_write
     # The window is never negative (settings), and at 0 the wait below is never positive:
-    # `<` for `<=` cannot change the result.
+    # `<` or `==` for `<=` cannot change the result.
     if (
-        window <= 0  # pragma: no mutate: *_LtE_Lt
+        window <= 0  # pragma: no mutate: *_LtE_Lt, *_LtE_Eq
         or since is None
         or outcome.terminal
         # A stopped Job's outcome is terminal, and a terminal outcome is a change of phase (a
         # terminal status is never planned again): `and` for this `or` cannot change the result.
         or outcome.stop_job  # pragma: no mutate: ReplaceOrWithAnd
-        or outcome.status.phase != observed.previous.phase
+        # Phases are validated into the enum's own value strings (use_enum_values), so equal
+        # phases are one object: `is not` for `!=` cannot change the result.
+        or outcome.status.phase != observed.previous.phase  # pragma: no mutate: *_NotEq_IsNot
         or any(t.warning for t in outcome.transitions)
     ):
         return None

@@ -160,7 +160,10 @@ def view_pod(pod: Mapping[str, Any]) -> PodView:
     # A pod that finished its work succeeded, even when a drain raced its completion and marked
     # it as a disruption target: its result is in the termination message. Exit 0 without a
     # result that can be read is a failure of its own: success means a result to hand out.
-    if phase == "Succeeded" or (terminated is not None and exit_code == 0):
+    # Exit codes are never negative (0-255, 128+n for a signal): `<=` for the second `==`
+    # cannot change the result.
+    exited_zero = terminated is not None and exit_code == 0  # pragma: no mutate: *_Eq_LtE
+    if phase == "Succeeded" or exited_zero:
         problem = unreadable_result(terminated)
         if problem is not None:
             return PodView(
@@ -210,10 +213,14 @@ def view_pod(pod: Mapping[str, Any]) -> PodView:
             models.AttemptOutcome.PENDING, Reason.IMAGE_PULL_BACK_OFF, message, None, None, False
         )
     scheduled = _condition(pod, "PodScheduled")
+    # A condition's status is True, False or Unknown, and only "False" sorts at or before
+    # "False": `<=` for `==` cannot change the result. The scheduler gives the reason
+    # Unschedulable only with False, and no reason of PodScheduled sorts after it: `>=` for
+    # either `==` cannot change the result either.
     if (
         scheduled is not None
-        and scheduled.get("status") == "False"
-        and scheduled.get("reason") == "Unschedulable"
+        and scheduled.get("status") == "False"  # pragma: no mutate: *_Eq_[GL]tE
+        and scheduled.get("reason") == "Unschedulable"  # pragma: no mutate: *_Eq_GtE
     ):
         detail = scheduled.get("message") or ""
         message = "no GPU capacity" + (f": {detail}" if detail else "")
@@ -456,7 +463,9 @@ def intent(conditions: Sequence[models.Condition]) -> models.Condition | None:
     """The record written just before the Job is created (Started=Unknown, JobCreated): its
     lastTransitionTime is no later than the Job's creation. None once the Job is known."""
     for item in conditions:
-        if item.type == CT.STARTED and item.status == UNKNOWN:
+        # No condition status sorts after Unknown: `>=` for the second `==` cannot change it.
+        unknown = item.status == UNKNOWN  # pragma: no mutate: *_Eq_GtE
+        if item.type == CT.STARTED and unknown:
             return item
     return None
 
@@ -487,9 +496,11 @@ def finish(
     phase = derive_phase(conditions)
     # The message of the most telling condition that holds, else of one in progress (Unknown:
     # a Job being created, a worker being waited for).
+    # No condition status sorts after Unknown: `>=` for `==` cannot change the result.
+    unknown = [c for c in conditions if c.status == UNKNOWN]  # pragma: no mutate: *_Eq_GtE
     message = next(
         (c.message for c in reversed(conditions) if c.status == TRUE and c.message),
-        next((c.message for c in reversed(conditions) if c.status == UNKNOWN and c.message), None),
+        next((c.message for c in reversed(unknown) if c.message), None),
     )
     values = previous.model_dump()
     values.update(
@@ -562,7 +573,8 @@ def _waiting_for_capacity(cj: models.CompositionJob, queue: Queue) -> Wanted:
 def _suspension(cj: models.CompositionJob) -> list[Wanted]:
     if cj.spec.suspend:
         return [Wanted(CT.SUSPENDED, TRUE, Reason.SUSPENDED_BY_USER, "suspended by spec.suspend")]
-    if any(c.type == CT.SUSPENDED for c in cj.status.conditions):
+    # No condition type sorts after Suspended: `>=` for `==` cannot change the result.
+    if any(c.type == CT.SUSPENDED for c in cj.status.conditions):  # pragma: no mutate: *_Eq_GtE
         return [Wanted(CT.SUSPENDED, FALSE, Reason.RESUMED, "")]
     return []
 
@@ -617,7 +629,9 @@ def read_run(
             )
             if began is not None:
                 start_time = began if start_time is None else min(start_time, began)
-    success = next((v for v in reversed(views) if v.outcome == "Succeeded"), None)
+    # No attempt outcome sorts after Succeeded: `>=` for `==` cannot change the result.
+    succeeded = [v for v in views if v.outcome == "Succeeded"]  # pragma: no mutate: *_Eq_GtE
+    success = succeeded[-1] if succeeded else None
     result = previous.result
     found = success.report.result if success is not None and success.report else None
     if found is not None:
@@ -631,7 +645,9 @@ def read_run(
         attempts=_attempts(previous.attempts, job_name, own_pods, nodes),
         latest=own_pods[-1] if own_pods else None,
         view=views[-1] if views else None,
-        failed=[v for v in views if v.outcome == "Failed"],
+        # Pending, Running, Succeeded and Interrupted sort after "Failed": `<=` for `==`
+        # cannot change the result.
+        failed=[v for v in views if v.outcome == "Failed"],  # pragma: no mutate: *_Eq_LtE
         success=success,
         start_time=start_time,
         result=result,
@@ -721,7 +737,9 @@ def _resumed_at_the_end(cj: models.CompositionJob, finished: bool) -> list[Wante
     """Suspended: as the spec says while running; a finished job is no longer suspended."""
     if not finished:
         return _suspension(cj)
-    suspension = [c for c in cj.status.conditions if c.type == CT.SUSPENDED]
+    # No condition type sorts after Suspended: `>=` for `==` cannot change the result.
+    held = cj.status.conditions
+    suspension = [c for c in held if c.type == CT.SUSPENDED]  # pragma: no mutate: *_Eq_GtE
     # A Suspended condition is True or False (never Unknown), so `>=` is `==`; and False always
     # reads Resumed with no message: `<` or `<=` for `==` re-states that same condition (no
     # transition, no Event, the same lastTransitionTime; at most its observedGeneration moves).
@@ -811,15 +829,17 @@ def event_for(previous: models.CompositionJobStatus, outcome: Outcome) -> Event 
     finished = outcome.terminal and previous.phase not in models.TERMINAL_PHASES
     started = phase == models.Phase.RUNNING and previous.phase != models.Phase.RUNNING
     warnings = [t for t in items if t.warning]
-    suspension = any(t.type == CT.SUSPENDED for t in items)
+    # No condition type sorts after Suspended: `>=` for `==` cannot change the result.
+    suspension = any(t.type == CT.SUSPENDED for t in items)  # pragma: no mutate: *_Eq_GtE
     if not (not previous.conditions or finished or started or warnings or suspension):
         return None
     # Succeeded and Failed are only ever set True: `is not` for `==` (always true on a plain
-    # str) keeps the same transitions.
+    # str), `<=` (True or False) or `>=` (True or Unknown) keeps the same transitions.
     ending = [
         t
         for t in items
-        if t.type in (CT.SUCCEEDED, CT.FAILED) and t.status == TRUE  # pragma: no mutate: *_Eq_IsNot
+        if t.type in (CT.SUCCEEDED, CT.FAILED)
+        and t.status == TRUE  # pragma: no mutate: *_Eq_IsNot, *_Eq_[GL]tE
     ]
     named = (ending or warnings or items)[-1]
     text = "; ".join(

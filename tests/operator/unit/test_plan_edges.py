@@ -420,3 +420,108 @@ def test_a_job_that_ended_without_pods_in_the_watch_is_listed_first(
     (write,) = plan.plan(seen(cj, jobs=(expired,), listed=True), at(700), config).actions
     assert isinstance(write, plan.WriteStatus)
     assert write.outcome.status.phase == models.Phase.FAILED
+
+
+# -- found by the full mutation run of plan.py ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "normal"),
+    [
+        (models.Phase.STARTING, models.Phase.STARTING, True),
+        (models.Phase.QUEUED, models.Phase.STARTING, False),
+        (models.Phase.STARTING, models.Phase.RUNNING, False),
+        (models.Phase.STARTING, models.Phase.SUSPENDED, False),
+        (models.Phase.RUNNING, models.Phase.RUNNING, False),
+        (models.Phase.QUEUED, models.Phase.QUEUED, False),
+        (models.Phase.SUSPENDED, models.Phase.SUSPENDED, False),
+    ],
+)
+def test_only_starting_before_and_after_is_a_normal_start(
+    before: models.Phase, after: models.Phase, normal: bool
+) -> None:
+    # Phases sort on both sides of "Starting": a comparison by order instead of equality
+    # would take a running or suspended job's progress for a starting one's (30 s window).
+    previous = models.CompositionJobStatus(phase=before)
+    outcome = status.Outcome(models.CompositionJobStatus(phase=after), [])
+    assert plan._normal_start(previous, outcome) is normal
+
+
+def test_a_warning_before_is_no_normal_start() -> None:
+    warned = {"type": "Started", "status": "Unknown", "reason": "Unschedulable",
+              "message": "0/3 nodes", "lastTransitionTime": ts(6)}  # fmt: skip
+    previous = models.CompositionJobStatus.model_validate(
+        {"phase": models.Phase.STARTING, "conditions": [warned]}
+    )
+    outcome = status.Outcome(models.CompositionJobStatus(phase=models.Phase.STARTING), [])
+    assert plan._normal_start(previous, outcome) is False
+
+
+def test_a_wait_that_ends_now_is_written_now(tmp_path: pathlib.Path) -> None:
+    config = make_settings(tmp_path, COMPOSE_STATUS_COALESCE_SECONDS="1")
+    cj = make_cj()
+    short = (pod("p1", 6, conditions=[cond("PodScheduled", "Unschedulable", "0/3", "False")]),)
+    stuck = only_write(plan.plan(seen(cj, jobs=(job_view(config, cj),), pods=short), at(6), config))
+    starting = cj.model_copy(update={"status": stuck.outcome.status})
+    pulling = (pod("p1", 6, node="gpu-1", conditions=[scheduled(7)], state={"waiting": {}}),)
+    due = seen(starting, jobs=(job_view(config, cj),), pods=pulling, since_last_write=1.0)
+    decided = plan.plan(due, at(7), config)
+    assert kinds(decided) == ["WriteStatus"] and decided.later is None
+
+
+def test_a_suspended_job_that_never_started_starts_when_resumed(
+    config: settings.OperatorSettings,
+) -> None:
+    # Its status holds a Suspended condition and no Started one: no Job was ever meant to
+    # exist, so none is missing (it is not lost), even on a fresh list.
+    parked = make_cj(suspend=True)
+    held = only_write(plan.plan(seen(parked), at(1), config)).outcome.status
+    assert held.phase == models.Phase.SUSPENDED
+    resumed = make_cj().model_copy(update={"status": held})
+    for listed in (False, True):
+        decided = plan.plan(seen(resumed, listed=listed), at(5), config)
+        assert kinds(decided) == ["WriteStatus", "CreateJob"]
+
+
+def test_a_missing_job_is_lost_once_the_ttl_since_the_intent_has_passed(
+    config: settings.OperatorSettings,
+) -> None:
+    cj = make_cj()
+    name = names.job_name("portrait", cj.metadata.uid or "", 0)
+    intent = status.waiting(cj, seed=42, queue=None, now=at(0), creating=name).status
+    recorded = cj.model_copy(update={"status": intent})
+    within = plan.plan(seen(recorded, listed=True), at(599), config)  # TTL 600 s
+    assert kinds(within) == ["WriteStatus", "CreateJob"]  # never created: create it
+    at_ttl = plan.plan(seen(recorded, listed=True), at(600), config)
+    assert kinds(at_ttl) == ["WriteStatus"]
+    assert _lost_message(at_ttl)
+
+
+def test_a_resumed_job_held_by_the_cap_is_not_rewritten_for_a_moved_position(
+    config: settings.OperatorSettings,
+) -> None:
+    cj = make_cj()
+    parked = observed.view_job(plan.suspended(job_view(config, cj, started=None).body, True))
+    first = plan.plan(
+        seen(cj, jobs=(parked,), queue=status.Queue(3, 5), capped=True), at(9), config
+    )
+    waiting = cj.model_copy(update={"status": only_write(first).outcome.status})
+    assert waiting.status.phase == models.Phase.QUEUED
+    moved = seen(
+        waiting, jobs=(parked,), queue=status.Queue(2, 5), capped=True, since_last_write=5.0
+    )
+    assert plan.plan(moved, at(14), config).actions == ()
+    due = dataclasses.replace(moved, since_last_write=61.0)
+    assert only_write(plan.plan(due, at(70), config)).outcome.status.queue_position == 2
+
+
+def test_a_pool_job_far_past_its_start_deadline_fails(config: settings.OperatorSettings) -> None:
+    waiting = pool_plan.after(
+        pool_plan.pool_cj(), plan.plan(pool_plan.seen(pool_plan.pool_cj()), at(1), config)
+    )
+    late = only_write(plan.plan(pool_plan.seen(waiting), at(300), config)).outcome.status
+    assert late.phase == models.Phase.FAILED
+    cj = pool_plan.assigned_job(config)
+    fresh = pool_plan.lease(299)
+    decided = plan.plan(pool_plan.seen(cj, lease=fresh), at(300), config)
+    assert only_write(decided).outcome.status.phase == models.Phase.FAILED

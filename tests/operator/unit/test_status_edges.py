@@ -7,6 +7,8 @@ import json
 import pathlib
 from typing import Any
 
+import pytest
+
 from compose_api import contract, models
 from compose_operator import status
 from tests.operator.unit.test_builders import make_cj, make_settings
@@ -493,3 +495,161 @@ def test_progress_while_running_posts_no_event() -> None:
     after = running.model_copy(update={"message": "still running"})
     moved = status.Outcome(after, [status.Transition("Queued", "False", "Admitted", "")])
     assert status.event_for(running, moved) is None
+
+
+# -- found by the full mutation run of status.py ----------------------------------------------
+
+
+def _failed_pod(name: str, created: float) -> dict[str, Any]:
+    return pod(
+        name,
+        created,
+        phase="Failed",
+        node="gpu-1",
+        conditions=[scheduled(created + 1)],
+        state=terminated(
+            20, created + 2, created + 5, report(contract.ExitCode.MODEL_LOAD_FAILED, "bad sha")
+        ),
+    )
+
+
+@pytest.mark.parametrize("failures", [2, 3])
+def test_a_retry_names_the_attempt_that_failed(failures: int, tmp_path: pathlib.Path) -> None:
+    pods = [_failed_pod(f"p{i}", 6 + 10 * i) for i in range(failures)]
+    outcome = status.compute(
+        make_cj(), job(), pods, now=at(60), settings=make_settings(tmp_path), seed=42, nodes={}
+    )
+    started = next(c for c in outcome.status.conditions if c.type == "Started")
+    assert started.reason == "Retrying"
+    assert (started.message or "").startswith(f"attempt {failures - 1} failed: ModelLoadFailed")
+    assert outcome.status.attempt == failures - 1
+    assert len(outcome.status.attempts) == failures
+
+
+@pytest.mark.parametrize("value", ["False", "Unknown"])
+def test_a_condition_not_true_is_not_true(value: str) -> None:
+    obj = {"status": {"conditions": [{"type": "DisruptionTarget", "status": value}]}}
+    assert status._is_true(obj, "DisruptionTarget") is None
+    obj["status"]["conditions"][0]["status"] = "True"
+    assert status._is_true(obj, "DisruptionTarget") is not None
+
+
+def test_the_main_container_is_found_behind_a_sidecar() -> None:
+    sidecar = {"name": "a-proxy", "state": {"terminated": {"exitCode": 1}}}
+    main = {"name": "compose", "state": {"running": {}}}
+    body = {"status": {"containerStatuses": [sidecar, main]}}
+    assert status._container(body)["name"] == "compose"
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "reason", "warning"),
+    [
+        ("Accepted", "True", "Valid", False),
+        ("Failed", "True", "NoFaceFound", True),
+        ("Failed", "False", "Valid", False),
+        ("Started", "True", "Running", False),
+        ("Started", "Unknown", "Unschedulable", True),
+    ],
+)
+def test_which_transitions_are_warnings(kind: str, value: str, reason: str, warning: bool) -> None:
+    assert status.Transition(kind, value, reason, "").warning is warning
+
+
+def test_a_condition_that_turns_true_gets_a_new_transition_time() -> None:
+    before = models.Condition.model_validate(
+        {"type": "Queued", "status": "False", "reason": "Admitted", "lastTransitionTime": ts(1)}
+    )
+    wanted = [status.Wanted(models.ConditionType.QUEUED, models.ConditionStatus.TRUE, "X")]
+    conditions, transitions = status.merge_conditions([before], wanted, now=at(9), generation=1)
+    assert conditions[0].last_transition_time == at(9)
+    assert [(t.type, t.status) for t in transitions] == [("Queued", "True")]
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "intent"),
+    [("Started", "Unknown", True), ("Started", "True", False), ("Queued", "Unknown", False),
+     ("Accepted", "Unknown", False), ("Succeeded", "Unknown", False)],
+)  # fmt: skip
+def test_only_a_started_condition_still_unknown_is_an_intent(
+    kind: str, value: str, intent: bool
+) -> None:
+    found = models.Condition.model_validate(
+        {"type": kind, "status": value, "reason": "JobCreated", "lastTransitionTime": ts(1)}
+    )
+    assert (status.intent([found]) is not None) is intent
+
+
+def test_a_job_never_suspended_gets_no_suspended_condition() -> None:
+    accepted = models.Condition.model_validate(
+        {"type": "Accepted", "status": "True", "reason": "Valid", "lastTransitionTime": ts(1)}
+    )
+    cj = make_cj()
+    cj = cj.model_copy(update={"status": models.CompositionJobStatus(conditions=[accepted])})
+    assert status._suspension(cj) == []
+
+
+def test_a_failure_by_the_pod_failure_policy_keeps_the_pods_own_message(
+    tmp_path: pathlib.Path,
+) -> None:
+    # Only a Job failed for its backoff limit adds the count of attempts to the message.
+    failed = cond("Failed", "PodFailurePolicy", "Container compose exited with 11")
+    no_face = pod(
+        "p1",
+        6,
+        phase="Failed",
+        node="gpu-1",
+        conditions=[scheduled(8)],
+        state=terminated(11, 20, 30, report(contract.ExitCode.NO_FACE, "no face in person")),
+    )
+    outcome = status.compute(
+        make_cj(), job(failed), [no_face], now=at(31), settings=make_settings(tmp_path), seed=42,
+        nodes={},
+    )  # fmt: skip
+    decided = next(c for c in outcome.status.conditions if c.type == "Failed")
+    assert (decided.reason, decided.message) == ("NoFaceFound", "no face in person")
+
+
+def test_a_deadline_read_from_the_api_is_a_deadline(tmp_path: pathlib.Path) -> None:
+    late = from_api(job(cond("Failed", "DeadlineExceeded", "Job was active longer than")))
+    outcome = status.compute(
+        make_cj(), late, [], now=at(700), settings=make_settings(tmp_path), seed=42, nodes={}
+    )
+    decided = next(c for c in outcome.status.conditions if c.type == "Failed")
+    assert decided.reason == "DeadlineExceeded"
+
+
+def test_the_message_is_the_last_holding_conditions_before_one_in_progress() -> None:
+    wanted = [
+        status.Wanted(models.ConditionType.ACCEPTED, models.ConditionStatus.TRUE, "Valid", "ok"),
+        status.Wanted(
+            models.ConditionType.STARTED, models.ConditionStatus.UNKNOWN, "JobCreated", "creating"
+        ),
+    ]
+    done, _ = status.finish(models.CompositionJobStatus(), 1, wanted, at(1))
+    assert done.message == "ok"
+    only_unknown, _ = status.finish(models.CompositionJobStatus(), 1, wanted[1:], at(1))
+    assert only_unknown.message == "creating"
+
+
+def test_a_resumed_job_says_so_in_a_suspended_false_condition() -> None:
+    suspended = models.Condition.model_validate(
+        {"type": "Suspended", "status": "True", "reason": "SuspendedByUser",
+         "lastTransitionTime": ts(1)}
+    )  # fmt: skip
+    cj = make_cj()
+    cj = cj.model_copy(update={"status": models.CompositionJobStatus(conditions=[suspended])})
+    (resumed,) = status._suspension(cj)
+    assert (resumed.type, resumed.status, resumed.reason) == ("Suspended", "False", "Resumed")
+
+
+def test_a_suspension_alone_posts_an_event() -> None:
+    accepted = models.Condition.model_validate(
+        {"type": "Accepted", "status": "True", "reason": "Valid", "lastTransitionTime": ts(1)}
+    )
+    previous = models.CompositionJobStatus(phase=models.Phase.QUEUED, conditions=[accepted])
+    turned = status.Transition("Suspended", "True", "SuspendedByUser", "suspended by spec")
+    outcome = status.Outcome(
+        models.CompositionJobStatus(phase=models.Phase.QUEUED, conditions=[accepted]), [turned]
+    )
+    event = status.event_for(previous, outcome)
+    assert event is not None and event.reason == "SuspendedByUser"
