@@ -42,6 +42,7 @@ COMPOSITION_JOBS = kubeapi.Watched(models.API_VERSION, models.PLURAL)
 JOBS = kubeapi.Watched("batch/v1", "jobs", label_selector=MANAGED)
 PODS = kubeapi.Watched("v1", "pods", label_selector=MANAGED)
 LIST_CHUNK = 500  # objects per page of kopf's initial lists
+EVENT_FLUSH_SECONDS = 5.0  # on shutdown, how long the Events still waiting may take
 WORKER_IDLE_SECONDS = 0.5  # how long kopf keeps an object's worker (and its last body) idle
 
 
@@ -294,6 +295,7 @@ async def stop(memo: Any, **_: Any) -> None:
             await runtime.sweeper
     if runtime.watches is not None:
         await runtime.watches.stop()
+    await runtime.reconciler.flush_events(EVENT_FLUSH_SECONDS)
     await runtime.reconciler.client.close()
 
 

@@ -95,6 +95,7 @@ class Reconciler:
         self._active = 0  # reconciles running now
         self._quiet = asyncio.Event()  # set while no reconcile runs or waits to
         self._quiet.set()
+        self._events: set[asyncio.Task[None]] = set()  # Events posted or waiting to be
         # With peering: a live peer outranks this instance, which then only keeps its view.
         self.paused = False
         self.pools = pool_reconciler.PoolReconciler(self)
@@ -484,8 +485,8 @@ class Reconciler:
         if action.event is not None:
             # Off the critical path: the Job create that follows an intent write does not wait.
             task = asyncio.create_task(self._post_event(dict(body), action.event, self.clock()))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._events.add(task)
+            task.add_done_callback(self._events.discard)
         if outcome.terminal and previous.phase not in models.TERMINAL_PHASES:
             self.metrics.observe_finish(outcome.status)
             self._kick_queue(namespace)
@@ -506,6 +507,13 @@ class Reconciler:
         except Exception as error:
             self.metrics.reconcile_errors.labels(f"Event{type(error).__name__}").inc()
             logger.warning("posting the %s Event of %s failed: %s", event.reason, _ref(body), error)
+
+    async def flush_events(self, within: float) -> None:
+        """Post the Events still waiting, without waiting for the reconciles (on shutdown),
+        for at most ``within`` seconds."""
+        self._quiet.set()
+        if self._events:
+            await asyncio.wait(set(self._events), timeout=within)
 
     # -- timers and the queue ---------------------------------------------------------------
 

@@ -23,7 +23,9 @@ class Recording:
     def __init__(self) -> None:
         self.posted: list[tuple[str, datetime.datetime]] = []
 
-    async def post_event(self, body: Any, *, type: str, reason: str, message: str, now: Any) -> None:
+    async def post_event(
+        self, body: Any, *, type: str, reason: str, message: str, now: Any
+    ) -> None:
         self.posted.append((reason, now))
 
 
@@ -106,3 +108,18 @@ async def test_a_reconcile_poked_as_another_ends_keeps_the_event_waiting(
     second.set()
     await asyncio.wait_for(posting, 2)
     assert client.posted == [("Started", AT)]
+
+
+async def test_on_shutdown_the_waiting_events_are_posted_at_once(tmp_path: pathlib.Path) -> None:
+    jobs, client, release = blocked(tmp_path)
+    jobs.poke("u-2")  # still running when the operator stops
+    await asyncio.sleep(0.05)
+    posting = asyncio.create_task(jobs._post_event(BODY, STARTED, AT))
+    jobs._events.add(posting)  # as a status write hands it on
+    await asyncio.sleep(0.2)
+    assert client.posted == []
+    started = asyncio.get_running_loop().time()
+    await asyncio.wait_for(jobs.flush_events(5), 2)
+    assert client.posted == [("Started", AT)]
+    assert asyncio.get_running_loop().time() - started < 1
+    release.set()
