@@ -35,7 +35,8 @@ from compose_operator.settings import OperatorSettings
 
 # How long a finished Job waits for the pod watch to show its pods finished before the pods are
 # listed from the API server instead (the Job's and the pods' watches are separate streams).
-POD_CATCH_UP_SECONDS = 5.0
+# A tuning value: any positive wait decides the same (on the pods' events, or on a fresh list).
+POD_CATCH_UP_SECONDS = 5.0  # pragma: no mutate: NumberReplacer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,10 +223,12 @@ def _position_only(observed: Observed, outcome: status.Outcome, settings: Operat
     # A change of phase is a change of some condition (derive_phase), so a transition, which
     # returns False below: `<` or `>` for either `!=` cannot change the result, nor can `is`
     # (a phase is the enum's plain string value, never the member itself: `is` is always
-    # False, which leaves the other test, and the transitions catch the rest).
+    # False, which leaves the other test, and the transitions catch the rest), nor `and` for
+    # `or` (one side Queued and the other not is a change of phase).
+    queued = models.Phase.QUEUED
     if (
-        previous.phase != models.Phase.QUEUED  # pragma: no mutate: *_NotEq_[GLI][ts]
-        or outcome.status.phase != models.Phase.QUEUED  # pragma: no mutate: *_NotEq_[GLI][ts]
+        previous.phase != queued  # pragma: no mutate: *_NotEq_[GLI][ts]
+        or outcome.status.phase != queued  # pragma: no mutate: *_NotEq_[GLI][ts], *OrWithAnd
     ):
         return False
     if outcome.transitions or previous.queue_position is None:

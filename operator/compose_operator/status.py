@@ -741,9 +741,10 @@ def _resumed_at_the_end(cj: models.CompositionJob, finished: bool) -> list[Wante
     held = cj.status.conditions
     suspension = [c for c in held if c.type == CT.SUSPENDED]  # pragma: no mutate: *_Eq_GtE
     # A Suspended condition is True or False (never Unknown), so `>=` is `==`; and False always
-    # reads Resumed with no message: `<` or `<=` for `==` re-states that same condition (no
-    # transition, no Event, the same lastTransitionTime; at most its observedGeneration moves).
-    if any(c.status == TRUE for c in suspension):  # pragma: no mutate: *_Eq_Lt*,*_Eq_GtE
+    # reads Resumed with no message: `<`, `<=` or `is not` (always true on a plain str) for
+    # `==` re-states that same condition (no transition, no Event, the same
+    # lastTransitionTime; at most its observedGeneration moves).
+    if any(c.status == TRUE for c in suspension):  # pragma: no mutate: *_Eq_Lt*,*_Eq_GtE,*_IsNot
         return [Wanted(CT.SUSPENDED, FALSE, Reason.RESUMED, "")]
     return []
 

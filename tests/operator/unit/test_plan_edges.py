@@ -170,6 +170,7 @@ def test_the_suspension_patch_and_the_body_it_leaves() -> None:
     body = {"metadata": {"name": "j"}, "spec": {"suspend": False, "backoffLimit": 2}}
     held = plan.suspended(body, True)
     assert held["spec"] == {"suspend": True, "backoffLimit": 2}
+    assert held["metadata"]["name"] == "j"  # the rest of the metadata is kept
     assert held["metadata"]["annotations"] == {names.SUSPENDED_ANNOTATION: "true"}
     assert plan.suspended(held, False)["metadata"]["annotations"] == {}
     assert plan.suspend_patch(True) == {
@@ -525,3 +526,23 @@ def test_a_pool_job_far_past_its_start_deadline_fails(config: settings.OperatorS
     fresh = pool_plan.lease(299)
     decided = plan.plan(pool_plan.seen(cj, lease=fresh), at(300), config)
     assert only_write(decided).outcome.status.phase == models.Phase.FAILED
+
+
+def test_a_queued_status_without_a_position_gets_its_position_written(
+    config: settings.OperatorSettings,
+) -> None:
+    # A status written before positions were recorded (or edited by hand): the position is
+    # news, whatever the refresh interval.
+    first = only_write(plan.plan(seen(make_cj(), queue=status.Queue(3, 5)), at(1), config))
+    bare = first.outcome.status.model_copy(update={"queue_position": None})
+    waiting = make_cj().model_copy(update={"status": bare})
+    behind = seen(waiting, queue=status.Queue(2, 5), capped=True, since_last_write=1.0)
+    assert only_write(plan.plan(behind, at(2), config)).outcome.status.queue_position == 2
+
+
+def test_only_the_newest_job_is_kept(config: settings.OperatorSettings) -> None:
+    cj = make_cj()
+    newest, stale = job_view(config, cj, attempt=1), job_view(config, cj, attempt=0)
+    decided = plan.plan(seen(cj, jobs=(newest, stale)), at(6), config)
+    deleted = [a.name for a in decided.actions if isinstance(a, plan.DeleteJob)]
+    assert deleted == [stale.name]

@@ -547,6 +547,7 @@ def test_the_main_container_is_found_behind_a_sidecar() -> None:
         ("Accepted", "True", "Valid", False),
         ("Failed", "True", "NoFaceFound", True),
         ("Failed", "False", "Valid", False),
+        ("Failed", "Unknown", "Valid", False),
         ("Started", "True", "Running", False),
         ("Started", "Unknown", "Unschedulable", True),
     ],
@@ -653,3 +654,22 @@ def test_a_suspension_alone_posts_an_event() -> None:
     )
     event = status.event_for(previous, outcome)
     assert event is not None and event.reason == "SuspendedByUser"
+
+
+def test_a_failed_upload_is_retried_not_final(tmp_path: pathlib.Path) -> None:
+    # UploadFailed sorts after ResultUnreadable: only that one reason ends a run without a
+    # permanent exit code.
+    upload = pod(
+        "p1",
+        6,
+        phase="Failed",
+        node="gpu-1",
+        conditions=[scheduled(7)],
+        state=terminated(21, 8, 20, report(contract.ExitCode.UPLOAD_FAILED, "S3 said 503")),
+    )
+    outcome = status.compute(
+        make_cj(), job(), [upload], now=at(21), settings=make_settings(tmp_path), seed=42, nodes={}
+    )
+    assert outcome.status.phase == models.Phase.STARTING
+    started = next(c for c in outcome.status.conditions if c.type == "Started")
+    assert started.reason == "Retrying"
