@@ -257,9 +257,9 @@ def _coalesce_wait(
         window = max(window, settings.starting_progress_seconds)
     since = observed.since_last_write
     # The window is never negative (settings), and at 0 the wait below is never positive:
-    # `<` or `==` for `<=` cannot change the result.
+    # `<` or `==` for `<=`, or another bound at or below 0, cannot change the result.
     if (
-        window <= 0  # pragma: no mutate: *_LtE_Lt, *_LtE_Eq
+        window <= 0  # pragma: no mutate: *_LtE_Lt, *_LtE_Eq, NumberReplacer
         or since is None
         or outcome.terminal
         # A stopped Job's outcome is terminal, and a terminal outcome is a change of phase (a

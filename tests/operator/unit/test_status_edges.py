@@ -673,3 +673,30 @@ def test_a_failed_upload_is_retried_not_final(tmp_path: pathlib.Path) -> None:
     assert outcome.status.phase == models.Phase.STARTING
     started = next(c for c in outcome.status.conditions if c.type == "Started")
     assert started.reason == "Retrying"
+
+
+def test_an_exit_code_without_a_message_still_names_its_reason(tmp_path: pathlib.Path) -> None:
+    # The image died before writing its termination message: the exit code alone says why.
+    silent = pod(
+        "p1",
+        6,
+        phase="Failed",
+        node="gpu-1",
+        conditions=[scheduled(7)],
+        state=terminated(11, 8, 20, None),
+    )
+    failed = cond("Failed", "PodFailurePolicy", "Container compose exited with 11")
+    outcome = status.compute(
+        make_cj(), job(failed), [silent], now=at(21), settings=make_settings(tmp_path), seed=42,
+        nodes={},
+    )  # fmt: skip
+    decided = next(c for c in outcome.status.conditions if c.type == "Failed")
+    assert decided.reason == "NoFaceFound"
+
+
+@pytest.mark.parametrize("phase", [models.Phase.SUSPENDED, models.Phase.SUCCEEDED])
+def test_no_start_deadline_outside_starting(phase: models.Phase) -> None:
+    outcome = status.Outcome(models.CompositionJobStatus(phase=phase), [])
+    assert status.start_deadline_at(make_cj(), job(), outcome) is None
+    starting = status.Outcome(models.CompositionJobStatus(phase=models.Phase.STARTING), [])
+    assert status.start_deadline_at(make_cj(), job(), starting) is not None

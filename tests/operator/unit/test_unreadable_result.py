@@ -116,3 +116,11 @@ def test_a_readable_result_still_succeeds(tmp_path: pathlib.Path) -> None:
     outcome = finish(tmp_path, exited_zero(report(contract.ExitCode.OK, result=True)))
     assert outcome.status.phase == models.Phase.SUCCEEDED
     assert outcome.status.result is not None
+
+
+def test_a_broken_message_past_the_limit_counts_as_cut(tmp_path: pathlib.Path) -> None:
+    # A runtime that keeps more than the kubelet's 4,096 bytes: still cut, not merely "not JSON".
+    cut = oversized_report()[:LIMIT] + "x" * 500  # inside the message string: no JSON
+    assert len(cut.encode()) > LIMIT
+    found = failed(finish(tmp_path, exited_zero(cut)))
+    assert f"({len(cut.encode())} bytes kept)" in found.message
