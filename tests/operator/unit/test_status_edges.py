@@ -3,6 +3,7 @@ name, a Job failure with no reason, a deadline one second later, a job never sus
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 from typing import Any
@@ -700,3 +701,103 @@ def test_no_start_deadline_outside_starting(phase: models.Phase) -> None:
     assert status.start_deadline_at(make_cj(), job(), outcome) is None
     starting = status.Outcome(models.CompositionJobStatus(phase=models.Phase.STARTING), [])
     assert status.start_deadline_at(make_cj(), job(), starting) is not None
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [status.Wanted, status.Queue, status.Transition, status.PodView, status.Outcome, status.Run,
+     status.Event],
+)  # fmt: skip
+def test_status_values_cannot_change_once_made(kind: type) -> None:
+    # Views and outcomes are shared between the plan, the reconciler and the spans: values.
+    assert dataclasses.is_dataclass(kind)
+    assert kind.__dataclass_params__.frozen  # type: ignore[attr-defined]
+
+
+def test_without_the_main_container_the_first_one_is_read() -> None:
+    body = {"status": {"containerStatuses": [{"name": "first"}, {"name": "second"}]}}
+    assert status._container(body)["name"] == "first"
+
+
+def test_a_crash_under_another_job_failure_keeps_the_pods_message(tmp_path: pathlib.Path) -> None:
+    crashed = pod(
+        "p1",
+        6,
+        phase="Failed",
+        node="gpu-1",
+        conditions=[scheduled(7)],
+        state=terminated(1, 8, 20, report(contract.ExitCode.INTERNAL, "CUDA error: boom")),
+    )
+    failed = cond("Failed", "PodFailurePolicy", "Container compose exited with 1")
+    outcome = status.compute(
+        make_cj(), job(failed), [crashed], now=at(21), settings=make_settings(tmp_path), seed=42,
+        nodes={},
+    )  # fmt: skip
+    decided = next(c for c in outcome.status.conditions if c.type == "Failed")
+    assert (decided.reason, decided.message) == ("ContainerFailed", "CUDA error: boom")
+
+
+def test_a_kueue_job_waited_until_kueue_started_it(tmp_path: pathlib.Path) -> None:
+    execution = {"queueName": "gpu-queue", "startDeadlineSeconds": 60}
+    cj = make_cj(execution=execution)
+    started = job(start=9)  # created at 5 s, unsuspended by Kueue and started at 9 s
+    outcome = status.compute(
+        cj, started, [], now=at(10), settings=make_settings(tmp_path), seed=42, nodes={}
+    )
+    created = cj.metadata.creation_timestamp
+    assert created is not None
+    assert outcome.status.timings is not None
+    assert outcome.status.timings.queued == (at(9) - created).total_seconds()
+
+
+def test_no_start_deadline_once_a_pod_has_run() -> None:
+    retrying = models.CompositionJobStatus(phase=models.Phase.STARTING, start_time=at(8))
+    assert status.start_deadline_at(make_cj(), job(), status.Outcome(retrying, [])) is None
+
+
+def test_a_pod_has_run_once_its_container_runs_or_ended() -> None:
+    running = pod("p1", 6, phase="Running", node="gpu-1", state={"running": {"startedAt": ts(8)}})
+    ended = pod("p2", 6, phase="Failed", node="gpu-1", state=terminated(1, 8, 20, None))
+    waiting = pod("p3", 6, node="gpu-1", state={"waiting": {"reason": "ContainerCreating"}})
+    assert status.view_pod(running).ran and status.view_pod(ended).ran
+    assert not status.view_pod(waiting).ran
+
+
+def test_conditions_not_wanted_again_are_kept() -> None:
+    accepted = models.Condition.model_validate(
+        {"type": "Accepted", "status": "True", "reason": "Valid", "lastTransitionTime": ts(1)}
+    )
+    wanted = [status.Wanted(models.ConditionType.STARTED, models.ConditionStatus.UNKNOWN, "X")]
+    conditions, _ = status.merge_conditions([accepted], wanted, now=at(9), generation=1)
+    assert [(c.type, c.last_transition_time) for c in conditions] == [
+        ("Accepted", at(1)),
+        ("Started", at(9)),
+    ]
+
+
+def _succeeded_with(name: str, created: float, uri: str) -> dict[str, Any]:
+    message = contract.TerminationMessage(
+        exit_code=0,
+        reason=models.Reason.COMPLETED,
+        result=models.Result(s3_uri=uri, sha256="0" * 64, width=64, height=64, seed=42),
+    ).to_json()
+    return pod(
+        name,
+        created,
+        phase="Succeeded",
+        node="gpu-1",
+        conditions=[scheduled(created + 1)],
+        state=terminated(0, created + 2, created + 5, message),
+    )
+
+
+def test_of_two_pods_that_succeeded_the_newest_gives_the_result(tmp_path: pathlib.Path) -> None:
+    older = _succeeded_with("p1", 6, "s3://results-bucket/older.png")
+    newer = _succeeded_with("p2", 20, "s3://results-bucket/newer.png")
+    done = job(cond("Complete", "CompletionsReached"))
+    for pods in ([older, newer], [newer, older]):
+        outcome = status.compute(
+            make_cj(), done, pods, now=at(30), settings=make_settings(tmp_path), seed=42, nodes={}
+        )
+        assert outcome.status.result is not None
+        assert outcome.status.result.s3_uri == "s3://results-bucket/newer.png"
