@@ -801,3 +801,21 @@ def test_of_two_pods_that_succeeded_the_newest_gives_the_result(tmp_path: pathli
         )
         assert outcome.status.result is not None
         assert outcome.status.result.s3_uri == "s3://results-bucket/newer.png"
+
+
+def test_a_pod_stuck_before_its_container_started_has_not_run() -> None:
+    pulling = pod("p1", 6, node="gpu-1", state={"waiting": {"reason": "ImagePullBackOff"}})
+    unplaced = pod("p2", 6, conditions=[cond("PodScheduled", "Unschedulable", "0/3", "False")])
+    unreadable = pod(
+        "p3", 6, phase="Succeeded", node="gpu-1", state=terminated(0, 8, 20, "not json")
+    )
+    assert status.view_pod(pulling).reason == "ImagePullBackOff"
+    assert status.view_pod(unplaced).reason == "Unschedulable"
+    assert not status.view_pod(pulling).ran and not status.view_pod(unplaced).ran
+    assert status.view_pod(unreadable).reason == "ResultUnreadable"
+    assert status.view_pod(unreadable).ran
+
+
+def test_no_start_deadline_for_a_suspended_job() -> None:
+    starting = status.Outcome(models.CompositionJobStatus(phase=models.Phase.STARTING), [])
+    assert status.start_deadline_at(make_cj(), job(suspend=True), starting) is None
