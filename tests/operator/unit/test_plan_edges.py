@@ -36,6 +36,19 @@ def only_write(decided: plan.Plan) -> plan.WriteStatus:
     return write
 
 
+def with_intent(
+    attempts: tuple[models.Attempt, ...] = (),
+) -> tuple[models.CompositionJob, str]:
+    """A job whose status records, at 0 s, the intent to create its first Job (and the given
+    attempts); with that Job's name."""
+    cj = make_cj()
+    name = names.job_name("portrait", cj.metadata.uid or "", 0)
+    intent = status.waiting(cj, seed=42, queue=None, now=at(0), creating=name).status
+    return cj.model_copy(
+        update={"status": intent.model_copy(update={"attempts": [*attempts]})}
+    ), name
+
+
 def test_a_rebuild_after_the_second_attempt_makes_the_third(
     config: settings.OperatorSettings,
 ) -> None:
@@ -136,10 +149,7 @@ def test_a_lost_job_is_named_after_its_last_attempt(config: settings.OperatorSet
 def test_a_lost_job_without_attempts_is_named_after_its_first_job(
     config: settings.OperatorSettings,
 ) -> None:
-    cj = make_cj()
-    name = names.job_name("portrait", cj.metadata.uid or "", 0)
-    intent = status.waiting(cj, seed=42, queue=None, now=at(0), creating=name).status
-    lost = cj.model_copy(update={"status": intent})
+    lost, name = with_intent()
     message = _lost_message(plan.plan(seen(lost, listed=True), at(601), config))
     assert message == f"job {name} disappeared before it finished"
 
@@ -309,11 +319,9 @@ def test_the_status_written_with_a_suspension_reads_the_job_as_suspended(
 def test_a_missing_job_whose_attempts_are_recorded_is_lost_not_created_again(
     config: settings.OperatorSettings,
 ) -> None:
-    cj = make_cj()
-    name = names.job_name("portrait", cj.metadata.uid or "", 0)
-    intent = status.waiting(cj, seed=42, queue=None, now=at(0), creating=name).status
+    _, name = with_intent()
     ran = models.Attempt(index=0, job_name=name, pod_name="p1", outcome="Running")
-    recorded = cj.model_copy(update={"status": intent.model_copy(update={"attempts": [ran]})})
+    recorded, _ = with_intent((ran,))
     decided = plan.plan(seen(recorded, listed=True), at(10), config)  # well within the TTL
     assert kinds(decided) == ["WriteStatus"]
     assert _lost_message(decided) == f"job {name} disappeared before it finished"
@@ -487,10 +495,7 @@ def test_a_suspended_job_that_never_started_starts_when_resumed(
 def test_a_missing_job_is_lost_once_the_ttl_since_the_intent_has_passed(
     config: settings.OperatorSettings,
 ) -> None:
-    cj = make_cj()
-    name = names.job_name("portrait", cj.metadata.uid or "", 0)
-    intent = status.waiting(cj, seed=42, queue=None, now=at(0), creating=name).status
-    recorded = cj.model_copy(update={"status": intent})
+    recorded, _ = with_intent()
     within = plan.plan(seen(recorded, listed=True), at(599), config)  # TTL 600 s
     assert kinds(within) == ["WriteStatus", "CreateJob"]  # never created: create it
     at_ttl = plan.plan(seen(recorded, listed=True), at(600), config)

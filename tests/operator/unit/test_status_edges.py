@@ -52,6 +52,29 @@ def _compute(
     )
 
 
+def _ended(
+    code: int,
+    message: str | None,
+    *,
+    name: str = "p1",
+    created: float = 6,
+    phase: str = "Failed",
+) -> dict[str, Any]:
+    """A pod whose container exited with ``code`` and the termination ``message``."""
+    return pod(
+        name,
+        created,
+        phase=phase,
+        node="gpu-1",
+        conditions=[scheduled(created + 1)],
+        state=terminated(code, created + 2, created + 5, message),
+    )
+
+
+def _condition(outcome: status.Outcome, kind: str) -> models.Condition:
+    return next(c for c in outcome.status.conditions if c.type == kind)
+
+
 def test_a_pod_held_by_a_scheduling_gate_is_scheduling_not_unschedulable() -> None:
     # PodScheduled=False for another reason than Unschedulable (Kueue's or a user's scheduling
     # gates): the pod waits to be scheduled, it is no sign of missing GPU capacity.
@@ -252,14 +275,7 @@ def test_a_disrupted_pod_that_exited_with_a_permanent_code_is_retried(
 
 def test_a_job_out_of_retries_names_the_last_attempts_failure(tmp_path: pathlib.Path) -> None:
     def failed(name: str, created: float, code: contract.ExitCode) -> dict[str, Any]:
-        return pod(
-            name,
-            created,
-            phase="Failed",
-            node="gpu-1",
-            conditions=[scheduled(created + 1)],
-            state=terminated(int(code), created + 2, created + 5, report(code, "broke")),
-        )
+        return _ended(int(code), report(code, "broke"), name=name, created=created)
 
     pods = [
         failed("p1", 6, contract.ExitCode.MODEL_LOAD_FAILED),
@@ -500,27 +516,16 @@ def test_progress_while_running_posts_no_event() -> None:
 
 # -- found by the full mutation run of status.py ----------------------------------------------
 
-
-def _failed_pod(name: str, created: float) -> dict[str, Any]:
-    return pod(
-        name,
-        created,
-        phase="Failed",
-        node="gpu-1",
-        conditions=[scheduled(created + 1)],
-        state=terminated(
-            20, created + 2, created + 5, report(contract.ExitCode.MODEL_LOAD_FAILED, "bad sha")
-        ),
-    )
+# A Job failed by its pod failure policy (a permanent exit code), not by its backoff limit.
+POLICY_FAILED = cond("Failed", "PodFailurePolicy", "Container compose exited with a FailJob code")
 
 
 @pytest.mark.parametrize("failures", [2, 3])
 def test_a_retry_names_the_attempt_that_failed(failures: int, tmp_path: pathlib.Path) -> None:
-    pods = [_failed_pod(f"p{i}", 6 + 10 * i) for i in range(failures)]
-    outcome = status.compute(
-        make_cj(), job(), pods, now=at(60), settings=make_settings(tmp_path), seed=42, nodes={}
-    )
-    started = next(c for c in outcome.status.conditions if c.type == "Started")
+    bad_sha = report(contract.ExitCode.MODEL_LOAD_FAILED, "bad sha")
+    pods = [_ended(20, bad_sha, name=f"p{i}", created=6 + 10 * i) for i in range(failures)]
+    outcome = _compute(tmp_path, job(), pods, 60)
+    started = _condition(outcome, "Started")
     assert started.reason == "Retrying"
     assert (started.message or "").startswith(f"attempt {failures - 1} failed: ModelLoadFailed")
     assert outcome.status.attempt == failures - 1
@@ -594,30 +599,14 @@ def test_a_failure_by_the_pod_failure_policy_keeps_the_pods_own_message(
     tmp_path: pathlib.Path,
 ) -> None:
     # Only a Job failed for its backoff limit adds the count of attempts to the message.
-    failed = cond("Failed", "PodFailurePolicy", "Container compose exited with 11")
-    no_face = pod(
-        "p1",
-        6,
-        phase="Failed",
-        node="gpu-1",
-        conditions=[scheduled(8)],
-        state=terminated(11, 20, 30, report(contract.ExitCode.NO_FACE, "no face in person")),
-    )
-    outcome = status.compute(
-        make_cj(), job(failed), [no_face], now=at(31), settings=make_settings(tmp_path), seed=42,
-        nodes={},
-    )  # fmt: skip
-    decided = next(c for c in outcome.status.conditions if c.type == "Failed")
+    no_face = _ended(11, report(contract.ExitCode.NO_FACE, "no face in person"))
+    decided = _condition(_compute(tmp_path, job(POLICY_FAILED), [no_face], 31), "Failed")
     assert (decided.reason, decided.message) == ("NoFaceFound", "no face in person")
 
 
 def test_a_deadline_read_from_the_api_is_a_deadline(tmp_path: pathlib.Path) -> None:
     late = from_api(job(cond("Failed", "DeadlineExceeded", "Job was active longer than")))
-    outcome = status.compute(
-        make_cj(), late, [], now=at(700), settings=make_settings(tmp_path), seed=42, nodes={}
-    )
-    decided = next(c for c in outcome.status.conditions if c.type == "Failed")
-    assert decided.reason == "DeadlineExceeded"
+    assert _condition(_compute(tmp_path, late, [], 700), "Failed").reason == "DeadlineExceeded"
 
 
 def test_the_message_is_the_last_holding_conditions_before_one_in_progress() -> None:
@@ -660,39 +649,16 @@ def test_a_suspension_alone_posts_an_event() -> None:
 def test_a_failed_upload_is_retried_not_final(tmp_path: pathlib.Path) -> None:
     # UploadFailed sorts after ResultUnreadable: only that one reason ends a run without a
     # permanent exit code.
-    upload = pod(
-        "p1",
-        6,
-        phase="Failed",
-        node="gpu-1",
-        conditions=[scheduled(7)],
-        state=terminated(21, 8, 20, report(contract.ExitCode.UPLOAD_FAILED, "S3 said 503")),
-    )
-    outcome = status.compute(
-        make_cj(), job(), [upload], now=at(21), settings=make_settings(tmp_path), seed=42, nodes={}
-    )
+    upload = _ended(21, report(contract.ExitCode.UPLOAD_FAILED, "S3 said 503"))
+    outcome = _compute(tmp_path, job(), [upload], 21)
     assert outcome.status.phase == models.Phase.STARTING
-    started = next(c for c in outcome.status.conditions if c.type == "Started")
-    assert started.reason == "Retrying"
+    assert _condition(outcome, "Started").reason == "Retrying"
 
 
 def test_an_exit_code_without_a_message_still_names_its_reason(tmp_path: pathlib.Path) -> None:
     # The image died before writing its termination message: the exit code alone says why.
-    silent = pod(
-        "p1",
-        6,
-        phase="Failed",
-        node="gpu-1",
-        conditions=[scheduled(7)],
-        state=terminated(11, 8, 20, None),
-    )
-    failed = cond("Failed", "PodFailurePolicy", "Container compose exited with 11")
-    outcome = status.compute(
-        make_cj(), job(failed), [silent], now=at(21), settings=make_settings(tmp_path), seed=42,
-        nodes={},
-    )  # fmt: skip
-    decided = next(c for c in outcome.status.conditions if c.type == "Failed")
-    assert decided.reason == "NoFaceFound"
+    outcome = _compute(tmp_path, job(POLICY_FAILED), [_ended(11, None)], 21)
+    assert _condition(outcome, "Failed").reason == "NoFaceFound"
 
 
 @pytest.mark.parametrize("phase", [models.Phase.SUSPENDED, models.Phase.SUCCEEDED])
@@ -720,31 +686,16 @@ def test_without_the_main_container_the_first_one_is_read() -> None:
 
 
 def test_a_crash_under_another_job_failure_keeps_the_pods_message(tmp_path: pathlib.Path) -> None:
-    crashed = pod(
-        "p1",
-        6,
-        phase="Failed",
-        node="gpu-1",
-        conditions=[scheduled(7)],
-        state=terminated(1, 8, 20, report(contract.ExitCode.INTERNAL, "CUDA error: boom")),
-    )
-    failed = cond("Failed", "PodFailurePolicy", "Container compose exited with 1")
-    outcome = status.compute(
-        make_cj(), job(failed), [crashed], now=at(21), settings=make_settings(tmp_path), seed=42,
-        nodes={},
-    )  # fmt: skip
-    decided = next(c for c in outcome.status.conditions if c.type == "Failed")
+    crashed = _ended(1, report(contract.ExitCode.INTERNAL, "CUDA error: boom"))
+    decided = _condition(_compute(tmp_path, job(POLICY_FAILED), [crashed], 21), "Failed")
     assert (decided.reason, decided.message) == ("ContainerFailed", "CUDA error: boom")
 
 
 def test_a_kueue_job_waited_until_kueue_started_it(tmp_path: pathlib.Path) -> None:
     execution = {"queueName": "gpu-queue", "startDeadlineSeconds": 60}
-    cj = make_cj(execution=execution)
     started = job(start=9)  # created at 5 s, unsuspended by Kueue and started at 9 s
-    outcome = status.compute(
-        cj, started, [], now=at(10), settings=make_settings(tmp_path), seed=42, nodes={}
-    )
-    created = cj.metadata.creation_timestamp
+    outcome = _compute(tmp_path, started, [], 10, execution=execution)
+    created = make_cj().metadata.creation_timestamp
     assert created is not None
     assert outcome.status.timings is not None
     assert outcome.status.timings.queued == (at(9) - created).total_seconds()
@@ -781,14 +732,7 @@ def _succeeded_with(name: str, created: float, uri: str) -> dict[str, Any]:
         reason=models.Reason.COMPLETED,
         result=models.Result(s3_uri=uri, sha256="0" * 64, width=64, height=64, seed=42),
     ).to_json()
-    return pod(
-        name,
-        created,
-        phase="Succeeded",
-        node="gpu-1",
-        conditions=[scheduled(created + 1)],
-        state=terminated(0, created + 2, created + 5, message),
-    )
+    return _ended(0, message, name=name, created=created, phase="Succeeded")
 
 
 def test_of_two_pods_that_succeeded_the_newest_gives_the_result(tmp_path: pathlib.Path) -> None:
@@ -796,9 +740,7 @@ def test_of_two_pods_that_succeeded_the_newest_gives_the_result(tmp_path: pathli
     newer = _succeeded_with("p2", 20, "s3://results-bucket/newer.png")
     done = job(cond("Complete", "CompletionsReached"))
     for pods in ([older, newer], [newer, older]):
-        outcome = status.compute(
-            make_cj(), done, pods, now=at(30), settings=make_settings(tmp_path), seed=42, nodes={}
-        )
+        outcome = _compute(tmp_path, done, pods, 30)
         assert outcome.status.result is not None
         assert outcome.status.result.s3_uri == "s3://results-bucket/newer.png"
 
