@@ -294,12 +294,17 @@ async def test_two_replicas_deliver_once(
         await operator_play.fail(cluster, created["jobId"], NAMESPACE, reason="JobLost", message="")
         names.append(created["jobId"])
 
-    attempted = await asyncio.gather(_loop(first).run_once(), _loop(second).run_once())
-
+    # Both replicas claim every job from the same read (as when their passes overlap): the
+    # claim is conditional on the resourceVersion read, so the API server lets one through.
+    read = [await _job(cluster, name) for name in names]
+    attempted = await asyncio.gather(
+        *(_loop(replica)._deliver(obj) for obj in read for replica in (first, second))
+    )
     assert sum(attempted) == 3
     assert sorted(json.loads(r.body)["jobId"] for r in receiver.received) == sorted(names)
-    assert await _loop(first).run_once() == await _loop(second).run_once() == 0
-    # Both replicas tried to claim each job; the API server let one claim through.
     gateway = gateway_cluster.plane.request_records(user=gateway_cluster.user, since=since)
     claims = [r for r in gateway if r.verb == "patch" and r.status == 409]
     assert len(claims) == 3
+    # Whole passes after that find nothing due, whichever replica runs them.
+    assert await _loop(first).run_once() == await _loop(second).run_once() == 0
+    assert len(receiver.received) == 3
