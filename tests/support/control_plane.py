@@ -532,6 +532,28 @@ class ControlPlane:
             raw = response.read()
         return json.loads(raw) if raw else None
 
+    def wait_allowed(
+        self, user: str, namespace: str, attributes: Mapping[str, str], *, timeout: float = 30
+    ) -> None:
+        """Until the API server's authorizer allows ``user`` (a service account of
+        ``namespace``) the request ``attributes`` describe: its RBAC cache follows new bindings a
+        moment later, and a process started at once could meet a 403 first."""
+        review = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": user,
+                "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
+                "resourceAttributes": dict(attributes),
+            },
+        }
+        deadline = time.monotonic() + timeout
+        path = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+        while not self.request("POST", path, review)["status"].get("allowed"):
+            if time.monotonic() > deadline:
+                raise ControlPlaneError(f"{user} is still not allowed {dict(attributes)}")
+            time.sleep(0.1)
+
     def service_account_token(self, namespace: str, name: str, *, seconds: int = 3600) -> str:
         """A bound token for a service account (the TokenRequest API, as kubelets use)."""
         body = {

@@ -49,26 +49,8 @@ def chart_gateway_token(plane: cp.ControlPlane, namespace: str, *, release: str 
     kubectl_apply(plane, objects)
     account = next(o for o in objects if o["kind"] == "ServiceAccount")["metadata"]["name"]
     user = f"system:serviceaccount:{namespace}:{account}"
-    review = {
-        "apiVersion": "authorization.k8s.io/v1",
-        "kind": "SubjectAccessReview",
-        "spec": {
-            "user": user,
-            "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
-            "resourceAttributes": {
-                "namespace": namespace,
-                "group": models.GROUP,
-                "resource": models.PLURAL,
-                "verb": "create",
-            },
-        },
-    }
-    deadline = time.monotonic() + 30
-    path = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
-    while not plane.request("POST", path, review)["status"].get("allowed"):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{user} is still not allowed to create CompositionJobs")
-        time.sleep(0.1)
+    creating = {"namespace": namespace, "group": models.GROUP, "resource": models.PLURAL}
+    plane.wait_allowed(user, namespace, {**creating, "verb": "create"})
     return plane.service_account_token(namespace, account)
 
 

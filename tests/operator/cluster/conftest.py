@@ -19,7 +19,6 @@ import json
 import pathlib
 import subprocess
 import sys
-import time
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
@@ -126,22 +125,8 @@ def _wait_authorized(
         checks.append({"group": "kopf.dev", "resource": "clusterkopfpeerings", "verb": "create"})
     else:
         checks[0]["namespace"] = namespace
-    deadline = time.monotonic() + 30
     for attributes in checks:
-        review = {
-            "apiVersion": "authorization.k8s.io/v1",
-            "kind": "SubjectAccessReview",
-            "spec": {
-                "user": user,
-                "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
-                "resourceAttributes": attributes,
-            },
-        }
-        path = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
-        while not plane.request("POST", path, review)["status"].get("allowed"):
-            if time.monotonic() > deadline:
-                raise cp.ControlPlaneError(f"{user} is still not allowed {attributes}")
-            time.sleep(0.1)
+        plane.wait_allowed(user, namespace, attributes)
 
 
 @pytest.fixture
