@@ -69,9 +69,13 @@ class Inventory:
         # the patch must not make them look held (and free their slot) in the meantime.
         self.unsuspended: set[str] = set()
         self._locks: dict[str, asyncio.Lock] = {}
-        # uid -> ((revision, unsuspended), its queue entry): an admission decision reads
+        # uid -> ((revision, unsuspended), its queue entry): the sweep's full decision reads
         # cached entries, and only jobs that changed are looked at again.
         self._entries: dict[str, tuple[tuple[int, bool], queueing.Entry | None]] = {}
+        # Per namespace, the queue kept in order (one job's admission reads it), and the jobs
+        # changed since it was last read: every change a queue entry reads marks its job here.
+        self._standings: dict[str, queueing.Standing] = collections.defaultdict(queueing.Standing)
+        self._dirty: dict[str, set[str]] = collections.defaultdict(set)
         # Pools, keyed by (namespace, name), and what belongs to them.
         self.pools: dict[tuple[str, str], pools.PoolView] = {}
         self.deployments: dict[tuple[str, str], pools.DeploymentView] = {}
@@ -90,16 +94,17 @@ class Inventory:
         found = self.tracked.get(uid)
         if found is not None and found.finished:
             found.fields = fields
-            found.revision += 1
+            self._touch(found)
             return uid  # terminal stays terminal: nothing more is kept or decided
         phase = (body.get("status") or {}).get("phase")
         if found is None:
             found = Tracked(uid=uid, fields=fields, body=dict(body))
             self.tracked[uid] = found
             found.admitted = _admitted(body.get("status") or {})
+            self._touch(found)
         else:
             found.fields, found.body, found.parsed = fields, dict(body), None
-            found.revision += 1
+            self._touch(found)
         found.resource_version = _newer(
             found.resource_version, str((body.get("metadata") or {}).get("resourceVersion") or "")
         )
@@ -136,7 +141,7 @@ class Inventory:
         if found.worker is not None and self._busy.get((namespace, found.worker)) == found.uid:
             del self._busy[(namespace, found.worker)]
         found.worker = instance
-        found.revision += 1
+        self._touch(found)
         if instance is not None:
             self._busy[(namespace, instance)] = found.uid
 
@@ -167,6 +172,7 @@ class Inventory:
     def forget(self, uid: str) -> None:
         found = self.tracked.get(uid)
         if found is not None:
+            self._touch(found)
             self._set_worker(found, None)
             self._release_offer(uid)
             if found.pool is not None:
@@ -188,7 +194,7 @@ class Inventory:
             return
         found.finished, found.body, found.written, found.parsed = True, None, None, None
         found.admitted = False
-        found.revision += 1
+        self._touch(found)
         self._set_worker(found, None)
         self._release_offer(uid)
         self._index_pool(found)
@@ -199,7 +205,7 @@ class Inventory:
         found = self.tracked.get(uid)
         if found is None or not found.finished:
             return
-        found.revision += 1
+        self._touch(found)
         jobs = {name: job for name, job in self.jobs.get(uid, {}).items() if job.live}
         if jobs:
             self.jobs[uid] = jobs
@@ -207,6 +213,22 @@ class Inventory:
             self.jobs.pop(uid, None)
             self._active[found.fields.namespace].discard(uid)
             self._entries.pop(uid, None)
+
+    def _touch(self, found: Tracked) -> None:
+        """Something the job's queue entry reads changed: its cached entry is stale, and the
+        namespace's :class:`~compose_operator.queueing.Standing` reads it again."""
+        found.revision += 1
+        self._dirty[found.fields.namespace].add(found.uid)
+
+    def set_unsuspended(self, uid: str, value: bool) -> None:
+        """This process unsuspended the job's Job (True), or suspended it again (False)."""
+        if value:
+            self.unsuspended.add(uid)
+        else:
+            self.unsuspended.discard(uid)
+        found = self.tracked.get(uid)
+        if found is not None:
+            self._touch(found)
 
     def body(self, uid: str) -> dict[str, Any] | None:
         found = self.tracked.get(uid)
@@ -239,7 +261,7 @@ class Inventory:
         if found is None or found.finished:
             return
         found.written = written
-        found.revision += 1
+        self._touch(found)
         found.resource_version = _newer(found.resource_version, resource_version)
         self._set_worker(found, written.assignment.worker_instance if written.assignment else None)
         if found.pool is not None:
@@ -260,7 +282,7 @@ class Inventory:
         found = self.tracked.get(uid)
         if found is not None:
             found.admitted = True
-            found.revision += 1
+            self._touch(found)
 
     def release(self, uid: str) -> None:
         """An admission that did not lead to a Job or an assignment (its write failed): the
@@ -268,7 +290,7 @@ class Inventory:
         found = self.tracked.get(uid)
         if found is not None and not self.jobs.get(uid):
             found.admitted = False
-            found.revision += 1
+            self._touch(found)
 
     def worker_report(self, uid: str) -> models.WorkerReport | None:
         """``status.workerReport`` as the newest body shows it (written by the worker)."""
@@ -314,7 +336,7 @@ class Inventory:
         view = observed.view_job(body)
         before_job = self.jobs.get(owner, {}).get(name)
         if found is not None:
-            found.revision += 1
+            self._touch(found)
         if not deleted and not view.held_by_operator:
             self.unsuspended.discard(owner)  # the watch has caught up
         if deleted or (found is not None and found.finished and not view.live):
@@ -411,6 +433,29 @@ class Inventory:
             if entry is not None:
                 entries.append(entry)
         return entries
+
+    def standing(self, namespace: str) -> queueing.Standing:
+        """The namespace's queue in order, brought up to date with the jobs that changed since
+        it was last read (so an admission costs nothing per job that did not change)."""
+        standing = self._standings[namespace]
+        for uid in self._dirty.pop(namespace, ()):
+            found = self.tracked.get(uid)
+            entry = None
+            if found is not None and uid in self._active.get(namespace, ()):
+                entry = self._entry(found)
+            standing.put(uid, entry)
+        return standing
+
+    def standing_drift(self, namespace: str) -> list[str]:
+        """The jobs whose entry in :meth:`standing` differs from a full recompute (none, unless
+        a change reached the queue without marking its job); the standing is then rebuilt."""
+        standing = self.standing(namespace)
+        full = {entry.uid: entry for entry in self.queue_entries(namespace)}
+        kept = {entry.uid: entry for entry in standing.entries()}
+        drift = sorted(uid for uid in full.keys() | kept.keys() if full.get(uid) != kept.get(uid))
+        for uid in drift:
+            standing.put(uid, full.get(uid))
+        return drift
 
     def active_uids(self) -> list[str]:
         """Jobs not finished (the sweep's candidates)."""

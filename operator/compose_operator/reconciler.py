@@ -165,7 +165,7 @@ class Reconciler:
 
     def admitted(self, namespace: str) -> frozenset[str]:
         """The waiting jobs the caps let start now."""
-        return self._decide(namespace).admitted
+        return frozenset(self._admissions(namespace))
 
     def child_changed(self, kind: str, body: Mapping[str, Any], *, deleted: bool) -> str | None:
         """Record a Job or Pod event; a Job that finished or went frees a slot. Returns the
@@ -366,18 +366,18 @@ class Reconciler:
         if spec.suspend or (job is not None and not job.held_by_operator):
             return None, True  # held by the user, or running: no admission to decide
         namespace = meta.namespace or "default"
-        decision = self._decide(namespace)
-        position = decision.positions.get(uid)
-        if position is None:
+        place = self.inventory.standing(namespace).place(uid, limits)
+        self.metrics.queue_depth.labels(namespace).set(place.depth)
+        if place.position is None:
             return None, True
-        return status.Queue(position=position, depth=decision.depth), True
+        return status.Queue(position=place.position, depth=place.depth), True
 
-    def _decide(self, namespace: str, *, ordered: bool = True) -> queueing.Decision:
-        decision = queueing.decide(
-            self.inventory.queue_entries(namespace), self.settings.limits, ordered=ordered
-        )
-        self.metrics.queue_depth.labels(namespace).set(decision.depth)
-        return decision
+    def _admissions(self, namespace: str) -> list[str]:
+        """The waiting jobs the caps let start now (no sort of the whole queue)."""
+        standing = self.inventory.standing(namespace)
+        admitted = standing.admitted(self.settings.limits)
+        self.metrics.queue_depth.labels(namespace).set(standing.waiting - len(admitted))
+        return admitted
 
     async def _list_children(
         self, seen: observed.Observed
@@ -449,11 +449,9 @@ class Reconciler:
             # Seen at once by the queue, before the watch shows the change.
             updated = plan.suspended(found.body, action.suspended)
             self.inventory.put_child("job", updated, deleted=False)
+        self.inventory.set_unsuspended(uid, not action.suspended)
         if action.suspended:
-            self.inventory.unsuspended.discard(uid)
             self._kick_queue(namespace)  # a suspended job frees its slot
-        else:
-            self.inventory.unsuspended.add(uid)
 
     async def _write(
         self,
@@ -549,9 +547,22 @@ class Reconciler:
         if not self.settings.limits.any or not namespace:
             return
         refresh = self.settings.queue_position_refresh_seconds
-        decision = self._decide(namespace, ordered=refresh_positions and refresh > 0)
-        chosen = set(decision.admitted)
-        if refresh_positions and refresh > 0:
+        if not (refresh_positions and refresh > 0):
+            chosen = set(self._admissions(namespace))
+        else:
+            # The sweep's full decision, a sort of the namespace's queue once a sweep;
+            # it also checks that the standing queue missed no change (none ever should).
+            drift = self.inventory.standing_drift(namespace)
+            if drift:
+                logger.warning(
+                    "the queue of namespace %s missed changes of %d job(s); rebuilt",
+                    namespace,
+                    len(drift),
+                )
+            entries = self.inventory.standing(namespace).entries()
+            decision = queueing.decide(entries, self.settings.limits)
+            self.metrics.queue_depth.labels(namespace).set(decision.depth)
+            chosen = set(decision.admitted)
             now_s = self._monotonic()
             for uid, position in decision.positions.items():
                 last = self._last_write.get(uid)

@@ -3,7 +3,10 @@ Job controller shows (a Job that is neither Complete nor Failed)."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
+
+import pytest
 
 from compose_gateway import naming
 from compose_operator import inventory, names
@@ -160,3 +163,79 @@ def test_a_workers_report_is_news_not_the_echo_of_our_write() -> None:
     store.put(news)
     found = store.worker_report("uid-job")
     assert found is not None and found.worker_instance == "w0/i"
+
+
+def _random_cj(rng: random.Random, index: int) -> dict[str, Any]:
+    body = _cj(f"job-{index}", owner=rng.choice([None, "alice", "bob"]))
+    body["metadata"]["creationTimestamp"] = f"2026-01-01T00:00:0{rng.randrange(4)}Z"
+    execution: dict[str, Any] = {"priority": rng.choice([0, 0, 3])}
+    if rng.random() < 0.15:
+        execution["pool"] = "warm"
+    if rng.random() < 0.1:
+        execution["queueName"] = "kueue-queue"
+    body["spec"]["execution"] = execution
+    body["spec"]["suspend"] = rng.random() < 0.2
+    if rng.random() < 0.2:
+        body["status"] = {"conditions": [_condition("Queued", "False")]}
+    return body
+
+
+def _random_job(rng: random.Random, index: int) -> dict[str, Any]:
+    job = _job(f"job-{index}", complete=rng.random() < 0.3)
+    if rng.random() < 0.3:
+        job["spec"]["suspend"] = True
+        job["metadata"]["annotations"] = {names.SUSPENDED_ANNOTATION: "true"}
+    return job
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_standing_queue_sees_every_change_a_full_recompute_sees(seed: int) -> None:
+    """Every change that a job's queue entry reads reaches the namespace's standing queue: after
+    each step of a random sequence it holds exactly the entries recomputed from scratch."""
+    from compose_api import models
+
+    rng = random.Random(seed)
+    store = inventory.Inventory(default_pools={"fast": "warm"})
+    phases = ["Queued", "Starting", "Running", "Succeeded", "Failed"]
+    kinds: set[tuple[bool, bool]] = set()
+    for _ in range(150):
+        index = rng.randrange(8)
+        uid = f"uid-job-{index}"
+        step = rng.randrange(9)
+        if step <= 1:
+            store.put(_random_cj(rng, index))
+        elif step == 2:
+            store.put_child("job", _random_job(rng, index), deleted=rng.random() < 0.2)
+        elif step == 3:
+            store.admit(uid)
+        elif step == 4:
+            store.release(uid)
+        elif step == 5:
+            phase = rng.choice(phases)
+            written = models.CompositionJobStatus.model_validate(
+                {
+                    "phase": phase,
+                    "conditions": [_condition("Queued", rng.choice(["True", "False"]))],
+                }
+            )
+            store.record_write(uid, written, str(rng.randrange(100)))
+        elif step == 6:
+            store.set_unsuspended(uid, rng.random() < 0.5)
+        elif step == 7:
+            store.forget(uid) if rng.random() < 0.3 else store.finish(uid)
+        else:
+            store.put_child("pod", _pod(f"job-{index}"), deleted=rng.random() < 0.3)
+        assert store.standing_drift("studio") == []
+        kinds.update((e.running, e.waiting) for e in store.standing("studio").entries())
+    assert kinds >= {(True, False), (False, True)}  # the sequence had jobs holding and wanting
+
+
+def test_a_missed_change_is_found_and_mended_by_the_full_recompute() -> None:
+    store = inventory.Inventory()
+    store.put(_cj("a"))
+    assert [e.uid for e in store.standing("studio").entries()] == ["uid-a"]
+    store.tracked["uid-a"].admitted = True  # changed behind the inventory's back
+    store.tracked["uid-a"].revision += 1
+    assert store.standing_drift("studio") == ["uid-a"]
+    assert [e.running for e in store.standing("studio").entries()] == [True]
+    assert store.standing_drift("studio") == []
