@@ -235,21 +235,26 @@ class Standing:
         worth of the fair order, skipping the jobs of owners at their own limit."""
         if not caps.any:
             return [uid for uid, e in self._entries.items() if e.waiting and not e.running]
-        if caps.per_namespace > 0:
-            free = max(0, caps.per_namespace - sum(self._holding.values()))
+        # Caps are never negative (settings, ge=0): `!=` for `> 0` cannot change the result.
+        if caps.per_namespace > 0:  # pragma: no mutate: *_Gt_NotEq
+            # Below 0 when more jobs hold slots than the cap allows (a cap lowered): admits none.
+            free = caps.per_namespace - sum(self._holding.values())
         else:
             free = self._waiting
         chosen: list[str] = []
         ahead: collections.Counter[str] = collections.Counter()  # owners' jobs at higher levels
         for priority in sorted(self._levels, reverse=True):
-            if len(chosen) >= free:
-                break
+            # Only a shortcut: with no slot left the loop below admits nothing at this level, so
+            # `>`, `==` or `is` for `>=` (chosen never passes free) cannot change the result.
+            if len(chosen) >= free:  # pragma: no mutate: *_GtE_Gt, *_GtE_Eq, *_GtE_Is
+                break  # pragma: no mutate: ReplaceBreakWithContinue
             owners = self._levels[priority]
             heap: list[tuple[int, datetime.datetime, str, str, str, int]] = []
             for owner, keys in owners.items():
                 self._push(heap, owner, keys, ahead[owner], 0, caps)
             heapq.heapify(heap)
-            while heap and len(chosen) < free:
+            # chosen grows by one up to free, never past it: `!=` for `<` cannot change it.
+            while heap and len(chosen) < free:  # pragma: no mutate: *_Lt_NotEq
                 *_, owner, uid, index = heapq.heappop(heap)
                 chosen.append(uid)
                 self._push(heap, owner, owners[owner], ahead[owner], index + 1, caps)
@@ -268,10 +273,12 @@ class Standing:
     ) -> None:
         """The owner's next waiting job onto the merge, unless it has none or is at its cap
         (before the namespace's slots run out, every earlier job of the owner was admitted)."""
-        if index >= len(keys):
+        # index is at most len(keys) (one past the last popped): `==` for `>=` is the same.
+        if index >= len(keys):  # pragma: no mutate: *_GtE_Eq
             return
         done = self._holding[owner] + ahead + index  # its jobs holding a slot or admitted
-        if caps.per_owner > 0 and done >= caps.per_owner:
+        # Caps are never negative (settings, ge=0): `!=` for `> 0` cannot change the result.
+        if caps.per_owner > 0 and done >= caps.per_owner:  # pragma: no mutate: *_Gt_NotEq
             return
         created, name, uid = keys[index]
         heapq.heappush(heap, (done, created, name, owner, uid, index))
@@ -293,7 +300,8 @@ class Standing:
         more first, then those of owners at their own limit (as :func:`decide` lists them)."""
 
         def blocked(owner: str) -> bool:
-            return caps.per_owner > 0 and self._holding[owner] + taken[owner] >= caps.per_owner
+            limit = caps.per_owner  # 0: no per-owner cap (caps are never negative)
+            return bool(limit) and self._holding[owner] + taken[owner] >= limit
 
         # For each owner: its waiting jobs at higher levels, and in all.
         higher: collections.Counter[str] = collections.Counter()

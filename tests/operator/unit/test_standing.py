@@ -3,6 +3,7 @@ after every change of random sequences, each job's place and the admissions are 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import random
 
@@ -33,6 +34,7 @@ def random_entry(rng: random.Random, index: int) -> queueing.Entry | None:
 
 
 def check(standing: queueing.Standing, entries: dict[str, queueing.Entry]) -> None:
+    assert standing.waiting == sum(1 for e in entries.values() if e.waiting and not e.running)
     for caps in CAPS:
         decision = queueing.decide(entries.values(), caps)
         assert set(standing.admitted(caps)) == decision.admitted, caps
@@ -82,6 +84,50 @@ def test_admission_order_and_the_admitted_jobs_own_place() -> None:
     assert standing.place("b0", caps) == queueing.Place(True, None, 1)
     assert standing.place("a1", caps) == queueing.Place(False, 1, 1)
     assert standing.admitted(queueing.Limits()) == ["a0", "a1", "b0"]  # no caps: all of them
+    standing.put("b-run", queueing.Entry("b-run", "b-run", 0, T0, True, True, "bob"))
+    assert standing.admitted(queueing.Limits()) == ["a0", "a1", "b0"]  # not one that runs
+    assert standing.place("a1", queueing.Limits()) == queueing.Place(True, None, 0)
+    standing.put("b-run", None)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        standing.place("a1", caps).position = 2  # type: ignore[misc]
     standing.put("a0", None)
     standing.put("b0", None)
     assert standing.entries() == [standing.entries()[0]] and standing.admitted(caps) == ["a1"]
+
+
+def _waiting(name: str, owner: str, second: int, *, running: bool = False) -> queueing.Entry:
+    created = T0 + datetime.timedelta(seconds=second)
+    return queueing.Entry(name, name, 0, created, running, not running, owner)
+
+
+def test_a_blocked_owners_job_waits_behind_every_open_job_left_after_the_admissions() -> None:
+    # alice is at her own limit; one namespace slot is free and goes to bob's first job, and
+    # bob's other two still wait ahead of alice's (bob is not at his limit).
+    entries = [
+        _waiting("alice-run-0", "alice", 0, running=True),
+        _waiting("alice-run-1", "alice", 0, running=True),
+        _waiting("alice-w", "alice", 1),
+        *(_waiting(f"bob-{i}", "bob", 2 + i) for i in range(3)),
+    ]
+    standing = queueing.Standing()
+    for entry in entries:
+        standing.put(entry.uid, entry)
+    caps = queueing.Limits(per_namespace=3, per_owner=2)
+    decision = queueing.decide(entries, caps)
+    assert decision.admitted == {"bob-0"}
+    assert decision.positions == {"bob-1": 1, "bob-2": 2, "alice-w": 3}
+    assert [standing.place(e.uid, caps).position for e in entries[2:]] == [3, None, 1, 2]
+
+
+def test_no_more_are_admitted_than_there_are_free_slots_even_hundreds() -> None:
+    standing = queueing.Standing()
+    for index in range(400):
+        entry = _waiting(f"job-{index:03d}", "", index)
+        standing.put(entry.uid, entry)
+    caps = queueing.Limits(per_namespace=300)
+    admitted = standing.admitted(caps)
+    assert admitted == [f"job-{index:03d}" for index in range(300)]
+    assert standing.place("job-300", caps) == queueing.Place(False, 1, 100)
+    # An owner's whole queue admitted: the merge runs to the end of a list of hundreds.
+    everyone = queueing.Limits(per_owner=500)
+    assert standing.admitted(everyone) == [f"job-{index:03d}" for index in range(400)]
