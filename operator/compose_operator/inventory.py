@@ -72,9 +72,10 @@ class Inventory:
         # uid -> ((revision, unsuspended), its queue entry): the sweep's full decision reads
         # cached entries, and only jobs that changed are looked at again.
         self._entries: dict[str, tuple[tuple[int, bool], queueing.Entry | None]] = {}
-        # Per namespace, the queue kept in order (one job's admission reads it), and the jobs
-        # changed since it was last read: every change a queue entry reads marks its job here.
-        self._standings: dict[str, queueing.Standing] = collections.defaultdict(queueing.Standing)
+        # Per namespace, the queue kept in order (one job's admission reads it; made at the
+        # first read), and the jobs changed since it was last read: every change a queue entry
+        # reads marks its job here.
+        self._standings: dict[str, queueing.Standing] = {}
         self._dirty: dict[str, set[str]] = collections.defaultdict(set)
         # Pools, keyed by (namespace, name), and what belongs to them.
         self.pools: dict[tuple[str, str], pools.PoolView] = {}
@@ -218,7 +219,8 @@ class Inventory:
         """Something the job's queue entry reads changed: its cached entry is stale, and the
         namespace's :class:`~compose_operator.queueing.Standing` reads it again."""
         found.revision += 1
-        self._dirty[found.fields.namespace].add(found.uid)
+        if found.fields.namespace in self._standings:  # else nothing reads the marks
+            self._dirty[found.fields.namespace].add(found.uid)
 
     def set_unsuspended(self, uid: str, value: bool) -> None:
         """This process unsuspended the job's Job (True), or suspended it again (False)."""
@@ -437,10 +439,16 @@ class Inventory:
     def standing(self, namespace: str) -> queueing.Standing:
         """The namespace's queue in order, brought up to date with the jobs that changed since
         it was last read (so an admission costs nothing per job that did not change)."""
-        standing = self._standings[namespace]
+        standing = self._standings.get(namespace)
+        if standing is None:  # the first read (without caps there is none): from every job
+            standing = self._standings[namespace] = queueing.Standing()
+            for each in self.queue_entries(namespace):
+                standing.put(each.uid, each)
+            self._dirty.pop(namespace, None)
+            return standing
         for uid in self._dirty.pop(namespace, ()):
             found = self.tracked.get(uid)
-            entry = None
+            entry: queueing.Entry | None = None
             if found is not None and uid in self._active.get(namespace, ()):
                 entry = self._entry(found)
             standing.put(uid, entry)

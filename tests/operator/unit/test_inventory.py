@@ -239,3 +239,22 @@ def test_a_missed_change_is_found_and_mended_by_the_full_recompute() -> None:
     assert store.standing_drift("studio") == ["uid-a"]
     assert [e.running for e in store.standing("studio").entries()] == [True]
     assert store.standing_drift("studio") == []
+
+
+def test_without_a_read_of_the_queue_no_change_is_kept_for_it() -> None:
+    """Without caps nothing reads a namespace's queue: its changes are not collected (they would
+    pile up for as long as the operator runs); the first read builds it from every job."""
+    store = inventory.Inventory()
+    for name in ("a", "b", "c"):
+        store.put(_cj(name))
+    store.admit("uid-a")
+    store.finish("uid-c")
+    assert dict(store._dirty) == {}
+    standing = store.standing("studio")
+    assert sorted((e.uid, e.running) for e in standing.entries()) == [
+        ("uid-a", True),
+        ("uid-b", False),
+    ]
+    store.admit("uid-b")  # read from now on: the change reaches the queue
+    assert [e.running for e in store.standing("studio").entries()] == [True, True]
+    assert store.standing_drift("studio") == []
