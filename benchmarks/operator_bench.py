@@ -131,6 +131,7 @@ class Result:
     # the phase changes and the progress writes a job that waits that long may have
     late_status_writes: int
     cpu_ms: float
+    system_cpu_ms: float  # of cpu_ms, in the kernel (socket reads and writes, waits, wakeups)
     peak_rss_mib: float
     create_to_job_ms: list[float]
     create_to_done_ms: list[float]
@@ -146,6 +147,7 @@ class Result:
             "max_events": float(self.max_events),
             "late_status_writes_per_job": self.late_status_writes / self.jobs,
             "cpu_ms_per_job": self.cpu_ms / self.jobs,
+            "system_cpu_ms_per_job": self.system_cpu_ms / self.jobs,
             "peak_rss_mib": self.peak_rss_mib,
             "create_to_job_p50_ms": _percentile(self.create_to_job_ms, 50),
             "create_to_job_p99_ms": _percentile(self.create_to_job_ms, 99),
@@ -574,6 +576,7 @@ async def _measure(
         max_events=max(_events(mine).values(), default=0),
         late_status_writes=_late_status_writes(mine),
         cpu_ms=1000 * (cpu_end.user + cpu_end.system - cpu_start.user - cpu_start.system),
+        system_cpu_ms=1000 * (cpu_end.system - cpu_start.system),
         peak_rss_mib=_peak_rss_mib(observed, peak[0]),
         create_to_job_ms=[
             1000 * (driver.job_seen_at[n] - driver.created_at[n])
@@ -649,6 +652,7 @@ _ROWS = (
     ("max_events", "  most Events, 1 job", "{:.0f}"),
     ("late_status_writes_per_job", "  status writes after a quiet window", "{:.2f}"),
     ("cpu_ms_per_job", "CPU ms per job (user+sys)", "{:.1f}"),
+    ("system_cpu_ms_per_job", "  of which system", "{:.1f}"),
     ("peak_rss_mib", "peak RSS (MiB)", "{:.1f}"),
     ("create_to_job_p50_ms", "create->Job p50 (ms)", "{:.0f}"),
     ("create_to_job_p99_ms", "create->Job p99 (ms)", "{:.0f}"),

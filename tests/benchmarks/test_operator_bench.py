@@ -30,6 +30,9 @@ def test_benchmark_runs_both_operators_and_reports_their_figures(tmp_path: pathl
         assert result["done"] == result["succeeded"] == 4, result
         assert len(result["create_to_job_ms"]) == 4
         assert result["summary"]["cpu_ms_per_job"] > 0
+        assert (
+            0 <= result["summary"]["system_cpu_ms_per_job"] <= result["summary"]["cpu_ms_per_job"]
+        )
         assert result["summary"]["peak_rss_mib"] > 10
     # The baseline follows the same lifecycle: create the Job, kopf's own patches, and the final
     # status with the result after reading the pods -- and the benchmark's own requests (the
@@ -47,4 +50,5 @@ def test_benchmark_runs_both_operators_and_reports_their_figures(tmp_path: pathl
     assert compose["writes"] <= 4 * 4 + late, compose["requests_by_verb"]
     assert compose["events"] <= 3 * 4, compose["requests_by_verb"]
     assert "API requests per job" in completed.stdout
+    assert "  of which system" in completed.stdout
     assert "ratio to naive kopf" in completed.stdout
