@@ -456,7 +456,7 @@ class Inventory:
 
     def standing_drift(self, namespace: str) -> list[str]:
         """The jobs whose entry in :meth:`standing` differs from a full recompute (none, unless
-        a change reached the queue without marking its job); the standing is then rebuilt."""
+        a change reached the queue without marking its job); those entries are then mended."""
         standing = self.standing(namespace)
         full = {entry.uid: entry for entry in self.queue_entries(namespace)}
         kept = {entry.uid: entry for entry in standing.entries()}

@@ -23,7 +23,8 @@ slot until the Job controller marks the Job Complete, and the cap is never excee
 
 :func:`decide` is the definition, a sort of the whole queue; :class:`Standing` keeps one
 namespace's queue in that order as its entries change and answers the same for one job at a time,
-so that admitting a queue of n jobs costs O(n log n) in all, not O(n^2).
+so that admitting a queue of n jobs costs O(n log n) in all, not O(n^2) (with a bounded number of
+owners and priority levels; ``benchmarks/queue_bench.py`` measures it).
 """
 
 from __future__ import annotations
@@ -174,9 +175,10 @@ def _key(entry: Entry) -> _Key:
 
 class Standing:
     """One namespace's queue, kept in order as its entries change, so that one job's place
-    costs O(log n + owners x priority levels) instead of :func:`decide`'s sort of every waiting
-    job. It gives what :func:`decide` gives over the same entries (the unit tests compare the
-    two after every step of random sequences of changes).
+    costs O(log n + owners x priority levels) comparisons (and a change, a list insert or
+    delete) instead of :func:`decide`'s sort of every waiting job. It gives what :func:`decide`
+    gives over the same entries (the unit tests compare the two after every step of random
+    sequences of changes).
 
     Why that is possible: :func:`fair_order` merges the owners' queues. Within one priority
     level a job's round is how many jobs of its owner come before it (holding a slot, waiting
