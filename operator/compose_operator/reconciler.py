@@ -555,7 +555,7 @@ class Reconciler:
             drift = self.inventory.standing_drift(namespace)
             if drift:
                 logger.warning(
-                    "the queue of namespace %s missed changes of %d job(s); rebuilt",
+                    "the queue of namespace %s missed changes of %d job(s); mended",
                     namespace,
                     len(drift),
                 )
