@@ -11,12 +11,15 @@ Restart safety comes from the order of the actions: the seed, the admission and 
 create the Job are written to status before the Job is created, so a restart that finds no Job
 can tell one never created (create it) from one that finished and was TTL-deleted meanwhile
 (lost, never run twice); the Job's name is deterministic, so a create after a crash gets 409 and
-adopts the Job it finds; a terminal status is never recomputed.
+adopts the Job it finds; a terminal status is never recomputed. One exception, by choice: a job
+that waited behind the caps is admitted without a write of its own (:func:`_quiet_admission`),
+its ``Queued`` record standing for the intent, when ``job_ttl_seconds`` is long enough that only
+a long outage at the wrong moment could make it run twice.
 
 Writes per job are few by design: a waiting job is written when it starts waiting and then only
-when its position has changed and ``queue_position_refresh_seconds`` have passed; progress within
-a phase is coalesced (``status_coalesce_seconds``); Events go with the transitions a user reads
-(:func:`compose_operator.status.event_for`).
+when its position has changed and ``queue_position_refresh_seconds`` have passed; its admission
+is shown with its start; progress within a phase is coalesced (``status_coalesce_seconds``);
+Events go with the transitions a user reads (:func:`compose_operator.status.event_for`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,12 @@ from compose_operator.settings import OperatorSettings
 # listed from the API server instead (the Job's and the pods' watches are separate streams).
 # A tuning value: any positive wait decides the same (on the pods' events, or on a fresh list).
 POD_CATCH_UP_SECONDS = 5.0  # pragma: no mutate: NumberReplacer
+
+# The shortest ``job_ttl_seconds`` with which a job that waited behind the caps is admitted
+# without a write of its own (:func:`_quiet_admission`): it could then run twice only if the
+# operator stopped right after creating its Job and stayed down for longer than this (a
+# crash-looping operator is restarted at least every five minutes).
+QUIET_ADMISSION_MIN_TTL_SECONDS = 600
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,6 +154,8 @@ def _start(
         return _written(observed.previous, outcome)
     started = cj.model_copy(update={"status": outcome.status})
     manifest = builders.build_job(started, profile, settings, 0, seed)
+    if _quiet_admission(observed, settings):
+        return Plan((CreateJob(manifest),), admit=True)
     write = WriteStatus(outcome, status.event_for(observed.previous, outcome))
     return Plan((write, CreateJob(manifest)), admit=observed.capped)
 
@@ -206,6 +217,8 @@ def _follow(
     if held_back is not None and _position_only(observed, outcome, settings):
         return Plan(tuple(actions), admit=admit, recheck_at=recheck)
     wait = _coalesce_wait(observed, outcome, settings)
+    if wait is None:
+        wait = _admitted_wait(observed, outcome, job, now, settings)
     if wait is not None:
         return Plan(tuple(actions), admit=admit, later=wait, recheck_at=recheck)
     write = WriteStatus(outcome, status.event_for(previous, outcome))
@@ -275,6 +288,57 @@ def _coalesce_wait(
     if wait <= 0 or status.to_patch(outcome.status, observed.previous) is None:
         return None
     return wait
+
+
+def _quiet_admission(observed: Observed, settings: OperatorSettings) -> bool:
+    """Whether a job admitted now creates its Job without writing its intent first: it waited
+    behind the caps (its ``Queued`` record, with its seed, was written before), and the Job's
+    TTL is long. The record written when it began to wait stands for the intent: a restart
+    that finds no Job for it queues it again, which is right unless the Job was created, ran
+    and was deleted by its TTL while the operator was down, so only an outage longer than the
+    TTL, starting within moments of the create, could run it twice. Its admission is shown
+    with its start (:func:`_admitted_wait`). That saves a job that waits a write and the
+    reconcile its echo brings: a waiting job costs as many writes as one that never waits."""
+    previous = observed.previous
+    if not observed.capped or settings.job_ttl_seconds < QUIET_ADMISSION_MIN_TTL_SECONDS:
+        return False
+    if previous.attempts or status.intent(previous.conditions) is not None:
+        return False
+    return _waiting_for_capacity(previous)
+
+
+def _waiting_for_capacity(previous: models.CompositionJobStatus) -> bool:
+    """Written as waiting for a slot under the operator's caps (not for Kueue, not held)."""
+    if previous.phase != models.Phase.QUEUED:
+        return False
+    queued = next((c for c in previous.conditions if c.type == models.ConditionType.QUEUED), None)
+    return queued is not None and queued.reason == models.Reason.WAITING_FOR_CAPACITY
+
+
+def _admitted_wait(
+    observed: Observed,
+    outcome: status.Outcome,
+    job: JobView,
+    now: datetime.datetime,
+    settings: OperatorSettings,
+) -> float | None:
+    """Seconds to hold the first write of a job admitted quietly (:func:`_quiet_admission`):
+    its status still shows it waiting while its Job starts as usual, and the write that shows
+    it starting waits ``starting_progress_seconds`` from the Job's creation, so that a Job
+    whose pod runs within that time shows its admission with its ``Running`` write, as an
+    uncapped job shows its Job's normal progress. A warning, a stop and an end are written at
+    once. None: write now."""
+    previous = observed.previous
+    if outcome.status.phase != models.Phase.STARTING or not _waiting_for_capacity(previous):
+        return None
+    if any(t.warning for t in outcome.transitions):  # a stopped Job's outcome is terminal
+        return None
+    created = status.parse_time((job.body.get("metadata") or {}).get("creationTimestamp"))
+    if created is None:
+        return None
+    window = max(settings.starting_progress_seconds, settings.status_coalesce_seconds)
+    wait = window - (now - created).total_seconds()
+    return wait if wait > 0 else None
 
 
 def _normal_start(previous: models.CompositionJobStatus, outcome: status.Outcome) -> bool:

@@ -257,3 +257,150 @@ def test_resuming_under_the_cap_waits_for_a_slot_then_unsuspends(
     assert free.admit
     suspend = free.actions[0]
     assert isinstance(suspend, plan.SuspendJob) and suspend.suspended is False
+
+
+def _waited(config: settings.OperatorSettings) -> models.CompositionJob:
+    """A job whose Queued record (waiting behind the caps) was written."""
+    first = plan.plan(seen(make_cj(), queue=status.Queue(2, 5), capped=True), at(1), config)
+    write = first.actions[0]
+    assert isinstance(write, plan.WriteStatus)
+    return make_cj().model_copy(update={"status": write.outcome.status})
+
+
+def test_a_job_that_waited_is_admitted_with_its_job_create_alone(
+    config: settings.OperatorSettings, tmp_path: pathlib.Path
+) -> None:
+    waited = _waited(config)
+    decided = plan.plan(seen(waited, capped=True), at(30), config)
+    assert kinds(decided) == ["CreateJob"]  # its Queued record stands for the intent
+    assert decided.admit
+    (create,) = decided.actions
+    assert isinstance(create, plan.CreateJob)
+    assert create.manifest["metadata"]["name"] == names.job_name(
+        "portrait", waited.metadata.uid or "", 0
+    )
+    assert create.manifest["metadata"]["annotations"][builders.SEED_ANNOTATION] == str(
+        waited.status.seed
+    )
+    # A short Job TTL: a restart could not tell a Job deleted by it from one never created.
+    short = make_settings(tmp_path, COMPOSE_JOB_TTL_SECONDS="599")
+    assert plan.QUIET_ADMISSION_MIN_TTL_SECONDS == 600
+    assert kinds(plan.plan(seen(waited, capped=True), at(30), short)) == [
+        "WriteStatus",
+        "CreateJob",
+    ]
+    # The caps were lifted (the operator restarted without them): the intent is written.
+    assert kinds(plan.plan(seen(waited), at(30), config)) == ["WriteStatus", "CreateJob"]
+    # A job never written as waiting writes its intent, waiting or not.
+    assert kinds(plan.plan(seen(make_cj(), capped=True), at(30), config)) == [
+        "WriteStatus",
+        "CreateJob",
+    ]
+    # A record that already holds the intent (a restart after it): written again, no patch.
+    intent = status.waiting(
+        waited, seed=42, queue=None, now=at(20), creating=create.manifest["metadata"]["name"]
+    ).status
+    recorded = waited.model_copy(update={"status": intent})
+    assert kinds(plan.plan(seen(recorded, capped=True, listed=True), at(30), config)) == [
+        "WriteStatus",
+        "CreateJob",
+    ]
+
+
+def test_a_quietly_admitted_job_shows_its_admission_with_its_start(
+    config: settings.OperatorSettings,
+) -> None:
+    waited = _waited(config)
+    job = (job_view(config, waited),)  # created at 5 s
+    pending = (pod("p1", 6, node="gpu-1", conditions=[scheduled(7)], state={"waiting": {}}),)
+    held = plan.plan(seen(waited, jobs=job, pods=pending, capped=True), at(8), config)
+    assert held.actions == ()  # still shown waiting while the Job starts as usual
+    assert held.later == pytest.approx(config.starting_progress_seconds - 3)
+    assert held.recheck_at == at(66)  # the start deadline still counts from the Job's start
+    window = config.starting_progress_seconds
+    due = plan.plan(seen(waited, jobs=job, pods=pending, capped=True), at(5 + window), config)
+    (write,) = due.actions
+    assert isinstance(write, plan.WriteStatus)
+    assert write.outcome.status.phase == models.Phase.STARTING
+    queued = next(c for c in write.outcome.status.conditions if c.type == "Queued")
+    assert (queued.status, queued.reason) == ("False", "Admitted")
+    assert write.event is None  # admission and progress are in status only
+    assert write.outcome.status.timings is not None
+    assert write.outcome.status.timings.queued == 5.0  # from the Job's creation
+    # The pod runs within the window: one write shows the admission and the start.
+    running = (
+        pod("p1", 6, phase="Running", node="gpu-1", state={"running": {"startedAt": ts(9)}}),
+    )
+    started = plan.plan(seen(waited, jobs=job, pods=running, capped=True), at(9), config)
+    (write,) = started.actions
+    assert isinstance(write, plan.WriteStatus)
+    assert write.outcome.status.phase == models.Phase.RUNNING
+    assert write.event is not None and write.event.reason == "Running"
+    # A warning is written at once.
+    no_room = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+               "message": "0/3 nodes are available", "lastTransitionTime": ts(7)}  # fmt: skip
+    stuck = (pod("p1", 6, conditions=[no_room]),)
+    warned = plan.plan(seen(waited, jobs=job, pods=stuck, capped=True), at(8), config)
+    (write,) = warned.actions
+    assert isinstance(write, plan.WriteStatus) and write.event is not None
+    assert write.event.type == "Warning"
+    # Kueue's waiting is not the operator's: its admission is written at once.
+    kueued = waited.model_copy(
+        update={
+            "status": waited.status.model_copy(
+                update={
+                    "conditions": [
+                        c.model_copy(update={"reason": "WaitingForAdmission"})
+                        if c.type == "Queued"
+                        else c
+                        for c in waited.status.conditions
+                    ]
+                }
+            )
+        }
+    )
+    assert kinds(plan.plan(seen(kueued, jobs=job, pods=pending), at(8), config)) == ["WriteStatus"]
+
+
+def test_only_a_plain_wait_behind_the_caps_is_admitted_quietly(
+    config: settings.OperatorSettings,
+) -> None:
+    waited = _waited(config)
+    queued = next(c for c in waited.status.conditions if c.type == "Queued")
+    name = names.job_name("portrait", waited.metadata.uid or "", 0)
+    intent = models.Condition(
+        type="Started",
+        status="Unknown",
+        reason="JobCreated",
+        message=f"creating job {name}",
+        last_transition_time=at(0),
+    )
+    # An intent left from an earlier admission whose create failed: the usual rule holds.
+    earlier = waited.model_copy(
+        update={"status": waited.status.model_copy(
+            update={"conditions": [*waited.status.conditions, intent]}
+        )}
+    )  # fmt: skip
+    assert earlier.status.phase == models.Phase.QUEUED
+    decided = plan.plan(seen(earlier, capped=True, listed=True), at(30), config)
+    assert kinds(decided) == ["WriteStatus", "CreateJob"]
+    # Suspended while waiting (the Queued condition as it was), then resumed: the resumption
+    # is written before the create.
+    pause = models.Condition(
+        type="Suspended",
+        status="True",
+        reason="SuspendedByUser",
+        message="suspended by spec.suspend",
+        last_transition_time=at(10),
+    )
+    paused = waited.status.model_copy(
+        update={"conditions": [*waited.status.conditions, pause], "phase": "Suspended"}
+    )
+    assert status.derive_phase(paused.conditions) == models.Phase.SUSPENDED
+    assert queued in paused.conditions
+    resumed = waited.model_copy(update={"status": paused})
+    decided = plan.plan(seen(resumed, capped=True), at(30), config)
+    assert kinds(decided) == ["WriteStatus", "CreateJob"]
+    write = decided.actions[0]
+    assert isinstance(write, plan.WriteStatus) and write.event is not None
+    assert "Suspended=False Resumed" in write.event.message
