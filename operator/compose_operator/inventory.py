@@ -49,6 +49,7 @@ class Tracked:
     admitted: bool = False  # may start: its Job is being (or was) created, or it was resumed
     written: models.CompositionJobStatus | None = None  # what this process last wrote
     parsed: models.CompositionJobStatus | None = None  # the body's status, parsed on demand
+    spec: observed.SpecView | None = None  # the body's spec, validated once per generation
     revision: int = 0  # bumped on every change the queue reads (its entry is cached by it)
     pool: str | None = None  # the pool that runs it (None: Job mode)
     worker: str | None = None  # pool mode: the worker instance its attempt is assigned to
@@ -194,6 +195,7 @@ class Inventory:
         if found is None:
             return
         found.finished, found.body, found.written, found.parsed = True, None, None, None
+        found.spec = None
         found.admitted = False
         self._touch(found)
         self._set_worker(found, None)
@@ -255,6 +257,19 @@ class Inventory:
             except pydantic.ValidationError:
                 found.parsed = models.CompositionJobStatus()
         return found.parsed
+
+    def spec_of(self, uid: str, body: Mapping[str, Any]) -> observed.SpecView:
+        """The spec of ``body`` validated, kept while its generation stays the same (a body
+        without one is validated every time)."""
+        found = self.tracked.get(uid)
+        kept = found.spec if found is not None else None
+        generation = (body.get("metadata") or {}).get("generation")
+        if kept is not None and kept.generation is not None and kept.generation == generation:
+            return kept
+        view = observed.read_spec(body)
+        if found is not None and not found.finished and view.generation is not None:
+            found.spec = view
+        return view
 
     def record_write(
         self, uid: str, written: models.CompositionJobStatus, resource_version: str = ""

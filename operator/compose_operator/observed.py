@@ -14,6 +14,8 @@ import datetime
 from collections.abc import Mapping
 from typing import Any
 
+import pydantic
+
 from compose_api import models
 from compose_api import pools as protocol
 from compose_operator import builders, names, pooljobs, pools, status
@@ -131,6 +133,28 @@ def view_job(obj: Obj) -> JobView:
 
 
 @dataclasses.dataclass(frozen=True)
+class SpecView:
+    """A CompositionJob's spec as validated (None and ``error`` when it does not validate), and
+    the digest its Jobs carry (:func:`compose_operator.builders.spec_hash`), read once per
+    ``generation``: the API server bumps it on every change of the spec."""
+
+    generation: int | None
+    spec: models.CompositionJobSpec | None
+    error: str | None
+    digest: str | None
+
+
+def read_spec(body: Obj) -> SpecView:
+    generation = _meta(body).get("generation")
+    known = generation if isinstance(generation, int) else None
+    try:
+        spec = models.CompositionJobSpec.model_validate(body.get("spec") or {})
+    except pydantic.ValidationError as problem:
+        return SpecView(known, None, models.describe_validation_error(problem), None)
+    return SpecView(known, spec, None, builders.spec_hash(spec))
+
+
+@dataclasses.dataclass(frozen=True)
 class QueueFields:
     """What the queue reads of a CompositionJob, taken from its body once per event."""
 
@@ -193,6 +217,7 @@ class Observed:
     listed: bool = False
     pods_waited: bool = False
     since_last_write: float | None = None
+    spec_hash: str | None = None  # the spec's digest, when the reconciler has it at hand
     # Pool mode: the pool that runs the job (None: Job mode) and what the decision reads of it.
     pool_name: str | None = None
     pool: pools.PoolView | None = None  # None: no such pool in the namespace

@@ -172,7 +172,7 @@ def _follow(
     """A Job exists: keep it in line with the spec, and map what it shows to status."""
     previous = observed.previous
     actions: list[Action] = [DeleteJob(stale.name) for stale in observed.jobs[1:]]
-    if _needs_rebuild(cj, job, observed.pods):
+    if _needs_rebuild(cj, job, observed.pods, observed.spec_hash):
         # The spec changed before any pod ran: the next attempt runs the new spec. Create
         # first, then delete, so that a crash in between leaves a Job to adopt.
         manifest = builders.build_job(cj, profile, settings, job.attempt + 1, seed)
@@ -380,10 +380,14 @@ def _never_created(
 
 
 def _needs_rebuild(
-    cj: models.CompositionJob, job: JobView, pods: Sequence[Mapping[str, Any]]
+    cj: models.CompositionJob,
+    job: JobView,
+    pods: Sequence[Mapping[str, Any]],
+    digest: str | None = None,
 ) -> bool:
-    """Params or execution changed, and no pod of the Job has started yet."""
-    if job.spec_hash is None or job.spec_hash == builders.spec_hash(cj.spec):
+    """Params or execution changed, and no pod of the Job has started yet. ``digest``: the
+    spec's, when the caller has it (else it is computed)."""
+    if job.spec_hash is None or job.spec_hash == (digest or builders.spec_hash(cj.spec)):
         return False
     if cj.status.start_time is not None:
         return False

@@ -26,8 +26,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import pydantic
-
 from compose_api import models
 from compose_api import pools as protocol
 from compose_operator import (
@@ -279,12 +277,8 @@ class Reconciler:
     ) -> observed.Observed:
         meta = models.ObjectMeta.model_validate(body.get("metadata") or {})
         previous = self.inventory.status_of(uid)
-        spec: models.CompositionJobSpec | None = None
-        error: str | None = None
-        try:
-            spec = models.CompositionJobSpec.model_validate(body.get("spec") or {})
-        except pydantic.ValidationError as problem:
-            error = models.describe_validation_error(problem)
+        read = self.inventory.spec_of(uid, body)
+        spec, error = read.spec, read.error
         if listed is not None:
             jobs, pods = listed
         else:
@@ -321,6 +315,7 @@ class Reconciler:
             listed=listed is not None,
             pods_waited=pods_waited,
             since_last_write=None if last is None else self._monotonic() - last,
+            spec_hash=read.digest,
         )
 
     async def _observe_pool(

@@ -258,3 +258,38 @@ def test_without_a_read_of_the_queue_no_change_is_kept_for_it() -> None:
     store.admit("uid-b")  # read from now on: the change reaches the queue
     assert [e.running for e in store.standing("studio").entries()] == [True, True]
     assert store.standing_drift("studio") == []
+
+
+def test_a_spec_is_validated_once_per_generation() -> None:
+    from compose_operator import builders
+    from tests.operator.conftest import cj_body
+
+    store = inventory.Inventory()
+    body = cj_body("edited", namespace="studio")
+    body["metadata"].update(uid="uid-edited", generation=1)
+    store.put(body)
+    first = store.spec_of("uid-edited", body)
+    assert first.spec is not None and first.error is None
+    assert first.digest == builders.spec_hash(first.spec)
+    # The same generation: the same view, whatever the body says (the API server bumps the
+    # generation on every change of the spec).
+    same = {**body, "spec": {**body["spec"], "params": {"seed": 7}}}
+    assert store.spec_of("uid-edited", same) is first
+    edited = {**same, "metadata": {**body["metadata"], "generation": 2}}
+    second = store.spec_of("uid-edited", edited)
+    assert second.generation == 2 and second.spec is not None
+    assert second.spec.params.seed == 7 and second.digest != first.digest
+    assert store.spec_of("uid-edited", edited) is second
+    # An invalid spec is described, with no digest; and kept as well.
+    broken = {**edited, "spec": {"profile": 5}, "metadata": {**edited["metadata"], "generation": 3}}
+    invalid = store.spec_of("uid-edited", broken)
+    assert invalid.spec is None and invalid.digest is None
+    assert invalid.error is not None and "spec.profile" in invalid.error
+    assert store.spec_of("uid-edited", broken) is invalid
+    # Without a generation nothing is kept: validated every time.
+    bare = {**body, "metadata": {k: v for k, v in body["metadata"].items() if k != "generation"}}
+    assert store.spec_of("uid-edited", bare) is not store.spec_of("uid-edited", bare)
+    # A finished job keeps none.
+    store.finish("uid-edited")
+    assert store.tracked["uid-edited"].spec is None
+    assert store.spec_of("uid-edited", edited) is not store.spec_of("uid-edited", edited)

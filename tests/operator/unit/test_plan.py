@@ -404,3 +404,19 @@ def test_only_a_plain_wait_behind_the_caps_is_admitted_quietly(
     write = decided.actions[0]
     assert isinstance(write, plan.WriteStatus) and write.event is not None
     assert "Suspended=False Resumed" in write.event.message
+
+
+def test_the_spec_digest_at_hand_decides_a_rebuild(config: settings.OperatorSettings) -> None:
+    before = make_cj()
+    edited = make_cj(params={"seed": 42, "steps": 20})
+    job = (job_view(config, before),)
+    told = builders.spec_hash(edited.spec)
+    assert kinds(plan.plan(seen(edited, jobs=job, spec_hash=told), at(6), config)) == [
+        "CreateJob",
+        "DeleteJob",
+    ]
+    # The digest the reconciler passes is the one compared (it kept it with the spec).
+    stale = builders.spec_hash(before.spec)
+    assert "CreateJob" not in kinds(
+        plan.plan(seen(edited, jobs=job, spec_hash=stale), at(6), config)
+    )
