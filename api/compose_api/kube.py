@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
+import orjson
 import yaml
 
 SERVICE_ACCOUNT_DIR = pathlib.Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -475,16 +476,16 @@ class Client:
                 data=data,
                 headers=self._headers(content_type if body is not None else None),
             ) as response:
-                text = await response.text()
+                raw = await response.read()
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             raise Unreachable(0, "Unreachable", f"{method} {path}: {error!r}") from error
         try:
-            parsed: Any = json.loads(text) if text else {}
+            parsed: Any = orjson.loads(raw) if raw else {}
         except ValueError:
             parsed = {}
         if status >= 400:
-            raise _status_error(status, parsed, text)
+            raise _status_error(status, parsed, raw.decode(errors="replace"))
         return parsed if isinstance(parsed, dict) else {}
 
     # -- verbs ------------------------------------------------------------------------------
@@ -649,7 +650,7 @@ class Client:
                     async for line in response.content:
                         if not line.strip():
                             continue
-                        event = json.loads(line)
+                        event = orjson.loads(line)  # about twice as fast as json's
                         kind = str(event.get("type") or "")
                         obj = event.get("object") or {}
                         if kind == "ERROR":
