@@ -49,6 +49,43 @@ def test_benchmark_runs_both_operators_and_reports_their_figures(tmp_path: pathl
     late = compose["late_status_writes"]
     assert compose["writes"] <= 4 * 4 + late, compose["requests_by_verb"]
     assert compose["events"] <= 3 * 4, compose["requests_by_verb"]
+    assert compose["position_writes"] == naive["position_writes"] == 0  # no cap, no queue
     assert "API requests per job" in completed.stdout
     assert "  of which system" in completed.stdout
     assert "ratio to naive kopf" in completed.stdout
+
+
+def test_only_a_waiting_job_rewritten_waiting_counts_as_a_moved_position() -> None:
+    from benchmarks import operator_bench
+    from tests.support.resources import RequestRecord
+
+    def patch(name: str, at: float, phase: str | None) -> RequestRecord:
+        body = {"status": {"phase": phase, "queuePosition": 2}} if phase else None
+        return RequestRecord(
+            method="PATCH",
+            verb="patch",
+            group="compose.nextunicorn.dev",
+            version="v1alpha1",
+            resource="compositionjobs",
+            subresource="status",
+            namespace="bench",
+            name=name,
+            path="",
+            user_agent="",
+            status=200,
+            at=at,
+            body=body,
+        )
+
+    records = [
+        patch("waits", 1.0, "Queued"),
+        patch("waits", 3.0, "Queued"),  # its position moved
+        patch("starts", 1.5, "Starting"),
+        patch("waits", 2.0, "Queued"),  # before the one above: the order is by arrival
+        patch("waits", 4.0, "Running"),
+        patch("starts", 2.5, "Running"),
+        patch("waits", 5.0, "Queued"),  # suspended and resumed, say: after Running, not a move
+        patch("unaudited", 1.0, None),
+        patch("unaudited", 2.0, None),
+    ]
+    assert operator_bench._position_writes(records) == 2

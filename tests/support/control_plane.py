@@ -469,6 +469,7 @@ class ControlPlane:
                     if event.get("stage") == "ResponseStarted"
                     else int((event.get("responseStatus") or {}).get("code") or 0),
                     at=_received(event),
+                    body=event.get("requestObject"),
                 )
             )
         return records
@@ -756,7 +757,21 @@ def start(directory: Path | None = None) -> Iterator[ControlPlane]:
                     # ResponseStarted is kept: a watch is logged when it starts, not only when
                     # it ends (request_records counts each request once).
                     "omitStages": ["RequestReceived"],
-                    "rules": [{"level": "Metadata"}],
+                    # The bodies of CompositionJob status patches are kept, so that a count of
+                    # writes can tell what each one changed (a moved queue position, a phase).
+                    "rules": [
+                        {
+                            "level": "Request",
+                            "verbs": ["patch"],
+                            "resources": [
+                                {
+                                    "group": "compose.nextunicorn.dev",
+                                    "resources": ["compositionjobs/status"],
+                                }
+                            ],
+                        },
+                        {"level": "Metadata"},
+                    ],
                 }
             )
         )

@@ -121,6 +121,9 @@ class RequestRecord:
     # when the request arrived: time.monotonic() in the emulator, the audit log's
     # requestReceivedTimestamp (seconds since the epoch) on the real control plane
     at: float
+    # the request's body, where the audit policy keeps it (the real control plane keeps those of
+    # status patches of CompositionJobs); None elsewhere
+    body: Any = None
 
     @property
     def is_resource_request(self) -> bool:
