@@ -406,6 +406,7 @@ class Reason(enum.StrEnum):
     ADMITTED = "Admitted"
     # Started
     JOB_CREATED = "JobCreated"
+    JOB_CREATE_FAILED = "JobCreateFailed"  # the API server refused the Job; tried again
     SCHEDULING = "Scheduling"
     UNSCHEDULABLE = "Unschedulable"
     IMAGE_PULLING = "ImagePulling"

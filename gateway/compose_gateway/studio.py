@@ -77,6 +77,8 @@ REASONS: dict[models.Reason, str] = {
     models.Reason.POOL_NOT_FOUND: "Waiting: the workers that run jobs are not set up yet.",
     models.Reason.ADMITTED: "Out of the queue: a machine is being found.",
     models.Reason.JOB_CREATED: "Starting.",
+    models.Reason.JOB_CREATE_FAILED: "The cluster refused to start the job (a policy or a "
+    "quota, say); trying again. Tell the people who run the service if this lasts.",
     models.Reason.SCHEDULING: "Looking for a machine with a GPU.",
     models.Reason.UNSCHEDULABLE: "No machine can run the job at the moment; it waits for one "
     "to become free or to be added.",

@@ -297,8 +297,8 @@ def _quiet_admission(observed: Observed, settings: OperatorSettings) -> bool:
     that finds no Job for it queues it again, which is right unless the Job was created, ran
     and was deleted by its TTL while the operator was down, so only an outage longer than the
     TTL, starting within moments of the create, could run it twice. Its admission is shown
-    with its start (:func:`_admitted_wait`). That saves a job that waits a write and the
-    reconcile its echo brings: a waiting job costs as many writes as one that never waits."""
+    with its start (:func:`_admitted_wait`). That saves a job that waits one status write: it
+    costs as many as one that never waits."""
     previous = observed.previous
     if not observed.capped or settings.job_ttl_seconds < QUIET_ADMISSION_MIN_TTL_SECONDS:
         return False
@@ -372,10 +372,16 @@ def _never_created(
 
     A Job created after the intent was recorded finishes later still, and its TTL deletes
     it no sooner than ``job_ttl_seconds`` after that: within that time a missing Job was
-    never created. Later, it may have run to the end and been deleted: the job is lost."""
+    never created. Later, it may have run to the end and been deleted: the job is lost.
+    An intent that records the API server's refusal of the create (JobCreateFailed) was
+    never followed by a Job, however old: tries again write nothing before their create,
+    and the first that succeeds is written within moments (the refusal is a warning, which
+    the Job's progress clears at once)."""
     found = status.intent(previous.conditions)
     if found is None or previous.attempts:
         return False
+    if found.reason == models.Reason.JOB_CREATE_FAILED:
+        return True
     return (now - found.last_transition_time).total_seconds() < settings.job_ttl_seconds
 
 

@@ -26,9 +26,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from compose_api import models
+from compose_api import kube, models
 from compose_api import pools as protocol
 from compose_operator import (
+    builders,
     inventory,
     kubeapi,
     metrics,
@@ -45,6 +46,9 @@ from compose_operator import (
 from compose_operator.settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
+
+# The most characters of the API server's answer that a refused create puts in status.
+REFUSAL_CHARS = 1024
 
 Clock = Callable[[], datetime.datetime]
 
@@ -404,7 +408,12 @@ class Reconciler:
                         await self._write(uid, body, seen.previous, action)
                         created = created or action.outcome.status.assignment is not None
                     elif isinstance(action, plan.CreateJob):
-                        job = await self.client.create_job(action.manifest)
+                        try:
+                            job = await self.client.create_job(action.manifest)
+                        except kube.KubeError as error:
+                            if _refused(error):
+                                await self._record_refusal(uid, body, seen, action, error)
+                            raise
                         self.inventory.put_child("job", job, deleted=False)
                         created = True
                     elif isinstance(action, plan.DeleteJob):
@@ -428,6 +437,35 @@ class Reconciler:
         if decided.recheck_at is not None:
             delay = (decided.recheck_at - self.clock()).total_seconds()
             self._later(uid, max(0.0, delay))
+
+    async def _record_refusal(
+        self,
+        uid: str,
+        body: Mapping[str, Any],
+        seen: observed.Observed,
+        action: plan.CreateJob,
+        error: kube.KubeError,
+    ) -> None:
+        """The API server refused the Job, so none exists: status says so (a warning, with the
+        server's answer), and the sweep tries again. The same refusal again writes nothing. A
+        failure to write it is logged; the refusal is raised all the same."""
+        previous = self.inventory.status_of(uid)
+        cj = seen.composition().model_copy(update={"status": previous})
+        seed = previous.seed if previous.seed is not None else builders.choose_seed(cj)
+        answer = f"{error.status} {error.reason}: {error.message}"[:REFUSAL_CHARS]
+        outcome = status.waiting(
+            cj,
+            seed=seed,
+            queue=None,
+            now=self.clock().replace(microsecond=0),
+            creating=str(action.manifest["metadata"]["name"]),
+            refused=answer,
+        )
+        refusal = plan.WriteStatus(outcome, status.event_for(previous, outcome))
+        try:
+            await self._write(uid, body, previous, refusal)
+        except Exception as problem:
+            logger.warning("recording the refused create of %s failed: %s", _ref(body), problem)
 
     def later(self, uid: str, delay: float) -> None:
         """Reconcile the job again in ``delay`` seconds (the pool dispatcher's entry)."""
@@ -580,6 +618,15 @@ class Reconciler:
 def _labels(obj: Mapping[str, Any]) -> Mapping[str, str]:
     labels: Mapping[str, str] = (obj.get("metadata") or {}).get("labels") or {}
     return labels
+
+
+def _refused(error: kube.KubeError) -> bool:
+    """An answer that says the Job was not made and will not be by asking again at once: not
+    allowed (RBAC, a quota, an admission webhook or policy), invalid, or a Job of that name
+    owned by someone else. A conflict of our own, throttling and no answer are not refusals."""
+    if isinstance(error, kubeapi.ForeignObjectError):
+        return True
+    return 400 <= error.status < 500 and error.status not in (409, 429)
 
 
 def _ref(body: Mapping[str, Any]) -> str:

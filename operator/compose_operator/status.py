@@ -34,6 +34,7 @@ WARNING_REASONS = frozenset(
     {
         Reason.INVALID_SPEC,
         Reason.UNKNOWN_PROFILE,
+        Reason.JOB_CREATE_FAILED,
         Reason.UNSCHEDULABLE,
         Reason.IMAGE_PULL_BACK_OFF,
         Reason.RETRYING,
@@ -537,19 +538,23 @@ def waiting(
     queue: Queue | None,
     now: datetime.datetime,
     creating: str | None = None,
+    refused: str | None = None,
 ) -> Outcome:
     """Accepted, no Job yet: held by the user, queued behind the namespace cap, or admitted.
 
     ``creating`` names the Job about to be created: the intent is recorded (Started=Unknown,
     JobCreated) before the create, so that a restart can tell a Job that was never created
-    from one that finished and was deleted while the operator was down."""
+    from one that finished and was deleted while the operator was down. ``refused``: the API
+    server's answer to that create, which made none (Started=Unknown, JobCreateFailed, a
+    warning); the next try keeps that record as it is until a Job exists, so that trying
+    again costs no write."""
     wanted = [Wanted(CT.ACCEPTED, TRUE, Reason.VALID, "")]
     if queue is not None:
         wanted.append(_waiting_for_capacity(cj, queue))
     else:
         wanted.append(Wanted(CT.QUEUED, FALSE, Reason.ADMITTED, ""))
     if creating is not None and queue is None and not cj.spec.suspend:
-        wanted.append(Wanted(CT.STARTED, UNKNOWN, Reason.JOB_CREATED, f"creating job {creating}"))
+        wanted.append(_intent(cj.status, creating, refused))
     wanted.extend(_suspension(cj))
     status, transitions = finish(
         cj.status,
@@ -560,6 +565,24 @@ def waiting(
         queue_position=queue.position if queue else None,
     )
     return Outcome(status, transitions)
+
+
+def _intent(previous: models.CompositionJobStatus, creating: str, refused: str | None) -> Wanted:
+    if refused is not None:
+        message = f"creating job {creating} was refused, trying again: {refused}"
+        return Wanted(CT.STARTED, UNKNOWN, Reason.JOB_CREATE_FAILED, message)
+    found = intent(previous.conditions)
+    same_job = found is not None and found.message.startswith(f"creating job {creating} ")
+    # Only a refusal's message goes on after the Job's name (the plain intent's ends there), so
+    # with `same_job` any reason test that JobCreateFailed passes gives the same result: `<=` or
+    # `>=` for `==` cannot change it.
+    if (
+        found is not None
+        and found.reason == Reason.JOB_CREATE_FAILED  # pragma: no mutate: *_Eq_[GL]tE
+        and same_job
+    ):
+        return Wanted(CT.STARTED, UNKNOWN, Reason.JOB_CREATE_FAILED, found.message)
+    return Wanted(CT.STARTED, UNKNOWN, Reason.JOB_CREATED, f"creating job {creating}")
 
 
 def _waiting_for_capacity(cj: models.CompositionJob, queue: Queue) -> Wanted:

@@ -812,7 +812,8 @@ def start(directory: Path | None = None) -> Iterator[ControlPlane]:
                 "--service-cluster-ip-range=10.96.0.0/16",
                 "--disable-admission-plugins=TaintNodesByCondition",
                 # Every request at Metadata level: who asked for what (request counts per
-                # component in tests and benchmarks, as the emulator's request log gave).
+                # component in tests and benchmarks, as the emulator's request log gave); the
+                # bodies of CompositionJob status patches too (see the policy above).
                 f"--audit-policy-file={audit_policy}",
                 f"--audit-log-path={cluster.audit_log}",
                 "--audit-log-format=json",

@@ -420,3 +420,70 @@ def test_the_spec_digest_at_hand_decides_a_rebuild(config: settings.OperatorSett
     assert "CreateJob" not in kinds(
         plan.plan(seen(edited, jobs=job, spec_hash=stale), at(6), config)
     )
+
+
+def test_a_refused_create_is_shown_and_tried_again_without_a_write(
+    config: settings.OperatorSettings,
+) -> None:
+    name = names.job_name("portrait", make_cj().metadata.uid or "", 0)
+    intent = status.waiting(make_cj(), seed=42, queue=None, now=at(0), creating=name)
+    cj = make_cj().model_copy(update={"status": intent.status})
+    answer = 'Forbidden: jobs.batch "x" is forbidden: exceeded quota'
+    refused = status.waiting(cj, seed=42, queue=None, now=at(1), creating=name, refused=answer)
+    shown = refused.status
+    assert shown.phase == models.Phase.STARTING
+    started = next(c for c in shown.conditions if c.type == "Started")
+    assert (started.status, started.reason) == ("Unknown", "JobCreateFailed")
+    assert started.last_transition_time == at(0)  # still the intent's time
+    assert shown.message == f"creating job {name} was refused, trying again: {answer}"
+    event = status.event_for(intent.status, refused)
+    assert event is not None and (event.type, event.reason) == ("Warning", "JobCreateFailed")
+    # Tried again, long after the job TTL: the refusal proves no Job was made, so it is
+    # created, and the refusal record stays as it is (no write before the create).
+    again = cj.model_copy(update={"status": shown})
+    assert plan.plan(seen(again), at(5000), config).need is plan.Need.LIST
+    decided = plan.plan(seen(again, listed=True), at(5000), config)
+    assert kinds(decided) == ["WriteStatus", "CreateJob"]
+    write = decided.actions[0]
+    assert isinstance(write, plan.WriteStatus)
+    assert status.to_patch(write.outcome.status, shown) is None
+    # A plain intent that old is another story: the Job may have run and been deleted.
+    lost = plan.plan(seen(cj, listed=True), at(5000), config)
+    assert kinds(lost) == ["WriteStatus"]
+    assert lost.actions[0].outcome.status.phase == models.Phase.FAILED  # type: ignore[union-attr]
+    # Another Job's refusal (a new name) is not carried over.
+    other = status.waiting(again, seed=42, queue=None, now=at(9), creating=name + "x").status
+    fresh = next(c for c in other.conditions if c.type == "Started")
+    assert (fresh.reason, fresh.message) == ("JobCreated", f"creating job {name}x")
+
+
+def test_a_refused_quiet_admission_is_shown_and_waits_again_with_its_record(
+    config: settings.OperatorSettings,
+) -> None:
+    waited = _waited(config)
+    name = names.job_name("portrait", waited.metadata.uid or "", 0)
+    refused = status.waiting(
+        waited, seed=42, queue=None, now=at(30), creating=name, refused="403 Forbidden: no"
+    ).status
+    assert refused.phase == models.Phase.STARTING
+    queued = next(c for c in refused.conditions if c.type == "Queued")
+    assert (queued.status, queued.reason) == ("False", "Admitted")
+    assert refused.queue_position is None
+    # Back in the queue (the slot went to another job): waiting, with the refusal kept.
+    back = waited.model_copy(update={"status": refused})
+    decided = plan.plan(
+        seen(back, queue=status.Queue(1, 1), capped=True, listed=True), at(40), config
+    )
+    write = decided.actions[0]
+    assert isinstance(write, plan.WriteStatus)
+    assert write.outcome.status.phase == models.Phase.QUEUED
+    kept = status.intent(write.outcome.status.conditions)
+    assert kept is not None and kept.reason == "JobCreateFailed"
+    # Admitted again: not quietly (a refusal is on record), and no write before the create.
+    requeued = back.model_copy(update={"status": write.outcome.status})
+    again = plan.plan(seen(requeued, capped=True, listed=True), at(50), config)
+    assert kinds(again) == ["WriteStatus", "CreateJob"]
+    write = again.actions[0]
+    assert isinstance(write, plan.WriteStatus)
+    assert write.outcome.status.phase == models.Phase.STARTING
+    assert status.intent(write.outcome.status.conditions).reason == "JobCreateFailed"  # type: ignore[union-attr]
