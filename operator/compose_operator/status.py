@@ -53,6 +53,9 @@ class Wanted:
     status: models.ConditionStatus
     reason: str
     message: str = ""
+    # When it became so, where the objects tell and that is before the decision (a job admitted
+    # without a write: its Job's creation); else the decision's time.
+    since: datetime.datetime | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -420,7 +423,11 @@ def merge_conditions(
             status=item.status,
             reason=str(item.reason),
             message=item.message,
-            last_transition_time=before.last_transition_time if same_status and before else now,
+            last_transition_time=(
+                before.last_transition_time
+                if same_status and before
+                else min(item.since or now, now)
+            ),
             observed_generation=generation,
         )
         if not same_status or (before is not None and before.reason != item.reason):
@@ -620,6 +627,7 @@ class Run:
     job_suspended: bool
     job_complete: bool
     job_started: datetime.datetime | None  # the Job's startTime, else its creation
+    job_created: datetime.datetime | None
     attempts: list[models.Attempt]
     latest: Mapping[str, Any] | None  # the newest pod
     view: PodView | None  # of the newest pod
@@ -666,6 +674,7 @@ def read_run(
         job_complete=_is_true(job, "Complete") is not None
         or _is_true(job, "SuccessCriteriaMet") is not None,
         job_started=parse_time((job.get("status") or {}).get("startTime")) or _created(job),
+        job_created=_created(job),
         attempts=_attempts(previous.attempts, job_name, own_pods, nodes),
         latest=own_pods[-1] if own_pods else None,
         view=views[-1] if views else None,
@@ -686,7 +695,10 @@ def _queued(cj: models.CompositionJob, run: Run, queue: Queue | None) -> Wanted:
     if name and run.job_suspended and not cj.spec.suspend:
         message = f"waiting for Kueue to admit job {run.job_name} (queue {name})"
         return Wanted(CT.QUEUED, TRUE, Reason.WAITING_FOR_ADMISSION, message)
-    return Wanted(CT.QUEUED, FALSE, Reason.ADMITTED, "")
+    # Without Kueue the Job's creation is the admission, which a job that waited behind the
+    # caps has not written before (plan's quiet admission); Kueue's is seen when it is seen.
+    admitted = None if name else run.job_created
+    return Wanted(CT.QUEUED, FALSE, Reason.ADMITTED, "", since=admitted)
 
 
 def _succeeded(run: Run, failure: tuple[str, str] | None) -> Wanted | None:

@@ -324,6 +324,7 @@ def test_a_quietly_admitted_job_shows_its_admission_with_its_start(
     assert write.outcome.status.phase == models.Phase.STARTING
     queued = next(c for c in write.outcome.status.conditions if c.type == "Queued")
     assert (queued.status, queued.reason) == ("False", "Admitted")
+    assert queued.last_transition_time == at(5)  # admitted when its Job was created
     assert write.event is None  # admission and progress are in status only
     assert write.outcome.status.timings is not None
     assert write.outcome.status.timings.queued == 5.0  # from the Job's creation
@@ -336,6 +337,14 @@ def test_a_quietly_admitted_job_shows_its_admission_with_its_start(
     assert isinstance(write, plan.WriteStatus)
     assert write.outcome.status.phase == models.Phase.RUNNING
     assert write.event is not None and write.event.reason == "Running"
+    queued = next(c for c in write.outcome.status.conditions if c.type == "Queued")
+    assert queued.last_transition_time == at(5)
+    # A Job whose creation the operator's clock puts later than now: the decision's time.
+    skewed = plan.plan(seen(waited, jobs=job, pods=running, capped=True), at(4), config)
+    (write,) = skewed.actions
+    assert isinstance(write, plan.WriteStatus)
+    queued = next(c for c in write.outcome.status.conditions if c.type == "Queued")
+    assert queued.last_transition_time == at(4)
     # A warning is written at once.
     no_room = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                "message": "0/3 nodes are available", "lastTransitionTime": ts(7)}  # fmt: skip
