@@ -50,6 +50,16 @@ logger = logging.getLogger(__name__)
 # The most characters of the API server's answer that a refused create puts in status.
 REFUSAL_CHARS = 1024
 
+
+class JobRefused(Exception):
+    """The API server refused a Job create. Status says so; the sweep tries again. ``news``:
+    this answer was not in status yet (logged as a warning; the same answer again, at debug)."""
+
+    def __init__(self, message: str, *, news: bool) -> None:
+        super().__init__(message)
+        self.news = news
+
+
 Clock = Callable[[], datetime.datetime]
 
 # Plans in one reconcile (each may ask for one thing first: a fresh list, the pod wait).
@@ -147,6 +157,11 @@ class Reconciler:
             return
         try:
             await self._reconcile(uid, body)
+        except JobRefused as refused:  # in status already: no traceback, and once per answer
+            self._failed.add(uid)
+            self.metrics.reconcile_errors.labels("JobRefused").inc()
+            level = logging.WARNING if refused.news else logging.DEBUG
+            logger.log(level, "creating the Job of %s was refused: %s", _ref(body), refused)
         except Exception as error:
             self._failed.add(uid)
             self.metrics.reconcile_errors.labels(type(error).__name__).inc()
@@ -411,9 +426,10 @@ class Reconciler:
                         try:
                             job = await self.client.create_job(action.manifest)
                         except kube.KubeError as error:
-                            if _refused(error):
-                                await self._record_refusal(uid, body, seen, action, error)
-                            raise
+                            if not _refused(error):
+                                raise
+                            news = await self._record_refusal(uid, body, seen, action, error)
+                            raise JobRefused(str(error), news=news) from error
                         self.inventory.put_child("job", job, deleted=False)
                         created = True
                     elif isinstance(action, plan.DeleteJob):
@@ -445,10 +461,10 @@ class Reconciler:
         seen: observed.Observed,
         action: plan.CreateJob,
         error: kube.KubeError,
-    ) -> None:
+    ) -> bool:
         """The API server refused the Job, so none exists: status says so (a warning, with the
-        server's answer), and the sweep tries again. The same refusal again writes nothing. A
-        failure to write it is logged; the refusal is raised all the same."""
+        server's answer), and the sweep tries again. The same refusal again writes nothing
+        (returns False). A failure to write it is logged; the refusal is raised all the same."""
         previous = self.inventory.status_of(uid)
         cj = seen.composition().model_copy(update={"status": previous})
         seed = previous.seed if previous.seed is not None else builders.choose_seed(cj)
@@ -461,11 +477,14 @@ class Reconciler:
             creating=str(action.manifest["metadata"]["name"]),
             refused=answer,
         )
+        if status.to_patch(outcome.status, previous) is None:
+            return False
         refusal = plan.WriteStatus(outcome, status.event_for(previous, outcome))
         try:
             await self._write(uid, body, previous, refusal)
         except Exception as problem:
             logger.warning("recording the refused create of %s failed: %s", _ref(body), problem)
+        return True
 
     def later(self, uid: str, delay: float) -> None:
         """Reconcile the job again in ``delay`` seconds (the pool dispatcher's entry)."""

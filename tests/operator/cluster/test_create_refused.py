@@ -140,6 +140,11 @@ async def test_a_refused_create_is_shown_then_tried_again_until_it_goes_through(
 
         await wait_until(kube, tried_twice_more, timeout=20, what="two more tries of the create")
         assert await status_patches(control_plane, operator, "second") == written
+        # Logged once, as a warning without a traceback: status holds the rest.
+        log = operator.log()
+        lines = [line for line in log.splitlines() if "creating the Job of" in line]
+        assert len(lines) == 1 and " WARNING " in lines[0] and DENIAL in lines[0]
+        assert "Traceback" not in log
 
     pod = await running_pod(kube, "second")
     running = await cj_with(kube, "second", phase="Running")
