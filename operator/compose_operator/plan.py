@@ -217,7 +217,7 @@ def _follow(
     if held_back is not None and _position_only(observed, outcome, settings):
         return Plan(tuple(actions), admit=admit, recheck_at=recheck)
     wait = _coalesce_wait(observed, outcome, settings)
-    if wait is None:
+    if wait is None and not admit:  # a resumed Job let go now is written now
         wait = _admitted_wait(observed, outcome, job, now, settings)
     if wait is not None:
         return Plan(tuple(actions), admit=admit, later=wait, recheck_at=recheck)

@@ -426,8 +426,8 @@ class Reconciler:
                         try:
                             job = await self.client.create_job(action.manifest)
                         except kube.KubeError as error:
-                            if not _refused(error):
-                                raise
+                            if seen.job is not None or not _refused(error):
+                                raise  # a new attempt's refusal: its Job is there to show
                             news = await self._record_refusal(uid, body, seen, action, error)
                             raise JobRefused(str(error), news=news) from error
                         self.inventory.put_child("job", job, deleted=False)

@@ -418,16 +418,20 @@ def merge_conditions(
     for item in wanted:
         before = old.get(item.type)
         same_status = before is not None and before.status == item.status
+        if same_status and before is not None:
+            changed = before.last_transition_time
+        else:
+            # ``since`` only if it falls after the condition's last change (else it tells of
+            # an earlier turn: a resumed Job's creation is not its second admission).
+            changed = min(item.since or now, now)
+            if before is not None and changed < before.last_transition_time:
+                changed = now
         merged[str(item.type)] = models.Condition(
             type=item.type,
             status=item.status,
             reason=str(item.reason),
             message=item.message,
-            last_transition_time=(
-                before.last_transition_time
-                if same_status and before
-                else min(item.since or now, now)
-            ),
+            last_transition_time=changed,
             observed_generation=generation,
         )
         if not same_status or (before is not None and before.reason != item.reason):

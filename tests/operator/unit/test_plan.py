@@ -496,3 +496,21 @@ def test_a_refused_quiet_admission_is_shown_and_waits_again_with_its_record(
     assert isinstance(write, plan.WriteStatus)
     assert write.outcome.status.phase == models.Phase.STARTING
     assert status.intent(write.outcome.status.conditions).reason == "JobCreateFailed"  # type: ignore[union-attr]
+
+
+def test_a_resumed_jobs_second_admission_is_timed_by_the_decision(
+    config: settings.OperatorSettings,
+) -> None:
+    cj = make_cj()
+    parked = observed.view_job(plan.suspended(job_view(config, cj, started=None).body, True))
+    held = plan.plan(seen(cj, jobs=(parked,), queue=status.Queue(1, 1), capped=True), at(9), config)
+    write = held.actions[0]
+    assert isinstance(write, plan.WriteStatus)
+    waiting = cj.model_copy(update={"status": write.outcome.status})
+    queued = next(c for c in waiting.status.conditions if c.type == "Queued")
+    assert (queued.status, queued.last_transition_time) == ("True", at(9))
+    # Its Job was created at 5 s, before it waited again: that is not this admission's time.
+    free = plan.plan(seen(waiting, jobs=(parked,), capped=True), at(20), config)
+    write = next(a for a in free.actions if isinstance(a, plan.WriteStatus))
+    queued = next(c for c in write.outcome.status.conditions if c.type == "Queued")
+    assert (queued.status, queued.last_transition_time) == ("False", at(20))
