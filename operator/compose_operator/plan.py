@@ -311,7 +311,13 @@ def _waiting_for_capacity(previous: models.CompositionJobStatus) -> bool:
     """Written as waiting for a slot under the operator's caps (not for Kueue, not held)."""
     if previous.phase != models.Phase.QUEUED:
         return False
-    queued = next((c for c in previous.conditions if c.type == models.ConditionType.QUEUED), None)
+    # Conditions are kept in their type order (Accepted, Queued, Started, ...), so the first at
+    # or after Queued is Queued itself, which a Queued phase has: `>=` for `==` cannot change it.
+    kinds = models.ConditionType
+    queued = next(
+        (c for c in previous.conditions if c.type == kinds.QUEUED),  # pragma: no mutate: *_Eq_GtE
+        None,
+    )
     return queued is not None and queued.reason == models.Reason.WAITING_FOR_CAPACITY
 
 
@@ -380,7 +386,9 @@ def _never_created(
     found = status.intent(previous.conditions)
     if found is None or previous.attempts:
         return False
-    if found.reason == models.Reason.JOB_CREATE_FAILED:
+    # An intent's reason is JobCreated or JobCreateFailed, and "JobCreated" sorts after
+    # "JobCreateFailed": `<=` for `==` cannot change the result.
+    if found.reason == models.Reason.JOB_CREATE_FAILED:  # pragma: no mutate: *_Eq_LtE
         return True
     return (now - found.last_transition_time).total_seconds() < settings.job_ttl_seconds
 

@@ -282,6 +282,9 @@ def test_a_job_that_waited_is_admitted_with_its_job_create_alone(
     assert create.manifest["metadata"]["annotations"][builders.SEED_ANNOTATION] == str(
         waited.status.seed
     )
+    # The default TTL (an hour) is long enough too.
+    hour = make_settings(tmp_path, COMPOSE_JOB_TTL_SECONDS="3600")
+    assert kinds(plan.plan(seen(waited, capped=True), at(30), hour)) == ["CreateJob"]
     # A short Job TTL: a restart could not tell a Job deleted by it from one never created.
     short = make_settings(tmp_path, COMPOSE_JOB_TTL_SECONDS="599")
     assert plan.QUIET_ADMISSION_MIN_TTL_SECONDS == 600
@@ -318,6 +321,8 @@ def test_a_quietly_admitted_job_shows_its_admission_with_its_start(
     assert held.later == pytest.approx(config.starting_progress_seconds - 3)
     assert held.recheck_at == at(66)  # the start deadline still counts from the Job's start
     window = config.starting_progress_seconds
+    late = plan.plan(seen(waited, jobs=job, pods=pending, capped=True), at(10 + window), config)
+    assert kinds(late) == ["WriteStatus"]  # past the window: at once
     due = plan.plan(seen(waited, jobs=job, pods=pending, capped=True), at(5 + window), config)
     (write,) = due.actions
     assert isinstance(write, plan.WriteStatus)
@@ -345,6 +350,18 @@ def test_a_quietly_admitted_job_shows_its_admission_with_its_start(
     assert isinstance(write, plan.WriteStatus)
     queued = next(c for c in write.outcome.status.conditions if c.type == "Queued")
     assert queued.last_transition_time == at(4)
+    # The pod ran and finished before anything was written: the end is written at once.
+    done = pod(
+        "p1",
+        6,
+        phase="Succeeded",
+        node="gpu-1",
+        state=terminated(0, 7, 9, report(contract.ExitCode.OK, result=True)),
+    )
+    ended = seen(waited, jobs=job, pods=(done,), capped=True, listed=True)
+    (write,) = plan.plan(ended, at(10), config).actions
+    assert isinstance(write, plan.WriteStatus)
+    assert write.outcome.status.phase == models.Phase.SUCCEEDED
     # A warning is written at once.
     no_room = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                "message": "0/3 nodes are available", "lastTransitionTime": ts(7)}  # fmt: skip
@@ -514,3 +531,22 @@ def test_a_resumed_jobs_second_admission_is_timed_by_the_decision(
     write = next(a for a in free.actions if isinstance(a, plan.WriteStatus))
     queued = next(c for c in write.outcome.status.conditions if c.type == "Queued")
     assert (queued.status, queued.last_transition_time) == ("False", at(20))
+
+
+def test_a_job_that_waited_for_a_pools_worker_writes_its_intent_as_a_job(
+    config: settings.OperatorSettings,
+) -> None:
+    """A pool job whose pool went (its profile's default pool was dropped, say) runs as a Job:
+    it waited for a worker, not behind the caps, so its Queued record does not stand for the
+    intent."""
+    waited = _waited(config)
+    for_worker = waited.status.model_copy(
+        update={
+            "conditions": [
+                c.model_copy(update={"reason": "WaitingForWorker"}) if c.type == "Queued" else c
+                for c in waited.status.conditions
+            ]
+        }
+    )
+    cj = waited.model_copy(update={"status": for_worker})
+    assert kinds(plan.plan(seen(cj, capped=True), at(30), config)) == ["WriteStatus", "CreateJob"]
