@@ -323,6 +323,8 @@ def test_a_quietly_admitted_job_shows_its_admission_with_its_start(
     window = config.starting_progress_seconds
     late = plan.plan(seen(waited, jobs=job, pods=pending, capped=True), at(10 + window), config)
     assert kinds(late) == ["WriteStatus"]  # past the window: at once
+    nearly = seen(waited, jobs=job, pods=pending, capped=True)
+    assert plan.plan(nearly, at(5 + window - 0.5), config).later == pytest.approx(0.5)
     due = plan.plan(seen(waited, jobs=job, pods=pending, capped=True), at(5 + window), config)
     (write,) = due.actions
     assert isinstance(write, plan.WriteStatus)
