@@ -585,11 +585,11 @@ def _intent(previous: models.CompositionJobStatus, creating: str, refused: str |
     found = intent(previous.conditions)
     same_job = found is not None and found.message.startswith(f"creating job {creating} ")
     # Only a refusal's message goes on after the Job's name (the plain intent's ends there), so
-    # with `same_job` any reason test that JobCreateFailed passes gives the same result: `<=` or
-    # `>=` for `==` cannot change it.
+    # with `same_job` any reason test that JobCreateFailed passes gives the same result: `<=`,
+    # `>=` or `is not` (a reason is a plain string, never the member) for `==` cannot change it.
     if (
         found is not None
-        and found.reason == Reason.JOB_CREATE_FAILED  # pragma: no mutate: *_Eq_[GL]tE
+        and found.reason == Reason.JOB_CREATE_FAILED  # pragma: no mutate: *_Eq_[GL]tE, *_IsNot
         and same_job
     ):
         return Wanted(CT.STARTED, UNKNOWN, Reason.JOB_CREATE_FAILED, found.message)

@@ -552,3 +552,21 @@ def test_a_job_that_waited_for_a_pools_worker_writes_its_intent_as_a_job(
     )
     cj = waited.model_copy(update={"status": for_worker})
     assert kinds(plan.plan(seen(cj, capped=True), at(30), config)) == ["WriteStatus", "CreateJob"]
+
+
+def test_a_job_created_in_the_second_it_began_to_wait_is_admitted_in_that_second(
+    config: settings.OperatorSettings,
+) -> None:
+    """The Job's creation is the admission's time when it is not before the Queued record's
+    (creation times have one-second resolution: the same second is this admission's)."""
+    waited = _waited(config)  # Queued at 1 s
+    body = dict(job_view(config, waited).body)
+    body["metadata"] = {**body["metadata"], "creationTimestamp": ts(1)}
+    job = (observed.view_job(body),)
+    running = (
+        pod("p1", 2, phase="Running", node="gpu-1", state={"running": {"startedAt": ts(3)}}),
+    )
+    (write,) = plan.plan(seen(waited, jobs=job, pods=running, capped=True), at(4), config).actions
+    assert isinstance(write, plan.WriteStatus)
+    queued = next(c for c in write.outcome.status.conditions if c.type == "Queued")
+    assert (queued.status, queued.last_transition_time) == ("False", at(1))
