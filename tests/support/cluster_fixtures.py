@@ -58,13 +58,20 @@ def control_plane() -> Iterator[cp.ControlPlane]:
         )
         if done.returncode != 0:
             raise cp.ControlPlaneError(f"kubectl apply -f crds/ failed: {done.stderr}")
-        subprocess.run(
-            [kubectl, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"],
+        # Generous: each test directory starts its own control plane, and the earlier ones
+        # still run, so on a busy 2-core machine the new CRDs can take a while.
+        waited = subprocess.run(
+            [kubectl, "wait", "--for=condition=Established", "crd", "--all", "--timeout=180s"],
             capture_output=True,
+            text=True,
             env=cluster.kubectl_env(),
-            check=True,
-            timeout=90,
+            check=False,
+            timeout=210,
         )
+        if waited.returncode != 0:
+            raise cp.ControlPlaneError(
+                f"the CRDs were not Established: {waited.stdout.strip()} {waited.stderr.strip()}"
+            )
         # Established is not yet servable: the API server answers 429 "storage is
         # (re)initializing" until its watch cache for the new resource is filled.
         deadline = time.monotonic() + 60
