@@ -467,24 +467,21 @@ class Reconciler:
         (returns False). A failure to write it is logged; the refusal is raised all the same."""
         previous = self.inventory.status_of(uid)
         cj = seen.composition().model_copy(update={"status": previous})
-        seed = previous.seed if previous.seed is not None else builders.choose_seed(cj)
         answer = f"{error.status} {error.reason}: {error.message}"[:REFUSAL_CHARS]
         outcome = status.waiting(
             cj,
-            seed=seed,
+            seed=builders.choose_seed(cj),  # the seed plan() built the refused Job with
             queue=None,
             now=self.clock().replace(microsecond=0),
             creating=str(action.manifest["metadata"]["name"]),
             refused=answer,
         )
-        if status.to_patch(outcome.status, previous) is None:
-            return False
         refusal = plan.WriteStatus(outcome, status.event_for(previous, outcome))
         try:
-            await self._write(uid, body, previous, refusal)
+            return await self._write(uid, body, previous, refusal)
         except Exception as problem:
             logger.warning("recording the refused create of %s failed: %s", _ref(body), problem)
-        return True
+            return True
 
     def later(self, uid: str, delay: float) -> None:
         """Reconcile the job again in ``delay`` seconds (the pool dispatcher's entry)."""
@@ -511,13 +508,15 @@ class Reconciler:
         body: Mapping[str, Any],
         previous: models.CompositionJobStatus,
         action: plan.WriteStatus,
-    ) -> None:
+    ) -> bool:
+        """Patch the status (False: it already says that, nothing is sent), then post the
+        Event off the critical path."""
         outcome = action.outcome
         meta = body.get("metadata") or {}
         namespace = str(meta.get("namespace") or "")
         patch = status.to_patch(outcome.status, previous)
         if patch is None:
-            return
+            return False
         version = self.inventory.resource_version(uid) if action.conditional else None
         written = await self.client.patch_status(
             namespace, str(meta.get("name")), patch, resource_version=version
@@ -540,6 +539,7 @@ class Reconciler:
         if outcome.terminal and previous.phase not in models.TERMINAL_PHASES:
             self.metrics.observe_finish(outcome.status)
             self._kick_queue(namespace)
+        return True
 
     async def _post_event(
         self, body: Mapping[str, Any], event: status.Event, at: datetime.datetime
