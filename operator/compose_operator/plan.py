@@ -11,10 +11,11 @@ Restart safety comes from the order of the actions: the seed, the admission and 
 create the Job are written to status before the Job is created, so a restart that finds no Job
 can tell one never created (create it) from one that finished and was TTL-deleted meanwhile
 (lost, never run twice); the Job's name is deterministic, so a create after a crash gets 409 and
-adopts the Job it finds; a terminal status is never recomputed. One exception, by choice: a job
-that waited behind the caps is admitted without a write of its own (:func:`_quiet_admission`),
-its ``Queued`` record standing for the intent, when ``job_ttl_seconds`` is long enough that only
-a long outage at the wrong moment could make it run twice.
+adopts the Job it finds; a terminal status is never recomputed. Two exceptions, by choice, when
+``job_ttl_seconds`` is long enough that only a long outage at the wrong moment could make a job
+run twice: a job that waited behind the caps is admitted without a write of its own
+(:func:`_quiet_admission`), its ``Queued`` record standing for the intent; and a new job's
+intent is sent with its Job's create, not before it (:func:`_intent_with_create`).
 
 Writes per job are few by design: a waiting job is written when it starts waiting and then only
 when its position has changed and ``queue_position_refresh_seconds`` have passed; its admission
@@ -41,8 +42,9 @@ from compose_operator.settings import OperatorSettings
 # A tuning value: any positive wait decides the same (on the pods' events, or on a fresh list).
 POD_CATCH_UP_SECONDS = 5.0  # pragma: no mutate: NumberReplacer
 
-# The shortest ``job_ttl_seconds`` with which a job that waited behind the caps is admitted
-# without a write of its own (:func:`_quiet_admission`): it could then run twice only if the
+# The shortest ``job_ttl_seconds`` with which a Job may be created before its intent is on
+# record (a job that waited behind the caps, :func:`_quiet_admission`; a new job's intent sent
+# with its create, :func:`_intent_with_create`): a job could then run twice only if the
 # operator stopped right after creating its Job and stayed down for longer than this (a
 # crash-looping operator is restarted at least every five minutes).
 QUIET_ADMISSION_MIN_TTL_SECONDS = 600
@@ -94,7 +96,9 @@ class Need(enum.Enum):
 class Plan:
     """What to do, in order. ``admit``: the plan takes a slot under the caps (the reconciler
     marks it taken before acting); ``later``: plan again in that many seconds (a coalesced
-    write); ``recheck_at``: a time-based decision (the start deadline) falls due then."""
+    write); ``recheck_at``: a time-based decision (the start deadline) falls due then;
+    ``together``: the actions (an intent and its Job's create) are sent at once, not in order
+    (:func:`_intent_with_create`)."""
 
     actions: tuple[Action, ...] = ()
     need: Need | None = None
@@ -102,6 +106,7 @@ class Plan:
     later: float | None = None
     recheck_at: datetime.datetime | None = None
     take_offer: bool = False  # pool mode: the plan assigns the job to the offered worker
+    together: bool = False
 
 
 def plan(observed: Observed, now: datetime.datetime, settings: OperatorSettings) -> Plan:
@@ -157,7 +162,11 @@ def _start(
     if _quiet_admission(observed, settings):
         return Plan((CreateJob(manifest),), admit=True)
     write = WriteStatus(outcome, status.event_for(observed.previous, outcome))
-    return Plan((write, CreateJob(manifest)), admit=observed.capped)
+    return Plan(
+        (write, CreateJob(manifest)),
+        admit=observed.capped,
+        together=_intent_with_create(settings),
+    )
 
 
 def _follow(
@@ -288,6 +297,16 @@ def _coalesce_wait(
     if wait <= 0 or status.to_patch(outcome.status, observed.previous) is None:
         return None
     return wait
+
+
+def _intent_with_create(settings: OperatorSettings) -> bool:
+    """Whether a job's intent is sent with its Job's create, rather than before it: when
+    ``job_ttl_seconds`` is long enough, as for a quiet admission. The create then does not wait
+    for the write's round trip (on a busy API server, the larger part of a new job's wait for
+    its Job). Should the operator stop after the create and before the write lands, a restart
+    finds the Job and adopts it; only if it stayed down until the Job had run and its TTL had
+    deleted it would the job run again (same seed, same output key)."""
+    return settings.job_ttl_seconds >= QUIET_ADMISSION_MIN_TTL_SECONDS
 
 
 def _quiet_admission(observed: Observed, settings: OperatorSettings) -> bool:

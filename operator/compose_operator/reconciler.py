@@ -416,29 +416,23 @@ class Reconciler:
             self.inventory.admit(uid)  # taken before the first await: no double admission
         created = False
         try:
-            for planned in decided.actions:
-                with spans.action(planned, seen.previous):
-                    action = spans.stamped(planned, seen.previous)
-                    if isinstance(action, plan.WriteStatus):
-                        await self._write(uid, body, seen.previous, action)
-                        created = created or action.outcome.status.assignment is not None
-                    elif isinstance(action, plan.CreateJob):
-                        try:
-                            job = await self.client.create_job(action.manifest)
-                        except kube.KubeError as error:
-                            if seen.job is not None or not _refused(error):
-                                raise  # a new attempt's refusal: its Job is there to show
-                            news = await self._record_refusal(uid, body, seen, action, error)
-                            raise JobRefused(str(error), news=news) from error
-                        self.inventory.put_child("job", job, deleted=False)
-                        created = True
-                    elif isinstance(action, plan.DeleteJob):
-                        await self.client.delete_job(namespace, action.name)
-                        gone = {"metadata": {"name": action.name, "labels": {names.UID_LABEL: uid}}}
-                        self.inventory.put_child("job", gone, deleted=True)
-                        self._kick_queue(namespace)
-                    elif isinstance(action, plan.SuspendJob):
-                        await self._set_suspended(uid, namespace, action)
+            if decided.together:
+                # The intent and the Job's create at once: the create does not wait for the
+                # write's round trip. The Job is recorded whatever became of the write, and a
+                # refusal of the create is written after the intent, never overwritten by it.
+                write, create = decided.actions
+                writing = asyncio.create_task(self._act(uid, body, seen, write))
+                try:
+                    created = await self._act(uid, body, seen, create, written=writing)
+                except BaseException:
+                    await asyncio.wait([writing])
+                    if not writing.cancelled():
+                        writing.exception()  # the create's error is the one raised
+                    raise
+                await writing  # its error, if any, once the Job is recorded
+            else:
+                for planned in decided.actions:
+                    created = await self._act(uid, body, seen, planned) or created
         except BaseException:
             if decided.admit and not created:
                 self.inventory.release(uid)
@@ -453,6 +447,45 @@ class Reconciler:
         if decided.recheck_at is not None:
             delay = (decided.recheck_at - self.clock()).total_seconds()
             self._later(uid, max(0.0, delay))
+
+    async def _act(
+        self,
+        uid: str,
+        body: Mapping[str, Any],
+        seen: observed.Observed,
+        planned: plan.Action,
+        *,
+        written: asyncio.Task[bool] | None = None,
+    ) -> bool:
+        """One action of a plan, in its span. Returns whether it created the job's Job or
+        assigned it a worker. ``written``: the intent's write, sent at the same time as this
+        create; a refusal of the create is recorded once it has ended."""
+        namespace = seen.meta.namespace or "default"
+        with spans.action(planned, seen.previous):
+            action = spans.stamped(planned, seen.previous)
+            if isinstance(action, plan.WriteStatus):
+                await self._write(uid, body, seen.previous, action)
+                return action.outcome.status.assignment is not None
+            if isinstance(action, plan.CreateJob):
+                try:
+                    job = await self.client.create_job(action.manifest)
+                except kube.KubeError as error:
+                    if seen.job is not None or not _refused(error):
+                        raise  # a new attempt's refusal: its Job is there to show
+                    if written is not None:
+                        await asyncio.wait([written])
+                    news = await self._record_refusal(uid, body, seen, action, error)
+                    raise JobRefused(str(error), news=news) from error
+                self.inventory.put_child("job", job, deleted=False)
+                return True
+            if isinstance(action, plan.DeleteJob):
+                await self.client.delete_job(namespace, action.name)
+                gone = {"metadata": {"name": action.name, "labels": {names.UID_LABEL: uid}}}
+                self.inventory.put_child("job", gone, deleted=True)
+                self._kick_queue(namespace)
+            elif isinstance(action, plan.SuspendJob):
+                await self._set_suspended(uid, namespace, action)
+            return False
 
     async def _record_refusal(
         self,

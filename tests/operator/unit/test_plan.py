@@ -62,6 +62,22 @@ def test_the_intent_is_written_before_the_job_is_created(
     assert capped.admit
 
 
+def test_the_intent_goes_with_the_create_only_with_a_long_job_ttl(
+    config: settings.OperatorSettings, tmp_path: pathlib.Path
+) -> None:
+    assert config.job_ttl_seconds == plan.QUIET_ADMISSION_MIN_TTL_SECONDS
+    assert plan.plan(seen(make_cj()), at(1), config).together
+    assert plan.plan(seen(make_cj(), capped=True), at(1), config).together
+    assert plan.plan(seen(make_cj()), at(1), make_settings(tmp_path)).together  # the default
+    short = make_settings(tmp_path, COMPOSE_JOB_TTL_SECONDS="599")
+    assert not plan.plan(seen(make_cj()), at(1), short).together
+    # Nothing else is sent at once: a wait, a Job followed.
+    assert not plan.plan(seen(make_cj(), queue=status.Queue(3, 7)), at(1), config).together
+    cj = make_cj()
+    followed = plan.plan(seen(cj, jobs=(job_view(config, cj),)), at(9), config)
+    assert followed.actions and not followed.together
+
+
 def test_a_job_behind_the_cap_is_written_queued_and_nothing_is_created(
     config: settings.OperatorSettings,
 ) -> None:
