@@ -138,3 +138,18 @@ async def test_a_refusal_with_a_failed_intent_raises_the_refusal(tmp_path: pathl
     assert client.calls.index("write JobCreated failed") < client.calls.index(
         "write JobCreateFailed"
     )
+
+
+async def test_a_failed_create_ends_with_the_intent_written_and_frees_the_slot(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Not a refusal (the API server could not answer): the create's error is raised once the
+    intent's write has ended, and with no Job the slot is free for the next try."""
+    client = Client(hold=True, create_error=kube.KubeError(503, "ServiceUnavailable", "busy"))
+    jobs, run, uid = start(tmp_path, client, capped=True)
+    with pytest.raises(kube.KubeError, match="busy"):
+        await asyncio.wait_for(run, 2)
+    assert client.calls[-1] == "written JobCreated"  # ended before the error was raised
+    assert status.intent(jobs.inventory.status_of(uid).conditions) is not None
+    assert jobs.inventory.jobs_of(uid) == []
+    assert not jobs.inventory.tracked[uid].admitted
