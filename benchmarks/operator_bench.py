@@ -733,21 +733,26 @@ def report(results: Sequence[Result], jobs: int) -> str:
         "",
     ]
     baseline = results[0].summary() if results else {}
-    header = f"{'metric':<28}" + "".join(f"{r.operator:>20}" for r in results)
+    # Columns as wide as their longest title: long operator names stay apart.
+    first = 2 + max(len(t) for t in ["jobs done / succeeded", *(t for _, t, _ in _ROWS)])
+    width = 2 + max([18, *(len(r.operator) for r in results)])
+    ratio = f"ratio to {results[0].operator}" if results else ""
+    ratio_width = 2 + len(ratio)
+    header = f"{'metric':<{first}}" + "".join(f"{r.operator:>{width}}" for r in results)
     if len(results) > 1:
-        header += "".join(f"{'ratio to ' + results[0].operator:>22}" for _ in results[1:])
+        header += "".join(f"{ratio:>{ratio_width}}" for _ in results[1:])
     lines.append(header)
     for key, title, fmt in _ROWS:
-        row = f"{title:<28}"
+        row = f"{title:<{first}}"
         summaries = [r.summary() for r in results]
-        row += "".join(f"{fmt.format(s[key]):>20}" for s in summaries)
+        row += "".join(f"{fmt.format(s[key]):>{width}}" for s in summaries)
         for summary in summaries[1:]:
             base = baseline.get(key, 0.0)
-            row += f"{(summary[key] / base if base else float('nan')):>21.2f}x"
+            row += f"{(summary[key] / base if base else float('nan')):>{ratio_width - 1}.2f}x"
         lines.append(row)
     lines.append(
-        f"{'jobs done / succeeded':<28}"
-        + "".join(f"{f'{r.done}/{r.succeeded} of {r.jobs}':>20}" for r in results)
+        f"{'jobs done / succeeded':<{first}}"
+        + "".join(f"{f'{r.done}/{r.succeeded} of {r.jobs}':>{width}}" for r in results)
     )
     for result in results:
         top = sorted(result.requests_by_verb.items(), key=lambda kv: -kv[1])
