@@ -40,7 +40,9 @@ environment (all optional unless marked):
   COMPOSE_MAX_RUNNING_PER_NAMESPACE  running jobs per namespace; 0: no cap
   COMPOSE_MAX_RUNNING_PER_OWNER    running jobs per owner label and namespace; 0: no limit
   COMPOSE_QUEUE_POSITION_REFRESH_SECONDS  rewrite a changed queue position at most this often
-  COMPOSE_JOB_TTL_SECONDS          ttlSecondsAfterFinished of the child Jobs
+  COMPOSE_JOB_TTL_SECONDS          ttlSecondsAfterFinished of the child Jobs (default 3600; at
+                                   600 or more a Job is created without waiting for its
+                                   intent write: README, restart safety)
   COMPOSE_METRICS_PORT             Prometheus /metrics port (default 8080; 0: off)
   COMPOSE_HEALTH_PORT              liveness /healthz port (default 8081; 0: off)
   COMPOSE_PEERING_NAME             kopf peering object (active/standby)
