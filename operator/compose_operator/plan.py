@@ -47,7 +47,7 @@ POD_CATCH_UP_SECONDS = 5.0  # pragma: no mutate: NumberReplacer
 # with its create, :func:`_intent_with_create`): a job could then run twice only if the
 # operator stopped right after creating its Job and stayed down for longer than this (a
 # crash-looping operator is restarted at least every five minutes).
-QUIET_ADMISSION_MIN_TTL_SECONDS = 600
+UNRECORDED_CREATE_MIN_TTL_SECONDS = 600
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,7 +306,7 @@ def _intent_with_create(settings: OperatorSettings) -> bool:
     its Job). Should the operator stop after the create and before the write lands, a restart
     finds the Job and adopts it; only if it stayed down until the Job had run and its TTL had
     deleted it would the job run again (same seed, same output key)."""
-    return settings.job_ttl_seconds >= QUIET_ADMISSION_MIN_TTL_SECONDS
+    return settings.job_ttl_seconds >= UNRECORDED_CREATE_MIN_TTL_SECONDS
 
 
 def _quiet_admission(observed: Observed, settings: OperatorSettings) -> bool:
@@ -319,7 +319,7 @@ def _quiet_admission(observed: Observed, settings: OperatorSettings) -> bool:
     with its start (:func:`_admitted_wait`). That saves a job that waits one status write: it
     costs as many as one that never waits."""
     previous = observed.previous
-    if not observed.capped or settings.job_ttl_seconds < QUIET_ADMISSION_MIN_TTL_SECONDS:
+    if not observed.capped or settings.job_ttl_seconds < UNRECORDED_CREATE_MIN_TTL_SECONDS:
         return False
     if previous.attempts or status.intent(previous.conditions) is not None:
         return False

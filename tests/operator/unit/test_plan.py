@@ -65,7 +65,7 @@ def test_the_intent_is_written_before_the_job_is_created(
 def test_the_intent_goes_with_the_create_only_with_a_long_job_ttl(
     config: settings.OperatorSettings, tmp_path: pathlib.Path
 ) -> None:
-    assert config.job_ttl_seconds == plan.QUIET_ADMISSION_MIN_TTL_SECONDS
+    assert config.job_ttl_seconds == plan.UNRECORDED_CREATE_MIN_TTL_SECONDS
     assert plan.plan(seen(make_cj()), at(1), config).together
     assert plan.plan(seen(make_cj(), capped=True), at(1), config).together
     assert plan.plan(seen(make_cj()), at(1), make_settings(tmp_path)).together  # the default
@@ -303,7 +303,7 @@ def test_a_job_that_waited_is_admitted_with_its_job_create_alone(
     assert kinds(plan.plan(seen(waited, capped=True), at(30), hour)) == ["CreateJob"]
     # A short Job TTL: a restart could not tell a Job deleted by it from one never created.
     short = make_settings(tmp_path, COMPOSE_JOB_TTL_SECONDS="599")
-    assert plan.QUIET_ADMISSION_MIN_TTL_SECONDS == 600
+    assert plan.UNRECORDED_CREATE_MIN_TTL_SECONDS == 600
     assert kinds(plan.plan(seen(waited, capped=True), at(30), short)) == [
         "WriteStatus",
         "CreateJob",
