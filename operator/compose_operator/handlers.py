@@ -333,7 +333,7 @@ def composition_job_event(runtime: Runtime, kind: str, body: dict[str, Any]) -> 
 def job_event(runtime: Runtime, kind: str, body: dict[str, Any]) -> None:
     owner = runtime.reconciler.child_changed("job", body, deleted=kind == "DELETED")
     if owner is not None:
-        runtime.reconciler.poke(owner)
+        runtime.reconciler.poke(owner, after=reconciler.CHILD_EVENTS_SECONDS)
 
 
 def pod_event(runtime: Runtime, kind: str, body: dict[str, Any]) -> None:
@@ -343,7 +343,7 @@ def pod_event(runtime: Runtime, kind: str, body: dict[str, Any]) -> None:
         return
     owner = runtime.reconciler.child_changed("pod", body, deleted=deleted)
     if owner is not None:
-        runtime.reconciler.poke(owner)
+        runtime.reconciler.poke(owner, after=reconciler.CHILD_EVENTS_SECONDS)
 
 
 @kopf.on.event(models.GROUP, models.VERSION, protocol.PLURAL)

@@ -68,6 +68,10 @@ EVENT_POSTERS = 4  # Events in flight at once
 # An Event waits while reconciles are pending (a burst of new jobs), at most this long: the API
 # server's time goes to the Job creates and status writes first. The Event keeps its time.
 EVENT_DEFER_SECONDS = 10.0
+# The events of a job's Job and pods come in runs (a pod scheduled, then started; a pod's end,
+# then its Job's conditions): the reconcile they ask for starts this long after the first of a
+# run, so that one reconcile reads them all. A new CompositionJob is reconciled at once.
+CHILD_EVENTS_SECONDS = 0.05
 
 
 def utcnow() -> datetime.datetime:
@@ -114,14 +118,16 @@ class Reconciler:
 
     # -- entry points -----------------------------------------------------------------------
 
-    def poke(self, uid: str) -> None:
+    def poke(self, uid: str, *, after: float = 0.0) -> None:
         """Reconcile the job soon, in a task of its own: once for all the events that come
-        before that reconcile starts (it reads the newest of everything)."""
+        before that reconcile starts (it reads the newest of everything). ``after``: start it
+        no sooner than that many seconds from now (a child's event, :data:`CHILD_EVENTS_SECONDS`),
+        unless a reconcile is already on its way."""
         if uid in self._poked:
             return
         self._poked.add(uid)
         self._quiet.clear()
-        self._spawn(uid)
+        self._spawn(uid, after)
 
     def set_paused(self, paused: bool) -> None:
         """Stand by (a peer outranks this instance) or act; on acting again every active job
@@ -616,10 +622,15 @@ class Reconciler:
         self._deferred.pop(uid, None)
         self.poke(uid)
 
-    def _spawn(self, uid: str) -> None:
-        task = asyncio.create_task(self.reconcile(uid))
+    def _spawn(self, uid: str, after: float = 0.0) -> None:
+        task = asyncio.create_task(self._reconcile_after(uid, after))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _reconcile_after(self, uid: str, after: float) -> None:
+        if after > 0:
+            await asyncio.sleep(after)
+        await self.reconcile(uid)
 
     def _drop_timers(self, uid: str) -> None:
         self._last_write.pop(uid, None)

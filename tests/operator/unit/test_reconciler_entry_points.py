@@ -15,7 +15,7 @@ from typing import Any, cast
 import pytest
 
 from compose_api import models
-from compose_operator import kubeapi, names, plan, reconciler
+from compose_operator import handlers, kubeapi, names, plan, reconciler
 from tests.operator.unit.test_builders import make_cj, make_settings
 
 NAMESPACE = "studio"
@@ -57,7 +57,7 @@ def capped(
 
     jobs.reconcile = reconcile  # type: ignore[method-assign]
     jobs._admit = admit  # type: ignore[method-assign]
-    jobs._spawn = lambda uid: reconciled.append(uid)  # type: ignore[method-assign]
+    jobs._spawn = lambda uid, after=0.0: reconciled.append(uid)  # type: ignore[method-assign]
     return jobs, api, reconciled, admitted
 
 
@@ -222,3 +222,36 @@ async def test_a_resume_is_seen_by_the_queue_at_once_and_admits_nobody(
     assert not jobs.inventory.job("u-0", "job-u-0").suspended  # type: ignore[union-attr]
     assert jobs.inventory.holds_slot("u-0")  # running again before the watch says so
     assert admitted == []
+
+
+async def test_a_run_of_child_events_costs_one_reconcile_a_new_job_none_of_the_wait(
+    tmp_path: pathlib.Path,
+) -> None:
+    jobs = reconciler.Reconciler(make_settings(tmp_path), cast(kubeapi.KubeClient, Api()))
+    runtime = handlers.Runtime(settings=jobs.settings, reconciler=jobs)
+    loop = asyncio.get_running_loop()
+    started: list[tuple[str, float]] = []
+
+    async def reconcile(uid: str) -> None:
+        jobs._poked.discard(uid)
+        started.append((uid, loop.time()))
+
+    jobs.reconcile = reconcile  # type: ignore[method-assign]
+    body = make_cj("job-0").model_dump(mode="json", by_alias=True, exclude_none=True)
+    body["metadata"]["uid"] = "u-0"
+    begun = loop.time()
+    handlers.composition_job_event(runtime, "ADDED", body)
+    await asyncio.sleep(0.01)
+    assert [uid for uid, _ in started] == ["u-0"]  # a new job: at once
+    assert started[0][1] - begun < reconciler.CHILD_EVENTS_SECONDS
+
+    pod = {"metadata": {"name": "p1", "namespace": NAMESPACE, "labels": {names.UID_LABEL: "u-0"}},
+           "status": {"phase": "Pending"}}  # fmt: skip
+    begun = loop.time()
+    handlers.pod_event(runtime, "ADDED", pod)
+    pod["status"] = {"phase": "Running"}
+    handlers.pod_event(runtime, "MODIFIED", pod)
+    handlers.job_event(runtime, "ADDED", job_of("u-0"))
+    await asyncio.sleep(reconciler.CHILD_EVENTS_SECONDS + 0.1)
+    assert [uid for uid, _ in started] == ["u-0", "u-0"]  # one for the three events
+    assert started[1][1] - begun >= reconciler.CHILD_EVENTS_SECONDS
