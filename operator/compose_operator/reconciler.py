@@ -1,8 +1,10 @@
 """Executes the plans for CompositionJobs: read what is observed, ask the plan, act, in order.
 
 The kopf handlers call :meth:`Reconciler.reconcile` for every event of a CompositionJob or of one
-of its children. Each call reads the in-memory :class:`~compose_operator.inventory.Inventory`
-into an :class:`~compose_operator.observed.Observed` (its queue place included), asks the pure
+of its children (for a run of a job's Job and pod events, one reconcile, started
+:data:`CHILD_EVENTS_SECONDS` after the first of them). Each call reads the in-memory
+:class:`~compose_operator.inventory.Inventory` into an
+:class:`~compose_operator.observed.Observed` (its queue place included), asks the pure
 :func:`compose_operator.plan.plan` what to do, and executes the actions; the decisions are all
 in the plan. Events are posted through the operator's own client, so a transition found by a
 timer or by the sweep posts its Event like any other.

@@ -21,10 +21,10 @@ from typing import Any, cast
 
 import pytest
 
-from compose_api import contract, kube, models
+from compose_api import kube, models
 from compose_operator import kubeapi, names, plan, reconciler
 from tests.operator.unit.test_builders import make_cj, make_settings
-from tests.operator.unit.test_status import pod, report, scheduled, terminated
+from tests.operator.unit.test_status import succeeded_pod
 
 NAMESPACE = "studio"
 START = datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
@@ -111,15 +111,7 @@ def finished(api: Api, jobs: reconciler.Reconciler, uid: str) -> dict[str, Any]:
     }
     api.jobs = [job]
     name = job["metadata"]["name"]
-    message = report(contract.ExitCode.OK, result=True)
-    done = pod(
-        "p1",
-        6,
-        phase="Succeeded",
-        node="gpu-1",
-        conditions=[scheduled(8)],
-        state=terminated(0, 20, 60, message),
-    )
+    done = succeeded_pod()
     done["metadata"].update(namespace=NAMESPACE, labels={names.UID_LABEL: uid, "job-name": name})
     api.pods = [done]
     return job
