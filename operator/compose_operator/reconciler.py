@@ -624,7 +624,7 @@ class Reconciler:
         self._deferred.pop(uid, None)
         self.poke(uid)
 
-    def _spawn(self, uid: str, after: float = 0.0) -> None:
+    def _spawn(self, uid: str, after: float) -> None:
         task = asyncio.create_task(self._reconcile_after(uid, after))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

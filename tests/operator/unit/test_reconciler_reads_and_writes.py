@@ -53,7 +53,7 @@ class Api:
         return copy.deepcopy(self.pods)
 
     async def node_labels(self, name: str) -> dict[str, str]:
-        return {}
+        return {"node.kubernetes.io/instance-type": f"g5.xlarge ({name})"}
 
 
 def operator(
@@ -138,6 +138,33 @@ async def test_a_resumed_job_held_by_the_operator_waits_for_its_place(
     jobs.inventory.put_child("job", child_job(uids[1], 0, suspended=True), deleted=False)
     seen = await observe(jobs, uids[1])
     assert seen.capped and seen.queue == status.Queue(position=1, depth=1)
+
+
+async def test_the_latest_attempt_and_its_pods_and_nodes_are_observed(
+    tmp_path: pathlib.Path,
+) -> None:
+    jobs, _, uids = operator(tmp_path, cap="1")
+    for attempt in (0, 1):
+        jobs.inventory.put_child("job", child_job(uids[0], attempt), deleted=False)
+        pod = {
+            "metadata": {
+                "name": f"p-{attempt}",
+                "labels": {names.UID_LABEL: uids[0], "job-name": f"job-u-0-{attempt}"},
+            },
+            "spec": {"nodeName": f"gpu-{attempt}"},
+            "status": {"phase": "Running"},
+        }
+        jobs.inventory.put_child("pod", pod, deleted=False)
+    unplaced = {
+        "metadata": {"name": "p-1b", "labels": {names.UID_LABEL: uids[0], "job-name": "job-u-0-1"}},
+        "status": {"phase": "Pending"},
+    }
+    jobs.inventory.put_child("pod", unplaced, deleted=False)  # no node yet: none to read
+    seen = await observe(jobs, uids[0])
+    assert [job.attempt for job in seen.jobs] == [1, 0]
+    assert sorted(pod["metadata"]["name"] for pod in seen.pods) == ["p-1", "p-1b"]
+    assert seen.nodes == {"gpu-1": {"node.kubernetes.io/instance-type": "g5.xlarge (gpu-1)"}}
+    assert (seen.queue, seen.capped) == (None, True)  # its latest Job runs
 
 
 # -- a fresh list of the children -----------------------------------------------------------

@@ -154,6 +154,18 @@ async def test_a_finished_job_waits_for_its_pods_events_for_the_catch_up_time(
     assert uid not in jobs._awaiting_pods
 
 
+async def test_a_pod_wait_long_over_lists_at_once(tmp_path: pathlib.Path) -> None:
+    jobs, api, clock, uid = operator(tmp_path)
+    await jobs.reconcile(uid)
+    jobs.inventory.put_child("job", finished(api, jobs, uid), deleted=False)
+    jobs.inventory.put_child("pod", running_copy(api.pods[0]), deleted=False)
+    await jobs.reconcile(uid)  # the wait begins
+    api.requests.clear()
+    clock.advance(plan.POD_CATCH_UP_SECONDS + 7)  # the timer ran late (a busy loop)
+    await jobs.reconcile(uid)
+    assert api.requests == ["list jobs", "list pods", "patch status Succeeded"]
+
+
 async def test_a_plan_sees_the_time_since_the_jobs_last_write(tmp_path: pathlib.Path) -> None:
     jobs, _, clock, uid = operator(tmp_path)
     body = jobs.inventory.body(uid) or {}
@@ -234,7 +246,7 @@ def written_queued(jobs: reconciler.Reconciler, uid: str, position: int) -> None
 async def test_a_sweep_rewrites_a_moved_position_only_once_its_refresh_is_due(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    jobs, clock, uids = waiting(tmp_path, 3)
+    jobs, clock, uids = waiting(tmp_path, 4)
     admitted: list[str] = []
 
     async def admit(uid: str) -> None:
@@ -244,14 +256,19 @@ async def test_a_sweep_rewrites_a_moved_position_only_once_its_refresh_is_due(
     refresh = jobs.settings.queue_position_refresh_seconds
     for position, uid in enumerate(uids, start=2):  # written one place further back
         written_queued(jobs, uid, position)
-    jobs._last_write = {uids[0]: clock.monotonic, uids[1]: clock.monotonic - refresh}
+    jobs._last_write = {
+        uids[0]: clock.monotonic,
+        uids[1]: clock.monotonic - refresh,
+        uids[3]: clock.monotonic - refresh - 5,
+    }
     # uids[2]: never written by this process (after a restart): due
     jobs._kick_queue(NAMESPACE, refresh_positions=True)
     await asyncio.sleep(0)
     assert sorted(admitted) == sorted(uids[1:])  # at the refresh and past it; not before it
 
     admitted.clear()
-    written_queued(jobs, uids[2], 3)  # its position is right: nothing to rewrite
+    written_queued(jobs, uids[2], 3)  # their positions are right: nothing to rewrite
+    written_queued(jobs, uids[3], 4)
     jobs._kicked.clear()
     jobs._last_write[uids[0]] = clock.monotonic - refresh + 1
     jobs._kick_queue(NAMESPACE, refresh_positions=True)
@@ -342,6 +359,22 @@ async def test_a_deleted_job_is_not_reconciled(tmp_path: pathlib.Path) -> None:
     jobs.inventory.put(body)
     await jobs.reconcile(uid)
     assert api.requests == []
+
+
+async def test_a_failed_plan_that_admitted_nothing_frees_no_slot(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs, api, _, uid = operator(tmp_path)
+
+    async def create_job(*_: Any, **__: Any) -> dict[str, Any]:
+        raise kube.KubeError(500, "InternalError", "etcd timeout")
+
+    monkeypatch.setattr(api, "create_job", create_job)  # no Job made, and no slot was taken
+    kicked: list[str] = []
+    monkeypatch.setattr(jobs, "_kick_queue", kicked.append)
+    await jobs.reconcile(uid)
+    assert uid in jobs._failed
+    assert kicked == []
 
 
 async def test_a_refused_create_is_logged_once_per_answer(
