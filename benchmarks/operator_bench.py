@@ -464,6 +464,13 @@ class Driver:
             self.errors.append(f"{job_name}: {exc}")
 
 
+def _cpu_ms(start_s: float, end_s: float) -> float:
+    """CPU milliseconds between two readings of a process's CPU seconds. The kernel counts them
+    in clock ticks (10 ms), so a short run may read the same count twice: the difference of the
+    two sums is then a float rounding error, possibly below zero, and is taken as 0."""
+    return max(0.0, round(1000 * (end_s - start_s), 3))
+
+
 def _owner_name(obj: Mapping[str, Any]) -> str | None:
     for ref in obj["metadata"].get("ownerReferences") or []:
         if ref.get("kind") == "CompositionJob":
@@ -616,8 +623,8 @@ async def _measure(
         max_events=max(_events(mine).values(), default=0),
         late_status_writes=_late_status_writes(mine),
         position_writes=_position_writes(mine),
-        cpu_ms=1000 * (cpu_end.user + cpu_end.system - cpu_start.user - cpu_start.system),
-        system_cpu_ms=1000 * (cpu_end.system - cpu_start.system),
+        cpu_ms=_cpu_ms(cpu_start.user + cpu_start.system, cpu_end.user + cpu_end.system),
+        system_cpu_ms=_cpu_ms(cpu_start.system, cpu_end.system),
         peak_rss_mib=_peak_rss_mib(observed, peak[0]),
         create_to_job_ms=[
             1000 * (driver.job_seen_at[n] - driver.created_at[n])
