@@ -17,6 +17,7 @@ import pytest
 from compose_api import models
 from compose_operator import handlers, kubeapi, names, plan, reconciler
 from tests.operator.unit.test_builders import make_cj, make_settings
+from tests.operator.unit.test_reconciler_timing import add_jobs
 
 NAMESPACE = "studio"
 
@@ -39,12 +40,7 @@ def capped(
         make_settings(tmp_path, COMPOSE_MAX_RUNNING_PER_NAMESPACE="1"),
         cast(kubeapi.KubeClient, api),
     )
-    for index in range(count):
-        body = make_cj(f"job-{index}").model_dump(mode="json", by_alias=True, exclude_none=True)
-        body["metadata"].update(
-            uid=f"u-{index}", creationTimestamp=f"2026-01-02T03:04:{index:02d}Z"
-        )
-        jobs.inventory.put(body)
+    add_jobs(jobs, count)
     jobs.inventory.admit("u-0")
     reconciled: list[str] = []
     admitted: list[str] = []

@@ -19,7 +19,8 @@ import pytest
 
 from compose_api import kube, models
 from compose_operator import kubeapi, names, plan, reconciler, status
-from tests.operator.unit.test_builders import make_cj, make_settings
+from tests.operator.unit.test_builders import make_settings
+from tests.operator.unit.test_reconciler_timing import add_jobs
 
 NAMESPACE = "studio"
 
@@ -64,16 +65,7 @@ def operator(
         make_settings(tmp_path, COMPOSE_MAX_RUNNING_PER_NAMESPACE=cap),
         cast(kubeapi.KubeClient, api),
     )
-    uids = []
-    for index in range(count):
-        body = make_cj(f"job-{index}", **spec).model_dump(
-            mode="json", by_alias=True, exclude_none=True
-        )
-        body["metadata"].update(
-            uid=f"u-{index}", creationTimestamp=f"2026-01-02T03:04:{index:02d}Z"
-        )
-        uids.append(jobs.inventory.put(body))
-    return jobs, api, uids
+    return jobs, api, add_jobs(jobs, count, **spec)
 
 
 def child_job(uid: str, attempt: int, *, suspended: bool = False) -> dict[str, Any]:

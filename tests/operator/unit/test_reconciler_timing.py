@@ -94,6 +94,20 @@ def operator(tmp_path: pathlib.Path, **spec: Any) -> tuple[reconciler.Reconciler
     return jobs, api, clock, uid
 
 
+def add_jobs(jobs: reconciler.Reconciler, count: int, **spec: Any) -> list[str]:
+    """``count`` new jobs in the reconciler's inventory, uids ``u-0``... created a second
+    apart in that order."""
+    uids = []
+    for index in range(count):
+        body = make_cj(f"job-{index}", **spec).model_dump(
+            mode="json", by_alias=True, exclude_none=True
+        )
+        created = START + datetime.timedelta(seconds=index)
+        body["metadata"].update(uid=f"u-{index}", creationTimestamp=created.strftime(TIME))
+        uids.append(jobs.inventory.put(body))
+    return uids
+
+
 def due_in(jobs: reconciler.Reconciler, uid: str) -> float:
     """Seconds until the job's next timed reconcile."""
     handle = jobs._deferred[uid]
@@ -214,13 +228,7 @@ def waiting(tmp_path: pathlib.Path, count: int) -> tuple[reconciler.Reconciler, 
         clock=lambda: clock.wall,
         monotonic=lambda: clock.monotonic,
     )
-    uids = []
-    for index in range(count + 1):
-        cj = make_cj(f"job-{index}")
-        body = cj.model_dump(mode="json", by_alias=True, exclude_none=True)
-        created = START + datetime.timedelta(seconds=index)
-        body["metadata"].update(uid=f"u-{index}", creationTimestamp=created.strftime(TIME))
-        uids.append(jobs.inventory.put(body))
+    uids = add_jobs(jobs, count + 1)
     jobs.inventory.admit(uids[0])
     return jobs, clock, uids[1:]
 
