@@ -465,9 +465,14 @@ class Client:
         params: Mapping[str, str] | None,
         content_type: str,
     ) -> Obj:
-        data = None
+        data: str | bytes | None = None
         if body is not None:
-            data = body if isinstance(body, str) else json.dumps(body)
+            # orjson: UTF-8, no spaces, and a sixth or less of the CPU of json.dumps per body.
+            data = (
+                body
+                if isinstance(body, str)
+                else orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS)
+            )
         try:
             async with session.request(
                 method,

@@ -281,3 +281,19 @@ def test_from_env_prefers_the_url_then_the_kubeconfig(
     )
     with pytest.raises(kube.ConfigError, match="KUBERNETES_SERVICE_HOST"):
         kube.Connection.from_env({})
+
+
+async def test_bodies_go_as_utf8_json_with_every_key_a_string(
+    control_plane: cp.ControlPlane, namespace: str
+) -> None:
+    text = "Zürich, café — 東京 🙂"  # not ASCII: sent as UTF-8, stored as given
+    async with kube.Client(control_plane.admin_connection()) as client:
+        made = await client.create(_configmaps(namespace), {**_configmap("u"), "data": {"t": text}})
+        assert made["data"] == {"t": text}
+        # A key that is not a string is sent as one, as json.dumps would send it.
+        await client.patch(_configmaps(namespace, "u"), {"data": {1: "one"}})
+        stored = await client.get(_configmaps(namespace, "u"))
+        assert stored["data"] == {"t": text, "1": "one"}
+        # A body given as text goes as it is.
+        await client.patch(_configmaps(namespace, "u"), '{"data": {"t": null}}')
+        assert (await client.get(_configmaps(namespace, "u")))["data"] == {"1": "one"}
