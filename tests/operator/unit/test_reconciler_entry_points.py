@@ -220,6 +220,19 @@ async def test_a_resume_is_seen_by_the_queue_at_once_and_admits_nobody(
     assert admitted == []
 
 
+async def test_a_resumed_job_keeps_its_slot_when_a_late_event_still_shows_it_suspended(
+    tmp_path: pathlib.Path,
+) -> None:
+    jobs, _, _, admitted = capped(tmp_path, 2)
+    held = job_of("u-0", suspended=True)
+    jobs.child_changed("job", held, deleted=False)
+    await jobs._set_suspended("u-0", NAMESPACE, plan.SuspendJob("job-u-0", False))
+    jobs.child_changed("job", held, deleted=False)  # the watch's event from before the resume
+    await asyncio.sleep(0)
+    assert jobs.inventory.holds_slot("u-0")
+    assert admitted == []
+
+
 async def test_a_run_of_child_events_costs_one_reconcile_a_new_job_none_of_the_wait(
     tmp_path: pathlib.Path,
 ) -> None:

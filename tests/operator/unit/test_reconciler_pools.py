@@ -44,15 +44,15 @@ class Api(timing.Api):
         self.patches: list[tuple[dict[str, Any], str | None]] = []
         self.leases: dict[str, dict[str, Any]] = {}
         self.fresh: dict[str, Any] | None = None  # what a read of the CompositionJob returns
-        self.conflicts = 0  # how many writes in a row the API server answers 409
+        self.failures: list[kube.KubeError] = []  # the answers to the next status writes
 
     async def patch_status(
         self, namespace: str, name: str, patch: Mapping[str, Any], *, resource_version: Any
     ) -> dict[str, Any]:
-        if self.conflicts:
-            self.conflicts -= 1
-            self.requests.append("patch status: conflict")
-            raise kube.Conflict(409, "Conflict", "the object has been modified")
+        if self.failures:
+            failure = self.failures.pop(0)
+            self.requests.append(f"patch status: {failure.status}")
+            raise failure
         self.patches.append((copy.deepcopy(dict(patch)), resource_version))
         return await super().patch_status(namespace, name, patch, resource_version=resource_version)
 
@@ -74,6 +74,10 @@ class Api(timing.Api):
 
     async def patch_pool_status(self, namespace: str, name: str, patch: Any) -> None:
         return None
+
+
+def conflict() -> kube.KubeError:
+    return kube.Conflict(409, "Conflict", "the object has been modified")
 
 
 def lease(
@@ -170,12 +174,12 @@ async def test_a_conflicting_assignment_is_decided_again_on_the_fresh_job(
     tmp_path: pathlib.Path,
 ) -> None:
     jobs, api, _, uid = operator(tmp_path)
-    api.conflicts = 1
+    api.failures = [conflict()]
     fresh = job_body()
     fresh["metadata"]["resourceVersion"] = "9"  # a worker's write came first
     api.fresh = fresh
     await jobs.reconcile(uid)
-    assert api.requests == ["patch status: conflict", "get portrait", "patch status Starting"]
+    assert api.requests == ["patch status: 409", "get portrait", "patch status Starting"]
     assert [version for _, version in api.patches] == ["9"]
     assert uid not in jobs._failed
     assert jobs.inventory.assigned_to(NAMESPACE, INSTANCE) == uid
@@ -185,10 +189,10 @@ async def test_a_job_deleted_during_its_assignment_gives_its_worker_back(
     tmp_path: pathlib.Path,
 ) -> None:
     jobs, api, _, uid = operator(tmp_path)
-    api.conflicts = 1
+    api.failures = [conflict()]
     api.fresh = None  # gone when read again
     await jobs.reconcile(uid)
-    assert api.requests == ["patch status: conflict", "get portrait"]
+    assert api.requests == ["patch status: 409", "get portrait"]
     assert uid not in jobs._failed
     # The reserved worker is free again, and the pool offers it to its next job.
     assert jobs.inventory.reserved(uid) is None
@@ -198,7 +202,7 @@ async def test_a_job_deleted_during_its_assignment_gives_its_worker_back(
 
 async def test_a_failed_assignment_gives_its_worker_back(tmp_path: pathlib.Path) -> None:
     jobs, api, _, uid = operator(tmp_path)
-    api.conflicts = 5  # every try of the write meets a newer version
+    api.failures = [conflict() for _ in range(5)]  # every try meets a newer version
     api.fresh = job_body()
     await jobs.reconcile(uid)
     assert uid in jobs._failed  # left to the sweep, after a bounded number of decisions
@@ -207,14 +211,30 @@ async def test_a_failed_assignment_gives_its_worker_back(tmp_path: pathlib.Path)
     assert POOL_KEY in jobs.pools._dispatching
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [kube.error_for(500, "InternalError", "etcd timeout"), kube.error_for(403, "Forbidden", "no")],
+)
+async def test_a_conditional_write_that_fails_otherwise_is_an_error(
+    tmp_path: pathlib.Path, failure: kube.KubeError
+) -> None:
+    jobs, api, _, uid = operator(tmp_path)
+    api.failures = [failure]
+    api.fresh = job_body()
+    await jobs.reconcile(uid)
+    assert api.requests == [f"patch status: {failure.status}"]  # not read again
+    assert uid in jobs._failed
+    assert jobs.inventory.reserved(uid) is None  # the worker goes back to the pool
+
+
 async def test_a_conflict_on_a_write_that_names_no_version_is_an_error(
     tmp_path: pathlib.Path,
 ) -> None:
     # No idle worker: the job's "waiting for a worker" write is not conditional.
     jobs, api, _, uid = operator(tmp_path, idle_worker=False)
-    api.conflicts = 1
+    api.failures = [conflict()]
     await jobs.reconcile(uid)
-    assert api.requests == ["patch status: conflict"]  # not read again
+    assert api.requests == ["patch status: 409"]  # not read again
     assert uid in jobs._failed
 
 
