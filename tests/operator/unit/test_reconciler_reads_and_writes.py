@@ -219,6 +219,16 @@ async def test_a_write_posts_its_event_and_records_the_new_version(
     assert api.events == ["Starting"]  # no Event asked for, none posted
 
 
+async def test_a_write_counts_each_transition_it_makes(tmp_path: pathlib.Path) -> None:
+    jobs, _, uids = operator(tmp_path)
+    started = status.Transition("Started", "True", "Running", "")
+    running = models.CompositionJobStatus(phase=models.Phase.RUNNING)
+    action = plan.WriteStatus(status.Outcome(status=running, transitions=(started,)), None)
+    counter = jobs.metrics.transitions.labels("Started", "True", "Running")
+    await write(jobs, uids[0], action)
+    assert counter._value.get() == 1
+
+
 async def test_only_a_conditional_write_names_the_version_it_read(tmp_path: pathlib.Path) -> None:
     jobs, api, uids = operator(tmp_path)
     await write(jobs, uids[0], write_of(models.Phase.STARTING))

@@ -238,12 +238,12 @@ def gauge(jobs: reconciler.Reconciler) -> float:
 
 
 async def test_the_queue_depth_gauge_counts_the_jobs_left_waiting(tmp_path: pathlib.Path) -> None:
-    jobs, _, uids = waiting(tmp_path, 2)
+    jobs, _, uids = waiting(tmp_path, 3)
     assert jobs.admitted(NAMESPACE) == frozenset()  # the one slot is taken
-    assert gauge(jobs) == 2
+    assert gauge(jobs) == 3
     jobs.inventory.forget("u-0")  # the job holding the slot is deleted
     assert jobs.admitted(NAMESPACE) == frozenset({uids[0]})
-    assert gauge(jobs) == 1  # the admitted job no longer counts
+    assert gauge(jobs) == 2  # the admitted job no longer counts
 
 
 def written_queued(jobs: reconciler.Reconciler, uid: str, position: int) -> None:
