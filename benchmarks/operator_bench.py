@@ -19,7 +19,8 @@ baseline, then ``compose-operator``), in the same run and on the same machine:
    log, by the operator's service account), object writes and Events per job, the most status
    writes and Events any one job had, the status writes that came at least the coalescing
    window after the same job's previous one, CPU milliseconds per job (user+system, psutil),
-   peak RSS, and create-to-Job latency p50/p99 -- with ratios to the baseline.
+   peak RSS, and create-to-Job latency p50/p99 -- with ratios to the baseline (interleaved
+   runs of one operator and the baseline: each to the baseline run before it).
 
 ``--operators compose,traced`` compares compose-operator with tracing off (the default: no
 OTLP endpoint, a no-op tracer) and on (its spans exported over OTLP/HTTP to a real OpenTelemetry
@@ -731,6 +732,34 @@ _ROWS = (
 )
 
 
+def _labels(results: Sequence[Result]) -> list[str]:
+    """Each run's column title: its operator, numbered when the operator runs more than once."""
+    counts = Counter(r.operator for r in results)
+    seen: Counter[str] = Counter()
+    labels = []
+    for result in results:
+        seen[result.operator] += 1
+        number = f" #{seen[result.operator]}" if counts[result.operator] > 1 else ""
+        labels.append(result.operator + number)
+    return labels
+
+
+def _baselines(results: Sequence[Result]) -> list[int]:
+    """For each run after the first, the baseline run its ratios are taken to: the latest run of
+    the first run's operator before it, so that interleaved runs are compared pair by pair (a
+    later baseline run is compared with the first, which shows the spread between runs)."""
+    if not results:
+        return []
+    chosen, latest = [], 0
+    for index, result in enumerate(results[1:], start=1):
+        if result.operator == results[0].operator:
+            chosen.append(0)
+            latest = index
+        else:
+            chosen.append(latest)
+    return chosen
+
+
 def report(results: Sequence[Result], jobs: int) -> str:
     lines = [
         f"operator benchmark: {jobs} CompositionJobs,"
@@ -739,32 +768,33 @@ def report(results: Sequence[Result], jobs: int) -> str:
         "note: the API server, etcd, the controllers and kwok share these CPUs with the operator",
         "",
     ]
-    baseline = results[0].summary() if results else {}
+    labels = _labels(results)
+    bases = _baselines(results)
     # Columns as wide as their longest title: long operator names stay apart.
     first = 2 + max(len(t) for t in ["jobs done / succeeded", *(t for _, t, _ in _ROWS)])
-    width = 2 + max([18, *(len(r.operator) for r in results)])
-    ratio = f"ratio to {results[0].operator}" if results else ""
-    ratio_width = 2 + len(ratio)
-    header = f"{'metric':<{first}}" + "".join(f"{r.operator:>{width}}" for r in results)
-    if len(results) > 1:
-        header += "".join(f"{ratio:>{ratio_width}}" for _ in results[1:])
+    width = 2 + max([18, *(len(label) for label in labels)])
+    ratios = [f"{labels[i + 1]} / {labels[base]}" for i, base in enumerate(bases)]
+    ratio_width = 2 + max([0, *(len(r) for r in ratios)])
+    header = f"{'metric':<{first}}" + "".join(f"{label:>{width}}" for label in labels)
+    header += "".join(f"{ratio:>{ratio_width}}" for ratio in ratios)
     lines.append(header)
+    summaries = [r.summary() for r in results]
     for key, title, fmt in _ROWS:
         row = f"{title:<{first}}"
-        summaries = [r.summary() for r in results]
         row += "".join(f"{fmt.format(s[key]):>{width}}" for s in summaries)
-        for summary in summaries[1:]:
-            base = baseline.get(key, 0.0)
-            row += f"{(summary[key] / base if base else float('nan')):>{ratio_width - 1}.2f}x"
+        for index, base_index in enumerate(bases, start=1):
+            base = summaries[base_index].get(key, 0.0)
+            value = summaries[index][key] / base if base else float("nan")
+            row += f"{value:>{ratio_width - 1}.2f}x"
         lines.append(row)
     lines.append(
         f"{'jobs done / succeeded':<{first}}"
         + "".join(f"{f'{r.done}/{r.succeeded} of {r.jobs}':>{width}}" for r in results)
     )
-    for result in results:
+    for label, result in zip(labels, results, strict=True):
         top = sorted(result.requests_by_verb.items(), key=lambda kv: -kv[1])
         lines.append("")
-        lines.append(f"{result.operator} requests by verb and resource (per job):")
+        lines.append(f"{label} requests by verb and resource (per job):")
         lines.extend(f"  {name:<40} {count / result.jobs:8.2f}" for name, count in top)
     return "\n".join(lines)
 

@@ -8,6 +8,7 @@ import json
 import pathlib
 import subprocess
 import sys
+from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -65,7 +66,8 @@ def test_benchmark_runs_both_operators_and_reports_their_figures(tmp_path: pathl
     assert compose["position_writes"] == naive["position_writes"] == 0  # no cap, no queue
     assert "API requests per job" in completed.stdout
     assert "  of which system" in completed.stdout
-    assert "ratio to naive kopf" in completed.stdout
+    assert "compose-operator / naive kopf" in completed.stdout
+    assert "floor (Job + 1 patch) / naive kopf" in completed.stdout
 
 
 def test_only_a_waiting_job_rewritten_waiting_counts_as_a_moved_position() -> None:
@@ -131,3 +133,36 @@ def test_cpu_between_two_equal_tick_counts_is_zero_not_a_rounding_error() -> Non
     assert 0.3 - (0.1 + 0.2) < 0
     assert operator_bench._cpu_ms(0.1 + 0.2, 0.3) == 0.0
     assert operator_bench._cpu_ms(1.25, 1.27) == 20.0
+
+
+def _result(operator: str, cpu_ms: float) -> Any:
+    from benchmarks import operator_bench
+
+    return operator_bench.Result(
+        operator=operator, jobs=10, done=10, succeeded=10, requests=50, writes=40, events=30,
+        requests_by_verb={"create jobs": 10}, max_status_writes=3, max_events=3,
+        late_status_writes=0, position_writes=0, cpu_ms=cpu_ms, system_cpu_ms=1.0,
+        peak_rss_mib=90.0, create_to_job_ms=[100.0], create_to_done_ms=[900.0], wall_s=20.0,
+        api_server_cpu_s=10.0,
+    )  # fmt: skip
+
+
+def test_interleaved_runs_are_compared_pair_by_pair() -> None:
+    from benchmarks import operator_bench
+
+    runs = [
+        _result("naive kopf", 200.0),
+        _result("compose-operator", 100.0),
+        _result("naive kopf", 400.0),
+        _result("compose-operator", 300.0),
+        _result("floor", 40.0),
+    ]
+    assert operator_bench._baselines(runs) == [0, 0, 2, 2]
+    text = operator_bench.report(runs, 10)
+    header = next(line for line in text.splitlines() if line.startswith("metric"))
+    assert "compose-operator #2 / naive kopf #2" in header
+    assert "floor / naive kopf #2" in header
+    cpu = next(line for line in text.splitlines() if line.startswith("CPU ms per job"))
+    # Each to the baseline run before it; the second baseline to the first (the spread).
+    assert cpu.split()[-4:] == ["0.50x", "2.00x", "0.75x", "0.10x"]
+    assert "compose-operator #1 requests by verb and resource (per job):" in text
