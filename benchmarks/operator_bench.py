@@ -43,6 +43,7 @@ import datetime
 import json
 import os
 import pathlib
+import shutil
 import signal
 import statistics
 import subprocess
@@ -539,6 +540,7 @@ class Scenario:
     timeout_s: float
     cap: int = 0
     step_delay: float = 0.0
+    keep_log: pathlib.Path | None = None  # where the operator's log is copied after the run
 
 
 async def run_one(kind: OperatorKind, scenario: Scenario) -> Result:
@@ -559,6 +561,11 @@ async def run_one(kind: OperatorKind, scenario: Scenario) -> Result:
             except Exception:
                 sys.stderr.write(f"--- {kind.title} log ---\n{_log_tail(workdir, kind)}\n")
                 raise
+            finally:
+                if scenario.keep_log is not None:
+                    stack.close()  # the operator stopped: its log is complete
+                    scenario.keep_log.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(workdir / f"{kind.key}.log", scenario.keep_log)
 
 
 async def _measure(
@@ -904,6 +911,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=None, help="seconds per operator")
     parser.add_argument("--json", type=pathlib.Path, default=None, help="also write results here")
     parser.add_argument(
+        "--keep-logs",
+        type=pathlib.Path,
+        default=None,
+        help="copy each operator's log into this folder (<run>-<operator>.log)",
+    )
+    parser.add_argument(
         "--finished",
         type=int,
         default=None,
@@ -947,10 +960,15 @@ def main(argv: Sequence[str] | None = None) -> None:
                     timeout_s,
                     cap,
                     args.step_delay,
+                    keep_log=(
+                        args.keep_logs / f"{number}-{kind.key}{cap or ''}.log"
+                        if args.keep_logs is not None
+                        else None
+                    ),
                 ),
             )
         )
-        for kind, cap in chosen
+        for number, (kind, cap) in enumerate(chosen, start=1)
     ]
     print(report(results, args.jobs), flush=True)
     if args.json is not None:

@@ -19,6 +19,7 @@ def test_benchmark_runs_both_operators_and_reports_their_figures(tmp_path: pathl
         [
             *(sys.executable, "-m", "benchmarks.operator_bench", "--jobs", "4"),
             *("--operators", "naive,compose,floor", "--json", str(out)),
+            *("--keep-logs", str(tmp_path / "logs")),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -68,6 +69,10 @@ def test_benchmark_runs_both_operators_and_reports_their_figures(tmp_path: pathl
     assert "  of which system" in completed.stdout
     assert "compose-operator / naive kopf" in completed.stdout
     assert "floor (Job + 1 patch) / naive kopf" in completed.stdout
+    # Each operator's log, kept after its run (kopf logs its start-up in each).
+    kept = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    assert kept == ["1-naive.log", "2-compose.log", "3-floor.log"]
+    assert "kopf" in (tmp_path / "logs" / "2-compose.log").read_text()
 
 
 def test_only_a_waiting_job_rewritten_waiting_counts_as_a_moved_position() -> None:
