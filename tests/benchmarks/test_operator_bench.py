@@ -69,7 +69,7 @@ def test_benchmark_runs_both_operators_and_reports_their_figures(tmp_path: pathl
     assert "  of which system" in completed.stdout
     assert "compose-operator / naive kopf" in completed.stdout
     assert "floor (Job + 1 patch) / naive kopf" in completed.stdout
-    # Each operator's log, kept after its run (kopf logs its start-up in each).
+    # Each operator's log, kept after its run (compose-operator's holds kopf's start-up).
     kept = sorted(p.name for p in (tmp_path / "logs").iterdir())
     assert kept == ["1-naive.log", "2-compose.log", "3-floor.log"]
     assert "kopf" in (tmp_path / "logs" / "2-compose.log").read_text()
