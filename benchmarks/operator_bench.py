@@ -547,25 +547,26 @@ async def run_one(kind: OperatorKind, scenario: Scenario) -> Result:
     with tempfile.TemporaryDirectory(prefix=f"bench-{kind.key}-") as tmp:
         workdir = pathlib.Path(tmp)
         cap = scenario.cap if kind.key != "naive" else 0  # the naive operator has no cap
-        with contextlib.ExitStack() as stack:
-            cluster = stack.enter_context(real_cluster(workdir, scenario.jobs))
-            # Tracing on: the spans go to a real collector on this machine (its default batch
-            # delay, as deployed), and every job's reconciles are traced.
-            extra = stack.enter_context(otel_collector.start()).env() if kind.traced else {}
-            extra.pop("OTEL_BSP_SCHEDULE_DELAY", None)
-            process = stack.enter_context(
-                operator_process(kind, workdir, cluster.kubeconfig, cap, extra)
-            )
-            try:
-                return await _measure(kind, cluster, process, scenario)
-            except Exception:
-                sys.stderr.write(f"--- {kind.title} log ---\n{_log_tail(workdir, kind)}\n")
-                raise
-            finally:
-                if scenario.keep_log is not None:
-                    stack.close()  # the operator stopped: its log is complete
-                    scenario.keep_log.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(workdir / f"{kind.key}.log", scenario.keep_log)
+        try:
+            with contextlib.ExitStack() as stack:
+                cluster = stack.enter_context(real_cluster(workdir, scenario.jobs))
+                # Tracing on: the spans go to a real collector on this machine (its default
+                # batch delay, as deployed), and every job's reconciles are traced.
+                extra = stack.enter_context(otel_collector.start()).env() if kind.traced else {}
+                extra.pop("OTEL_BSP_SCHEDULE_DELAY", None)
+                process = stack.enter_context(
+                    operator_process(kind, workdir, cluster.kubeconfig, cap, extra)
+                )
+                try:
+                    return await _measure(kind, cluster, process, scenario)
+                except Exception:
+                    sys.stderr.write(f"--- {kind.title} log ---\n{_log_tail(workdir, kind)}\n")
+                    raise
+        finally:  # the operator has stopped: its log is complete (none if it never started)
+            log = workdir / f"{kind.key}.log"
+            if scenario.keep_log is not None and log.exists():
+                scenario.keep_log.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(log, scenario.keep_log)
 
 
 async def _measure(
