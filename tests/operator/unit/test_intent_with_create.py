@@ -6,6 +6,7 @@ intent, so the intent never overwrites the refusal."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import pathlib
 from collections.abc import Mapping
 from typing import Any, cast
@@ -153,3 +154,34 @@ async def test_a_failed_create_ends_with_the_intent_written_and_frees_the_slot(
     assert status.intent(jobs.inventory.status_of(uid).conditions) is not None
     assert jobs.inventory.jobs_of(uid) == []
     assert not jobs.inventory.tracked[uid].admitted
+
+
+async def test_when_both_fail_the_creates_error_is_raised_and_the_writes_is_not_lost(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The intent's write fails as well: the create's error is the one raised, and the write's
+    is read, not left to the event loop to report as never retrieved."""
+    loop = asyncio.get_running_loop()
+    reported: list[str] = []
+    loop.set_exception_handler(lambda _, context: reported.append(str(context.get("message"))))
+    try:
+        client = Client(
+            hold=True,
+            write_error=kube.KubeError(500, "InternalError", "etcd timeout"),
+            create_error=kube.KubeError(503, "ServiceUnavailable", "busy"),
+        )
+        _, run, _ = start(tmp_path, client)
+        raised = ""
+        try:
+            await asyncio.wait_for(run, 2)
+        except kube.KubeError as error:
+            raised = str(error)
+        assert raised == "503 ServiceUnavailable: busy"
+        assert client.calls[-1] == "write JobCreated failed"  # ended before the error was raised
+        # The task that ran it, and the client (whose errors keep their tracebacks), are the
+        # last holders of the failed frames, and so of the write's task.
+        del run, client
+        gc.collect()
+        assert reported == []
+    finally:
+        loop.set_exception_handler(None)

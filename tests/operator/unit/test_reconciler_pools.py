@@ -119,12 +119,13 @@ def job_body(**status: Any) -> dict[str, Any]:
 
 
 def operator(
-    tmp_path: pathlib.Path, *, idle_worker: bool = True
+    tmp_path: pathlib.Path, *, idle_worker: bool = True, **env: str
 ) -> tuple[reconciler.Reconciler, Api, timing.Clock, str]:
-    """A reconciler that knows the pool, one pool job, and (by default) one idle worker."""
+    """A reconciler that knows the pool, one pool job, and (by default) one idle worker;
+    ``env``: more of the operator's settings."""
     api, clock = Api(), timing.Clock()
     jobs = reconciler.Reconciler(
-        make_settings(tmp_path),
+        make_settings(tmp_path, **env),
         cast(kubeapi.KubeClient, api),
         clock=lambda: clock.wall,
         monotonic=lambda: clock.monotonic,
@@ -168,6 +169,52 @@ async def test_an_idle_worker_is_assigned_with_a_write_at_the_version_read(
     assert jobs.inventory.reserved(uid) is None
     assert jobs.inventory.assigned_to(NAMESPACE, INSTANCE) == uid
     assert jobs.inventory.idle_workers(NAMESPACE, POOL, START) == []
+    assert POOL_KEY in jobs.pools._pending  # the pool's status is due to show the worker busy
+
+
+def reservations(jobs: reconciler.Reconciler, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The jobs a worker is set aside for from here on, each time, even if it is given back."""
+    made: list[str] = []
+    reserve = jobs.inventory.reserve
+
+    def recorded(uid: str, namespace: str, offer: Any) -> None:
+        made.append(uid)
+        reserve(uid, namespace, offer)
+
+    monkeypatch.setattr(jobs.inventory, "reserve", recorded)
+    return made
+
+
+async def test_a_pool_job_behind_the_caps_has_no_worker_set_aside(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the namespace's one slot taken, a pool job waits for the slot before it waits for
+    a worker: no worker is reserved for it, not even for the length of its reconcile."""
+    jobs, api, _, uid = operator(tmp_path, COMPOSE_MAX_RUNNING_PER_NAMESPACE="1")
+    first = job_body()
+    first["metadata"].update(uid="first-uid", name="first")
+    jobs.inventory.admit(jobs.inventory.put(first))
+    made = reservations(jobs, monkeypatch)
+    await jobs.reconcile(uid)
+    assert made == []
+    assert conditions(written(api))["Queued"] == ("True", "WaitingForCapacity")
+    assert [w.pod for w in jobs.inventory.idle_workers(NAMESPACE, POOL, START)] == [WORKER]
+
+
+async def test_an_assigned_job_has_no_second_worker_set_aside(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs, _, _, uid = await assigned(tmp_path)
+    second = "interactive-workers-7d9f-fghij"
+    jobs.inventory.put_lease(
+        protocol.lease_body(pool=POOL, namespace=NAMESPACE, pod=second, pod_uid="second-uid",
+                            instance="run-1", lease_seconds=15, now=START, state="ready"),
+        deleted=False,
+    )  # fmt: skip
+    made = reservations(jobs, monkeypatch)
+    await jobs.reconcile(uid)
+    assert made == []
+    assert [w.pod for w in jobs.inventory.idle_workers(NAMESPACE, POOL, START)] == [second]
 
 
 async def test_a_conflicting_assignment_is_decided_again_on_the_fresh_job(

@@ -238,12 +238,13 @@ def gauge(jobs: reconciler.Reconciler) -> float:
 
 
 async def test_the_queue_depth_gauge_counts_the_jobs_left_waiting(tmp_path: pathlib.Path) -> None:
-    jobs, _, uids = waiting(tmp_path, 3)
+    # 4 waiting and 1 admitted: 3 left, where 4 ^ 1 would be 5 and 4 >> 1 would be 2.
+    jobs, _, uids = waiting(tmp_path, 4)
     assert jobs.admitted(NAMESPACE) == frozenset()  # the one slot is taken
-    assert gauge(jobs) == 3
+    assert gauge(jobs) == 4
     jobs.inventory.forget("u-0")  # the job holding the slot is deleted
     assert jobs.admitted(NAMESPACE) == frozenset({uids[0]})
-    assert gauge(jobs) == 2  # the admitted job no longer counts
+    assert gauge(jobs) == 3  # the admitted job no longer counts
 
 
 def written_queued(jobs: reconciler.Reconciler, uid: str, position: int) -> None:
