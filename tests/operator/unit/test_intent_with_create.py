@@ -127,6 +127,21 @@ async def test_a_refused_create_is_written_after_the_intent(tmp_path: pathlib.Pa
     assert not jobs.inventory.tracked[uid].admitted  # no Job: the slot is free again
 
 
+async def test_a_long_refusal_is_shown_up_to_its_first_1024_characters(
+    tmp_path: pathlib.Path,
+) -> None:
+    denial = "admission webhook denied the request: " + "policy violation; " * 100
+    refusal = kube.Forbidden(403, "Forbidden", denial)
+    client = Client(hold=True, create_error=refusal)
+    jobs, run, uid = start(tmp_path, client)
+    with pytest.raises(reconciler.JobRefused):
+        await asyncio.wait_for(run, 2)
+    shown = status.intent(jobs.inventory.status_of(uid).conditions)
+    assert shown is not None
+    answer = f"403 Forbidden: {denial}"
+    assert shown.message.endswith(f"trying again: {answer[:1024]}")
+
+
 async def test_a_refusal_with_a_failed_intent_raises_the_refusal(tmp_path: pathlib.Path) -> None:
     client = Client(
         hold=True,

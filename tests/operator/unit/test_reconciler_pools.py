@@ -323,6 +323,20 @@ async def test_a_lease_the_watch_has_not_shown_is_read_before_the_worker_is_call
     assert 15 < timing.due_in(jobs, uid) <= 16
 
 
+async def test_a_lease_about_to_run_out_is_looked_at_again_as_it_does(
+    tmp_path: pathlib.Path,
+) -> None:
+    jobs, api, clock, uid = await assigned(tmp_path)
+    renewed = START + datetime.timedelta(seconds=0.7)  # runs out at 15.7 s
+    jobs.inventory.put_lease(lease(renewed=renewed), deleted=False)
+    clock.advance(15.5)
+    await jobs.reconcile(uid)
+    assert api.requests == []  # the worker is there: nothing to read or write
+    # The timer fires at the first whole second after the Lease runs out (16 s): in half a
+    # second, not later.
+    assert 0.4 < timing.due_in(jobs, uid) <= 0.5
+
+
 async def test_a_worker_whose_lease_is_gone_is_lost(tmp_path: pathlib.Path) -> None:
     jobs, api, clock, uid = await assigned(tmp_path)
     clock.advance(30)  # the Lease the inventory holds ran out 15 s ago
