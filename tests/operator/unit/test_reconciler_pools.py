@@ -1,8 +1,9 @@
 """The reconciler's side of the pool hand-off: the idle worker it offers and assigns with a
-conditional write, the fresh read and second decision when that write meets a newer version, the
-worker's Lease read from the API server before a worker is called lost, the offer it gives back
-when the assignment was not written, the pool it wakes when a pool job goes, and the node and
-disruption of the assigned worker that the status reads.
+conditional write (and none for a job behind the caps or already assigned), the fresh read and
+second decision when that write meets a newer version, the worker's Lease read from the API
+server before a worker is called lost and looked at again when it runs out, the offer it gives
+back when the assignment was not written, the pool it wakes when a pool job is assigned or goes,
+and the node and disruption of the assigned worker that the status reads.
 
 The reconciler runs as in the operator, with the clocks in the test's hands and an in-memory
 client that records its requests. The same hand-off between real worker processes and the real
