@@ -27,9 +27,10 @@ import pydantic
 
 from compose_api import models
 from compose_api import pools as protocol
-from compose_operator import observed, pooljobs, pools, queueing, status
+from compose_operator import observed, pooljobs, pools, queueing
 
 _VOLATILE_METADATA = frozenset({"resourceVersion", "managedFields"})
+_COMPARED_APART = frozenset({"spec", "metadata", "status"})  # by is_status_echo, each on its own
 _TERMINAL = frozenset(str(phase) for phase in models.TERMINAL_PHASES)
 
 
@@ -45,7 +46,6 @@ class Tracked:
     fields: observed.QueueFields
     body: dict[str, Any] | None  # None once finished
     finished: bool = False
-    rejected: bool = False  # Accepted=False: never admitted
     admitted: bool = False  # may start: its Job is being (or was) created, or it was resumed
     written: models.CompositionJobStatus | None = None  # what this process last wrote
     parsed: models.CompositionJobStatus | None = None  # the body's status, parsed on demand
@@ -165,10 +165,14 @@ class Inventory:
         if _report(stored) != _report(body):
             return False  # a pool worker wrote its report: news, not our echo
         old_meta, new_meta = stored.get("metadata") or {}, body.get("metadata") or {}
-        keys = (set(old_meta) | set(new_meta)) - _VOLATILE_METADATA
+        # `^` for `-` here and below adds only keys that neither body has, which read None on
+        # both sides: it cannot change the result.
+        named = set(old_meta) | set(new_meta)
+        keys = named - _VOLATILE_METADATA  # pragma: no mutate: *_Sub_BitXor
         if any(old_meta.get(key) != new_meta.get(key) for key in keys):
             return False
-        others = (set(stored) | set(body)) - {"spec", "metadata", "status"}
+        fields = set(stored) | set(body)
+        others = fields - _COMPARED_APART  # pragma: no mutate: *_Sub_BitXor
         return all(stored.get(key) == body.get(key) for key in others)
 
     def forget(self, uid: str) -> None:
@@ -286,10 +290,6 @@ class Inventory:
             # as a Job that exists holds one while its pod waits for a node) to its end; a
             # suspended one gives it back and goes through admission again when resumed.
             found.admitted = _admitted(written.to_api())
-        found.rejected = any(
-            c.type == models.ConditionType.ACCEPTED and c.status == status.FALSE
-            for c in written.conditions
-        )
         if written.phase in models.TERMINAL_PHASES:
             self.finish(uid)
 
@@ -415,11 +415,7 @@ class Inventory:
         running = self._holds(found)
         parked = self._parked(found)
         idle = not jobs and not found.admitted and found.worker is None
-        waiting = (
-            not (found.finished or found.rejected or found.fields.suspend)
-            and not running
-            and (parked or idle)
-        )
+        waiting = not (found.finished or found.fields.suspend) and not running and (parked or idle)
         if not (running or waiting):
             return None
         return queueing.Entry(

@@ -161,7 +161,7 @@ class PoolReconciler:
         holding: Counter[str] = Counter()
         for uid in self.inventory.pool_job_uids(namespace, pool):
             found = self.inventory.tracked.get(uid)
-            if found is None or found.finished or found.rejected:
+            if found is None or found.finished:
                 continue
             if found.worker is not None:
                 holding[found.fields.owner] += 1
