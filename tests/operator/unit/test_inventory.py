@@ -3,7 +3,10 @@ Job controller shows (a Job that is neither Complete nor Failed)."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -163,6 +166,80 @@ def test_a_workers_report_is_news_not_the_echo_of_our_write() -> None:
     store.put(news)
     found = store.worker_report("uid-job")
     assert found is not None and found.worker_instance == "w0/i"
+
+
+def test_only_a_change_of_status_resource_version_or_managed_fields_is_our_echo() -> None:
+    from compose_api import models
+
+    store = inventory.Inventory()
+    body = _cj("job")
+    body.update(apiVersion="compose.nextunicorn.dev/v1alpha1", kind="CompositionJob")
+    body["metadata"].update(
+        resourceVersion="5", labels={"team": "a"}, managedFields=[{"manager": "gateway"}]
+    )
+    store.put(body)
+    assert not store.is_status_echo(copy.deepcopy(body))  # this process wrote nothing yet
+    store.record_write("uid-job", models.CompositionJobStatus(phase=models.Phase.STARTING))
+    echo = copy.deepcopy(body)
+    echo["status"] = {"phase": "Starting"}
+    echo["metadata"]["resourceVersion"] = "6"
+    echo["metadata"]["managedFields"].append({"manager": "compose-operator"})
+    assert store.is_status_echo(echo)
+
+    def changed(edit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        news = copy.deepcopy(echo)
+        edit(news)
+        return news
+
+    news = [
+        changed(lambda b: b["metadata"]["labels"].update(team="b")),  # a key in both, changed
+        changed(lambda b: b["metadata"].update(deletionTimestamp="2026-01-01T00:00:09Z")),  # added
+        changed(lambda b: b["metadata"].pop("labels")),  # removed
+        changed(lambda b: b.update(apiVersion="compose.nextunicorn.dev/v1beta1")),
+        changed(lambda b: b.update(extra={"added": True})),  # a new top-level field
+        changed(lambda b: b.pop("kind")),
+        changed(lambda b: b["spec"].update(suspend=True)),
+    ]
+    assert [store.is_status_echo(each) for each in news] == [False] * len(news)
+
+
+def test_busy_workers_are_told_apart_by_namespace() -> None:
+    from compose_api import models
+
+    store = inventory.Inventory()
+    for namespace in ("studio", "lab"):
+        body = _pool_cj(f"job-{namespace}")
+        body["metadata"]["namespace"] = namespace
+        store.put(body)
+        assignment = {
+            "pool": "warm",
+            "worker": "w0",
+            "workerInstance": f"w0/{namespace}",
+            "attempt": 0,
+            "assignedAt": "2026-01-01T00:00:00Z",
+            "seed": 1,
+            "outputBucket": "b",
+            "outputKeyPrefix": "p/",
+        }
+        written = models.CompositionJobStatus.model_validate({"assignment": assignment})
+        store.record_write(f"uid-job-{namespace}", written)
+    assert store.busy_instances("studio") == {"w0/studio"}
+    assert store.busy_instances("lab") == {"w0/lab"}
+    assert store.busy_instances("elsewhere") == set()
+
+
+def test_a_job_missing_from_the_standing_queue_or_left_in_it_is_drift() -> None:
+    store = inventory.Inventory()
+    store.put(_cj("a"))
+    store.put(_cj("b"))
+    standing = store.standing("studio")
+    standing.put("uid-a", None)  # lost from the standing queue
+    assert store.standing_drift("studio") == ["uid-a"]
+    assert sorted(e.uid for e in store.standing("studio").entries()) == ["uid-a", "uid-b"]
+    ghost = store.queue_entries("studio")[0]
+    standing.put("uid-ghost", dataclasses.replace(ghost, uid="uid-ghost"))  # never a job here
+    assert store.standing_drift("studio") == ["uid-ghost"]
+    assert sorted(e.uid for e in store.standing("studio").entries()) == ["uid-a", "uid-b"]
 
 
 def _random_cj(rng: random.Random, index: int) -> dict[str, Any]:
