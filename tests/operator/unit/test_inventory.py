@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
+import json
 import random
 from collections.abc import Callable
 from typing import Any
@@ -180,7 +182,7 @@ def test_only_a_change_of_status_resource_version_or_managed_fields_is_our_echo(
     store.put(body)
     assert not store.is_status_echo(copy.deepcopy(body))  # this process wrote nothing yet
     store.record_write("uid-job", models.CompositionJobStatus(phase=models.Phase.STARTING))
-    echo = copy.deepcopy(body)
+    echo = json.loads(json.dumps(body))  # decoded afresh, as a watch event is: equal, not same
     echo["status"] = {"phase": "Starting"}
     echo["metadata"]["resourceVersion"] = "6"
     echo["metadata"]["managedFields"].append({"manager": "compose-operator"})
@@ -226,6 +228,86 @@ def test_busy_workers_are_told_apart_by_namespace() -> None:
     assert store.busy_instances("studio") == {"w0/studio"}
     assert store.busy_instances("lab") == {"w0/lab"}
     assert store.busy_instances("elsewhere") == set()
+
+
+def _assigned(instance: str) -> Any:
+    from compose_api import models
+
+    assignment = {
+        "pool": "warm",
+        "worker": instance.split("/")[0],
+        "workerInstance": instance,
+        "attempt": 0,
+        "assignedAt": "2026-01-01T00:00:00Z",
+        "seed": 1,
+        "outputBucket": "b",
+        "outputKeyPrefix": "p/",
+    }
+    return models.CompositionJobStatus.model_validate({"assignment": assignment})
+
+
+def test_a_job_that_lets_go_of_a_worker_another_job_now_has_does_not_free_it() -> None:
+    from compose_api import models
+
+    for stale, current in (("a", "b"), ("d", "c")):  # the stale uid sorting before and after
+        store = inventory.Inventory()
+        store.put(_pool_cj(stale))
+        store.put(_pool_cj(current))
+        store.record_write(f"uid-{stale}", _assigned("w0/i"))
+        store.record_write(f"uid-{current}", _assigned("w0/i"))  # the worker took the next
+        store.record_write(f"uid-{stale}", models.CompositionJobStatus())  # no assignment
+        assert store.assigned_to("studio", "w0/i") == f"uid-{current}"
+        store.record_write(f"uid-{current}", models.CompositionJobStatus())
+        assert store.assigned_to("studio", "w0/i") is None
+
+
+def _worker(namespace: str, pool: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A worker's Lease (renewed at the start of 2026, pod ``w0``, instance ``i``) and pod."""
+    from compose_api import pools as protocol
+
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+    lease = protocol.lease_body(
+        pool=pool, namespace=namespace, pod="w0", pod_uid=f"u-{namespace}", instance="i",
+        lease_seconds=15, now=now, state=protocol.STATE_READY,
+    )  # fmt: skip
+    labels = {protocol.POOL_LABEL: pool}
+    pod = {"metadata": {"name": "w0", "namespace": namespace, "labels": labels}, "status": {}}
+    return lease, pod
+
+
+def test_a_pools_workers_are_those_of_its_name_in_its_namespace() -> None:
+    store = inventory.Inventory()
+    places = [("studio", "warm"), ("lab", "warm"), ("zoo", "warm"), ("studio", "cold"),
+              ("studio", "zest")]  # fmt: skip
+    for namespace, pool in places:  # namespaces and pools sorting before and after the one read
+        lease, pod = _worker(namespace, pool)
+        lease["metadata"]["name"] = pod["metadata"]["name"] = f"w0-{namespace}-{pool}"
+        store.put_lease(lease, deleted=False)
+        store.put_worker_pod(pod, deleted=False)
+    # Equal to the stored names, not the same objects (as names decoded from two events are).
+    namespace, pool = json.loads('["studio", "warm"]')
+    assert [(lease.pool, lease.pod) for lease in store.pool_leases(namespace, pool)] == [
+        ("warm", "w0")
+    ]
+    assert [pod.name for pod in store.pool_pods(namespace, pool)] == ["w0-studio-warm"]
+
+
+def test_a_released_reservation_frees_that_namespaces_worker_only() -> None:
+    from compose_operator import pooljobs
+
+    store = inventory.Inventory()
+    now = datetime.datetime(2026, 1, 1, 0, 0, 1, tzinfo=datetime.UTC)
+    offer = pooljobs.Offer(pool="warm", pod="w0", instance="w0/i")
+    for namespace, uid in (("studio", "uid-a"), ("lab", "uid-b"), ("zoo", "uid-c")):
+        store.put_lease(_worker(namespace, "warm")[0], deleted=False)
+        assert [w.pod for w in store.idle_workers(namespace, "warm", now)] == ["w0"]
+        store.reserve(uid, namespace, offer)  # the same worker name in three namespaces
+    store.release_offer("uid-b")  # uids sorting before and after it keep theirs
+    idle = {
+        ns: [w.pod for w in store.idle_workers(ns, "warm", now)] for ns in ("studio", "lab", "zoo")
+    }
+    assert idle == {"studio": [], "lab": ["w0"], "zoo": []}
+    assert store.reserved("uid-b") is None and store.reserved("uid-a") == offer
 
 
 def test_a_job_missing_from_the_standing_queue_or_left_in_it_is_drift() -> None:
