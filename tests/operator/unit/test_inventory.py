@@ -82,6 +82,26 @@ def test_an_admission_holds_its_slot_until_released() -> None:
     assert [(e.waiting, e.running) for e in store.queue_entries("studio")] == [(True, False)]
 
 
+def test_an_admission_read_from_a_decoded_status_holds_a_slot_unless_suspended() -> None:
+    """After a restart the slots come from the statuses as decoded from the API server's JSON
+    (strings equal to the operator's, not the same objects)."""
+    store = inventory.Inventory()
+    admitted = _cj("admitted")
+    admitted["status"] = {"conditions": [_condition("Queued", "False")]}
+    suspended = _cj("suspended")
+    suspended["status"] = {
+        "conditions": [_condition("Queued", "False"), _condition("Suspended", "True")]
+    }
+    for body in (admitted, suspended, _cj("new")):
+        store.put(json.loads(json.dumps(body)))
+    entries = {e.uid: (e.running, e.waiting) for e in store.queue_entries("studio")}
+    assert entries == {
+        "uid-admitted": (True, False),
+        "uid-suspended": (False, True),  # held by the operator: it waits for a slot again
+        "uid-new": (False, True),
+    }
+
+
 def test_the_owner_label_is_the_gateways() -> None:
     assert names.OWNER_LABEL == naming.OWNER_LABEL
 
