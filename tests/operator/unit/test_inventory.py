@@ -245,8 +245,9 @@ def test_busy_workers_are_told_apart_by_namespace() -> None:
         }
         written = models.CompositionJobStatus.model_validate({"assignment": assignment})
         store.record_write(f"uid-job-{namespace}", written)
-    assert store.busy_instances("studio") == {"w0/studio"}
-    assert store.busy_instances("lab") == {"w0/lab"}
+    studio, lab = json.loads('["studio", "lab"]')  # equal names, not the same objects
+    assert store.busy_instances(studio) == {"w0/studio"}
+    assert store.busy_instances(lab) == {"w0/lab"}
     assert store.busy_instances("elsewhere") == set()
 
 
@@ -322,7 +323,7 @@ def test_a_released_reservation_frees_that_namespaces_worker_only() -> None:
         store.put_lease(_worker(namespace, "warm")[0], deleted=False)
         assert [w.pod for w in store.idle_workers(namespace, "warm", now)] == ["w0"]
         store.reserve(uid, namespace, offer)  # the same worker name in three namespaces
-    store.release_offer("uid-b")  # uids sorting before and after it keep theirs
+    store.release_offer(json.loads('"uid-b"'))  # uids sorting before and after it keep theirs
     idle = {
         ns: [w.pod for w in store.idle_workers(ns, "warm", now)] for ns in ("studio", "lab", "zoo")
     }
