@@ -61,6 +61,34 @@ def test_a_finished_job_keeps_no_body_status_or_pods_only_its_live_job() -> None
     assert store.queue_entries("studio") == []  # not even looked at any more
 
 
+def test_a_job_that_finishes_after_its_job_keeps_nothing_of_it() -> None:
+    store = inventory.Inventory()
+    store.put(_cj("done"))
+    store.put_child("job", _job("done", complete=True), deleted=False)  # the Job ended first
+    assert len(store.jobs_of("uid-done")) == 1
+    store.finish("uid-done")
+    assert store.jobs_of("uid-done") == []
+    assert store.queue_entries("studio") == []
+
+
+def test_an_event_older_than_our_write_keeps_the_newer_resource_version() -> None:
+    from compose_api import models
+
+    store = inventory.Inventory()
+    body = _cj("job")
+    body["metadata"]["resourceVersion"] = "300"
+    store.put(body)
+    store.record_write("uid-job", models.CompositionJobStatus(), "312")
+    late = copy.deepcopy(body)
+    late["metadata"]["resourceVersion"] = "311"  # written before ours, delivered after it
+    store.put(late)
+    assert store.resource_version("uid-job") == "312"
+    later = copy.deepcopy(body)
+    later["metadata"]["resourceVersion"] = "313"
+    store.put(later)
+    assert store.resource_version("uid-job") == "313"
+
+
 def test_a_job_seen_finished_after_a_restart_is_not_kept() -> None:
     store = inventory.Inventory()
     store.put(_cj("old", phase="Succeeded"))
@@ -188,6 +216,10 @@ def test_a_workers_report_is_news_not_the_echo_of_our_write() -> None:
     store.put(news)
     found = store.worker_report("uid-job")
     assert found is not None and found.worker_instance == "w0/i"
+    # Our next write's echo carries the same report, decoded afresh: an echo all the same.
+    store.record_write("uid-job", written)
+    again = json.loads(json.dumps({**news, "status": {**news["status"], "phase": "Running"}}))
+    assert store.is_status_echo(again)
 
 
 def test_only_a_change_of_status_resource_version_or_managed_fields_is_our_echo() -> None:
@@ -343,6 +375,21 @@ def test_a_job_missing_from_the_standing_queue_or_left_in_it_is_drift() -> None:
     standing.put("uid-ghost", dataclasses.replace(ghost, uid="uid-ghost"))  # never a job here
     assert store.standing_drift("studio") == ["uid-ghost"]
     assert sorted(e.uid for e in store.standing("studio").entries()) == ["uid-a", "uid-b"]
+
+
+def test_a_pools_deployment_is_kept_until_deleted_and_others_are_not() -> None:
+    from compose_api import pools as protocol
+
+    store = inventory.Inventory()
+    labels = {protocol.POOL_LABEL: "warm"}
+    deployment = {"metadata": {"name": "warm-workers", "namespace": "studio", "labels": labels}}
+    view = store.put_deployment(deployment, deleted=False)
+    assert view is not None and store.deployments == {("studio", "warm"): view}
+    other = {"metadata": {"name": "web", "namespace": "studio"}}
+    assert store.put_deployment(other, deleted=False) is None
+    assert list(store.deployments) == [("studio", "warm")]
+    store.put_deployment(deployment, deleted=True)
+    assert store.deployments == {}
 
 
 def _random_cj(rng: random.Random, index: int) -> dict[str, Any]:
