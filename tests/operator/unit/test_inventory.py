@@ -257,32 +257,6 @@ def test_only_a_change_of_status_resource_version_or_managed_fields_is_our_echo(
     assert [store.is_status_echo(each) for each in news] == [False] * len(news)
 
 
-def test_busy_workers_are_told_apart_by_namespace() -> None:
-    from compose_api import models
-
-    store = inventory.Inventory()
-    for namespace in ("studio", "lab"):
-        body = _pool_cj(f"job-{namespace}")
-        body["metadata"]["namespace"] = namespace
-        store.put(body)
-        assignment = {
-            "pool": "warm",
-            "worker": "w0",
-            "workerInstance": f"w0/{namespace}",
-            "attempt": 0,
-            "assignedAt": "2026-01-01T00:00:00Z",
-            "seed": 1,
-            "outputBucket": "b",
-            "outputKeyPrefix": "p/",
-        }
-        written = models.CompositionJobStatus.model_validate({"assignment": assignment})
-        store.record_write(f"uid-job-{namespace}", written)
-    studio, lab = json.loads('["studio", "lab"]')  # equal names, not the same objects
-    assert store.busy_instances(studio) == {"w0/studio"}
-    assert store.busy_instances(lab) == {"w0/lab"}
-    assert store.busy_instances("elsewhere") == set()
-
-
 def _assigned(instance: str) -> Any:
     from compose_api import models
 
@@ -297,6 +271,19 @@ def _assigned(instance: str) -> Any:
         "outputKeyPrefix": "p/",
     }
     return models.CompositionJobStatus.model_validate({"assignment": assignment})
+
+
+def test_busy_workers_are_told_apart_by_namespace() -> None:
+    store = inventory.Inventory()
+    for namespace in ("studio", "lab"):
+        body = _pool_cj(f"job-{namespace}")
+        body["metadata"]["namespace"] = namespace
+        store.put(body)
+        store.record_write(f"uid-job-{namespace}", _assigned(f"w0/{namespace}"))
+    studio, lab = json.loads('["studio", "lab"]')  # equal names, not the same objects
+    assert store.busy_instances(studio) == {"w0/studio"}
+    assert store.busy_instances(lab) == {"w0/lab"}
+    assert store.busy_instances("elsewhere") == set()
 
 
 def test_a_job_that_lets_go_of_a_worker_another_job_now_has_does_not_free_it() -> None:
