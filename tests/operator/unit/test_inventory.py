@@ -89,6 +89,58 @@ def test_an_event_older_than_our_write_keeps_the_newer_resource_version() -> Non
     assert store.resource_version("uid-job") == "313"
 
 
+def test_a_finished_jobs_job_still_running_keeps_its_slot_through_its_events() -> None:
+    store = inventory.Inventory()
+    store.put(_cj("done"))
+    store.put_child("job", _job("done"), deleted=False)
+    store.finish("uid-done")
+    store.put_child("job", _job("done"), deleted=False)  # a later event: still running
+    assert [e.uid for e in store.queue_entries("studio") if e.running] == ["uid-done"]
+    store.put_child("job", _job("done", complete=True), deleted=False)
+    assert store.queue_entries("studio") == []
+
+
+def test_a_pod_event_is_news_only_when_it_changes_what_a_decision_reads() -> None:
+    store = inventory.Inventory()
+    store.put(_cj("job"))
+    assert store.record_child("pod", _pod("job"), deleted=False) == ("uid-job", True)
+    assert store.record_child("pod", _pod("job"), deleted=False) == ("uid-job", False)
+    running = _pod("job")
+    running["status"] = {"phase": "Running"}
+    assert store.record_child("pod", running, deleted=False) == ("uid-job", True)
+    assert store.record_child("pod", running, deleted=True) == ("uid-job", True)
+    assert store.record_child("pod", running, deleted=True) == ("uid-job", False)
+
+
+def test_a_job_the_user_suspends_frees_its_slot_before_its_job_is_suspended() -> None:
+    store = inventory.Inventory()
+    held = _cj("held")
+    held["spec"]["suspend"] = True
+    store.put(held)
+    store.put_child("job", _job("held"), deleted=False)  # not suspended yet, still running
+    assert store.queue_entries("studio") == []
+
+
+def test_an_assignment_seen_on_the_watch_holds_a_slot() -> None:
+    """A status written by another operator process (a peer before a handover): the job's
+    worker holds the slot though this process never admitted it."""
+    store = inventory.Inventory()
+    store.put(_pool_cj("job"))
+    assert [(e.running, e.waiting) for e in store.queue_entries("studio")] == [(False, True)]
+    assigned = _pool_cj("job", status={"assignment": _assigned("w0/i").to_api()["assignment"]})
+    store.put(assigned)
+    assert store.assigned_to("studio", "w0/i") == "uid-job"
+    assert [(e.running, e.waiting) for e in store.queue_entries("studio")] == [(True, False)]
+
+
+def test_a_forgotten_pool_job_leaves_its_pool() -> None:
+    store = inventory.Inventory()
+    store.put(_pool_cj("gone"))
+    store.put(_pool_cj("kept"))
+    store.forget("uid-gone")
+    assert store.pool_job_uids("studio", "warm") == {"uid-kept"}
+
+
 def test_a_job_seen_finished_after_a_restart_is_not_kept() -> None:
     store = inventory.Inventory()
     store.put(_cj("old", phase="Succeeded"))
