@@ -54,7 +54,8 @@ def test_a_finished_job_keeps_no_body_status_or_pods_only_its_live_job() -> None
     assert store.pods_of("uid-done", "done-0") == []
     # Its Job is not Complete yet: it still holds the slot.
     assert [e.uid for e in store.queue_entries("studio") if e.running] == ["uid-done"]
-    store.put_child("pod", _pod("done"), deleted=False)  # late pod events are not kept
+    late = store.record_child("pod", _pod("done"), deleted=False)  # late pod events: not kept,
+    assert late == ("uid-done", False)  # and not news
     assert store.pods_of("uid-done", "done-0") == []
     store.put_child("job", _job("done", complete=True), deleted=False)
     assert store.jobs_of("uid-done") == []
@@ -139,6 +140,23 @@ def test_a_forgotten_pool_job_leaves_its_pool() -> None:
     store.put(_pool_cj("kept"))
     store.forget("uid-gone")
     assert store.pool_job_uids("studio", "warm") == {"uid-kept"}
+
+
+def test_a_slot_is_held_by_a_running_job_only_and_never_for_kueue() -> None:
+    store = inventory.Inventory()
+    store.put(_cj("running"))
+    store.put_child("job", _job("running"), deleted=False)
+    store.put(_cj("waiting"))
+    kueue = _cj("kueue")
+    kueue["spec"]["execution"] = {"queueName": "team-a"}
+    store.put(kueue)
+    store.put_child("job", _job("kueue"), deleted=False)  # Kueue's to count, not the operator's
+    held = {uid: store.holds_slot(uid) for uid in ("uid-running", "uid-waiting", "uid-kueue")}
+    assert held == {"uid-running": True, "uid-waiting": False, "uid-kueue": False}
+    assert not store.holds_slot("uid-unknown")
+    assert (store.is_finished("uid-running"), store.is_finished("uid-unknown")) == (False, False)
+    store.finish("uid-running")
+    assert store.is_finished("uid-running")
 
 
 def test_a_job_seen_finished_after_a_restart_is_not_kept() -> None:
