@@ -30,6 +30,10 @@ CONTAINER_NAME = "compose"
 # Set on a Job the operator suspended because of spec.suspend; only such a Job is unsuspended
 # when the user resumes (a Job held for Kueue admission is Kueue's to unsuspend).
 SUSPENDED_ANNOTATION = f"{GROUP}/suspended-by-operator"
+# Set on a new attempt's Job that the operator created suspended to take the slot of the Job it
+# replaces (the value: that Job's name); it is unsuspended once no other Job of its
+# CompositionJob is live, so the two never run side by side past the per-namespace cap.
+REPLACES_ANNOTATION = f"{GROUP}/replaces"
 
 _INVALID = re.compile(r"[^a-z0-9-]+")
 

@@ -46,6 +46,7 @@ class JobView:
     attempt: int
     suspended: bool
     held_by_operator: bool  # suspended by the operator for spec.suspend (annotated)
+    replaces: str | None  # suspended by the operator until the Job it replaces is gone
     finished: bool  # Complete or Failed, as the Job controller sees it
     deleting: bool
     spec_hash: str | None
@@ -124,6 +125,7 @@ def view_job(obj: Obj) -> JobView:
         attempt=job_attempt(obj),
         suspended=suspended,
         held_by_operator=suspended and names.SUSPENDED_ANNOTATION in annotations,
+        replaces=annotations.get(names.REPLACES_ANNOTATION) if suspended else None,
         finished=_true(obj, "Complete", "Failed"),
         deleting=bool(meta.get("deletionTimestamp")),
         spec_hash=annotations.get(builders.SPEC_HASH_ANNOTATION),

@@ -185,13 +185,20 @@ def _follow(
         # The spec changed before any pod ran: the next attempt runs the new spec. Create
         # first, then delete, so that a crash in between leaves a Job to adopt.
         manifest = builders.build_job(cj, profile, settings, job.attempt + 1, seed)
-        return Plan((*actions, CreateJob(manifest), DeleteJob(job.name)))
+        replacement = _replacement(manifest, cj, job, observed.capped)
+        return Plan((*actions, CreateJob(replacement), DeleteJob(job.name)))
+    if job.replaces is not None and any(other.live for other in observed.jobs[1:]):
+        return Plan(tuple(actions))  # the slot is the replaced Job's until that one is gone
     body: Mapping[str, Any] = job.body
     held_back: status.Queue | None = None  # a resumed Job waiting for a slot under the caps
     admit = False
-    if cj.spec.suspend and not job.suspended:
+    if cj.spec.suspend and (not job.suspended or job.replaces is not None):
         actions.append(SuspendJob(job.name, True))
         body = suspended(body, True)
+    elif job.replaces is not None:
+        # The Job it replaces is gone: it runs in the slot that one held.
+        actions.append(SuspendJob(job.name, False))
+        body = suspended(body, False)
     elif not cj.spec.suspend and job.held_by_operator:
         # Resuming undoes only a suspension the operator made: a Job that Kueue holds stays
         # suspended until Kueue admits it. Under the caps it waits for a slot like any job.
@@ -427,10 +434,35 @@ def _needs_rebuild(
     return not any(status.view_pod(pod).ran for pod in pods)
 
 
+def _replacement(
+    manifest: dict[str, Any], cj: models.CompositionJob, job: JobView, capped: bool
+) -> dict[str, Any]:
+    """A new attempt's Job keeps the hold of the Job it replaces. The job is suspended, or
+    waits for a slot under the caps: suspended by the operator, as the old one was. It holds
+    the slot under the caps: created suspended until the old Job is gone, so that the two
+    never run side by side and the namespace's unfinished Jobs never pass the cap. Kueue's
+    Jobs are created suspended for Kueue to admit, and without caps nothing is held."""
+    if cj.spec.execution.queue_name:
+        return manifest
+    if cj.spec.suspend or job.held_by_operator:
+        return suspended(manifest, True)
+    if not capped:
+        return manifest
+    meta = manifest["metadata"]
+    annotations = {**meta["annotations"], names.REPLACES_ANNOTATION: job.name}
+    return {
+        **manifest,
+        "metadata": {**meta, "annotations": annotations},
+        "spec": {**manifest["spec"], "suspend": True},
+    }
+
+
 def suspended(job: Mapping[str, Any], value: bool) -> dict[str, Any]:
-    """``job`` as :class:`SuspendJob` leaves it (the merge patch of the reconciler)."""
+    """``job`` as :class:`SuspendJob` leaves it (the merge patch of the reconciler): held by
+    the operator, or let go, and in either case no longer waiting for a Job it replaced."""
     meta = dict(job.get("metadata") or {})
     annotations = dict(meta.get("annotations") or {})
+    annotations.pop(names.REPLACES_ANNOTATION, None)
     if value:
         annotations[names.SUSPENDED_ANNOTATION] = "true"
     else:
@@ -443,7 +475,9 @@ def suspend_patch(value: bool) -> dict[str, Any]:
     """The merge patch that :func:`suspended` describes."""
     mark = "true" if value else None
     return {
-        "metadata": {"annotations": {names.SUSPENDED_ANNOTATION: mark}},
+        "metadata": {
+            "annotations": {names.SUSPENDED_ANNOTATION: mark, names.REPLACES_ANNOTATION: None}
+        },
         "spec": {"suspend": value},
     }
 

@@ -577,3 +577,25 @@ def test_a_spec_is_validated_once_per_generation() -> None:
     store.finish("uid-edited")
     assert store.tracked["uid-edited"].spec is None
     assert store.spec_of("uid-edited", edited) is not store.spec_of("uid-edited", edited)
+
+
+def test_a_new_attempt_replacing_a_job_holds_the_slot_before_and_after_the_old_one_goes() -> None:
+    from compose_operator import plan
+
+    store = inventory.Inventory()
+    store.put(_cj("edited"))
+    store.put_child("job", _job("edited"), deleted=False)
+    replacing = plan.suspended(_job("edited"), True)  # suspended, as the replacement is made
+    del replacing["metadata"]["annotations"][names.SUSPENDED_ANNOTATION]
+    replacing["metadata"]["annotations"][names.REPLACES_ANNOTATION] = "edited-0"
+    replacing["metadata"]["name"] = "edited-1"
+    store.put_child("job", replacing, deleted=False)
+    entries = [(e.uid, e.running, e.waiting) for e in store.queue_entries("studio")]
+    assert entries == [("uid-edited", True, False)]
+    store.put_child("job", _job("edited"), deleted=True)
+    assert store.holds_slot("uid-edited")
+    # Held by the operator instead (the user suspended the job meanwhile, then resumed it):
+    # it waits for a slot again.
+    store.put_child("job", plan.suspended(replacing, True), deleted=False)
+    entries = [(e.uid, e.running, e.waiting) for e in store.queue_entries("studio")]
+    assert entries == [("uid-edited", False, True)]

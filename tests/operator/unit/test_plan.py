@@ -232,6 +232,75 @@ def test_a_spec_change_before_the_start_runs_as_a_new_attempt(
     assert delete.name.endswith("-0")
 
 
+def _replacement(decided: plan.Plan) -> observed.JobView:
+    """The new attempt's Job of a rebuild, as the watch will show it."""
+    assert kinds(decided) == ["CreateJob", "DeleteJob"]
+    create = decided.actions[0]
+    assert isinstance(create, plan.CreateJob)
+    return observed.view_job({**create.manifest, "status": {}})
+
+
+def test_a_new_attempt_keeps_the_hold_of_the_job_it_replaces(
+    config: settings.OperatorSettings,
+) -> None:
+    before = make_cj()
+    running = job_view(config, before, started=None)
+    parked = observed.view_job(plan.suspended(running.body, True))
+    edited = make_cj(params={"seed": 42, "steps": 20})
+
+    free = _replacement(plan.plan(seen(edited, jobs=(running,)), at(6), config))
+    assert (free.suspended, free.held_by_operator, free.replaces) == (False, False, None)
+    # Under the caps it waits, suspended, for the Job whose slot it takes.
+    capped = _replacement(plan.plan(seen(edited, jobs=(running,), capped=True), at(6), config))
+    assert (capped.suspended, capped.held_by_operator, capped.replaces) == (
+        True,
+        False,
+        running.name,
+    )
+    # Waiting for a slot, or suspended by the user: held by the operator, as the old one was.
+    waiting = seen(edited, jobs=(parked,), queue=status.Queue(1, 1), capped=True)
+    queued = _replacement(plan.plan(waiting, at(6), config))
+    assert (queued.suspended, queued.held_by_operator, queued.replaces) == (True, True, None)
+    paused = make_cj(params={"seed": 42, "steps": 20}, suspend=True)
+    for jobs in ((parked,), (running,)):
+        for caps in (True, False):
+            held = _replacement(plan.plan(seen(paused, jobs=jobs, capped=caps), at(6), config))
+            assert (held.suspended, held.held_by_operator, held.replaces) == (True, True, None)
+    # Kueue's: created suspended for Kueue to admit (a new workload), with no mark of the
+    # operator's, whatever held the old one.
+    for suspend in (False, True):
+        kueue = make_cj(
+            params={"seed": 42, "steps": 20}, execution={"queueName": "gpu"}, suspend=suspend
+        )
+        for jobs in ((parked,), (running,)):
+            for_kueue = _replacement(plan.plan(seen(kueue, jobs=jobs), at(6), config))
+            assert (for_kueue.suspended, for_kueue.held_by_operator) == (True, False)
+            assert for_kueue.replaces is None
+
+
+def test_a_replacement_starts_once_the_job_it_replaces_is_gone(
+    config: settings.OperatorSettings,
+) -> None:
+    before = make_cj()
+    edited = make_cj(params={"seed": 42, "steps": 20})
+    old = job_view(config, before, started=None)
+    new = _replacement(plan.plan(seen(edited, jobs=(old,), capped=True), at(6), config))
+    assert kinds(plan.plan(seen(edited, jobs=(new, old), capped=True), at(7), config)) == [
+        "DeleteJob"  # the old one still there: deleted again, nothing else, no write
+    ]
+    ending = observed.view_job({**old.body, "metadata": {**old.body["metadata"],
+                               "deletionTimestamp": ts(7)}})  # fmt: skip
+    for jobs in ((new,), (new, ending)):
+        decided = plan.plan(seen(edited, jobs=jobs, capped=True), at(8), config)
+        start = decided.actions[len(jobs) - 1]
+        assert start == plan.SuspendJob(new.name, False)
+        assert not decided.admit  # the slot is the one the job held all along
+    # The user suspended the job meanwhile: the replacement is held by the operator instead.
+    paused = make_cj(params={"seed": 42, "steps": 20}, suspend=True)
+    decided = plan.plan(seen(paused, jobs=(new,), capped=True), at(8), config)
+    assert decided.actions[0] == plan.SuspendJob(new.name, True)
+
+
 def test_a_finished_job_waits_for_its_pods_then_lists_them(
     config: settings.OperatorSettings,
 ) -> None:

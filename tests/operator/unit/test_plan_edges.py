@@ -183,12 +183,21 @@ def test_the_suspension_patch_and_the_body_it_leaves() -> None:
     assert held["metadata"]["name"] == "j"  # the rest of the metadata is kept
     assert held["metadata"]["annotations"] == {names.SUSPENDED_ANNOTATION: "true"}
     assert plan.suspended(held, False)["metadata"]["annotations"] == {}
+    # Either way a replacement no longer waits for the Job it replaced.
+    replacing = {**body, "metadata": {"annotations": {names.REPLACES_ANNOTATION: "j-0"}}}
+    assert plan.suspended(replacing, True)["metadata"]["annotations"] == {
+        names.SUSPENDED_ANNOTATION: "true"
+    }
+    assert plan.suspended(replacing, False)["metadata"]["annotations"] == {}
     assert plan.suspend_patch(True) == {
-        "metadata": {"annotations": {names.SUSPENDED_ANNOTATION: "true"}},
+        "metadata": {
+            "annotations": {names.SUSPENDED_ANNOTATION: "true", names.REPLACES_ANNOTATION: None}
+        },
         "spec": {"suspend": True},
     }
     assert plan.suspend_patch(False)["metadata"]["annotations"] == {
-        names.SUSPENDED_ANNOTATION: None
+        names.SUSPENDED_ANNOTATION: None,
+        names.REPLACES_ANNOTATION: None,
     }
 
 
