@@ -67,6 +67,8 @@ def test_a_job_that_finishes_after_its_job_keeps_nothing_of_it() -> None:
     store.put(_cj("done"))
     store.put_child("job", _job("done", complete=True), deleted=False)  # the Job ended first
     assert len(store.jobs_of("uid-done")) == 1
+    assert store.queue_entries("studio") == []  # its end is being written: it neither holds
+    assert not store.holds_slot("uid-done")  # a slot nor waits for one
     store.finish("uid-done")
     assert store.jobs_of("uid-done") == []
     assert store.queue_entries("studio") == []
@@ -88,6 +90,12 @@ def test_an_event_older_than_our_write_keeps_the_newer_resource_version() -> Non
     later["metadata"]["resourceVersion"] = "313"
     store.put(later)
     assert store.resource_version("uid-job") == "313"
+    # Versions that are not etcd's integers cannot be compared: the one seen last.
+    for seen in ("v-312", "314", "7e2"):
+        opaque = copy.deepcopy(body)
+        opaque["metadata"]["resourceVersion"] = seen
+        store.put(opaque)
+        assert store.resource_version("uid-job") == seen
 
 
 def test_a_finished_jobs_job_still_running_keeps_its_slot_through_its_events() -> None:
