@@ -262,12 +262,25 @@ def _position_only(observed: Observed, outcome: status.Outcome, settings: Operat
         return False
     if outcome.transitions or previous.queue_position is None:
         return False
+    if _apart_from_place(outcome.status) != _apart_from_place(previous):
+        return False  # an edit (observedGeneration), or a new attempt's Job named
     refresh = settings.queue_position_refresh_seconds
     # The settings refuse a negative refresh (ge=0): `==` for `<=` cannot change the result.
     if refresh <= 0:  # pragma: no mutate: *_LtE_Eq
         return True
     since = observed.since_last_write
     return since is not None and since < refresh
+
+
+def _apart_from_place(written: models.CompositionJobStatus) -> models.CompositionJobStatus:
+    """A waiting job's status less what its place in the queue sets: the position and the
+    messages that give it."""
+    queued = models.ConditionType.QUEUED
+    conditions = [
+        c.model_copy(update={"message": ""}) if c.type == queued else c for c in written.conditions
+    ]
+    update = {"queue_position": None, "message": None, "conditions": conditions}
+    return written.model_copy(update=update)
 
 
 def _coalesce_wait(

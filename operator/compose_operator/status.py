@@ -818,7 +818,9 @@ def compute(
         if run.start_time is not None:
             wanted.append(Wanted(CT.STARTED, TRUE, Reason.RUNNING, ""))
         wanted.append(Wanted(CT.FAILED, TRUE, failure[0], failure[1]))
-    elif cj.spec.suspend:
+    elif cj.spec.suspend or queue is not None:
+        # Suspended for the user, or held suspended behind the caps once resumed: the Job
+        # named is the latest attempt's (an edit while it waits makes a new one).
         message = f"job {run.job_name} suspended"
         wanted.append(Wanted(CT.STARTED, FALSE, Reason.JOB_CREATED, message))
     elif not run.job_suspended:  # a suspended Job waits for Kueue: the Queued condition says so

@@ -19,6 +19,7 @@ from tests.operator.cluster.conftest import (
     bound_pod,
     child_jobs,
     cj_with,
+    condition,
     create,
     end,
     wait_until,
@@ -114,7 +115,15 @@ async def test_edits_before_the_start_keep_each_jobs_hold_and_the_cap(
         await cj_with(kube, "held", phase="Queued", reason=("Queued", "WaitingForCapacity"))
         await _edit(kube, "held", 21)
         await _until_jobs(kube, "held", {"2": True})
-        await asyncio.sleep(1.0)
+
+        async def seen_edit(client: ClusterClient) -> bool:
+            # The edit is acknowledged (what GitOps tools wait for) and the new Job named.
+            cj = await client.get(COMPOSITION_JOBS, "held")
+            started = condition(cj, "Started") or {}
+            acknowledged = cj["status"].get("observedGeneration") == cj["metadata"]["generation"]
+            return acknowledged and started.get("message", "").endswith("-2 suspended")
+
+        await wait_until(kube, seen_edit, timeout=15, what="the edit of held in its status")
         assert (await kube.get(COMPOSITION_JOBS, "held"))["status"]["phase"] == "Queued"
         # "other" holds the slot and is edited: its new Job starts once the old one is gone.
         await _edit(kube, "other", 20)

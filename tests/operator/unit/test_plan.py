@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 from typing import Any
 
@@ -107,6 +108,58 @@ def test_a_waiting_job_costs_no_write_until_its_moved_position_is_due(
     assert write.event is None  # a position is no transition a user is told about
     never = make_settings(tmp_path, COMPOSE_QUEUE_POSITION_REFRESH_SECONDS="0")
     assert plan.plan(due, at(61), never).actions == ()
+
+
+def test_a_waiting_job_that_is_edited_is_written_with_its_new_generation(
+    config: settings.OperatorSettings,
+) -> None:
+    # GitOps tools read observedGeneration == generation as "the controller has seen my edit".
+    first = plan.plan(seen(make_cj(), queue=status.Queue(5, 9)), at(1), config).actions[0]
+    assert isinstance(first, plan.WriteStatus)
+    edited = make_cj(params={"seed": 42, "steps": 20})
+    edited.metadata.generation = 2
+    waiting = edited.model_copy(update={"status": first.outcome.status})
+    since = {"since_last_write": 1.0}
+    (write,) = plan.plan(seen(waiting, queue=status.Queue(5, 9), **since), at(2), config).actions
+    assert isinstance(write, plan.WriteStatus)
+    assert write.outcome.status.observed_generation == 2
+    assert write.event is None
+
+
+def test_a_waiting_job_edited_into_a_new_attempt_names_its_new_job(
+    config: settings.OperatorSettings,
+) -> None:
+    def written(decided: plan.Plan) -> models.CompositionJobStatus:
+        write = decided.actions[-1]
+        assert isinstance(write, plan.WriteStatus)
+        return write.outcome.status
+
+    running = job_view(config, make_cj(), started=None)
+    paused = make_cj(suspend=True)
+    paused.status = written(plan.plan(seen(paused, jobs=(running,), capped=True), at(8), config))
+    parked = observed.view_job(plan.suspended(running.body, True))
+    resumed = make_cj().model_copy(update={"status": paused.status})
+    waiting = seen(resumed, jobs=(parked,), queue=status.Queue(1, 1), capped=True)
+    resumed.status = written(plan.plan(waiting, at(9), config))
+    started = next(c for c in resumed.status.conditions if c.type == "Started")
+    assert parked.name in started.message
+    # Edited while it waits: its new attempt's Job, held too, is the one its status names.
+    edited = make_cj(params={"seed": 42, "steps": 20}).model_copy(update={"status": resumed.status})
+    edited.metadata.generation = 2
+    new = observed.view_job(
+        plan.suspended(job_view(config, edited, attempt=1, started=None).body, True)
+    )
+    waiting = seen(edited, jobs=(new,), queue=status.Queue(1, 1), capped=True, since_last_write=1.0)
+    soon = plan.plan(waiting, at(10), config)  # news, not a transition: coalesced
+    assert soon.actions == () and soon.later is not None
+    waiting = dataclasses.replace(waiting, since_last_write=30.0)
+    edited.status = written(plan.plan(waiting, at(30), config))
+    started = next(c for c in edited.status.conditions if c.type == "Started")
+    assert new.name in started.message
+    assert edited.status.observed_generation == 2
+    # Unchanged but for its place: not written.
+    moved = seen(edited, jobs=(new,), queue=status.Queue(2, 3), capped=True, since_last_write=1.0)
+    assert plan.plan(moved, at(31), config) == plan.Plan()
 
 
 def test_terminal_stays_terminal(config: settings.OperatorSettings) -> None:
