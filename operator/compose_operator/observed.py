@@ -46,7 +46,7 @@ class JobView:
     attempt: int
     suspended: bool
     held_by_operator: bool  # suspended by the operator for spec.suspend (annotated)
-    replaces: str | None  # suspended by the operator until the Job it replaces is gone
+    replaces: str | None  # the Job it waits, suspended, to replace (see plan._replacement)
     finished: bool  # Complete or Failed, as the Job controller sees it
     deleting: bool
     spec_hash: str | None

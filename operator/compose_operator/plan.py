@@ -450,11 +450,12 @@ def _needs_rebuild(
 def _replacement(
     manifest: dict[str, Any], cj: models.CompositionJob, job: JobView, capped: bool
 ) -> dict[str, Any]:
-    """A new attempt's Job keeps the hold of the Job it replaces. The job is suspended, or
-    waits for a slot under the caps: suspended by the operator, as the old one was. It holds
-    the slot under the caps: created suspended until the old Job is gone, so that the two
-    never run side by side and the namespace's unfinished Jobs never pass the cap. Kueue's
-    Jobs are created suspended for Kueue to admit, and without caps nothing is held."""
+    """The next attempt's Job, held as the Job it replaces was. For a job that is suspended,
+    or waits for a slot under the caps: suspended by the operator. For a job that holds a slot
+    under the caps: created suspended, marked as replacing the old Job, and let go once that
+    one is gone, so that the two never run side by side and the namespace never has more
+    unfinished Jobs than the cap. Kueue's are created suspended for Kueue to admit; without
+    caps nothing is held."""
     if cj.spec.execution.queue_name:
         return manifest
     if cj.spec.suspend or job.held_by_operator:
