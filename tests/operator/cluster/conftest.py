@@ -361,6 +361,45 @@ async def wait_jobs(kube: ClusterClient, count: int = 1, *, cj: str | None = Non
     return found
 
 
+def counted_by_the_cap(job: Mapping[str, Any]) -> bool:
+    """What the cap counts: a Job that may run pods (not suspended) and that the Job controller
+    has not finished (one being deleted still counts, as `kubectl get jobs` shows it)."""
+    finished = any(
+        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+        for c in (job.get("status") or {}).get("conditions") or []
+    )
+    return not finished and not job["spec"].get("suspend")
+
+
+@contextlib.asynccontextmanager
+async def most_counted(kube: ClusterClient) -> AsyncIterator[list[int]]:
+    """Follows the Jobs from a watch: the list holds, once the block ends, the most Jobs
+    :func:`counted_by_the_cap` counted at any one time."""
+    listed = await kube.request("GET", f"/apis/batch/v1/namespaces/{kube.namespace}/jobs")
+    assert not listed["items"]
+    state: dict[str, Mapping[str, Any]] = {}
+    most = [0]
+
+    async def follow() -> None:
+        version = listed["metadata"]["resourceVersion"]
+        async for kind, job in kube.watch(JOBS, resource_version=version, label_selector=MANAGED):
+            assert kind in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"), (kind, job)
+            if kind == "DELETED":
+                state.pop(job["metadata"]["name"], None)
+            elif kind != "BOOKMARK":
+                state[job["metadata"]["name"]] = job
+            most[0] = max(most[0], sum(counted_by_the_cap(each) for each in state.values()))
+
+    task = asyncio.create_task(follow())
+    try:
+        yield most
+    finally:
+        await asyncio.sleep(1.0)  # the watch's last events
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 # -- the operator's requests, from the audit log -----------------------------------------------
 
 

@@ -6,28 +6,23 @@ every edit, as a watch on the Jobs sees it from the first event to the last."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
-
 import pytest
 
 from compose_api import contract
 from tests.operator.cluster.conftest import (
-    MANAGED,
     bound_pod,
     child_jobs,
     cj_with,
     condition,
     create,
     end,
+    most_counted,
     wait_until,
 )
 from tests.operator.operator_process import OperatorProcess
 from tests.support import control_plane as cp
 from tests.support.cluster_client import ClusterClient
-from tests.support.resources import COMPOSITION_JOBS, JOBS, PODS
+from tests.support.resources import COMPOSITION_JOBS, PODS
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -35,45 +30,6 @@ pytestmark = pytest.mark.timeout(180)
 @pytest.fixture
 def operator_settings() -> dict[str, str]:
     return {"COMPOSE_MAX_RUNNING_PER_NAMESPACE": "1"}
-
-
-def _counts(job: Mapping[str, Any]) -> bool:
-    """What the cap counts: a Job that may run pods (not suspended) and that the Job controller
-    has not finished (one being deleted still counts, as `kubectl get jobs` shows it)."""
-    finished = any(
-        c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-        for c in (job.get("status") or {}).get("conditions") or []
-    )
-    return not finished and not job["spec"].get("suspend")
-
-
-@contextlib.asynccontextmanager
-async def most_counted(kube: ClusterClient) -> AsyncIterator[list[int]]:
-    """Follows the Jobs from a watch: the list holds, once the block ends, the most Jobs
-    :func:`_counts` counted at any one time."""
-    listed = await kube.request("GET", f"/apis/batch/v1/namespaces/{kube.namespace}/jobs")
-    assert not listed["items"]
-    state: dict[str, Mapping[str, Any]] = {}
-    most = [0]
-
-    async def follow() -> None:
-        version = listed["metadata"]["resourceVersion"]
-        async for kind, job in kube.watch(JOBS, resource_version=version, label_selector=MANAGED):
-            assert kind in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"), (kind, job)
-            if kind == "DELETED":
-                state.pop(job["metadata"]["name"], None)
-            elif kind != "BOOKMARK":
-                state[job["metadata"]["name"]] = job
-            most[0] = max(most[0], sum(_counts(each) for each in state.values()))
-
-    task = asyncio.create_task(follow())
-    try:
-        yield most
-    finally:
-        await asyncio.sleep(1.0)  # the watch's last events
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def _jobs_of(kube: ClusterClient, cj: str) -> dict[str, bool]:

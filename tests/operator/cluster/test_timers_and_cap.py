@@ -17,6 +17,7 @@ from tests.operator.cluster.conftest import (
     condition,
     create,
     end,
+    most_counted,
     running_pod,
     wait_jobs,
     wait_until,
@@ -145,15 +146,17 @@ async def test_a_burst_never_admits_more_than_the_cap(
     # Admission is decided and taken before any await: concurrent events cannot both take the
     # one free slot, although nothing is locked per namespace.
     names = [f"burst-{index}" for index in range(6)]
-    await asyncio.gather(*(create(kube, namespace, name) for name in names))
-    await wait_jobs(kube)
 
     def settled(obj: dict[str, Any] | None) -> bool:
         return (obj or {}).get("status", {}).get("phase") in ("Queued", "Starting", "Running")
 
-    for name in names:
-        await kube.wait_for(COMPOSITION_JOBS, name, settled, timeout=30)
-    await asyncio.sleep(1.0)
+    async with most_counted(kube) as most:  # from the first Job event to the last
+        await asyncio.gather(*(create(kube, namespace, name) for name in names))
+        await wait_jobs(kube)
+        for name in names:
+            await kube.wait_for(COMPOSITION_JOBS, name, settled, timeout=30)
+        await asyncio.sleep(1.0)
+    assert most == [1]
     assert len(await child_jobs(kube)) == 1
     phases = [(await kube.get(COMPOSITION_JOBS, n))["status"]["phase"] for n in names]
     assert sorted(phases)[:5] == ["Queued"] * 5
