@@ -345,9 +345,14 @@ def test_a_replacement_starts_once_the_job_it_replaces_is_gone(
                                "deletionTimestamp": ts(7)}})  # fmt: skip
     for jobs in ((new,), (new, ending)):
         decided = plan.plan(seen(edited, jobs=jobs, capped=True), at(8), config)
-        start = decided.actions[len(jobs) - 1]
+        start, write = decided.actions[len(jobs) - 1 :]
         assert start == plan.SuspendJob(new.name, False)
         assert not decided.admit  # the slot is the one the job held all along
+        # Its status reads the Job as let go: starting, with the new Job named.
+        assert isinstance(write, plan.WriteStatus)
+        assert write.outcome.status.phase == "Starting"
+        started = next(c for c in write.outcome.status.conditions if c.type == "Started")
+        assert new.name in started.message
     # The user suspended the job meanwhile: the replacement is held by the operator instead.
     paused = make_cj(params={"seed": 42, "steps": 20}, suspend=True)
     decided = plan.plan(seen(paused, jobs=(new,), capped=True), at(8), config)
