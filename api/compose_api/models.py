@@ -416,6 +416,10 @@ class Reason(enum.StrEnum):
     SPOT_INTERRUPTED = "SpotInterrupted"
     ASSIGNED_TO_WORKER = "AssignedToWorker"  # pool mode: handed to a worker, not accepted yet
     WORKER_LOST = "WorkerLost"  # pool mode: the worker's lease expired during the attempt
+    # An attempt (not a condition): its pod was deleted before it finished, for no reason the
+    # operator saw (SuspendedByUser and JobSuspended name theirs)
+    POD_DELETED = "PodDeleted"
+    JOB_SUSPENDED = "JobSuspended"  # an attempt: its Job was suspended, not by spec.suspend
     # Succeeded
     COMPLETED = "Completed"
     # Failed

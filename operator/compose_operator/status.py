@@ -280,15 +280,16 @@ def _name(obj: Mapping[str, Any]) -> str:
 def _attempts(
     previous: Sequence[models.Attempt],
     job_name: str | None,
-    pods: Sequence[Mapping[str, Any]],
+    pods: Sequence[tuple[Mapping[str, Any], PodView]],
     nodes: Mapping[str, Mapping[str, str]],
+    gone: tuple[str, str] | None,
 ) -> list[models.Attempt]:
-    """One attempt per pod, oldest first; attempts whose pods are gone are kept as they were."""
+    """One attempt per pod (``pods``: in attempt order, with their views); attempts whose pods
+    are gone are kept as they were, and an unfinished one ends (``gone``: why, if known)."""
     by_pod = {item.pod_name: item for item in previous if item.pod_name}
     current: list[models.Attempt] = []
-    for pod in sorted(pods, key=_pod_order(previous)):
+    for pod, view in pods:
         name = _name(pod)
-        view = view_pod(pod)
         node = (pod.get("spec") or {}).get("nodeName")
         node_labels = nodes.get(node, {}) if node else {}
         capacity = next((node_labels[k] for k in CAPACITY_LABELS if k in node_labels), None)
@@ -320,20 +321,49 @@ def _attempts(
             )
         )
     fresh: dict[str | None, models.Attempt | None] = {item.pod_name: item for item in current}
-    result = [fresh.pop(item.pod_name, None) or _vanished(item) for item in previous]
+    result = [fresh.pop(item.pod_name, None) or _vanished(item, gone) for item in previous]
     result.extend(item for item in fresh.values() if item is not None)
     return [item.model_copy(update={"index": index}) for index, item in enumerate(result)]
 
 
-def _vanished(attempt: models.Attempt) -> models.Attempt:
-    """An attempt whose pod is gone: if it had not finished, it never will."""
+def _vanished(attempt: models.Attempt, why: tuple[str, str] | None = None) -> models.Attempt:
+    """An attempt whose pod is gone: if it had not finished, it never will. ``why``: the
+    reason and message, where the cause is known (the Job was suspended)."""
     if attempt.outcome not in (models.AttemptOutcome.PENDING, models.AttemptOutcome.RUNNING):
         return attempt
+    reason, message = why or (Reason.POD_DELETED, "the pod was deleted before it finished")
     return attempt.model_copy(
-        update={
-            "outcome": models.AttemptOutcome.INTERRUPTED,
-            "message": "the pod was deleted before it finished",
-        }
+        update={"outcome": models.AttemptOutcome.INTERRUPTED, "reason": reason, "message": message}
+    )
+
+
+_SUSPENSIONS = (Reason.SUSPENDED_BY_USER, Reason.JOB_SUSPENDED)
+
+
+def _suspension_of(cj: models.CompositionJob, job: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Why the Job controller stops the pods of a suspended Job, as an attempt's reason and
+    message: the user's ``spec.suspend``, or the Job suspended by someone else (Kueue taking
+    its quota back, or by hand). None while neither holds."""
+    if cj.spec.suspend:
+        return Reason.SUSPENDED_BY_USER, "the pod was stopped when the job was suspended"
+    if (job.get("spec") or {}).get("suspend"):
+        message = f"the pod was stopped when job {_name(job)} was suspended, not by spec.suspend"
+        return Reason.JOB_SUSPENDED, message
+    return None
+
+
+def _stopped(view: PodView, pod: Mapping[str, Any], why: tuple[str, str] | None) -> PodView:
+    """A pod being deleted while its Job is suspended was stopped by the suspension: its
+    attempt is interrupted, not failed, whatever the SIGTERM made its container exit with. A
+    pod that finished its work, was interrupted for a reason of its own (a spot interruption),
+    or whose container said why it failed, keeps its view."""
+    if why is None or not (pod.get("metadata") or {}).get("deletionTimestamp"):
+        return view
+    kept = (models.AttemptOutcome.SUCCEEDED, models.AttemptOutcome.INTERRUPTED)
+    if view.outcome in kept or view.report is not None:
+        return view
+    return PodView(
+        models.AttemptOutcome.INTERRUPTED, why[0], why[1], view.exit_code, None, view.ran
     )
 
 
@@ -655,7 +685,14 @@ def read_run(
     previous = cj.status
     job_name = _name(job)
     own_pods = sorted(pods, key=_pod_order(previous.attempts))
-    views = [view_pod(p) for p in own_pods]
+    suspension = _suspension_of(cj, job)
+    # A pod stopped by a suspension stays so while it is deleted, after a resume too.
+    stops = {
+        item.pod_name: (str(item.reason), item.message or "")
+        for item in previous.attempts
+        if item.outcome == models.AttemptOutcome.INTERRUPTED and item.reason in _SUSPENSIONS
+    }
+    views = [_stopped(view_pod(p), p, suspension or stops.get(_name(p))) for p in own_pods]
     start_time = previous.start_time
     if start_time is None:
         for pod in own_pods:
@@ -679,7 +716,14 @@ def read_run(
         or _is_true(job, "SuccessCriteriaMet") is not None,
         job_started=parse_time((job.get("status") or {}).get("startTime")) or _created(job),
         job_created=_created(job),
-        attempts=_attempts(previous.attempts, job_name, own_pods, nodes),
+        # One view per pod, so `strict` cannot change the result.
+        attempts=_attempts(
+            previous.attempts,
+            job_name,
+            list(zip(own_pods, views, strict=True)),  # pragma: no mutate: ReplaceTrueWithFalse
+            nodes,
+            suspension,
+        ),
         latest=own_pods[-1] if own_pods else None,
         view=views[-1] if views else None,
         # Pending, Running, Succeeded and Interrupted sort after "Failed": `<=` for `==`
@@ -748,6 +792,9 @@ def _progress(run: Run) -> tuple[str, str]:
     if view is None:
         return Reason.JOB_CREATED, f"job {run.job_name} created"
     if view.outcome == "Interrupted":
+        if view.reason in _SUSPENSIONS:
+            # Resumed while the stopped pod is still being deleted: no warning, nothing failed.
+            return Reason.JOB_CREATED, f"job {run.job_name} resumed; a new pod will be created"
         return Reason.SPOT_INTERRUPTED, (view.message or "") + "; a replacement pod will be created"
     # Interrupted returned above; Pending, Running and Succeeded sort after "Failed": `<=` for
     # `==` cannot change the result.

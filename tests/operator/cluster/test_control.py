@@ -69,14 +69,34 @@ async def test_suspend_and_resume(
 
     await wait_until(kube, no_pods, what="the Job controller to remove the suspended pod")
 
+    def stopped(obj: dict[str, Any] | None) -> bool:
+        attempts = ((obj or {}).get("status") or {}).get("attempts") or []
+        return [(a["outcome"], a.get("reason")) for a in attempts] == [
+            ("Interrupted", "SuspendedByUser")
+        ]
+
+    # The attempt the suspension stopped says so: neither a failure nor a spot interruption.
+    await kube.wait_for(COMPOSITION_JOBS, "pause", stopped)
+
     await kube.patch(COMPOSITION_JOBS, "pause", {"spec": {"suspend": False}})
     await kube.wait_for(JOBS, name, lambda obj: bool(obj and not obj["spec"].get("suspend")))
     cj = await cj_with(kube, "pause", reason=("Suspended", "Resumed"))
     assert cj["status"]["phase"] != "Suspended"
     pod = await running_pod(kube, "pause")  # a new pod from the Job controller
     await end(kube, pod, contract.ExitCode.OK)
-    await cj_with(kube, "pause", phase="Succeeded")
+    cj = await cj_with(kube, "pause", phase="Succeeded")
     assert len(await kube.list(JOBS)) == 1
+    assert [(a["outcome"], a.get("reason")) for a in cj["status"]["attempts"]] == [
+        ("Interrupted", "SuspendedByUser"),
+        ("Succeeded", "Completed"),
+    ]
+    assert cj["status"]["attempt"] == 1
+    warnings = [
+        e["reason"]
+        for e in await kube.list(EVENTS)
+        if e["involvedObject"]["name"] == "pause" and e["type"] == "Warning"
+    ]
+    assert warnings == []
 
 
 async def test_suspended_before_start_creates_no_job_until_resumed(
