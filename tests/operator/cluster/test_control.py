@@ -27,7 +27,7 @@ from tests.operator.cluster.conftest import (
 from tests.operator.operator_process import OperatorProcess
 from tests.support import control_plane as cp
 from tests.support.cluster_client import ClusterClient
-from tests.support.resources import COMPOSITION_JOBS, EVENTS, JOBS
+from tests.support.resources import COMPOSITION_JOBS, EVENTS, JOBS, PODS
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -95,6 +95,65 @@ async def test_suspend_and_resume(
         e["reason"]
         for e in await kube.list(EVENTS)
         if e["involvedObject"]["name"] == "pause" and e["type"] == "Warning"
+    ]
+    assert warnings == []
+
+
+async def test_a_pod_stopped_by_a_suspension_is_neither_a_failure_nor_a_retry(
+    operator: OperatorProcess, kube: ClusterClient, namespace: str
+) -> None:
+    """As on a real node, the stopped pod stays a while: its container ends with the SIGTERM's
+    143 and the pod shows Failed before it goes. A finalizer of the test's holds it there,
+    through the suspension and the resume."""
+    await create(kube, namespace, "stopped")
+    pod = await running_pod(kube, "stopped")
+    await cj_with(kube, "stopped", phase="Running")
+    pod_name = pod["metadata"]["name"]
+    hold = [{"op": "add", "path": "/metadata/finalizers/-", "value": "compose.test/hold"}]
+    await kube.patch(PODS, pod_name, hold)
+    try:
+        await kube.patch(COMPOSITION_JOBS, "stopped", {"spec": {"suspend": True}})
+
+        def sigtermed(obj: dict[str, Any] | None) -> bool:
+            statuses = ((obj or {}).get("status") or {}).get("containerStatuses") or [{}]
+            ended = (statuses[0].get("state") or {}).get("terminated") or {}
+            return (
+                obj is not None
+                and obj["status"]["phase"] == "Failed"
+                and ended.get("exitCode") == 143
+            )
+
+        await kube.wait_for(PODS, pod_name, sigtermed)
+
+        def ended_by_suspension(obj: dict[str, Any] | None) -> bool:
+            attempts = ((obj or {}).get("status") or {}).get("attempts") or []
+            return [(a["outcome"], a.get("reason"), a.get("exitCode")) for a in attempts] == [
+                ("Interrupted", "SuspendedByUser", 143)
+            ]
+
+        cj = await kube.wait_for(COMPOSITION_JOBS, "stopped", ended_by_suspension)
+        assert cj["status"]["phase"] == "Suspended"
+        assert condition(cj, "Failed") is None
+
+        # Resumed while the stopped pod is still there: the Job controller starts a new one.
+        await kube.patch(COMPOSITION_JOBS, "stopped", {"spec": {"suspend": False}})
+        second = await running_pod(kube, "stopped", index=1)
+        cj = await cj_with(kube, "stopped", phase="Running")
+        assert ended_by_suspension({"status": {"attempts": cj["status"]["attempts"][:1]}})
+    finally:
+        held = await kube.get(PODS, pod_name)
+        kept = [f for f in held["metadata"].get("finalizers") or [] if f != "compose.test/hold"]
+        await kube.patch(PODS, pod_name, {"metadata": {"finalizers": kept or None}})
+    await end(kube, second, contract.ExitCode.OK)
+    cj = await cj_with(kube, "stopped", phase="Succeeded")
+    assert [(a["outcome"], a.get("reason")) for a in cj["status"]["attempts"]] == [
+        ("Interrupted", "SuspendedByUser"),
+        ("Succeeded", "Completed"),
+    ]
+    warnings = [
+        (e["reason"], e["message"])
+        for e in await kube.list(EVENTS)
+        if e["involvedObject"]["name"] == "stopped" and e["type"] == "Warning"
     ]
     assert warnings == []
 
