@@ -411,6 +411,9 @@ class Reason(enum.StrEnum):
     UNSCHEDULABLE = "Unschedulable"
     IMAGE_PULLING = "ImagePulling"
     IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
+    # The Job controller cannot create the pod: a ResourceQuota, a LimitRange, an admission
+    # policy or webhook, Pod Security (its FailedCreate Event's message)
+    POD_CREATE_FAILED = "PodCreateFailed"
     RUNNING = "Running"
     RETRYING = "Retrying"
     SPOT_INTERRUPTED = "SpotInterrupted"

@@ -85,11 +85,16 @@ REASONS: dict[models.Reason, str] = {
     models.Reason.IMAGE_PULLING: "Getting the image program ready on the machine.",
     models.Reason.IMAGE_PULL_BACK_OFF: "The image program could not be set up on the machine; "
     "trying again.",
+    models.Reason.POD_CREATE_FAILED: "The cluster will not start the job's program (a quota or "
+    "a limit, say); it tries again. Tell the people who run the service if this lasts.",
     models.Reason.RUNNING: "Composing the image.",
     models.Reason.RETRYING: "An attempt failed; trying again.",
     models.Reason.SPOT_INTERRUPTED: "The machine was taken away; starting again on another one.",
     models.Reason.ASSIGNED_TO_WORKER: "Handed to a worker.",
     models.Reason.WORKER_LOST: "The worker stopped answering; trying again.",
+    models.Reason.POD_DELETED: "The attempt was stopped before it finished.",
+    models.Reason.JOB_SUSPENDED: "The attempt was paused by the cluster, to make room for "
+    "other work; it goes on once there is room.",
     models.Reason.COMPLETED: "The image is ready.",
     models.Reason.INPUT_REJECTED: "One of the photos could not be used: it is not a picture "
     "the service can read, or it is too large or too small.",

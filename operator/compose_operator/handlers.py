@@ -1,9 +1,10 @@
 """The handlers: thin adapters from watch events to :class:`~compose_operator.reconciler.
 Reconciler`.
 
-CompositionJobs, their child Jobs and pods (and the pool workers' pods) come from the operator's
-own watches (:mod:`compose_operator.watching`, started at start-up): each event is recorded in
-the inventory at once and the job it concerns is reconciled soon, once for a burst of events.
+CompositionJobs, their child Jobs and pods (and the pool workers' pods), and the Job
+controller's FailedCreate Events of Jobs, come from the operator's own watches
+(:mod:`compose_operator.watching`, started at start-up): each event is recorded in the
+inventory at once and the job it concerns is reconciled soon, once for a burst of events.
 The pools' own resources (CompositionPools, their Deployments, the workers' Leases) come through
 ``kopf.on.event``. Importing this module registers those and the start-up, clean-up and login
 handlers in kopf's default registry; ``__main__`` imports it and passes a :class:`Runtime` in
@@ -41,6 +42,11 @@ MANAGED = f"{names.MANAGED_BY_LABEL}={names.MANAGED_BY}"
 COMPOSITION_JOBS = kubeapi.Watched(models.API_VERSION, models.PLURAL)
 JOBS = kubeapi.Watched("batch/v1", "jobs", label_selector=MANAGED)
 PODS = kubeapi.Watched("v1", "pods", label_selector=MANAGED)
+# The Job controller's word that it cannot create a Job's pod (a quota, a LimitRange, an
+# admission policy): rare, and selected by the server, so the watch costs little.
+POD_REFUSALS = kubeapi.Watched(
+    "v1", "events", field_selector="involvedObject.kind=Job,reason=FailedCreate"
+)
 LIST_CHUNK = 500  # objects per page of kopf's initial lists
 EVENT_FLUSH_SECONDS = 5.0  # on shutdown, how long the Events still waiting may take
 WORKER_IDLE_SECONDS = 0.5  # how long kopf keeps an object's worker (and its last body) idle
@@ -282,6 +288,9 @@ def start_watches(runtime: Runtime) -> None:
         watches.start(
             COMPOSITION_JOBS, lambda kind, body: composition_job_event(runtime, kind, body)
         )
+        # Refusals name a Job: they are read once the jobs that own the Jobs are known.
+        await watches.listed(COMPOSITION_JOBS)
+        watches.start(POD_REFUSALS, lambda kind, body: pod_refused(runtime, kind, body))
 
     runtime._spawn(then_composition_jobs())
 
@@ -332,6 +341,15 @@ def composition_job_event(runtime: Runtime, kind: str, body: dict[str, Any]) -> 
 
 def job_event(runtime: Runtime, kind: str, body: dict[str, Any]) -> None:
     owner = runtime.reconciler.child_changed("job", body, deleted=kind == "DELETED")
+    if owner is not None:
+        runtime.reconciler.poke(owner, after=reconciler.CHILD_EVENTS_SECONDS)
+
+
+def pod_refused(runtime: Runtime, kind: str, body: dict[str, Any]) -> None:
+    """A FailedCreate Event of a Job: its job shows why it has no pod."""
+    if kind == "DELETED":
+        return  # Events expire (an hour by default); the refusal they told stays true or not
+    owner = runtime.reconciler.inventory.record_refusal(body)
     if owner is not None:
         runtime.reconciler.poke(owner, after=reconciler.CHILD_EVENTS_SECONDS)
 

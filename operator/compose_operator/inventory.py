@@ -27,7 +27,7 @@ import pydantic
 
 from compose_api import models
 from compose_api import pools as protocol
-from compose_operator import observed, pooljobs, pools, queueing
+from compose_operator import observed, pooljobs, pools, queueing, status
 
 _VOLATILE_METADATA = frozenset({"resourceVersion", "managedFields"})
 _COMPARED_APART = frozenset({"spec", "metadata", "status"})  # by is_status_echo, each on its own
@@ -87,6 +87,8 @@ class Inventory:
         self._busy: dict[tuple[str, str], str] = {}  # (namespace, worker instance) -> uid
         self._reserved: dict[str, pooljobs.Offer] = {}  # uid -> the worker reserved for it
         self._reserved_by: dict[tuple[str, str], str] = {}  # (namespace, instance) -> uid
+        # uid -> the Job controller's latest word that it cannot create a pod of the job's Job
+        self.refusals: dict[str, status.Refusal] = {}
 
     # -- CompositionJobs --------------------------------------------------------------------
 
@@ -195,6 +197,7 @@ class Inventory:
             self._active[found.fields.namespace].discard(uid)
         self.jobs.pop(uid, None)
         self.pods.pop(uid, None)
+        self.refusals.pop(uid, None)
         self.unsuspended.discard(uid)
         self._locks.pop(uid, None)
 
@@ -214,6 +217,7 @@ class Inventory:
         self._release_offer(uid)
         self._index_pool(found)
         self.pods.pop(uid, None)
+        self.refusals.pop(uid, None)
         self._prune(uid)
 
     def _prune(self, uid: str) -> None:
@@ -382,6 +386,33 @@ class Inventory:
             self._prune(owner)
         changed = deleted or before_job is None or not observed.same(before_job.body, view.body)
         return owner, changed
+
+    def record_refusal(self, event: Mapping[str, Any]) -> str | None:
+        """A ``FailedCreate`` Event of a Job: kept as the latest refusal of the job that owns
+        the Job. Returns that job's uid when the Event is news for a job still running (an
+        older or repeated one, or one for a Job that is not ours, changes nothing)."""
+        refusal = status.read_refusal(event)
+        if refusal is None:
+            return None
+        namespace = (event.get("involvedObject") or {}).get("namespace")
+        # FailedCreate Events are rare (the Job controller backs off): a scan of the Jobs
+        # known costs less than an index kept up to date on every Job event.
+        owner = next(
+            (
+                uid
+                for uid, jobs in self.jobs.items()
+                if refusal.job_name in jobs and jobs[refusal.job_name].namespace == namespace
+            ),
+            None,
+        )
+        found = self.tracked.get(owner) if owner is not None else None
+        if owner is None or found is None or found.finished:
+            return None
+        before = self.refusals.get(owner)
+        if before is not None and before.job_name == refusal.job_name and before.at > refusal.at:
+            return None
+        self.refusals[owner] = refusal
+        return owner if before != refusal else None
 
     def job(self, uid: str, name: str) -> observed.JobView | None:
         return self.jobs.get(uid, {}).get(name)

@@ -221,6 +221,7 @@ class Observed:
     pods_waited: bool = False
     since_last_write: float | None = None
     spec_hash: str | None = None  # the spec's digest, when the reconciler has it at hand
+    refusal: status.Refusal | None = None  # the Job controller's latest FailedCreate for a Job
     # Pool mode: the pool that runs the job (None: Job mode) and what the decision reads of it.
     pool_name: str | None = None
     pool: pools.PoolView | None = None  # None: no such pool in the namespace

@@ -55,8 +55,10 @@ REQUIRED_PERMISSIONS: tuple[Permission, ...] = (
                "with its pool by the garbage collector"),
     Permission("coordination.k8s.io", "leases", ("list", "watch", "get"), Scope.NAMESPACED,
                "the pool workers' Leases: which workers are warm, ready, busy or lost"),
-    Permission("", "events", ("create",), Scope.NAMESPACED,
-               "Kubernetes Events for the transitions a user reads (posted by the operator)"),
+    Permission("", "events", ("create", "list", "watch"), Scope.NAMESPACED,
+               "Kubernetes Events for the transitions a user reads (posted by the operator); "
+               "the Job controller's FailedCreate Events of Jobs (watched: why a pod is not "
+               "created)"),
     Permission("", "nodes", ("get",), Scope.CLUSTER,
                "instance type and capacity type of the node an attempt ran on"),
     Permission("apiextensions.k8s.io", "customresourcedefinitions", ("list", "watch"),

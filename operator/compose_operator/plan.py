@@ -216,7 +216,15 @@ def _follow(
     if not pods and previous.attempts and not observed.listed:
         return Plan(need=Need.LIST)  # right after a restart the pod watch may lag
     outcome = status.compute(
-        cj, body, pods, now=now, settings=settings, seed=seed, nodes=observed.nodes, queue=held_back
+        cj,
+        body,
+        pods,
+        now=now,
+        settings=settings,
+        seed=seed,
+        nodes=observed.nodes,
+        queue=held_back,
+        refusal=observed.refusal,
     )
     if outcome.terminal and not settled(pods, outcome):
         # A terminal status is final: decide it on fresh pods, not on a watch that may lag

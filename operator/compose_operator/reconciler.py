@@ -347,6 +347,7 @@ class Reconciler:
             pods_waited=pods_waited,
             since_last_write=None if last is None else self._monotonic() - last,
             spec_hash=read.digest,
+            refusal=self.inventory.refusals.get(uid),
         )
 
     async def _observe_pool(

@@ -37,6 +37,7 @@ WARNING_REASONS = frozenset(
         Reason.JOB_CREATE_FAILED,
         Reason.UNSCHEDULABLE,
         Reason.IMAGE_PULL_BACK_OFF,
+        Reason.POD_CREATE_FAILED,
         Reason.RETRYING,
         Reason.SPOT_INTERRUPTED,
         Reason.RESULT_UNREADABLE,
@@ -137,6 +138,36 @@ def _pod_order(
         return (len(previous), str(meta.get("creationTimestamp") or ""), name)
 
     return key
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """Why the Job controller could not create a Job's pod, from its latest ``FailedCreate``
+    Event: a ResourceQuota, a LimitRange, an admission policy or webhook, Pod Security."""
+
+    job_name: str
+    message: str
+    at: datetime.datetime  # when it last said so
+
+
+_COMBINED = "(combined from similar events): "
+REFUSAL_CHARS = 1024  # of the Event's message, kept in the status
+
+
+def read_refusal(event: Mapping[str, Any]) -> Refusal | None:
+    """A ``FailedCreate`` Event of a Job as a :class:`Refusal` (None: not one, or undated)."""
+    involved = event.get("involvedObject") or {}
+    if involved.get("kind") != "Job" or event.get("reason") != "FailedCreate":
+        return None
+    meta = event.get("metadata") or {}
+    at = parse_time(
+        event.get("lastTimestamp") or event.get("eventTime") or meta.get("creationTimestamp")
+    )
+    if at is None or not involved.get("name"):
+        return None
+    message = str(event.get("message") or "").removeprefix(_COMBINED)
+    message = message.removeprefix("Error creating: ")
+    return Refusal(str(involved["name"]), message[:REFUSAL_CHARS], at)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -669,6 +700,8 @@ class Run:
     success: PodView | None  # the newest pod that succeeded with a readable result
     start_time: datetime.datetime | None  # when a pod first ran
     result: models.Result | None
+    # Why the Job controller cannot create the Job's pod, while no pod of it has started since
+    refused: str | None = None
 
     @property
     def last_failed(self) -> PodView | None:
@@ -681,6 +714,7 @@ def read_run(
     pods: Sequence[Mapping[str, Any]],
     nodes: Mapping[str, Mapping[str, str]],
     settings: OperatorSettings,
+    refusal: Refusal | None = None,
 ) -> Run:
     previous = cj.status
     job_name = _name(job)
@@ -693,6 +727,14 @@ def read_run(
         if item.outcome == models.AttemptOutcome.INTERRUPTED and item.reason in _SUSPENSIONS
     }
     views = [_stopped(view_pod(p), p, suspension or stops.get(_name(p))) for p in own_pods]
+    # One view per pod, so `strict` cannot change the result.
+    attempts = _attempts(
+        previous.attempts,
+        job_name,
+        list(zip(own_pods, views, strict=True)),  # pragma: no mutate: ReplaceTrueWithFalse
+        nodes,
+        suspension,
+    )
     start_time = previous.start_time
     if start_time is None:
         for pod in own_pods:
@@ -716,14 +758,7 @@ def read_run(
         or _is_true(job, "SuccessCriteriaMet") is not None,
         job_started=parse_time((job.get("status") or {}).get("startTime")) or _created(job),
         job_created=_created(job),
-        # One view per pod, so `strict` cannot change the result.
-        attempts=_attempts(
-            previous.attempts,
-            job_name,
-            list(zip(own_pods, views, strict=True)),  # pragma: no mutate: ReplaceTrueWithFalse
-            nodes,
-            suspension,
-        ),
+        attempts=attempts,
         latest=own_pods[-1] if own_pods else None,
         view=views[-1] if views else None,
         # Pending, Running, Succeeded and Interrupted sort after "Failed": `<=` for `==`
@@ -732,7 +767,20 @@ def read_run(
         success=success,
         start_time=start_time,
         result=result,
+        refused=_still_refused(refusal, job_name, attempts),
     )
+
+
+def _still_refused(
+    refusal: Refusal | None, job_name: str, attempts: Sequence[models.Attempt]
+) -> str | None:
+    """The refusal's message, if it is this Job's and no pod of the Job started after it."""
+    if refusal is None or refusal.job_name != job_name:
+        return None
+    started = [a.start_time for a in attempts if a.job_name == job_name and a.start_time]
+    if any(when >= refusal.at for when in started):
+        return None
+    return refusal.message
 
 
 def _queued(cj: models.CompositionJob, run: Run, queue: Queue | None) -> Wanted:
@@ -789,6 +837,8 @@ def _failure(run: Run, job: Mapping[str, Any]) -> tuple[str, str] | None:
 def _progress(run: Run) -> tuple[str, str]:
     """The Started reason and message while no outcome is known."""
     view = run.view
+    if view is None and run.refused is not None:
+        return Reason.POD_CREATE_FAILED, f"job {run.job_name} cannot create its pod: {run.refused}"
     if view is None:
         return Reason.JOB_CREATED, f"job {run.job_name} created"
     if view.outcome == "Interrupted":
@@ -815,7 +865,11 @@ def _start_deadline(
     origin = run.job_started
     if ever_ran or origin is None or (now - origin).total_seconds() <= deadline:
         return None
-    specific = reason in (Reason.UNSCHEDULABLE, Reason.IMAGE_PULL_BACK_OFF)
+    specific = reason in (
+        Reason.UNSCHEDULABLE,
+        Reason.IMAGE_PULL_BACK_OFF,
+        Reason.POD_CREATE_FAILED,
+    )
     text = f"no pod running {deadline}s after the job started" + (f": {message}" if message else "")
     return Wanted(CT.FAILED, TRUE, reason if specific else Reason.START_DEADLINE_EXCEEDED, text)
 
@@ -846,12 +900,14 @@ def compute(
     seed: int,
     nodes: Mapping[str, Mapping[str, str]] | None = None,
     queue: Queue | None = None,
+    refusal: Refusal | None = None,
 ) -> Outcome:
     """The status of a CompositionJob whose child Job exists: one function per condition.
 
     ``queue`` is set when the Job is held suspended behind the caps (a resumed job waiting for
-    a slot)."""
-    run = read_run(cj, job, pods, nodes or {}, settings)
+    a slot); ``refusal`` is the latest word of the Job controller that it cannot create the
+    pod of one of the job's Jobs."""
+    run = read_run(cj, job, pods, nodes or {}, settings, refusal)
     wanted: list[Wanted] = [Wanted(CT.ACCEPTED, TRUE, Reason.VALID, ""), _queued(cj, run, queue)]
     failure = _failure(run, job)
     succeeded = _succeeded(run, failure)

@@ -291,7 +291,13 @@ async def pods_of(kube: ClusterClient, cj: str) -> list[Obj]:
     )
 
 
-async def running_pod(kube: ClusterClient, cj: str, *, index: int = 0) -> Obj:
+async def running_pod(
+    kube: ClusterClient,
+    cj: str,
+    *,
+    index: int = 0,
+    timeout: float = 60.0,  # noqa: ASYNC109 (a polling deadline)
+) -> Obj:
     """The ``index``-th pod (in creation order) of the CompositionJob, once it runs."""
 
     async def check(client: ClusterClient) -> Obj | None:
@@ -301,7 +307,9 @@ async def running_pod(kube: ClusterClient, cj: str, *, index: int = 0) -> Obj:
         return None
 
     try:
-        found: Obj = await wait_until(kube, check, what=f"pod {index} of {cj} to run")
+        found: Obj = await wait_until(
+            kube, check, timeout=timeout, what=f"pod {index} of {cj} to run"
+        )
     except AssertionError:
         everything = await kube.list(PODS, all_namespaces=True)
         print(

@@ -1,0 +1,65 @@
+"""The Job controller cannot create a Job's pod: here a LimitRange caps a container at one CPU
+and the inference pod asks for three, as a namespace's limits, its ResourceQuota, an admission
+policy or Pod Security would refuse it. The Job exists, but no pod comes. The job shows the
+Job controller's answer (its FailedCreate Event) as a warning, and starts once the pod can be
+created."""
+
+from __future__ import annotations
+
+import pytest
+
+from compose_api import contract, models
+from tests.operator.cluster.conftest import (
+    child_jobs,
+    cj_with,
+    condition,
+    create,
+    end,
+    running_pod,
+    wait_until,
+)
+from tests.operator.operator_process import OperatorProcess
+from tests.support.cluster_client import ClusterClient
+from tests.support.resources import EVENTS, ResourceSpec
+
+pytestmark = pytest.mark.timeout(150)
+
+LIMIT_RANGES = ResourceSpec("", "v1", "limitranges", "LimitRange")
+REFUSAL = "cpu limit of 1"  # the API server's words for the LimitRange's cap
+
+
+async def test_a_pod_the_job_controller_cannot_create_is_shown_with_its_reason(
+    operator: OperatorProcess, kube: ClusterClient, namespace: str
+) -> None:
+    limit = {"type": "Container", "max": {"cpu": "1"}}
+    small = {"metadata": {"name": "small"}, "spec": {"limits": [limit]}}
+    await kube.create(LIMIT_RANGES, small)
+    await create(kube, namespace, "big")
+    refused = await cj_with(kube, "big", reason=("Started", "PodCreateFailed"))
+    assert refused["status"]["phase"] == "Starting"
+    job = (await child_jobs(kube, cj="big"))[0]["metadata"]["name"]
+    message = condition(refused, "Started")["message"]  # type: ignore[index]
+    # The Job controller's answer, as the API server gave it, naming the pod it tried.
+    assert message.startswith(f'job {job} cannot create its pod: Pod "{job}-')
+    assert REFUSAL in message
+    assert not refused["status"].get("attempts")  # no pod, no attempt
+
+    async def warned(client: ClusterClient) -> bool:
+        return any(
+            e["involvedObject"]["name"] == "big"
+            and (e["reason"], e["type"]) == ("PodCreateFailed", "Warning")
+            and REFUSAL in e["message"]
+            for e in await client.list(EVENTS)
+        )
+
+    await wait_until(kube, warned, what="the Warning Event of the refused pod")
+
+    # The limit goes: the Job controller's next try creates the pod (it backs off between
+    # tries, so this may take a while), and the job runs as any other.
+    await kube.delete(LIMIT_RANGES, "small")
+    pod = await running_pod(kube, "big", timeout=90)
+    running = await cj_with(kube, "big", phase="Running")
+    assert condition(running, "Started")["reason"] == models.Reason.RUNNING  # type: ignore[index]
+    await end(kube, pod, contract.ExitCode.OK)
+    done = await cj_with(kube, "big", phase="Succeeded")
+    assert [a["outcome"] for a in done["status"]["attempts"]] == ["Succeeded"]
