@@ -103,6 +103,11 @@ def test_a_refusal_is_kept_for_the_job_that_owns_the_job() -> None:
     # An older one, coming late, changes nothing.
     assert store.record_refusal(failed_create("quota-0", seconds=10)) is None
     assert store.refusals["uid-quota"].message == "later"
+    # Another answer within the same second (timestamps have one-second resolution) is news:
+    # the watch hands them on in order.
+    same_second = failed_create("quota-0", message="Error creating: same second", seconds=20)
+    assert store.record_refusal(same_second) == "uid-quota"
+    assert store.refusals["uid-quota"].message == "same second"
 
 
 def test_a_refusal_for_a_job_not_ours_or_finished_is_not_kept() -> None:
@@ -193,6 +198,10 @@ def test_a_pod_that_started_after_the_refusal_ends_it_even_once_gone(
     # Its pod gone (deleted by hand): the old refusal is not news again.
     gone = _compute(tmp_path, [], 20, refusal, ran)
     assert started(gone)[1] != Reason.POD_CREATE_FAILED
+    # A pod that started within the refusal's second was created after it.
+    assert started(_compute(tmp_path, [], 20, status.Refusal(JOB, "then", at(13)), ran))[1] == (
+        Reason.JOB_CREATED
+    )
     # A refusal after that start (the replacement pod is refused) is shown.
     again = _compute(tmp_path, [], 21, status.Refusal(JOB, "again", at(20)), ran)
     assert started(again) == (
