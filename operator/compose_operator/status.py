@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -165,9 +166,14 @@ def read_refusal(event: Mapping[str, Any]) -> Refusal | None:
     )
     if at is None or not involved.get("name"):
         return None
+    job_name = str(involved["name"])
     message = str(event.get("message") or "").removeprefix(_COMBINED)
     message = message.removeprefix("Error creating: ")
-    return Refusal(str(involved["name"]), message[:REFUSAL_CHARS], at)
+    # Each try names a new pod (generateName's five characters): without them, the same
+    # answer reads the same, and the job's status is not rewritten at every try.
+    pod = re.compile(rf'"{re.escape(job_name)}-[a-z0-9]{{5}}"')
+    message = pod.sub(f'"{job_name}-"', message)
+    return Refusal(job_name, message[:REFUSAL_CHARS], at)
 
 
 @dataclasses.dataclass(frozen=True)

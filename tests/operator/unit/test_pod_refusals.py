@@ -75,6 +75,23 @@ def test_an_event_without_its_last_timestamp_is_dated_by_its_event_time_or_creat
     assert status.read_refusal(created) == status.Refusal(JOB, QUOTA, at(7))
 
 
+def test_the_pod_each_try_names_is_left_out_so_that_the_same_answer_reads_the_same() -> None:
+    tries = [
+        f'Error creating: Pod "{JOB}-{suffix}" is invalid: must be less than or equal to 1'
+        for suffix in ("bngp4", "x67zb")
+    ]
+    read = [status.read_refusal(failed_create(message=text)) for text in tries]
+    assert (
+        read[0]
+        == read[1]
+        == status.Refusal(JOB, f'Pod "{JOB}-" is invalid: must be less than or equal to 1', at(8))
+    )
+    # Only a pod of this Job is shortened, and only a whole generated name.
+    other = f'Error creating: Pod "other-0-bngp4" and "{JOB}-bngp4x" stay'
+    kept = status.read_refusal(failed_create(message=other))
+    assert kept is not None and kept.message == other.removeprefix("Error creating: ")
+
+
 def test_a_long_answer_is_cut_to_what_the_status_keeps() -> None:
     long = "x" * (status.REFUSAL_CHARS + 1)
     refusal = status.read_refusal(failed_create(message=f"Error creating: {long}"))
