@@ -6,6 +6,9 @@ created."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import pytest
 
 from compose_api import contract, models
@@ -16,9 +19,11 @@ from tests.operator.cluster.conftest import (
     create,
     end,
     running_pod,
+    status_patches,
     wait_until,
 )
 from tests.operator.operator_process import OperatorProcess
+from tests.support import control_plane as cp
 from tests.support.cluster_client import ClusterClient
 from tests.support.resources import EVENTS, ResourceSpec
 
@@ -28,8 +33,17 @@ LIMIT_RANGES = ResourceSpec("", "v1", "limitranges", "LimitRange")
 REFUSAL = "cpu limit of 1"  # the API server's words for the LimitRange's cap
 
 
+async def refusals(kube: ClusterClient, job: str) -> list[dict[str, Any]]:
+    """The Job controller's FailedCreate Events of ``job`` (one per try: each names a pod)."""
+    return [
+        e
+        for e in await kube.list(EVENTS, field_selector="reason=FailedCreate")
+        if e["involvedObject"]["name"] == job
+    ]
+
+
 async def test_a_pod_the_job_controller_cannot_create_is_shown_with_its_reason(
-    operator: OperatorProcess, kube: ClusterClient, namespace: str
+    operator: OperatorProcess, kube: ClusterClient, namespace: str, control_plane: cp.ControlPlane
 ) -> None:
     limit = {"type": "Container", "max": {"cpu": "1"}}
     small = {"metadata": {"name": "small"}, "spec": {"limits": [limit]}}
@@ -53,6 +67,17 @@ async def test_a_pod_the_job_controller_cannot_create_is_shown_with_its_reason(
         )
 
     await wait_until(kube, warned, what="the Warning Event of the refused pod")
+    # The Job controller tries again (backing off), each try naming a new pod: the same answer
+    # is not written again. Two more tries, then longer than the operator's coalescing.
+    written = await status_patches(control_plane, operator, "big")
+    tries = len(await refusals(kube, job))
+
+    async def tried_twice_more(client: ClusterClient) -> bool:
+        return len(await refusals(client, job)) >= tries + 2
+
+    await wait_until(kube, tried_twice_more, what="two more tries of the Job controller")
+    await asyncio.sleep(6)
+    assert await status_patches(control_plane, operator, "big") == written
 
     # The limit goes: the Job controller's next try creates the pod (it backs off between
     # tries, so this may take a while), and the job runs as any other.
