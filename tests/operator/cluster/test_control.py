@@ -34,6 +34,15 @@ pytestmark = pytest.mark.timeout(120)
 ATTEMPT = "compose.nextunicorn.dev/attempt"
 
 
+async def warnings_about(kube: ClusterClient, name: str) -> list[tuple[str, str]]:
+    """The Warning Events posted about the CompositionJob ``name``: (reason, message)."""
+    return [
+        (e["reason"], e["message"])
+        for e in await kube.list(EVENTS)
+        if e["involvedObject"]["name"] == name and e["type"] == "Warning"
+    ]
+
+
 async def test_unknown_profile_fails_and_creates_no_job(
     operator: OperatorProcess, kube: ClusterClient, namespace: str
 ) -> None:
@@ -91,12 +100,7 @@ async def test_suspend_and_resume(
         ("Succeeded", "Completed"),
     ]
     assert cj["status"]["attempt"] == 1
-    warnings = [
-        e["reason"]
-        for e in await kube.list(EVENTS)
-        if e["involvedObject"]["name"] == "pause" and e["type"] == "Warning"
-    ]
-    assert warnings == []
+    assert await warnings_about(kube, "pause") == []
 
 
 async def test_a_pod_stopped_by_a_suspension_is_neither_a_failure_nor_a_retry(
@@ -150,12 +154,7 @@ async def test_a_pod_stopped_by_a_suspension_is_neither_a_failure_nor_a_retry(
         ("Interrupted", "SuspendedByUser"),
         ("Succeeded", "Completed"),
     ]
-    warnings = [
-        (e["reason"], e["message"])
-        for e in await kube.list(EVENTS)
-        if e["involvedObject"]["name"] == "stopped" and e["type"] == "Warning"
-    ]
-    assert warnings == []
+    assert await warnings_about(kube, "stopped") == []
 
 
 async def test_suspended_before_start_creates_no_job_until_resumed(
