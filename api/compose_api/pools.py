@@ -206,7 +206,8 @@ class PoolReason(enum.StrEnum):
     WORKERS_STARTING = "WorkersStarting"  # no worker ready yet (pulling, loading, warming up)
     SCALED_TO_ZERO = "ScaledToZero"
     # Available=False also takes the reason its workers do not start: Unschedulable (no GPU
-    # capacity), ImagePullBackOff, ContainerFailed (a crash loop).
+    # capacity), ImagePullBackOff, ContainerFailed (a crash loop), PodCreateFailed (a quota, a
+    # LimitRange or an admission policy refuses the workers' pods).
 
 
 class PoolCondition(models._StatusModel):

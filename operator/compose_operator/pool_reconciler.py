@@ -287,7 +287,7 @@ class PoolReconciler:
         workers = pools.count_workers(
             self.inventory.pool_leases(*key), self.inventory.busy_instances(key[0]), now
         )
-        problem = pools.problem_of(self.inventory.pool_pods(*key))
+        problem = pools.problem_of(self.inventory.pool_pods(*key), deployment)
         new = pools.compute_status(
             current,
             deployment=deployment,

@@ -166,6 +166,9 @@ class DeploymentView:
     template_hash: str | None
     existing: int  # status.replicas: pods that exist
     ready: int  # status.readyReplicas
+    # Why its ReplicaSet cannot create pods (a quota, a LimitRange, an admission policy): the
+    # message of its ReplicaFailure condition, which the Deployment controller copies up
+    replica_failure: str | None = None
 
 
 def view_deployment(body: Mapping[str, Any]) -> DeploymentView | None:
@@ -187,7 +190,15 @@ def view_deployment(body: Mapping[str, Any]) -> DeploymentView | None:
         template_hash=(meta.get("annotations") or {}).get(TEMPLATE_HASH_ANNOTATION),
         existing=int(status.get("replicas") or 0),
         ready=int(status.get("readyReplicas") or 0),
+        replica_failure=_replica_failure(body),
     )
+
+
+def _replica_failure(body: Mapping[str, Any]) -> str | None:
+    failure = _true_condition(body, "ReplicaFailure")
+    if failure is None:
+        return None
+    return str(failure.get("message") or failure.get("reason") or "FailedCreate")
 
 
 # -- the Deployment ---------------------------------------------------------------------------
@@ -443,11 +454,17 @@ def count_workers(
     return Workers(ready=len(fresh), busy=len(busy), idle=len(idle), draining=len(draining))
 
 
-def problem_of(pods: Sequence[WorkerPod]) -> tuple[str, str] | None:
-    """Why the pool's workers do not start (the first pod with a problem), if they do not."""
+def problem_of(
+    pods: Sequence[WorkerPod], deployment: DeploymentView | None = None
+) -> tuple[str, str] | None:
+    """Why the pool's workers do not start, if they do not: the first pod with a problem, else
+    the pods its Deployment cannot create (``PodCreateFailed``)."""
     for pod in sorted(pods, key=lambda item: item.name):
         if pod.problem is not None and not pod.deleting:
             return pod.problem
+    if deployment is not None and deployment.replica_failure is not None:
+        message = f"the workers' pods cannot be created: {deployment.replica_failure}"
+        return models.Reason.POD_CREATE_FAILED, message
     return None
 
 

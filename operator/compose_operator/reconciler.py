@@ -366,7 +366,9 @@ class Reconciler:
         found: dict[str, Any] = {
             "pool_name": pool_name,
             "pool": self.inventory.pools.get((namespace, name)),
-            "pool_problem": pools.problem_of(pods),
+            "pool_problem": pools.problem_of(
+                pods, self.inventory.deployments.get((namespace, name))
+            ),
             "worker_report": self.inventory.worker_report(uid),
         }
         if assignment is not None:

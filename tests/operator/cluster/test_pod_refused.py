@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from compose_api import contract, models
+from compose_api import contract, models, pools
 from tests.operator.cluster.conftest import (
     child_jobs,
     cj_with,
@@ -25,7 +25,7 @@ from tests.operator.cluster.conftest import (
 from tests.operator.operator_process import OperatorProcess
 from tests.support import control_plane as cp
 from tests.support.cluster_client import ClusterClient
-from tests.support.resources import EVENTS, ResourceSpec
+from tests.support.resources import COMPOSITION_POOLS, EVENTS, ResourceSpec
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -88,3 +88,31 @@ async def test_a_pod_the_job_controller_cannot_create_is_shown_with_its_reason(
     await end(kube, pod, contract.ExitCode.OK)
     done = await cj_with(kube, "big", phase="Succeeded")
     assert [a["outcome"] for a in done["status"]["attempts"]] == ["Succeeded"]
+
+
+async def test_a_pool_whose_workers_cannot_be_created_says_why(
+    operator: OperatorProcess, kube: ClusterClient, namespace: str
+) -> None:
+    """The same limit for a pool's workers: their Deployment's ReplicaSet cannot create them.
+    The Deployment controller copies the ReplicaSet's ReplicaFailure up, and the pool reads it
+    from its Deployment's watch."""
+    limit = {"type": "Container", "max": {"cpu": "500m"}}  # the smoke profile asks for 1
+    await kube.create(LIMIT_RANGES, {"metadata": {"name": "tiny"}, "spec": {"limits": [limit]}})
+    pool = {
+        "apiVersion": models.API_VERSION,
+        "kind": pools.KIND,
+        "metadata": {"name": "limited", "namespace": namespace},
+        "spec": {"profile": "smoke", "minReplicas": 1, "maxReplicas": 1},
+    }
+    await kube.create(COMPOSITION_POOLS, pool)
+
+    def refused(obj: dict[str, Any] | None) -> bool:
+        conditions = ((obj or {}).get("status") or {}).get("conditions") or []
+        return any(
+            (c["type"], c["status"], c["reason"]) == ("Available", "False", "PodCreateFailed")
+            for c in conditions
+        )
+
+    found = await kube.wait_for(COMPOSITION_POOLS, "limited", refused, timeout=60)
+    assert "the workers' pods cannot be created" in found["status"]["message"]
+    assert "cpu" in found["status"]["message"]

@@ -129,6 +129,32 @@ def test_a_worker_being_deleted_is_no_reason_the_pool_does_not_start() -> None:
     assert pools.problem_of([old, new]) == ("Unschedulable", "no GPU capacity")
 
 
+def test_pods_the_deployment_cannot_create_are_why_its_workers_do_not_start(
+    config: settings.OperatorSettings,
+) -> None:
+    profile = config.profiles["instantid-sdxl"]
+    wanted = pools.build_deployment(pool_view(), profile, config, replicas=1)
+    refused = 'pods "interactive-workers-5d8f-x" is forbidden: exceeded quota: gpus'
+    failure = {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate"}
+    found = pools.view_deployment(
+        from_api({**wanted, "status": {"conditions": [{**failure, "message": refused}]}})
+    )
+    assert found is not None and found.replica_failure == refused
+    expected = ("PodCreateFailed", f"the workers' pods cannot be created: {refused}")
+    assert pools.problem_of([], found) == expected
+    # A pod's own problem comes first; a failure that is over (False) is none.
+    pod = pools.WorkerPod("w0", "studio", "interactive", None, False, None, ("Unschedulable", "x"))
+    assert pools.problem_of([pod], found) == ("Unschedulable", "x")
+    over = pools.view_deployment(
+        from_api({**wanted, "status": {"conditions": [{**failure, "status": "False"}]}})
+    )
+    assert over is not None and over.replica_failure is None
+    assert pools.problem_of([], over) is None
+    # Without a message, the condition's reason says what it can.
+    bare = pools.view_deployment(from_api({**wanted, "status": {"conditions": [failure]}}))
+    assert bare is not None and bare.replica_failure == "FailedCreate"
+
+
 @pytest.mark.parametrize(
     ("ready", "desired", "message"),
     [
