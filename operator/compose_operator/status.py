@@ -727,10 +727,13 @@ def read_run(
     own_pods = sorted(pods, key=_pod_order(previous.attempts))
     suspension = _suspension_of(cj, job)
     # A pod stopped by a suspension stays so while it is deleted, after a resume too.
+    # Of the outcomes only Failed sorts before Interrupted, and a failed attempt never has a
+    # suspension's reason: `<=` for `==` cannot change the result.
     stops = {
         item.pod_name: (str(item.reason), item.message or "")
         for item in previous.attempts
-        if item.outcome == models.AttemptOutcome.INTERRUPTED and item.reason in _SUSPENSIONS
+        if item.outcome == models.AttemptOutcome.INTERRUPTED  # pragma: no mutate: *_Eq_LtE
+        and item.reason in _SUSPENSIONS
     }
     views = [_stopped(view_pod(p), p, suspension or stops.get(_name(p))) for p in own_pods]
     # One view per pod, so `strict` cannot change the result.

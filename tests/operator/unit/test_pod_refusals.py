@@ -240,3 +240,18 @@ def test_a_refused_pod_past_the_start_deadline_fails_the_job_with_the_refusal(
         + QUOTA
     )
     assert outcome.stop_job
+
+
+def test_only_a_pod_of_the_refused_job_ends_its_refusal(tmp_path: pathlib.Path) -> None:
+    # An attempt of another Job of the job (an earlier one) started after the refusal: it says
+    # nothing of whether this Job can create its pod.
+    other = models.Attempt(
+        index=0,
+        job_name="a-earlier-job-0",
+        pod_name="a-earlier-job-0-x",
+        start_time=at(9),
+        outcome=models.AttemptOutcome.INTERRUPTED,
+    )
+    earlier = status.Outcome(models.CompositionJobStatus(attempts=[other]), [])
+    outcome = _compute(tmp_path, [], 10, status.Refusal(JOB, QUOTA, at(8)), earlier)
+    assert started(outcome)[1] == Reason.POD_CREATE_FAILED
