@@ -727,12 +727,12 @@ def read_run(
     own_pods = sorted(pods, key=_pod_order(previous.attempts))
     suspension = _suspension_of(cj, job)
     # A pod stopped by a suspension stays so while it is deleted, after a resume too.
-    # Of the outcomes only Failed sorts before Interrupted, and a failed attempt never has a
-    # suspension's reason: `<=` for `==` cannot change the result.
+    # Only an interrupted attempt is given a suspension's reason (a failed, pending, running or
+    # succeeded one has its pod's): `<=` or `>=` for `==` cannot change the result.
     stops = {
         item.pod_name: (str(item.reason), item.message or "")
         for item in previous.attempts
-        if item.outcome == models.AttemptOutcome.INTERRUPTED  # pragma: no mutate: *_Eq_LtE
+        if item.outcome == models.AttemptOutcome.INTERRUPTED  # pragma: no mutate: *_Eq_[GL]tE
         and item.reason in _SUSPENSIONS
     }
     views = [_stopped(view_pod(p), p, suspension or stops.get(_name(p))) for p in own_pods]

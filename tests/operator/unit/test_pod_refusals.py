@@ -177,7 +177,8 @@ def started(outcome: status.Outcome) -> tuple[str, str, str]:
 
 
 def test_a_job_with_no_pod_shows_the_refusal_as_a_warning(tmp_path: pathlib.Path) -> None:
-    outcome = _compute(tmp_path, [], 10, status.Refusal(JOB, QUOTA, at(8)))
+    # The Event's Job name equals the Job's, as read from the API: not the same object.
+    outcome = _compute(tmp_path, [], 10, status.Refusal("".join(JOB), QUOTA, at(8)))
     message = f"job {JOB} cannot create its pod: {QUOTA}"
     assert started(outcome) == ("True", Reason.POD_CREATE_FAILED, message)
     assert outcome.status.phase == models.Phase.STARTING
@@ -210,6 +211,8 @@ def test_a_pod_that_started_after_the_refusal_ends_it_even_once_gone(
         "p0", 12, phase="Running", node="gpu-1", conditions=[scheduled(12)],
         state={"running": {"startedAt": ts(13)}},
     )  # fmt: skip
+    # As read from the API: the pod's Job name equals the refusal's, not the same object.
+    running["metadata"]["labels"]["job-name"] = "".join(JOB)
     ran = _compute(tmp_path, [running], 14, refusal)
     assert ran.status.attempts[0].start_time == at(13)
     # Its pod gone (deleted by hand): the old refusal is not news again.
@@ -242,13 +245,16 @@ def test_a_refused_pod_past_the_start_deadline_fails_the_job_with_the_refusal(
     assert outcome.stop_job
 
 
-def test_only_a_pod_of_the_refused_job_ends_its_refusal(tmp_path: pathlib.Path) -> None:
+@pytest.mark.parametrize("other_job", ["a-earlier-job-0", "z-earlier-job-0"])
+def test_only_a_pod_of_the_refused_job_ends_its_refusal(
+    tmp_path: pathlib.Path, other_job: str
+) -> None:
     # An attempt of another Job of the job (an earlier one) started after the refusal: it says
     # nothing of whether this Job can create its pod.
     other = models.Attempt(
         index=0,
-        job_name="a-earlier-job-0",
-        pod_name="a-earlier-job-0-x",
+        job_name=other_job,
+        pod_name=f"{other_job}-x",
         start_time=at(9),
         outcome=models.AttemptOutcome.INTERRUPTED,
     )
