@@ -726,14 +726,12 @@ def read_run(
     job_name = _name(job)
     own_pods = sorted(pods, key=_pod_order(previous.attempts))
     suspension = _suspension_of(cj, job)
-    # A pod stopped by a suspension stays so while it is deleted, after a resume too.
-    # Only an interrupted attempt is given a suspension's reason (a failed, pending, running or
-    # succeeded one has its pod's): `<=` or `>=` for `==` cannot change the result.
+    # A pod stopped by a suspension stays so while it is deleted, after a resume too (only an
+    # interrupted attempt is given a suspension's reason).
     stops = {
         item.pod_name: (str(item.reason), item.message or "")
         for item in previous.attempts
-        if item.outcome == models.AttemptOutcome.INTERRUPTED  # pragma: no mutate: *_Eq_[GL]tE
-        and item.reason in _SUSPENSIONS
+        if item.reason in _SUSPENSIONS
     }
     views = [_stopped(view_pod(p), p, suspension or stops.get(_name(p))) for p in own_pods]
     # One view per pod, so `strict` cannot change the result.

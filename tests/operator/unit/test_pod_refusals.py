@@ -4,6 +4,7 @@ as a warning while no pod of that Job has started since."""
 
 from __future__ import annotations
 
+import json
 import pathlib
 from typing import Any
 
@@ -41,7 +42,9 @@ def failed_create(
         "lastTimestamp": ts(seconds),
     }
     body.update(fields)
-    return body
+    # As the watch decodes it: its strings equal the operator's literals but are not them.
+    decoded: dict[str, Any] = json.loads(json.dumps(body))
+    return decoded
 
 
 # -- reading the Event --------------------------------------------------------------------------
@@ -57,8 +60,11 @@ def test_a_failed_create_is_read_without_the_recorders_prefixes() -> None:
 @pytest.mark.parametrize(
     "change",
     [
+        # Other reasons and kinds, sorting before and after the ones read.
         {"reason": "SuccessfulCreate"},
+        {"reason": "BackoffLimitExceeded"},
         {"involvedObject": {"kind": "ReplicaSet", "namespace": "studio", "name": JOB}},
+        {"involvedObject": {"kind": "CronJob", "namespace": "studio", "name": JOB}},
         {"involvedObject": {"kind": "Job", "namespace": "studio"}},  # no name
         {"lastTimestamp": None},  # and no eventTime, no creationTimestamp: undated
     ],
@@ -187,9 +193,10 @@ def test_a_job_with_no_pod_shows_the_refusal_as_a_warning(tmp_path: pathlib.Path
     assert event is not None and (event.type, event.reason) == ("Warning", "PodCreateFailed")
 
 
-def test_a_refusal_of_another_job_is_not_shown(tmp_path: pathlib.Path) -> None:
-    # An earlier attempt's Job (an edit before the start made a new one).
-    outcome = _compute(tmp_path, [], 10, status.Refusal("portrait-080e0235-1", QUOTA, at(8)))
+@pytest.mark.parametrize("other_job", ["portrait-080e0235-1", "a-earlier-job-0"])
+def test_a_refusal_of_another_job_is_not_shown(tmp_path: pathlib.Path, other_job: str) -> None:
+    # Another attempt's Job (an edit before the start made a new one), whichever way it sorts.
+    outcome = _compute(tmp_path, [], 10, status.Refusal(other_job, QUOTA, at(8)))
     assert started(outcome) == ("True", Reason.JOB_CREATED, f"job {JOB} created")
 
 
