@@ -2,7 +2,7 @@
 and the inference pod asks for three, as a namespace's limits, its ResourceQuota, an admission
 policy or Pod Security would refuse it. The Job exists, but no pod comes. The job shows the
 Job controller's answer (its FailedCreate Event) as a warning, and starts once the pod can be
-created."""
+created. A pool whose workers' pods are refused says so too."""
 
 from __future__ import annotations
 
