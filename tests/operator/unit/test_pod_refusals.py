@@ -4,6 +4,7 @@ as a warning while no pod of that Job has started since."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 from typing import Any
@@ -96,6 +97,14 @@ def test_the_pod_each_try_names_is_left_out_so_that_the_same_answer_reads_the_sa
     other = f'Error creating: Pod "other-0-bngp4" and "{JOB}-bngp4x" stay'
     kept = status.read_refusal(failed_create(message=other))
     assert kept is not None and kept.message == other.removeprefix("Error creating: ")
+
+
+def test_a_refusal_is_a_value_the_inventory_hands_out_unchanged() -> None:
+    refusal = status.read_refusal(failed_create())
+    assert refusal is not None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        refusal.message = "changed"  # type: ignore[misc]
+    assert hash(refusal) == hash(status.Refusal(JOB, QUOTA, at(8)))
 
 
 def test_a_long_answer_is_cut_to_what_the_status_keeps() -> None:
