@@ -150,6 +150,20 @@ def test_pods_the_deployment_cannot_create_are_why_its_workers_do_not_start(
     )
     assert over is not None and over.replica_failure is None
     assert pools.problem_of([], over) is None
+    # Each try names a new pod: left out, the same answer reads the same.
+    tries = [
+        f'pods "interactive-workers-5d8f9c-{suffix}" is forbidden: exceeded quota: gpus'
+        for suffix in ("x7k2p", "q9z4m")
+    ]
+    read = [
+        pools.view_deployment(
+            from_api({**wanted, "status": {"conditions": [{**failure, "message": text}]}})
+        )
+        for text in tries
+    ]
+    assert [view.replica_failure for view in read if view is not None] == [
+        'pods "interactive-workers-5d8f9c-" is forbidden: exceeded quota: gpus'
+    ] * 2
     # Without a message, the condition's reason says what it can.
     bare = pools.view_deployment(from_api({**wanted, "status": {"conditions": [failure]}}))
     assert bare is not None and bare.replica_failure == "FailedCreate"
