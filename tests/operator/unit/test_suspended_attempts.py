@@ -170,6 +170,7 @@ def test_a_job_resumed_before_its_stopped_pod_is_gone_starts_again_without_a_war
     # recorded as stopped by the suspension; the job is starting again, not interrupted.
     resumed = compute(tmp_path, held, job(), [stopped], 42)
     assert resumed.status.attempts[0].reason == Reason.SUSPENDED_BY_USER
+    assert resumed.status.attempts[0].message == "the pod was stopped when the job was suspended"
     started = conditions(resumed)["Started"]
     assert started == ("True", Reason.JOB_CREATED, f"job {JOB} resumed; a new pod will be created")
     assert not [t for t in resumed.transitions if t.warning]
