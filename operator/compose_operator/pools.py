@@ -19,7 +19,6 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import re
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
@@ -200,10 +199,7 @@ def _replica_failure(body: Mapping[str, Any]) -> str | None:
     if failure is None:
         return None
     message = str(failure.get("message") or failure.get("reason") or "FailedCreate")
-    # Each try names a new pod (<Deployment>-<template hash>-<five characters>): without its
-    # last part, the same answer reads the same and the pool's status is not rewritten.
-    name = re.escape(str(_meta(body).get("name") or ""))
-    return re.sub(rf'"({name}-[a-z0-9]+-)[a-z0-9]{{5}}"', r'"\1"', message)
+    return status.without_generated_names(message, str(_meta(body).get("name") or ""))
 
 
 # -- the Deployment ---------------------------------------------------------------------------

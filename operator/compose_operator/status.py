@@ -169,11 +169,16 @@ def read_refusal(event: Mapping[str, Any]) -> Refusal | None:
     job_name = str(involved["name"])
     message = str(event.get("message") or "").removeprefix(_COMBINED)
     message = message.removeprefix("Error creating: ")
-    # Each try names a new pod (generateName's five characters): without them, the same
-    # answer reads the same, and the job's status is not rewritten at every try.
-    pod = re.compile(rf'"{re.escape(job_name)}-[a-z0-9]{{5}}"')
-    message = pod.sub(f'"{job_name}-"', message)
-    return Refusal(job_name, message[:REFUSAL_CHARS], at)
+    return Refusal(job_name, without_generated_names(message, job_name)[:REFUSAL_CHARS], at)
+
+
+def without_generated_names(message: str, owner: str) -> str:
+    """``message`` without the five characters generateName adds to the pods ``owner`` makes
+    (``<Job>-xxxxx``, ``<Deployment>-<template hash>-xxxxx``): each try of a controller names a
+    new pod, and without them the same answer reads the same, so a status that shows it is not
+    rewritten at every try."""
+    pod = re.compile(rf'"{re.escape(owner)}-([a-z0-9]+-)?[a-z0-9]{{5}}"')
+    return pod.sub(lambda found: f'"{owner}-{found.group(1) or ""}"', message)
 
 
 @dataclasses.dataclass(frozen=True)
